@@ -1,0 +1,1 @@
+"""Storefront ML: the importable platform package."""

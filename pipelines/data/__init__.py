@@ -1,0 +1,1 @@
+"""Data: canonical schemas, the social-commerce simulator and extraction into the lake."""

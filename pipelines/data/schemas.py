@@ -1,0 +1,85 @@
+"""Canonical tables of the lake (see DESIGN.md, "Data") and the platform's time conventions.
+
+Time convention: the partition ``ds=D`` holds what happened during day D (UTC). Features computed from it are
+stamped ``as_of(D) = D+1 00:00 UTC``; a purchase-intent label for that as-of time asks whether the user
+purchased during ``[as_of(D), as_of(D) + 7 days)``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pyarrow as pa
+
+EVENT_TYPES = ("view", "cart", "remove_from_cart", "wishlist", "purchase")
+
+EVENTS = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("event_time", pa.timestamp("us", tz="UTC")),
+        ("user_id", pa.int64()),
+        ("session_id", pa.string()),
+        ("event_type", pa.string()),
+        ("product_id", pa.int64()),
+        ("category_id", pa.int64()),
+        ("brand", pa.string()),
+        ("price", pa.float64()),
+        ("merchant_id", pa.int64()),
+    ]
+)
+
+USERS = pa.schema(
+    [
+        ("user_id", pa.int64()),
+        ("signup_time", pa.timestamp("us", tz="UTC")),
+        ("country", pa.string()),
+        ("age", pa.int32()),
+        ("sex", pa.string()),
+    ]
+)
+
+PRODUCTS = pa.schema(
+    [
+        ("product_id", pa.int64()),
+        ("category_id", pa.int64()),
+        ("brand", pa.string()),
+        ("price", pa.float64()),
+        ("merchant_id", pa.int64()),
+    ]
+)
+
+MERCHANTS = pa.schema([("merchant_id", pa.int64()), ("name", pa.string())])
+
+FOLLOWS = pa.schema(
+    [
+        ("follower_id", pa.int64()),
+        ("followee_id", pa.int64()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+# Ground truth kept by the simulator: for the as-of time of ``ds``, the probability that the user purchases
+# in the following 7 days, given everything the world knew at that time.
+PURCHASE_TRUTH = pa.schema(
+    [
+        ("user_id", pa.int64()),
+        ("as_of", pa.timestamp("us", tz="UTC")),
+        ("p_purchase_7d", pa.float64()),
+    ]
+)
+
+TABLES: dict[str, pa.Schema] = {
+    "events": EVENTS,
+    "users": USERS,
+    "products": PRODUCTS,
+    "merchants": MERCHANTS,
+    "follows": FOLLOWS,
+    "truth_purchase_intent": PURCHASE_TRUTH,
+}
+
+LABEL_WINDOW = dt.timedelta(days=7)
+
+
+def as_of(ds: dt.date) -> dt.datetime:
+    """The as-of time of day ``ds``: the end of that day, 00:00 UTC of the next one."""
+    return dt.datetime.combine(ds + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)

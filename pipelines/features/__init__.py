@@ -1,0 +1,1 @@
+"""Feature computation per entity and day, and the Feast feature store."""

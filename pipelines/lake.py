@@ -1,0 +1,170 @@
+"""The lake: one parquet file per table and day (``<table>/ds=YYYY-MM-DD/data.parquet``), local or on S3.
+
+Every write goes to a temporary object first and is published by a rename (local) or lands as one object PUT
+(S3), so a reader never sees half a partition and a rerun replaces a day instead of appending to it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from pipelines.settings import Settings
+
+PARTITION_FILE = "data.parquet"
+
+
+class PartitionNotFound(FileNotFoundError):
+    """A table has no partition for the requested day."""
+
+
+def as_date(value: str | dt.date | dt.datetime) -> dt.date:
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value)[:10])
+    except ValueError as exc:
+        raise ValueError(f"not a date: {value!r} (expected YYYY-MM-DD)") from exc
+
+
+def date_range(start: str | dt.date, end: str | dt.date) -> list[dt.date]:
+    """Inclusive list of days from ``start`` to ``end``."""
+    first, last = as_date(start), as_date(end)
+    return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+@dataclass
+class Lake:
+    """Partitioned parquet storage rooted at ``settings.lake_uri`` (a directory or ``s3://bucket/prefix``)."""
+
+    settings: Settings
+
+    def __post_init__(self) -> None:
+        uri = self.settings.lake_uri
+        if self.settings.lake_is_s3:
+            opts = self.settings.storage_options
+            self.fs: pafs.FileSystem = pafs.S3FileSystem(
+                access_key=opts.get("key"),
+                secret_key=opts.get("secret"),
+                endpoint_override=opts.get("endpoint_url"),
+                region=opts.get("region", "us-east-1"),
+                allow_bucket_creation=False,
+            )
+            self.root = uri.removeprefix("s3://").rstrip("/")
+        else:
+            self.fs = pafs.LocalFileSystem()
+            self.root = uri.rstrip("/")
+            self.fs.create_dir(self.root, recursive=True)
+
+    # -- paths -------------------------------------------------------------------------------------------
+    def uri(self, *parts: str) -> str:
+        """A full URI (``s3://...`` or absolute path) for a path inside the lake, for readers like Feast."""
+        path = "/".join([self.root, *parts])
+        return f"s3://{path}" if self.settings.lake_is_s3 else path
+
+    def _dir(self, table: str, ds: dt.date | str) -> str:
+        return f"{self.root}/{table}/ds={as_date(ds).isoformat()}"
+
+    def _file(self, table: str, ds: dt.date | str) -> str:
+        return f"{self._dir(table, ds)}/{PARTITION_FILE}"
+
+    def partition_uri(self, table: str, ds: dt.date | str) -> str:
+        return self.uri(table, f"ds={as_date(ds).isoformat()}", PARTITION_FILE)
+
+    # -- reads -------------------------------------------------------------------------------------------
+    def exists(self, table: str, ds: dt.date | str) -> bool:
+        return self.fs.get_file_info(self._file(table, ds)).type == pafs.FileType.File
+
+    def partitions(self, table: str) -> list[dt.date]:
+        """Days that have a published partition, sorted."""
+        selector = pafs.FileSelector(f"{self.root}/{table}", allow_not_found=True)
+        days = []
+        for info in self.fs.get_file_info(selector):
+            name = info.base_name
+            if info.type == pafs.FileType.Directory and name.startswith("ds="):
+                if self.fs.get_file_info(f"{info.path}/{PARTITION_FILE}").type == pafs.FileType.File:
+                    days.append(as_date(name[3:]))
+        return sorted(days)
+
+    def read(self, table: str, ds: dt.date | str, columns: list[str] | None = None) -> pd.DataFrame:
+        path = self._file(table, ds)
+        if not self.exists(table, ds):
+            raise PartitionNotFound(f"{self.uri(table)}: no partition for ds={as_date(ds)}")
+        return pq.read_table(path, filesystem=self.fs, columns=columns).to_pandas()
+
+    def read_range(
+        self, table: str, start: dt.date | str, end: dt.date | str, columns: list[str] | None = None
+    ) -> pd.DataFrame:
+        """Concatenate the partitions of ``[start, end]`` that exist (missing days are simply absent)."""
+        frames = [self.read(table, d, columns) for d in date_range(start, end) if self.exists(table, d)]
+        if not frames:
+            return pd.DataFrame(columns=columns) if columns else pd.DataFrame()
+        return pd.concat(frames, ignore_index=True)
+
+    # -- writes ------------------------------------------------------------------------------------------
+    def write(self, table: str, ds: dt.date | str, df: pd.DataFrame, schema: pa.Schema | None = None) -> str:
+        """Publish ``df`` as the partition of ``ds``, replacing any previous one atomically."""
+        arrow = pa.Table.from_pandas(df, schema=schema, preserve_index=False)
+        final = self._file(table, ds)
+        if self.settings.lake_is_s3:
+            # One PUT is atomic on S3: readers see the old object or the new one, never a part.
+            pq.write_table(arrow, final, filesystem=self.fs)
+        else:
+            self.fs.create_dir(self._dir(table, ds), recursive=True)
+            tmp = f"{self._dir(table, ds)}/.{PARTITION_FILE}.{uuid.uuid4().hex}.tmp"
+            pq.write_table(arrow, tmp, filesystem=self.fs)
+            self.fs.move(tmp, final)  # rename(2): atomic on one filesystem
+        return self.partition_uri(table, ds)
+
+    def write_json(self, key: str, payload: dict) -> str:
+        """Write a small JSON document (reports, markers) atomically at ``key`` inside the lake."""
+        data = json.dumps(payload, indent=2, default=str).encode()
+        final = f"{self.root}/{key}"
+        parent = final.rsplit("/", 1)[0]
+        if not self.settings.lake_is_s3:
+            self.fs.create_dir(parent, recursive=True)
+            tmp = f"{parent}/.{uuid.uuid4().hex}.tmp"
+            with self.fs.open_output_stream(tmp) as out:
+                out.write(data)
+            self.fs.move(tmp, final)
+        else:
+            with self.fs.open_output_stream(final) as out:
+                out.write(data)
+        return self.uri(key)
+
+    def read_json(self, key: str) -> dict | None:
+        path = f"{self.root}/{key}"
+        if self.fs.get_file_info(path).type != pafs.FileType.File:
+            return None
+        with self.fs.open_input_stream(path) as src:
+            return json.loads(src.read())
+
+    def delete(self, table: str, days: Iterable[dt.date | str]) -> None:
+        for d in days:
+            if self.exists(table, d):
+                self.fs.delete_dir(self._dir(table, d))
+
+    def quarantine(self, table: str, ds: dt.date | str, report: dict) -> str:
+        """Move a published partition to ``quarantine/<table>/ds=...`` with the report that condemned it."""
+        day = as_date(ds).isoformat()
+        target_dir = f"{self.root}/quarantine/{table}/ds={day}"
+        if self.exists(table, ds):
+            self.fs.create_dir(target_dir, recursive=True)
+            self.fs.move(self._file(table, ds), f"{target_dir}/{PARTITION_FILE}")
+            self.fs.delete_dir(self._dir(table, ds))
+        self.write_json(f"quarantine/{table}/ds={day}/report.json", report)
+        return self.uri("quarantine", table, f"ds={day}")
+
+    def is_quarantined(self, table: str, ds: dt.date | str) -> bool:
+        path = f"{self.root}/quarantine/{table}/ds={as_date(ds).isoformat()}/{PARTITION_FILE}"
+        return self.fs.get_file_info(path).type == pafs.FileType.File

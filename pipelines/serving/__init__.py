@@ -1,0 +1,1 @@
+"""Online serving: FastAPI app, model loader with hot swap."""

@@ -1,0 +1,121 @@
+"""One typed settings object for the whole platform.
+
+Built once at the edge (CLI, DAG file, serving app) from the environment (prefix ``STOREFRONT_``) or a ``.env``
+file, then passed down. The ``local`` profile keeps everything under ``./.storefront/`` with embedded stores
+(SQLite, files); the ``stack`` profile points the same code at PostgreSQL, Redis and S3.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Where every store lives, for one profile. Nothing else in the code hard-codes a path or a URL."""
+
+    model_config = SettingsConfigDict(env_prefix="STOREFRONT_", env_file=".env", extra="ignore")
+
+    profile: Literal["local", "stack"] = "local"
+    home: Path = Field(default=Path(".storefront"), description="Root of all local state (local profile).")
+
+    # Lake: a local directory or s3://bucket/prefix.
+    lake_uri: str = ""
+    # Airflow
+    airflow_home: Path | None = None
+    airflow_db_uri: str = ""
+    airflow_api_url: str = Field(default="", description="Airflow REST API; empty = in-process API (local).")
+    airflow_username: str = "admin"
+    airflow_password: SecretStr = SecretStr("")
+    airflow_parallelism: int = 4
+    # MLflow
+    mlflow_tracking_uri: str = ""
+    mlflow_artifact_root: str = ""
+    # Feast
+    feast_project: str = "storefront"
+    feast_registry: str = Field(default="", description="Registry path (file) or SQLAlchemy URL (sql).")
+    feast_online_store: Literal["sqlite", "redis"] = "sqlite"
+    feast_online_path: str = ""
+    redis_url: str = "127.0.0.1:6379"
+    feast_online_write_batch_size: int = 10_000
+    # S3 (stack profile; credentials come from the environment, never from code)
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    aws_access_key_id: SecretStr | None = Field(default=None, validation_alias="AWS_ACCESS_KEY_ID")
+    aws_secret_access_key: SecretStr | None = Field(default=None, validation_alias="AWS_SECRET_ACCESS_KEY")
+    # PostgreSQL (stack profile)
+    postgres_url: str = "postgresql+psycopg2://postgres@127.0.0.1:5432"
+    # Serving
+    serving_host: str = "127.0.0.1"
+    serving_port: int = 8000
+    serving_refresh_seconds: float = 5.0
+    # Compute
+    num_threads: int = 2
+
+    @model_validator(mode="after")
+    def _fill_profile_defaults(self) -> Settings:
+        self.home = self.home.expanduser().resolve()
+        home = self.home
+        if self.profile == "local":
+            self.lake_uri = self.lake_uri or str(home / "lake")
+            self.airflow_home = self.airflow_home or home / "airflow"
+            self.airflow_db_uri = self.airflow_db_uri or f"sqlite:///{home / 'airflow' / 'airflow.db'}"
+            self.mlflow_tracking_uri = self.mlflow_tracking_uri or f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+            self.mlflow_artifact_root = self.mlflow_artifact_root or str(home / "mlflow" / "artifacts")
+            self.feast_registry = self.feast_registry or str(home / "feast" / "registry.db")
+            self.feast_online_path = self.feast_online_path or str(home / "feast" / "online.db")
+        else:
+            missing = [
+                name
+                for name in ("lake_uri", "mlflow_tracking_uri", "feast_registry", "airflow_db_uri", "airflow_api_url")
+                if not getattr(self, name)
+            ]
+            if missing:
+                keys = ", ".join(f"STOREFRONT_{m.upper()}" for m in missing)
+                raise ValueError(f"profile 'stack' needs {keys} to be set (see docs/stack.md)")
+            self.airflow_home = self.airflow_home or home / "airflow"
+        return self
+
+    @property
+    def lake_is_s3(self) -> bool:
+        return self.lake_uri.startswith("s3://")
+
+    @property
+    def feast_repo_path(self) -> Path:
+        return PROJECT_ROOT / "feature_repo"
+
+    @property
+    def models_dir(self) -> Path:
+        return PROJECT_ROOT / "models"
+
+    @property
+    def expectations_dir(self) -> Path:
+        return PROJECT_ROOT / "expectations"
+
+    @property
+    def dags_dir(self) -> Path:
+        return PROJECT_ROOT / "dags"
+
+    @cached_property
+    def storage_options(self) -> dict[str, str]:
+        """fsspec/pyarrow-style options for S3 (empty for a local lake)."""
+        if not self.lake_is_s3:
+            return {}
+        opts: dict[str, str] = {"region": self.s3_region}
+        if self.s3_endpoint_url:
+            opts["endpoint_url"] = self.s3_endpoint_url
+        if self.aws_access_key_id and self.aws_secret_access_key:
+            opts["key"] = self.aws_access_key_id.get_secret_value()
+            opts["secret"] = self.aws_secret_access_key.get_secret_value()
+        return opts
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Build the settings from the environment; keyword overrides win (tests use them)."""
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,1 @@
+"""Training sets, LightGBM training and MLflow logging."""

@@ -1,0 +1,1 @@
+"""Great Expectations suites, checkpoints and quarantine of bad partitions."""
