@@ -7,6 +7,7 @@ file, then passed down. The ``local`` profile keeps everything under ``./.storef
 
 from __future__ import annotations
 
+import datetime as dt
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -31,9 +32,13 @@ class Settings(BaseSettings):
     airflow_home: Path | None = None
     airflow_db_uri: str = ""
     airflow_api_url: str = Field(default="", description="Airflow REST API; empty = in-process API (local).")
-    airflow_username: str = "admin"
+    airflow_username: str = "engineer"
     airflow_password: SecretStr = SecretStr("")
     airflow_parallelism: int = 4
+    airflow_users: str = Field(
+        default="engineer:admin,alice:op,bob:op,carol:op",
+        description="SimpleAuthManager users as name:role; reviewers named in model specs need a login here.",
+    )
     # MLflow
     mlflow_tracking_uri: str = ""
     mlflow_artifact_root: str = ""
@@ -55,6 +60,13 @@ class Settings(BaseSettings):
     serving_host: str = "127.0.0.1"
     serving_port: int = 8000
     serving_refresh_seconds: float = 5.0
+    # Data source for the daily extract: the simulator (embedded default)
+    start_date: dt.date = dt.date(2025, 1, 1)
+    end_date: dt.date | None = Field(default=None, description="Last day the daily DAG schedules (None: open).")
+    sim_seed: int = 7
+    sim_users: int = 5000
+    # Model specs (tests point this at small specs)
+    models_dir: Path = PROJECT_ROOT / "models"
     # Compute
     num_threads: int = 2
 
@@ -91,10 +103,6 @@ class Settings(BaseSettings):
         return PROJECT_ROOT / "feature_repo"
 
     @property
-    def models_dir(self) -> Path:
-        return PROJECT_ROOT / "models"
-
-    @property
     def expectations_dir(self) -> Path:
         return PROJECT_ROOT / "expectations"
 
@@ -114,6 +122,18 @@ class Settings(BaseSettings):
             opts["key"] = self.aws_access_key_id.get_secret_value()
             opts["secret"] = self.aws_secret_access_key.get_secret_value()
         return opts
+
+
+    def environment(self) -> dict[str, str]:
+        """These settings as ``STOREFRONT_*`` variables, so child processes (Airflow tasks, servers) agree."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if value is None or name in {"aws_access_key_id", "aws_secret_access_key"}:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env[f"STOREFRONT_{name.upper()}"] = str(value)
+        return env
 
 
 def get_settings(**overrides: object) -> Settings:

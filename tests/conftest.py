@@ -20,6 +20,14 @@ def service_unavailable(name: str, reason: str) -> None:
     pytest.skip(f"{name} unavailable: {reason}")
 
 
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never inherit a profile from the developer's shell or from another test's Airflow env."""
+    for key in list(os.environ):
+        if key.startswith("STOREFRONT_"):
+            monkeypatch.delenv(key)
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return get_settings(home=tmp_path / ".storefront", num_threads=1)

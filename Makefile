@@ -1,0 +1,32 @@
+# Storefront ML. `make demo` and `make test` set everything up on a machine that only has Python 3.11.
+SHELL := /bin/bash
+UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+export MLFLOW_UV_AUTO_DETECT := false
+export GIT_PYTHON_REFRESH := quiet
+
+.PHONY: install demo test test-unit lint bench clean
+
+$(UV):
+	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
+
+.venv/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --compile-bytecode
+	@touch $@
+
+install: .venv/.synced
+
+demo: install
+	$(UV) run --frozen --no-sync mlctl demo
+
+test: install
+	$(UV) run --frozen --no-sync pytest -q -p no:cacheprovider
+
+lint: install
+	$(UV) run --frozen --no-sync ruff check pipelines dags tests bench
+	$(UV) run --frozen --no-sync ruff format --check pipelines dags tests bench
+
+bench: install
+	$(UV) run --frozen --no-sync python -m bench.bench_simulator
+
+clean:
+	rm -rf .storefront

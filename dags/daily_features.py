@@ -1,0 +1,48 @@
+"""Daily features: extract -> validate -> features -> materialize, one run per logical date (catchup on)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import Asset, dag, task
+
+from pipelines.settings import get_settings
+
+settings = get_settings()
+USER_FEATURES = Asset("storefront://features/user_behavior")
+
+
+@dag(
+    dag_id="daily_features",
+    schedule="@daily",
+    start_date=dt.datetime.combine(settings.start_date, dt.time(), tzinfo=dt.UTC),
+    end_date=dt.datetime.combine(settings.end_date, dt.time(), tzinfo=dt.UTC) if settings.end_date else None,
+    catchup=True,
+    max_active_runs=2,
+    default_args={"retries": 1, "retry_delay": dt.timedelta(seconds=30)},
+    tags=["features"],
+    doc_md=__doc__,
+)
+def daily_features():
+    from pipelines.flows import daily_features as flow
+
+    @task
+    def extract(ds: str | None = None) -> dict:
+        return flow.extract(get_settings(), ds)
+
+    @task
+    def validate(ds: str | None = None) -> dict:
+        return flow.validate(get_settings(), ds)
+
+    @task
+    def features(ds: str | None = None) -> dict:
+        return flow.features(get_settings(), ds)
+
+    @task(outlets=[USER_FEATURES])
+    def materialize(ds: str | None = None) -> dict:
+        return flow.materialize(get_settings(), ds)
+
+    extract() >> validate() >> features() >> materialize()
+
+
+daily_features()

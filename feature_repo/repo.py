@@ -1,0 +1,14 @@
+"""Module-level Feast objects for the ``feast`` CLI (``feast -f feature_store.local.yaml plan`` etc.).
+
+Built from the environment's settings; pipelines code uses ``definitions(settings)`` directly instead.
+"""
+
+from feature_repo.definitions import definitions
+from pipelines.settings import get_settings
+
+_repo = definitions(get_settings())
+
+user = _repo.user
+user_behavior_source = _repo.user_behavior_source
+user_behavior = _repo.user_behavior
+purchase_intent = _repo.purchase_intent

@@ -1,0 +1,205 @@
+"""``mlctl``: the command line of Storefront ML (engineers and reviewers)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from pipelines.settings import Settings, get_settings
+
+app = typer.Typer(help="Storefront ML: daily features, training, approval and serving.", no_args_is_help=True)
+console = Console()
+
+
+def _settings() -> Settings:
+    return get_settings()
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code=1)
+
+
+def _progress(out: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=out
+    )
+
+
+def _runs_table(title: str, rows: list[tuple[str, str]]) -> Table:
+    table = Table(title=title)
+    table.add_column("logical date")
+    table.add_column("state")
+    for day, state in rows:
+        colour = {"success": "green", "failed": "red"}.get(state, "yellow")
+        table.add_row(day, f"[{colour}]{state}[/{colour}]")
+    return table
+
+
+@app.command()
+def run(
+    dag_id: Annotated[str, typer.Argument(help="DAG id, e.g. daily_features or train_purchase_intent")],
+    date: Annotated[str, typer.Option("--date", help="Logical date YYYY-MM-DD")],
+) -> None:
+    """Run one DAG for one logical date and follow it until it ends."""
+    from pipelines.orchestration import runs
+
+    settings = _settings()
+    day = runs.as_date(date)
+    if settings.airflow_api_url:
+        from pipelines.orchestration.airflow_client import AirflowClient
+
+        with console.status(f"{dag_id} {day}: triggered, waiting for the scheduler"):
+            outcome = runs.trigger_and_follow(AirflowClient(settings), dag_id, day)
+    else:
+        console.print(f"running {dag_id} for {day} in-process (local profile)")
+        outcome = runs.run_in_process(settings, dag_id, [day])[0]
+    console.print(_runs_table(dag_id, [(outcome.logical_date, outcome.state)]))
+    if outcome.state != "success":
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def backfill(
+    dag: Annotated[str, typer.Option("--dag", help="DAG id")],
+    start: Annotated[str, typer.Option("--from", help="First logical date YYYY-MM-DD")],
+    end: Annotated[str, typer.Option("--to", help="Last logical date YYYY-MM-DD (inclusive)")],
+    rerun: Annotated[bool, typer.Option(help="Also rerun days that already succeeded")] = False,
+) -> None:
+    """Backfill a DAG over a date range and show every run's state."""
+    from pipelines.orchestration import runs
+
+    settings = _settings()
+    try:
+        days = runs.days_between(start, end)
+    except ValueError as exc:
+        _fail(str(exc))
+    if settings.airflow_api_url:
+        rows = _backfill_on_stack(settings, dag, days, rerun)
+    else:
+        logfile = settings.home / "logs" / f"{dag}.log"
+        with _progress(console) as progress:
+            bar = progress.add_task(f"{dag} (logs: {logfile})", total=len(days))
+            outcomes = runs.run_in_process(
+                settings, dag, days, skip_succeeded=not rerun, logfile=logfile,
+                on_done=lambda o: progress.advance(bar),
+            )
+        rows = [(o.logical_date, o.state + (" (already done)" if o.skipped else "")) for o in outcomes]
+    console.print(_runs_table(f"backfill of {dag}", rows))
+    if any(not state.startswith("success") for _, state in rows) or len(rows) < len(days):
+        raise typer.Exit(code=1)
+
+
+def _backfill_on_stack(settings: Settings, dag: str, days: list[dt.date], rerun: bool) -> list[tuple[str, str]]:
+    from pipelines.orchestration.airflow_client import AirflowClient
+    from pipelines.orchestration.runs import FINISHED, logical_datetime
+
+    client = AirflowClient(settings)
+    first, last = logical_datetime(days[0]).isoformat(), logical_datetime(days[-1]).isoformat()
+    created = client.create_backfill(dag, first, last, reprocess="completed" if rerun else "failed")
+    console.print(f"Airflow backfill {created['id']} of {dag} created for {days[0]} .. {days[-1]}")
+    with _progress(console) as progress:
+        bar = progress.add_task(f"backfill {created['id']}", total=len(days))
+        while True:
+            found = client.runs_between(dag, first, last)
+            progress.update(bar, completed=sum(r["state"] in FINISHED for r in found))
+            if client.backfill(created["id"]).get("completed_at") and all(r["state"] in FINISHED for r in found):
+                break
+            time.sleep(2)
+    return [(r["logical_date"][:10], r["state"]) for r in found]
+
+
+def _answer(model: str, version: str, reviewer: str, comment: str, option: str) -> None:
+    from pipelines.orchestration.airflow_client import AirflowAPIError, AirflowClient
+
+    settings = _settings()
+    try:
+        client = AirflowClient(settings, username=reviewer)
+        pending = client.pending_approvals(dag_id=f"train_{model}")
+        matching = [p for p in pending if p.field("model") == model and p.field("version") == str(version)]
+        if not matching:
+            waiting = ", ".join(f"{p.field('model')} v{p.field('version')}" for p in pending) or "none"
+            _fail(f"no approval request is waiting for {model} version {version} (waiting: {waiting})")
+        request = matching[0]
+        client.respond(request, option, {"comment": comment})
+    except AirflowAPIError as exc:
+        _fail(str(exc))
+    verb = "approved" if option == "Approve" else "rejected"
+    console.print(f"[bold]{reviewer}[/bold] {verb} {model} version {version} ({request.dag_id} / {request.run_id})")
+
+
+@app.command()
+def approve(
+    model: str,
+    version: str,
+    reviewer: Annotated[str, typer.Option("--as", help="Reviewer's Airflow user name")],
+    comment: Annotated[str, typer.Option(help="Why")] = "",
+) -> None:
+    """Approve a candidate waiting in its training run's approval task (Airflow human-in-the-loop)."""
+    _answer(model, version, reviewer, comment, "Approve")
+
+
+@app.command()
+def reject(
+    model: str,
+    version: str,
+    reviewer: Annotated[str, typer.Option("--as", help="Reviewer's Airflow user name")],
+    comment: Annotated[str, typer.Option(help="Why")] = "",
+) -> None:
+    """Reject a candidate: nothing is promoted, the decision is kept on the model version."""
+    _answer(model, version, reviewer, comment, "Reject")
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False) -> None:
+    """Champions with their metrics and approval records, and the last runs of every DAG."""
+    from pipelines.status import collect_status
+
+    report = collect_status(_settings())
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, default=str))
+        return
+    for name, model in report["models"].items():
+        champ = model.get("champion")
+        if not champ:
+            console.print(f"[bold]{name}[/bold]: no champion yet")
+            continue
+        approval = champ.get("approval") or {}
+        metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(champ.get("metrics", {}).items()))
+        console.print(f"[bold]{name}[/bold]: champion v{champ['version']} ({metrics})")
+        console.print(f"  approved by {approval.get('by')} at {approval.get('at')}: {approval.get('comment')!r}")
+    for dag_id, dag_runs in report["dags"].items():
+        console.print(_runs_table(dag_id, [(r["logical_date"], r["state"]) for r in dag_runs]))
+
+
+@app.command()
+def serve() -> None:
+    """Start the online serving app (FastAPI) on the configured host and port."""
+    from pipelines.serving.server import run as run_server
+
+    run_server(_settings())
+
+
+@app.command()
+def demo(
+    days: Annotated[int, typer.Option(help="Days to simulate")] = 35,
+    users: Annotated[int, typer.Option(help="Simulated users")] = 5000,
+) -> None:
+    """The whole chain on embedded defaults: simulate, daily DAG runs, training, approval, serving."""
+    from pipelines.demo import run_demo
+
+    settings = get_settings(sim_users=users)
+    if settings.profile != "local":
+        _fail("`mlctl demo` runs on the local profile; unset STOREFRONT_PROFILE")
+    raise typer.Exit(code=run_demo(settings, days, console))
+
+
+if __name__ == "__main__":
+    app()

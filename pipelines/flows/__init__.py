@@ -1,0 +1,1 @@
+"""The steps the DAGs schedule: each takes settings and a logical date, returns a small JSON-able summary."""

@@ -1,0 +1,48 @@
+"""The daily chain for one logical date: extract -> validate -> features -> materialize.
+
+Each step reads only its inputs for the date and replaces its one output atomically, so rerunning a day
+changes nothing and a failed day can simply be retried.
+"""
+
+from __future__ import annotations
+
+from pipelines.data.extract import extract_day
+from pipelines.data.simulator import SimulationConfig
+from pipelines.features.store import materialize_day
+from pipelines.features.user_features import build_user_features, write_user_features
+from pipelines.lake import Lake, as_date
+from pipelines.settings import Settings
+from pipelines.validation.runner import ValidationFailed, validate_frame, validate_partition
+
+FEATURE_TABLE = "features/user_behavior"
+
+
+def simulation_config(settings: Settings) -> SimulationConfig:
+    return SimulationConfig(seed=settings.sim_seed, n_users=settings.sim_users, start=settings.start_date)
+
+
+def extract(settings: Settings, ds: str) -> dict:
+    """Land the day's raw partitions (events and dimension snapshots) in the lake."""
+    return extract_day(Lake(settings), simulation_config(settings), as_date(ds))
+
+
+def validate(settings: Settings, ds: str) -> dict:
+    """Validate the day's events; a critical failure quarantines the partition and raises."""
+    report = validate_partition(Lake(settings), "events", as_date(ds), settings.expectations_dir)
+    return {"success": report.success, "rows": report.n_rows, "warnings": report.summary() if not report.success else ""}
+
+
+def features(settings: Settings, ds: str) -> dict:
+    """Compute the day's user features, check them, and publish them to the offline store."""
+    lake, day = Lake(settings), as_date(ds)
+    frame = build_user_features(lake, day)
+    report = validate_frame(frame, "user_features", day, settings.expectations_dir)
+    if not report.success and report.critical_failures:
+        raise ValidationFailed(report)
+    uri = write_user_features(lake, day, frame)
+    return {"rows": len(frame), "uri": uri}
+
+
+def materialize(settings: Settings, ds: str) -> dict:
+    """Load the day's features into the online store."""
+    return {"rows": materialize_day(settings, as_date(ds))}

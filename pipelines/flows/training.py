@@ -1,0 +1,73 @@
+"""The training chain of one model for one logical date: training set -> train -> evaluate -> gate -> promote.
+
+Human approval sits between the gate and promotion; it is Airflow's, so it lives in the DAG, and its answer
+reaches :func:`promote` and :func:`record_review` as the ApprovalOperator's return value.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict
+from typing import Any
+
+from pipelines.evaluation.evaluate import evaluate_candidate
+from pipelines.evaluation.gate import apply_gate, record_gate
+from pipelines.features.store import online_freshness
+from pipelines.lake import Lake, as_date
+from pipelines.registry.promotion import ApprovalRecord, promote as promote_version, record_rejection
+from pipelines.settings import Settings
+from pipelines.specs import ModelSpec
+from pipelines.training.dataset import build_training_set, load_training_set
+from pipelines.training.train import train_model
+
+
+def training_set(settings: Settings, spec: ModelSpec, ds: str) -> dict:
+    ts = build_training_set(settings, Lake(settings), spec, as_date(ds))
+    return {"uri": ts.uri, "digest": ts.digest, "rows": ts.row_counts, "label_rate": ts.label_rate}
+
+
+def train(settings: Settings, spec: ModelSpec, ds: str) -> dict:
+    ts = load_training_set(Lake(settings), spec, as_date(ds))
+    result = train_model(settings, spec, ts)
+    return {"run_id": result.run_id, "version": str(result.model_version), "metrics": result.metrics}
+
+
+def evaluate(settings: Settings, spec: ModelSpec, ds: str, version: str) -> dict:
+    ts = load_training_set(Lake(settings), spec, as_date(ds))
+    return _jsonable(evaluate_candidate(settings, spec, version, ts))
+
+
+def gate(settings: Settings, spec: ModelSpec, ds: str, version: str) -> dict:
+    """Re-evaluate nothing: apply the spec's thresholds to the stored evaluation and tag the version."""
+    ts = load_training_set(Lake(settings), spec, as_date(ds))
+    decision = apply_gate(spec, evaluate_candidate(settings, spec, version, ts))
+    record_gate(settings, spec, version, decision)
+    return _jsonable(decision)
+
+
+def promote(settings: Settings, spec: ModelSpec, version: str, approval: dict[str, Any]) -> dict:
+    """Move the champion alias after checking the online store is fresh for the model's feature service."""
+    record = ApprovalRecord.from_hitl(approval)
+    freshness = online_freshness(
+        settings,
+        spec.feature_service,
+        sample_user_ids=None,
+        max_age=dt.timedelta(hours=spec.online_freshness_hours),
+        now=None,
+    )
+    return _jsonable(promote_version(settings, spec, version, record, freshness))
+
+
+def record_review(settings: Settings, spec: ModelSpec, version: str, approval: dict[str, Any] | None) -> dict:
+    """Keep a rejection (or a missing answer) on the version's tags; approvals were recorded by promote."""
+    if not approval:
+        return {"decision": "none"}
+    record = ApprovalRecord.from_hitl(approval)
+    if record.decision != "approve":
+        record_rejection(settings, spec, version, record)
+    return _jsonable(record)
+
+
+def _jsonable(obj: Any) -> dict:
+    data = asdict(obj) if hasattr(obj, "__dataclass_fields__") else dict(obj)
+    return {k: (v.isoformat() if isinstance(v, dt.datetime | dt.date) else v) for k, v in data.items()}

@@ -1,0 +1,1 @@
+"""Airflow glue: its environment from settings, a REST client, in-process DAG runs."""

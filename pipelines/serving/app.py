@@ -1,0 +1,227 @@
+"""FastAPI app: score users with each binary model's champion on Feast online features.
+
+Users without online features still get a score (every feature missing) with ``features_found: false``, so a
+caller can tell a cold-start score from a real one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from datetime import datetime
+
+import anyio
+import numpy as np
+import pandas as pd
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel, Field
+
+from pipelines.serving.model_loader import ChampionModel, FeatureMismatchError, RefreshLoop
+from pipelines.settings import Settings
+from pipelines.specs import ModelSpec, load_specs
+
+log = logging.getLogger(__name__)
+
+MAX_USER_IDS = 1000
+# An id no real user has: the canary reads its (empty) online row through the same path as a request.
+CANARY_USER_ID = -1
+ENTITY_COLUMN = "user_id"
+
+# (settings, feature_service, user_ids) -> one row per user id with the service's feature columns; a user the
+# online store does not know comes back with all features missing. Same signature as
+# pipelines.features.store.online_features.
+FeatureReader = Callable[[Settings, str, list[int]], pd.DataFrame]
+
+
+class PredictRequest(BaseModel):
+    user_ids: list[int] = Field(min_length=1, max_length=MAX_USER_IDS, description="Users to score.")
+
+
+class Prediction(BaseModel):
+    user_id: int
+    score: float
+    features_found: bool = Field(description="False when the online store had no features for this user.")
+
+
+class PredictResponse(BaseModel):
+    model: str
+    version: str
+    predictions: list[Prediction]
+
+
+class RefusalInfo(BaseModel):
+    version: str
+    reason: str
+    at: datetime
+
+
+class ModelHealth(BaseModel):
+    version: str | None
+    loaded_at: datetime | None
+    champion_version: str | None
+    last_checked: datetime | None
+    last_refusal: RefusalInfo | None
+    last_error: str | None
+
+
+class HealthResponse(BaseModel):
+    status: str = Field(description="ok when every served model has a loaded champion, else degraded.")
+    models: dict[str, ModelHealth]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    objective: str
+    feature_service: str
+    served: bool = Field(description="Whether POST /v1/models/{name}/predict serves this model.")
+    version: str | None
+    features: list[str]
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]
+
+
+def _feast_reader(settings: Settings, feature_service: str, user_ids: list[int]) -> pd.DataFrame:
+    # Imported lazily: feast takes seconds to import and tests pass their own reader.
+    from pipelines.features.store import online_features
+
+    return online_features(settings, feature_service, user_ids)
+
+
+def _rows_for(frame: pd.DataFrame, user_ids: list[int], feature_service: str) -> pd.DataFrame:
+    """Align the reader's rows to the requested ids (by the entity column when present, else by position)."""
+    if ENTITY_COLUMN in frame.columns:
+        return frame.drop_duplicates(ENTITY_COLUMN).set_index(ENTITY_COLUMN).reindex(user_ids).reset_index(drop=True)
+    if len(frame) != len(user_ids):
+        raise ValueError(
+            f"feature service {feature_service!r} returned {len(frame)} rows for {len(user_ids)} user ids "
+            f"and no {ENTITY_COLUMN!r} column to align them"
+        )
+    return frame.reset_index(drop=True)
+
+
+def create_app(
+    settings: Settings,
+    feature_reader: FeatureReader | None = None,
+    specs: Mapping[str, ModelSpec] | None = None,
+) -> FastAPI:
+    """The serving app for every spec in ``settings.models_dir`` (or ``specs``); binary models are scored."""
+    reader = feature_reader or _feast_reader
+    all_specs = dict(specs) if specs is not None else load_specs(settings.models_dir)
+
+    def read_features(spec: ModelSpec, user_ids: list[int]) -> pd.DataFrame:
+        return _rows_for(reader(settings, spec.feature_service, user_ids), user_ids, spec.feature_service)
+
+    def canary_for(spec: ModelSpec) -> Callable[[], pd.DataFrame]:
+        return lambda: read_features(spec, [CANARY_USER_ID])
+
+    holders = {
+        name: ChampionModel(name, settings, canary_features=canary_for(spec))
+        for name, spec in all_specs.items()
+        if spec.objective == "binary"
+    }
+
+    def refresh_all() -> None:
+        for holder in holders.values():
+            holder.refresh()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await anyio.to_thread.run_sync(refresh_all)
+        loop = RefreshLoop(holders.values(), settings.serving_refresh_seconds)
+        loop.start()
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(loop.stop)
+
+    app = FastAPI(title="Storefront ML serving", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.models = holders
+    app.state.specs = all_specs
+
+    def holder_for(model: str) -> tuple[ModelSpec, ChampionModel]:
+        spec = all_specs.get(model)
+        if spec is None:
+            raise HTTPException(404, f"unknown model {model!r}; known models: {sorted(all_specs)}")
+        holder = holders.get(model)
+        if holder is None:
+            raise HTTPException(
+                404, f"model {model!r} has objective {spec.objective!r}; this route serves binary models only"
+            )
+        if not holder.checked:  # the app was started without its lifespan (e.g. mounted elsewhere)
+            holder.refresh()
+        return spec, holder
+
+    # Plain `def` endpoints: FastAPI runs them in its thread pool, so blocking feature reads don't stall the loop.
+    @app.post("/v1/models/{model}/predict", response_model=PredictResponse)
+    def predict(model: str, request: PredictRequest) -> PredictResponse:
+        spec, holder = holder_for(model)
+        loaded = holder.current()
+        if loaded is None:
+            refusal = holder.status().last_refusal
+            if refusal is not None:
+                raise HTTPException(
+                    503, f"no servable champion for {model}: v{refusal.version} was refused ({refusal.reason})"
+                )
+            raise HTTPException(503, f"no champion for {model}; approve a version first")
+        try:
+            rows = read_features(spec, request.user_ids)
+        except Exception as exc:
+            log.exception("online feature read failed for %s", spec.feature_service)
+            raise HTTPException(
+                503, f"online features unavailable for feature service {spec.feature_service!r}: {exc}"
+            ) from exc
+        try:
+            scores = loaded.predict(rows)
+        except FeatureMismatchError as exc:
+            raise HTTPException(503, str(exc)) from exc
+        found = ~rows.loc[:, list(loaded.feature_names)].isna().all(axis=1).to_numpy()
+        return PredictResponse(
+            model=model,
+            version=loaded.version,
+            predictions=[
+                Prediction(user_id=uid, score=float(s), features_found=bool(f))
+                for uid, s, f in zip(request.user_ids, np.asarray(scores), found, strict=True)
+            ],
+        )
+
+    @app.get("/health", response_model=HealthResponse)
+    def health() -> HealthResponse:
+        models = {}
+        for name, holder in holders.items():
+            st = holder.status()
+            refusal = st.last_refusal
+            models[name] = ModelHealth(
+                version=st.version,
+                loaded_at=st.loaded_at,
+                champion_version=st.champion_version,
+                last_checked=st.last_checked,
+                last_refusal=RefusalInfo(version=refusal.version, reason=refusal.reason, at=refusal.at)
+                if refusal
+                else None,
+                last_error=st.last_error,
+            )
+        ok = all(m.version is not None for m in models.values())
+        return HealthResponse(status="ok" if ok else "degraded", models=models)
+
+    @app.get("/v1/models", response_model=ModelsResponse)
+    def list_models() -> ModelsResponse:
+        infos = []
+        for name, spec in sorted(all_specs.items()):
+            loaded = holders[name].current() if name in holders else None
+            infos.append(
+                ModelInfo(
+                    name=name,
+                    objective=spec.objective,
+                    feature_service=spec.feature_service,
+                    served=name in holders,
+                    version=loaded.version if loaded else None,
+                    features=list(loaded.feature_names) if loaded else [],
+                )
+            )
+        return ModelsResponse(models=infos)
+
+    return app

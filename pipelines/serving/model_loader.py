@@ -1,0 +1,276 @@
+"""Keep each model's champion in memory and hot-swap it when the ``champion`` alias moves.
+
+A new version is swapped in only after it loaded and scored a canary; otherwise it is refused and the old one
+keeps serving (the contract in DESIGN.md: serving never goes down on a bad model).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+
+from pipelines.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CHAMPION_ALIAS = "champion"
+
+# Returns online feature rows for a canary entity (one row or more, feature columns by name).
+CanaryFeatures = Callable[[], pd.DataFrame]
+
+
+class FeatureMismatchError(ValueError):
+    """The model's features are not all present in the feature rows it is asked to score."""
+
+
+class CanaryError(ValueError):
+    """A freshly loaded model produced unusable scores on the canary rows."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One registered model version, loaded and ready to score."""
+
+    name: str
+    version: str
+    booster: lgb.Booster
+    feature_names: tuple[str, ...]
+    loaded_at: datetime
+    num_threads: int
+
+    def matrix(self, frame: pd.DataFrame) -> np.ndarray:
+        """The frame's feature columns in the booster's order, as floats (missing values become NaN)."""
+        missing = [c for c in self.feature_names if c not in frame.columns]
+        if missing:
+            raise FeatureMismatchError(
+                f"model {self.name} v{self.version} expects features {missing} that the online features do not "
+                f"provide (got {list(frame.columns)}); retrain against the current feature service or fix the view"
+            )
+        return frame.loc[:, list(self.feature_names)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        """Scores for every row of ``frame`` (NaN features take LightGBM's missing-value branch)."""
+        return np.asarray(self.booster.predict(self.matrix(frame), num_threads=self.num_threads), dtype=float)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A version that was not swapped in, and why."""
+
+    version: str
+    reason: str
+    at: datetime
+
+
+@dataclass
+class ModelStatus:
+    """What /health reports for one model."""
+
+    name: str
+    version: str | None
+    loaded_at: datetime | None
+    champion_version: str | None
+    last_checked: datetime | None
+    last_refusal: Refusal | None
+    last_error: str | None
+    refused_versions: list[str] = field(default_factory=list)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def champion_version(settings: Settings, name: str) -> str | None:
+    """The version the ``champion`` alias points at, or None when there is no such model or alias."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
+    try:
+        mv = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    # SQLite stores give an int, the REST server a str.
+    return str(mv.version)
+
+
+def load_version(settings: Settings, name: str, version: str) -> LoadedModel:
+    """Download ``models:/<name>/<version>`` and load its LightGBM booster."""
+    import mlflow.artifacts
+    import mlflow.lightgbm
+
+    with tempfile.TemporaryDirectory(prefix=f"serving-{name}-") as tmp:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{name}/{version}",
+            dst_path=tmp,
+            tracking_uri=settings.mlflow_tracking_uri,
+            registry_uri=settings.mlflow_tracking_uri,
+        )
+        model = mlflow.lightgbm.load_model(local)
+    booster = model if isinstance(model, lgb.Booster) else model.booster_
+    return LoadedModel(
+        name=name,
+        version=version,
+        booster=booster,
+        feature_names=tuple(booster.feature_name()),
+        loaded_at=_now(),
+        num_threads=settings.num_threads,
+    )
+
+
+def check_canary(model: LoadedModel, canary_rows: pd.DataFrame | None = None) -> None:
+    """Score a row of zeros (and the given canary rows); binary scores must be finite probabilities."""
+    frames = [pd.DataFrame([dict.fromkeys(model.feature_names, 0.0)])]
+    if canary_rows is not None:
+        frames.append(canary_rows)
+    for frame in frames:
+        scores = model.predict(frame)
+        if scores.shape != (len(frame),):
+            raise CanaryError(
+                f"model {model.name} v{model.version} returned scores of shape {scores.shape} for {len(frame)} "
+                "canary rows; expected one score per row (binary objective)"
+            )
+        if not np.all(np.isfinite(scores)) or np.any((scores < 0) | (scores > 1)):
+            raise CanaryError(
+                f"model {model.name} v{model.version} returned {scores.tolist()} for canary rows; "
+                "expected probabilities in [0, 1]"
+            )
+
+
+class ChampionModel:
+    """Holds the serving version of one registered model; ``refresh()`` follows the champion alias."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: Settings,
+        canary_features: CanaryFeatures | None = None,
+    ) -> None:
+        self.name = name
+        self._settings = settings
+        self._canary_features = canary_features
+        self._current: LoadedModel | None = None
+        self._swap_lock = threading.Lock()
+        # One refresh at a time: the background loop and a manual call must not load the same version twice.
+        self._refresh_lock = threading.Lock()
+        self._refused: dict[str, Refusal] = {}
+        self._last_refusal: Refusal | None = None
+        self._last_error: str | None = None
+        self._last_checked: datetime | None = None
+        self._champion_version: str | None = None
+
+    def current(self) -> LoadedModel | None:
+        """The version serving right now (None before the first successful load)."""
+        with self._swap_lock:
+            return self._current
+
+    @property
+    def checked(self) -> bool:
+        return self._last_checked is not None
+
+    def refresh(self) -> LoadedModel | None:
+        """Check the alias; load, canary and swap in a new champion. Returns the version now serving."""
+        with self._refresh_lock:
+            self._last_checked = _now()
+            try:
+                version = champion_version(self._settings, self.name)
+            except Exception as exc:  # the registry being down must not stop serving
+                self._record_error(f"could not read alias {CHAMPION_ALIAS!r} of {self.name}: {exc}")
+                return self.current()
+            self._champion_version = version
+            current = self.current()
+            if version is None or (current is not None and current.version == version):
+                self._last_error = None
+                return current
+            if version in self._refused:
+                return current
+            try:
+                candidate = load_version(self._settings, self.name, version)
+            except Exception as exc:
+                self._refuse(version, f"failed to load: {exc}")
+                return current
+            try:
+                canary_rows = self._canary_features() if self._canary_features else None
+            except Exception as exc:
+                # The online store is at fault, not the model: retry on the next refresh instead of refusing.
+                self._record_error(f"could not read canary features for {self.name} v{version}: {exc}")
+                return current
+            try:
+                check_canary(candidate, canary_rows)
+            except Exception as exc:
+                self._refuse(version, f"failed the canary: {exc}")
+                return current
+            with self._swap_lock:
+                self._current = candidate
+            self._last_error = None
+            log.info(
+                "serving %s v%s (was %s)", self.name, version, current.version if current is not None else "none"
+            )
+            return candidate
+
+    def status(self) -> ModelStatus:
+        current = self.current()
+        return ModelStatus(
+            name=self.name,
+            version=current.version if current else None,
+            loaded_at=current.loaded_at if current else None,
+            champion_version=self._champion_version,
+            last_checked=self._last_checked,
+            last_refusal=self._last_refusal,
+            last_error=self._last_error,
+            refused_versions=sorted(self._refused, key=lambda v: (len(v), v)),
+        )
+
+    def _refuse(self, version: str, reason: str) -> None:
+        refusal = Refusal(version=version, reason=reason, at=_now())
+        self._refused[version] = refusal
+        self._last_refusal = refusal
+        current = self.current()
+        log.error(
+            "refused %s v%s, still serving %s: %s",
+            self.name,
+            version,
+            f"v{current.version}" if current else "nothing",
+            reason,
+        )
+
+    def _record_error(self, message: str) -> None:
+        self._last_error = message
+        log.warning(message)
+
+
+class RefreshLoop:
+    """A daemon thread that refreshes every holder every ``interval`` seconds until stopped."""
+
+    def __init__(self, holders: Iterable[ChampionModel], interval: float) -> None:
+        self._holders = list(holders)
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="champion-refresh", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            for holder in self._holders:
+                if self._stop.is_set():
+                    return
+                try:
+                    holder.refresh()
+                except Exception:  # keep the loop alive whatever one model does
+                    log.exception("refresh of %s failed", holder.name)

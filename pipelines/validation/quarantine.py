@@ -1,0 +1,60 @@
+"""Validate a published lake partition; keep its report next to the data and quarantine it on a critical failure."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from pipelines.lake import Lake, PartitionNotFound, as_date
+from pipelines.validation.report import ValidationReport
+from pipelines.validation.runner import validate_frame
+
+
+class ValidationFailed(Exception):
+    """A partition failed a critical expectation and was moved to quarantine. ``str()`` is the report summary."""
+
+    def __init__(self, report: ValidationReport) -> None:
+        super().__init__(report.summary())
+        self.report = report
+
+
+def report_key(table: str, ds: dt.date) -> str:
+    """Where the report of ``table`` / ``ds`` lives inside the lake."""
+    return f"validation/{table}/ds={as_date(ds).isoformat()}/report.json"
+
+
+def validate_partition(lake: Lake, table: str, ds: dt.date, expectations_dir: Path) -> ValidationReport:
+    """Validate the partition ``ds`` of ``table`` and write its report at :func:`report_key`.
+
+    On a critical failure the partition is moved to ``quarantine/<table>/ds=...`` (with the report) and
+    :class:`ValidationFailed` is raised; warning-level failures only appear in the report.
+    """
+    ds = as_date(ds)
+    try:
+        df = lake.read(table, ds)
+    except PartitionNotFound as exc:
+        where = lake.partition_uri(table, ds)
+        if lake.is_quarantined(table, ds):
+            hint = (
+                f"it is in quarantine ({_quarantine_uri(lake, table, ds)}, see report.json there): "
+                "fix the source and publish the day again"
+            )
+        else:
+            hint = "publish (ingest) that day first"
+        raise PartitionNotFound(f"cannot validate {table} ds={ds.isoformat()}: no partition at {where}; {hint}") from exc
+
+    report = validate_frame(df, table, ds, expectations_dir)
+    if not report.success:
+        # Move the data first so nothing downstream can read it; both reports say where it went.
+        report.quarantined_to = _quarantine_uri(lake, table, ds)
+        try:
+            report.quarantined_to = lake.quarantine(table, ds, report.to_dict())
+        finally:
+            lake.write_json(report_key(table, ds), report.to_dict())
+        raise ValidationFailed(report)
+    lake.write_json(report_key(table, ds), report.to_dict())
+    return report
+
+
+def _quarantine_uri(lake: Lake, table: str, ds: dt.date) -> str:
+    return lake.uri("quarantine", table, f"ds={ds.isoformat()}")

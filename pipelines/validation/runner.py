@@ -1,0 +1,151 @@
+"""Run a table's expectation suite on a dataframe with Great Expectations and return a ValidationReport.
+
+GX is imported lazily so that importing this module (e.g. from a DAG file) costs nothing at parse time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from pipelines.validation.report import CheckResult, ValidationReport, json_safe
+from pipelines.validation.suites import SuiteSpec, build_suite, day_parameters, load_suite_spec, suite_path
+
+if TYPE_CHECKING:
+    from great_expectations.core.expectation_validation_result import ExpectationValidationResult
+    from great_expectations.core.validation_definition import ValidationDefinition
+
+__all__ = ["CheckResult", "ValidationReport", "validate_frame"]
+
+N_EXAMPLES = 5
+# Expectation kwargs that say nothing about what was expected.
+_PLUMBING_KWARGS = {"batch_id", "column", "result_format", "catch_exceptions", "include_config", "meta"}
+
+
+def validate_frame(df: pd.DataFrame, table: str, ds: dt.date, expectations_dir: Path) -> ValidationReport:
+    """Validate ``df`` (the partition ``ds`` of ``table``) against ``<expectations_dir>/<table>.json``."""
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"validate_frame({table!r}) needs a pandas DataFrame, got {type(df).__name__}")
+    path = suite_path(expectations_dir, table).resolve()
+    spec, definition = _prepared(path, *_file_stamp(path))
+    result_format: dict[str, Any] = {"result_format": "SUMMARY", "partial_unexpected_count": N_EXAMPLES}
+    id_column = spec.id_column if spec.id_column in df.columns else None
+    if id_column:
+        result_format["unexpected_index_column_names"] = [id_column]
+
+    started = time.perf_counter()
+    result = definition.run(
+        batch_parameters={"dataframe": df},
+        expectation_parameters=day_parameters(ds),
+        result_format=result_format,
+    )
+    checks = [_check_result(r, id_column) for r in result.results]
+    return ValidationReport(
+        table=table,
+        ds=ds,
+        success=not any(c.severity == "critical" and not c.success for c in checks),
+        n_rows=len(df),
+        suite=str(spec.path),
+        checks=checks,
+        duration_seconds=round(time.perf_counter() - started, 4),
+    )
+
+
+def _file_stamp(path: Path) -> tuple[int, int]:
+    """(mtime, size) of the suite file, so an edited suite is rebuilt; a missing one fails in the loader."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return (0, -1)
+    return (stat.st_mtime_ns, stat.st_size)
+
+
+# Building a context, data source and suite takes longer than validating a small partition: keep one prepared
+# ValidationDefinition per suite file and process. The cache holds no data; dataframes pass through run().
+@functools.lru_cache(maxsize=32)
+def _prepared(path: Path, mtime_ns: int, size: int) -> tuple[SuiteSpec, ValidationDefinition]:
+    spec = load_suite_spec(path.parent, path.stem)
+    context = _ephemeral_context()
+    import great_expectations as gx  # after _ephemeral_context() silenced its logger
+
+    batch = (
+        context.data_sources.add_pandas(name=f"{spec.table}_frames")
+        .add_dataframe_asset(name=spec.table)
+        .add_batch_definition_whole_dataframe(name="whole_partition")
+    )
+    suite = context.suites.add(build_suite(spec))
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name=f"{spec.table}_partition", data=batch, suite=suite)
+    )
+    return spec, definition
+
+
+def _ephemeral_context():  # -> EphemeralDataContext (GX types are imported lazily)
+    """An in-memory GX context without analytics or progress bars."""
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
+
+    config = DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(),
+        analytics_enabled=False,
+        progress_bars=ProgressBarsConfig(globally=False, metric_calculations=False),
+    )
+    return gx.get_context(project_config=config, mode="ephemeral")
+
+
+def _check_result(r: ExpectationValidationResult, id_column: str | None) -> CheckResult:
+    config = r.expectation_config
+    kwargs = config.kwargs or {}
+    column = kwargs.get("column")
+    res = r.result or {}
+    severity = (config.meta or {}).get("severity") or getattr(config.severity, "value", str(config.severity))
+
+    examples = _unique(json_safe(res.get("partial_unexpected_list") or []))
+    example_ids: list[Any] = []
+    if id_column and id_column != column:
+        rows = res.get("partial_unexpected_index_list") or []
+        example_ids = _unique([json_safe(row.get(id_column)) for row in rows if isinstance(row, dict)])
+    observed = (res.get("details") or {}).get("mismatched") or res.get("observed_value")
+    return CheckResult(
+        expectation=config.type,
+        column=column,
+        success=bool(r.success),
+        severity=str(severity),
+        unexpected_count=json_safe(res.get("unexpected_count")),
+        unexpected_percent=json_safe(res.get("unexpected_percent")),
+        examples=examples[:N_EXAMPLES],
+        example_ids=example_ids[:N_EXAMPLES],
+        observed=json_safe(observed),
+        expected=json_safe({k: v for k, v in kwargs.items() if k not in _PLUMBING_KWARGS}),
+        error=_exception_message(r.exception_info),
+    )
+
+
+def _exception_message(info: dict | None) -> str | None:
+    """GX reports exceptions either flat or keyed by metric id; return the first message, if any."""
+    if not info:
+        return None
+    entries = [info] if "raised_exception" in info else [v for v in info.values() if isinstance(v, dict)]
+    for entry in entries:
+        if entry.get("raised_exception"):
+            return str(entry.get("exception_message") or "unknown error").removeprefix("Error: ")
+    return None
+
+
+def _unique(values: list[Any]) -> list[Any]:
+    seen: list[Any] = []
+    for v in values:
+        if v not in seen:
+            seen.append(v)
+    return seen

@@ -1,0 +1,140 @@
+"""The whole daily chain through Airflow on a tiny world: backfill, rerun, validation stop, gate, approval.
+
+Runs go through ``mlctl`` in child processes, exactly as an engineer would start them; approvals go through
+Airflow's REST API (served in-process on the local profile) as a reviewer's would.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import time
+
+import pandas as pd
+import pytest
+
+from pipelines.lake import Lake
+from pipelines.orchestration.airflow_client import AirflowClient
+from pipelines.registry.registry import get_champion
+from tests.airflow_support import START, AirflowWorld, make_world
+
+DAYS = 16
+END = START + dt.timedelta(days=DAYS - 1)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> AirflowWorld:
+    world = make_world(tmp_path_factory.mktemp("e2e"))
+    result = world.mlctl("backfill", "--dag", "daily_features", "--from", str(START), "--to", str(END))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return world
+
+
+@pytest.fixture
+def airflow_env(world: AirflowWorld, monkeypatch: pytest.MonkeyPatch) -> AirflowWorld:
+    for key, value in world.env.items():
+        monkeypatch.setenv(key, value)
+    return world
+
+
+def _digest(lake: Lake, table: str, day: dt.date) -> str:
+    frame = lake.read(table, day)
+    return hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).values.tobytes()).hexdigest()
+
+
+def _train(world: AirflowWorld, model: str, day: dt.date, answer: str | None, reviewer: str = "alice") -> str:
+    """Run a training DAG; answer its approval request (if one comes) through `mlctl approve|reject`."""
+    log = world.settings.home / f"train_{model}_{day}.log"
+    proc = world.popen_mlctl("run", f"train_{model}", "--date", str(day), log=log)
+    client = AirflowClient(world.settings, username=reviewer)
+    deadline = time.time() + 600
+    pending = []
+    while proc.poll() is None and time.time() < deadline:
+        pending = client.pending_approvals(dag_id=f"train_{model}")
+        if pending:
+            version = pending[0].field("version")
+            assert answer is not None, "an approval was requested although the gate should have stopped it"
+            result = world.mlctl(answer, model, version, "--as", reviewer, "--comment", f"{answer} in e2e")
+            assert result.returncode == 0, result.stdout + result.stderr
+            break
+        time.sleep(1)
+    assert proc.wait(timeout=600) == 0, log.read_text()[-5000:]
+    if answer is not None:
+        assert pending, f"no approval was requested; log:\n{log.read_text()[-5000:]}"
+    return log.read_text()
+
+
+def test_backfill_landed_every_day(world: AirflowWorld) -> None:
+    lake = Lake(world.settings)
+    days = [START + dt.timedelta(days=i) for i in range(DAYS)]
+    assert lake.partitions("events") == days
+    assert lake.partitions("features/user_behavior") == days
+    status = json.loads(world.mlctl("status", "--json").stdout)
+    runs = status["dags"]["daily_features"]
+    assert runs and all(r["state"] == "success" for r in runs)
+
+
+def test_rerunning_a_day_changes_nothing(world: AirflowWorld) -> None:
+    lake = Lake(world.settings)
+    day = START + dt.timedelta(days=5)
+    before = {t: _digest(lake, t, day) for t in ("events", "features/user_behavior")}
+    result = world.mlctl("run", "daily_features", "--date", str(day))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert {t: _digest(lake, t, day) for t in before} == before
+    assert lake.partitions("events") == [START + dt.timedelta(days=i) for i in range(DAYS)]
+
+
+def test_failing_validation_quarantines_and_stops_the_chain(airflow_env: AirflowWorld) -> None:
+    from pipelines.orchestration.runs import load_dag, logical_datetime
+
+    lake = Lake(airflow_env.settings)
+    day = END + dt.timedelta(days=1)
+    bad = lake.read("events", END).head(50).copy()
+    bad.loc[:5, "event_type"] = "teleport"
+    bad["event_time"] = bad["event_time"] + pd.Timedelta(days=1)
+    lake.write("events", day, bad)
+    dag = load_dag(airflow_env.settings, "daily_features")
+    run = dag.test(logical_date=logical_datetime(day), mark_success_pattern="extract")
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert states["validate"] == "failed"
+    assert states["features"] == "upstream_failed" and states["materialize"] == "upstream_failed"
+    assert not lake.exists("events", day) and lake.is_quarantined("events", day)
+    assert not lake.exists("features/user_behavior", day)
+    report = lake.read_json(f"quarantine/events/ds={day}/report.json")
+    assert "teleport" in json.dumps(report)
+
+
+def test_gate_failure_never_moves_the_alias(world: AirflowWorld) -> None:
+    _train(world, "purchase_intent_strict", END, answer=None)
+    assert get_champion(world.settings, "purchase_intent_strict") is None
+
+
+def test_approved_candidate_becomes_champion_and_is_served(airflow_env: AirflowWorld) -> None:
+    world = airflow_env
+    _train(world, "purchase_intent", END, answer="approve")
+    champion = get_champion(world.settings, "purchase_intent")
+    assert champion is not None
+    assert champion.approval["by"] == "alice" and champion.approval["comment"] == "approve in e2e"
+    status = json.loads(world.mlctl("status", "--json").stdout)
+    assert status["models"]["purchase_intent"]["champion"]["version"] == champion.version
+
+    from fastapi.testclient import TestClient
+
+    from pipelines.serving.app import create_app
+
+    with TestClient(create_app(world.settings)) as http:
+        resp = http.post("/v1/models/purchase_intent/predict", json={"user_ids": [1, 2, 3]})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["version"] == champion.version
+    assert [p["user_id"] for p in body["predictions"]] == [1, 2, 3]
+    assert all(0.0 <= p["score"] <= 1.0 for p in body["predictions"])
+
+
+def test_rejected_candidate_never_moves_the_alias(world: AirflowWorld) -> None:
+    before = get_champion(world.settings, "purchase_intent")
+    assert before is not None, "runs after the approval test"
+    _train(world, "purchase_intent", END - dt.timedelta(days=1), answer="reject", reviewer="bob")
+    after = get_champion(world.settings, "purchase_intent")
+    assert after.version == before.version

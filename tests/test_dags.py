@@ -1,0 +1,53 @@
+"""DAG integrity: every DAG file imports, and each DAG has the expected tasks in the expected order."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.airflow_support import AirflowWorld, make_world
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> AirflowWorld:
+    return make_world(tmp_path_factory.mktemp("dags"))
+
+
+@pytest.fixture
+def dagbag(world: AirflowWorld, monkeypatch: pytest.MonkeyPatch):
+    for key, value in world.env.items():
+        monkeypatch.setenv(key, value)
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(world.settings.dags_dir), include_examples=False)
+
+
+def test_every_dag_imports_without_errors(dagbag) -> None:
+    assert dagbag.import_errors == {}
+    assert {"daily_features", "train_purchase_intent", "train_purchase_intent_strict"} <= set(dagbag.dag_ids)
+
+
+def test_daily_features_chain(dagbag) -> None:
+    dag = dagbag.get_dag("daily_features")
+    assert dag.catchup is True
+    order = ["extract", "validate", "features", "materialize"]
+    for upstream, downstream in zip(order, order[1:], strict=False):
+        assert downstream in dag.get_task(upstream).downstream_task_ids
+    assert [o.uri for o in dag.get_task("materialize").outlets] == ["storefront://features/user_behavior"]
+
+
+def test_training_chain_has_gate_approval_and_promotion(dagbag) -> None:
+    dag = dagbag.get_dag("train_purchase_intent")
+    edges = [
+        ("training_set", "train"),
+        ("train", "evaluate"),
+        ("evaluate", "gate"),
+        ("gate", "approval"),
+        ("approval", "promote"),
+        ("promote", "record_review"),
+    ]
+    for upstream, downstream in edges:
+        assert downstream in dag.get_task(upstream).downstream_task_ids, (upstream, downstream)
+    approval = dag.get_task("approval")
+    assert type(approval).__name__ == "ApprovalOperator"
+    assert approval.defaults == ["Reject"], "a timeout must never approve"
+    assert [u["id"] for u in approval.assigned_users] == ["alice", "bob"]
