@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import lightgbm as lgb
@@ -36,9 +37,18 @@ def dict_reader(settings: Settings, feature_service: str, user_ids: list[int]) -
     return pd.DataFrame(rows, columns=["user_id", *FEATURES])
 
 
+@pytest.fixture(scope="module")
+def empty_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated MLflow SQLite store, made once: creating the tables takes seconds, copying the file doesn't."""
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def registry(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> MlflowClient:
+def registry(settings: Settings, empty_mlflow_db: Path, monkeypatch: pytest.MonkeyPatch) -> MlflowClient:
     (settings.home / "mlflow").mkdir(parents=True)
+    shutil.copyfile(empty_mlflow_db, settings.home / "mlflow" / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri)
     monkeypatch.setenv("MLFLOW_UV_AUTO_DETECT", "false")
     client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
@@ -60,6 +70,7 @@ def register(features: list[str], seed: int, champion: bool = True) -> str:
             name="model",
             signature=infer_signature(x, booster.predict(x, num_threads=1)),
             registered_model_name=MODEL,
+            pip_requirements=["lightgbm"],  # skips inferring requirements in a subprocess (seconds)
         )
     version = str(info.registered_model_version)
     if champion:
@@ -149,7 +160,14 @@ def test_no_champion_yet_is_503_with_next_step(client: TestClient) -> None:
     response = predict(client, [1])
     assert response.status_code == 503
     assert response.json()["detail"] == f"no champion for {MODEL}; approve a version first"
-    assert client.get("/health").json()["status"] == "degraded"
+    health = client.get("/health").json()
+    assert health["status"] == "degraded"
+    assert health["models"][MODEL]["version"] is None and health["models"][MODEL]["last_error"] is None
+
+
+def test_empty_registry_is_503_not_an_error(client: TestClient) -> None:
+    assert predict(client, [1]).status_code == 503
+    assert client.get("/health").json()["models"][MODEL]["last_error"] is None
 
 
 def test_unknown_model_is_404(client: TestClient) -> None:

@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 from feast import FeatureService, FeatureStore, RepoConfig
 from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
@@ -172,25 +173,26 @@ def materialize_day(settings: Settings, ds: dt.date, store: FeatureStore | None 
 # -- online reads ------------------------------------------------------------------------------------------
 def _read_online(
     store: FeatureStore, service: FeatureService, user_ids: list[int]
-) -> tuple[pd.DataFrame, pd.Series, pd.Series]:
-    """Values (one row per id, NaN when absent), a found flag and the newest event time per id."""
+) -> tuple[pd.DataFrame, np.ndarray, pd.Series]:
+    """Values (one row per id, NaN when absent), a found flag and the newest event time (NaT) per id."""
     response = store.get_online_features(
         features=service, entity_rows=[{ENTITY_COLUMN: int(u)} for u in user_ids]
     )
-    proto = response.proto
-    names = list(proto.metadata.feature_names.val)
     wanted = set(_service_features(service))
-    values: dict[str, list] = {}
-    found = pd.Series(False, index=range(len(user_ids)))
-    newest = pd.Series(pd.NaT, index=range(len(user_ids)), dtype="datetime64[ns, UTC]")
-    for name, vector in zip(names, proto.results, strict=True):
+    values: dict[str, list[float]] = {}
+    newest_seconds = np.full(len(user_ids), -1, dtype="int64")  # -1: no feature of this user found
+    proto = response.proto
+    for name, vector in zip(proto.metadata.feature_names.val, proto.results, strict=True):
         if name not in wanted:
             continue
-        values[name] = [v.double_val if v.HasField("double_val") else float("nan") for v in vector.values]
-        present = [s == FieldStatus.PRESENT for s in vector.statuses]
-        stamps = pd.to_datetime([t.seconds if p else None for t, p in zip(vector.event_timestamps, present, strict=True)], unit="s", utc=True)
-        found |= pd.Series(present)
-        newest = newest.combine(pd.Series(stamps), lambda a, b: b if pd.isna(a) or (pd.notna(b) and b > a) else a)
+        values[name] = [v.double_val if v.HasField("double_val") else np.nan for v in vector.values]
+        seconds = [
+            t.seconds if status == FieldStatus.PRESENT else -1
+            for t, status in zip(vector.event_timestamps, vector.statuses, strict=True)
+        ]
+        newest_seconds = np.maximum(newest_seconds, np.asarray(seconds, dtype="int64"))
+    found = newest_seconds >= 0
+    newest = pd.Series(pd.to_datetime(np.where(found, newest_seconds, 0), unit="s", utc=True)).where(found)
     return pd.DataFrame(values), found, newest
 
 
@@ -240,7 +242,9 @@ def online_freshness(
     """
     store = store or feature_store(settings)
     service = _service(store, feature_service)
-    _, found, newest = _read_online(store, service, list(sample_user_ids)) if sample_user_ids else (None, pd.Series(dtype=bool), pd.Series(dtype="datetime64[ns, UTC]"))
+    if not sample_user_ids:
+        return FreshnessReport(False, None, 0, f"feature service {feature_service!r}: no sample user ids to check")
+    _, found, newest = _read_online(store, service, list(sample_user_ids))
     checked = int(found.sum())
     if checked == 0:
         return FreshnessReport(

@@ -21,7 +21,8 @@ TIMESTAMP_COLUMN = "event_timestamp"
 WINDOW_DAYS = 30
 RECENCY_CAP_DAYS = float(WINDOW_DAYS)  # "no such event within the window"
 
-FEATURE_COLUMNS: tuple[str, ...] = (
+# A list (not a tuple) so that df[FEATURE_COLUMNS] and df.loc[:, FEATURE_COLUMNS] select columns; never mutate it.
+FEATURE_COLUMNS: list[str] = [
     "views_1d",
     "views_7d",
     "views_30d",
@@ -41,7 +42,7 @@ FEATURE_COLUMNS: tuple[str, ...] = (
     "followee_purchases_7d",
     "follower_count",
     "followee_count",
-)
+]
 
 # (feature, event type, window in days): plain event counts.
 _COUNTS: tuple[tuple[str, str, int], ...] = (

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import urllib.parse
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,10 +71,15 @@ class AirflowClient:
             self.http: httpx.Client = httpx.Client(base_url=settings.airflow_api_url.rstrip("/"), timeout=60)
         else:
             configure_airflow(settings)
+            warnings.filterwarnings("ignore", message=".*httpx.*starlette.testclient.*")
             from airflow.api_fastapi.app import create_app
             from starlette.testclient import TestClient
 
-            self.http = TestClient(create_app("core"), base_url="http://airflow.local")
+            api = create_app("core")
+            # One access-log line per request is noise in a CLI: drop that middleware from our in-process copy.
+            api.user_middleware = [m for m in api.user_middleware if "AccessLog" not in getattr(m.cls, "__name__", "")]
+
+            self.http = TestClient(api, base_url="http://airflow.local")
         self._login()
 
     def _login(self) -> None:

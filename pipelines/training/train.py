@@ -15,7 +15,6 @@ import lightgbm as lgb
 import mlflow
 import mlflow.data
 import mlflow.lightgbm
-import pandas as pd
 from matplotlib.figure import Figure
 from mlflow.models import infer_signature
 
@@ -197,8 +196,3 @@ def train_model(settings: Settings, spec: ModelSpec, training_set: TrainingSet) 
         version = mlflow.register_model(info.model_uri, spec.name, tags=run_tags)
     return TrainResult(run.info.run_id, str(version.version), metrics)
 
-
-def training_frame_summary(training_set: TrainingSet) -> pd.DataFrame:
-    """Rows and label rate per split (for reports and the CLI)."""
-    frame = training_set.frame
-    return frame.groupby("split")[LABEL_COLUMN].agg(rows="size", label_rate="mean").reset_index()

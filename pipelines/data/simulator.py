@@ -1,0 +1,698 @@
+"""A social-commerce world with planted, documented purchase signal and its exact ground truth.
+
+The world is replayed from ``config.start`` at count level (cached per config in-process), so any day renders the
+same rows whether or not earlier days were asked for; see docs/data.md for the generative story.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from pipelines.data import schemas
+
+DAY_SECONDS = 86_400
+NEVER = -10_000  # "day of last purchase" for users who never bought: satiation term is exactly 0
+
+# Independent random streams: the same (seed, stream, day) always gives the same draws.
+_STATIC, _DYNAMICS, _RENDER, _TRUTH = 0, 1, 2, 3
+
+_COUNTRIES = np.array(["DE", "FR", "ES", "IT", "NL", "PL", "SE", "GB", "US", "BR"])
+_COUNTRY_WEIGHTS = np.array([0.18, 0.14, 0.1, 0.1, 0.07, 0.08, 0.05, 0.12, 0.11, 0.05])
+
+
+class SimulationError(ValueError):
+    """A day or a parameter the simulator cannot serve."""
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """Size, seed and every coefficient of the generative story (docs/data.md explains each one)."""
+
+    seed: int = 7
+    n_users: int = 5000
+    n_products: int = 2000
+    n_categories: int = 20
+    n_merchants: int = 50
+    start: dt.date = dt.date(2025, 1, 1)  # first simulated day (index 0)
+
+    # Population: latent purchase propensity theta ~ LogNormal with mean 1.
+    theta_sigma: float = 0.9
+    late_signup_fraction: float = 0.05  # share of users who sign up during the window
+    late_signup_days: int = 35  # they sign up uniformly over days 0..late_signup_days-1
+    # Follow graph: followees drawn by power-law popularity, boosted when the preferred category matches.
+    follows_mean: float = 8.0
+    follow_popularity_alpha: float = 1.3  # Pareto tail of popularity -> power-law-ish in-degree
+    follow_homophily: float = 5.0  # weight multiplier for a followee with the same preferred category
+    # Browsing (drives the counts from which theta is inferable).
+    sessions_per_day: float = 0.3  # Poisson mean of sessions per day at theta = 1
+    sessions_theta_power: float = 1.0  # sessions mean scales with theta ** power
+    extra_views_per_session: float = 2.5  # Poisson mean of views beyond the first in a session
+    cart_logit: float = -2.2  # per view: logit P(cart) = cart_logit + cart_logit_theta * log(theta)
+    cart_logit_theta: float = 0.5
+    wishlist_rate: float = 0.04  # per view
+    remove_rate: float = 0.12  # per open cart item, on days the user has a session
+    cart_memory_days: int = 7  # cart items older than this are abandoned and stop counting
+    primary_category_share: float = 0.6  # views in the preferred category; secondary 0.25, rest random
+    secondary_category_share: float = 0.25
+    activity_by_weekday: tuple[float, ...] = (1.0, 0.95, 0.95, 1.0, 1.1, 1.3, 1.25)  # Monday first
+    # Daily purchase hazard: logit h = intercept + weekday + theta*log(theta) + cart*log1p(open cart items)
+    #   + satiation*exp(-days since last purchase / satiation_days) + social*log1p(followee purchases 7d)
+    purchase_intercept: float = -4.2
+    purchase_theta: float = 0.9
+    purchase_cart: float = 1.1
+    purchase_satiation: float = -1.5
+    satiation_days: float = 3.0
+    purchase_social: float = 0.45
+    purchase_logit_by_weekday: tuple[float, ...] = (0.0, -0.05, -0.05, 0.0, 0.1, 0.3, 0.2)
+    extra_items_per_purchase: float = 0.3  # Poisson mean of items bought beyond the first
+    # Ground truth: Monte-Carlo replicas of the next days (Rao-Blackwellised, see purchase_truth).
+    truth_replicas: int = 200
+
+    def day_index(self, ds: dt.date) -> int:
+        index = (ds - self.start).days
+        if index < 0:
+            raise SimulationError(f"day {ds} is before the simulation start {self.start}; pick ds >= start")
+        return index
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The static world: users, products, merchants, follow graph.
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Static:
+    theta: np.ndarray  # (n,)
+    log_theta: np.ndarray
+    p_cart: np.ndarray  # (n,) per-view cart probability
+    primary: np.ndarray  # (n,) preferred category index
+    secondary: np.ndarray
+    signup_time: np.ndarray  # datetime64[us] UTC-naive
+    signup_day: np.ndarray  # (n,) day index of signup (negative before start); active on days > signup_day
+    users: pd.DataFrame
+    products: pd.DataFrame
+    merchants: pd.DataFrame
+    follows: pd.DataFrame
+    follow_matrix: sp.csr_matrix  # A[u, v] = 1 if u follows v
+    product_cum: np.ndarray  # per-category cumulative popularity, segment of category c spans (c, c+1]
+    category_offsets: np.ndarray  # first product index of each category
+
+
+def _day_start(config: SimulationConfig, t: int | np.ndarray) -> np.ndarray:
+    base = np.datetime64(config.start.isoformat(), "us")
+    return base + np.asarray(t, dtype="int64") * np.timedelta64(DAY_SECONDS * 10**6, "us")
+
+
+def _build_static(config: SimulationConfig) -> _Static:
+    if min(config.n_users, config.n_products, config.n_categories, config.n_merchants) < 1:
+        raise SimulationError("SimulationConfig: n_users, n_products, n_categories, n_merchants must be >= 1")
+    if config.n_products < config.n_categories:
+        raise SimulationError(
+            "SimulationConfig: n_products must be >= n_categories (one product per category)"
+        )
+    rng = np.random.default_rng([config.seed, _STATIC])
+    n, n_cat = config.n_users, config.n_categories
+
+    # Users
+    sigma = config.theta_sigma
+    theta = np.exp(rng.normal(-(sigma**2) / 2, sigma, n))
+    cat_weights = 1.0 / np.arange(1, n_cat + 1) ** 0.7
+    cat_weights /= cat_weights.sum()
+    primary = rng.choice(n_cat, n, p=cat_weights)
+    secondary = (primary + rng.integers(1, max(n_cat, 2), n)) % n_cat
+    late = rng.random(n) < config.late_signup_fraction
+    signup_day = np.where(late, rng.integers(0, max(config.late_signup_days, 1), n), 0)
+    signup_offset_days = np.where(late, signup_day, -rng.integers(1, 730, n))
+    signup_time = _day_start(config, signup_offset_days) + (rng.random(n) * DAY_SECONDS * 10**6).astype(
+        "timedelta64[us]"
+    )
+    signup_day = np.where(late, signup_day, -1)
+    users = pd.DataFrame(
+        {
+            "user_id": np.arange(1, n + 1, dtype="int64"),
+            "signup_time": pd.to_datetime(signup_time).tz_localize("UTC"),
+            "country": rng.choice(_COUNTRIES, n, p=_COUNTRY_WEIGHTS),
+            "age": np.clip(18 + rng.gamma(3.0, 6.0, n), 18, 90).astype("int32"),
+            "sex": rng.choice(np.array(["F", "M"]), n),
+        }
+    )
+
+    # Products, sorted by category so each category is one contiguous id range.
+    n_p = config.n_products
+    category = np.sort(np.concatenate([np.arange(n_cat), rng.choice(n_cat, n_p - n_cat, p=cat_weights)]))
+    popularity = rng.pareto(1.2, n_p) + 1.0
+    offsets = np.searchsorted(category, np.arange(n_cat))
+    totals = np.bincount(category, weights=popularity, minlength=n_cat)
+    within = np.cumsum(popularity) - np.concatenate([[0.0], np.cumsum(totals)])[category]
+    product_cum = category + within / totals[category]
+    median_price = np.exp(rng.normal(3.5, 0.8, n_cat))
+    merchant_weights = 1.0 / np.arange(1, config.n_merchants + 1)
+    merchant_weights /= merchant_weights.sum()
+    products = pd.DataFrame(
+        {
+            "product_id": np.arange(1, n_p + 1, dtype="int64"),
+            "category_id": (category + 1).astype("int64"),
+            "brand": [
+                f"brand-{c + 1:02d}-{b}" for c, b in zip(category, rng.integers(0, 8, n_p), strict=True)
+            ],
+            "price": np.round(median_price[category] * np.exp(rng.normal(0, 0.5, n_p)), 2),
+            "merchant_id": (rng.choice(config.n_merchants, n_p, p=merchant_weights) + 1).astype("int64"),
+        }
+    )
+    merchants = pd.DataFrame(
+        {
+            "merchant_id": np.arange(1, config.n_merchants + 1, dtype="int64"),
+            "name": [f"Merchant {i:03d}" for i in range(1, config.n_merchants + 1)],
+        }
+    )
+
+    follows, matrix = _build_follows(config, rng, primary, signup_time, late)
+    return _Static(
+        theta=theta,
+        log_theta=np.log(theta),
+        p_cart=1.0 / (1.0 + np.exp(-(config.cart_logit + config.cart_logit_theta * np.log(theta)))),
+        primary=primary,
+        secondary=secondary,
+        signup_time=signup_time,
+        signup_day=signup_day,
+        users=users,
+        products=products,
+        merchants=merchants,
+        follows=follows,
+        follow_matrix=matrix,
+        product_cum=product_cum,
+        category_offsets=offsets,
+    )
+
+
+def _build_follows(
+    config: SimulationConfig,
+    rng: np.random.Generator,
+    primary: np.ndarray,
+    signup_time: np.ndarray,
+    late: np.ndarray,
+) -> tuple[pd.DataFrame, sp.csr_matrix]:
+    """Followees are users who signed up before the start, so the graph a user sees never changes after their
+    own signup day: the truth for day D is then exact without predicting future follows."""
+    n = len(primary)
+    candidates = np.flatnonzero(~late)
+    popularity = rng.pareto(config.follow_popularity_alpha, len(candidates)) + 1.0
+    out_degree = np.minimum(
+        rng.negative_binomial(2, 2 / (2 + config.follows_mean), n), max(len(candidates) - 1, 0)
+    )
+    followers, followees = [], []
+    for c in range(config.n_categories):
+        who = np.flatnonzero((primary == c) & (out_degree > 0))
+        if len(who) == 0 or len(candidates) == 0:
+            continue
+        weights = popularity * np.where(primary[candidates] == c, config.follow_homophily, 1.0)
+        draws = rng.choice(candidates, int(out_degree[who].sum()), p=weights / weights.sum())
+        followers.append(np.repeat(who, out_degree[who]))
+        followees.append(draws)
+    src = np.concatenate(followers) if followers else np.empty(0, dtype="int64")
+    dst = np.concatenate(followees) if followees else np.empty(0, dtype="int64")
+    keep = src != dst
+    pairs = np.unique(np.stack([src[keep], dst[keep]], axis=1), axis=0)
+    src, dst = pairs[:, 0], pairs[:, 1]
+    # Created after both ends signed up: before the start for old users, within minutes of signing up for new ones.
+    start_us = _day_start(config, 0)
+    both = np.maximum(signup_time[src], signup_time[dst])
+    to_start = (start_us - both).astype("int64")
+    day_end = (signup_time[src].astype("datetime64[D]") + np.timedelta64(1, "D")).astype("datetime64[us]")
+    to_day_end = np.minimum((day_end - signup_time[src]).astype("int64") - 1, 3600 * 10**6)
+    span = np.where(late[src], to_day_end, to_start)
+    created = both + (rng.random(len(src)) * span).astype("int64").astype("timedelta64[us]")
+    follows = pd.DataFrame(
+        {
+            "follower_id": (src + 1).astype("int64"),
+            "followee_id": (dst + 1).astype("int64"),
+            "created_at": pd.to_datetime(created).tz_localize("UTC"),
+        }
+    ).sort_values(["created_at", "follower_id", "followee_id"], ignore_index=True)
+    matrix = sp.csr_matrix((np.ones(len(src)), (src, dst)), shape=(n, n))
+    return follows, matrix
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Count-level dynamics, shared by the realised world (K=1) and the ground-truth replicas (K>1).
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _State:
+    """End-of-day state; arrays carry a leading replica axis K."""
+
+    cart: np.ndarray  # (K, n, A) open cart items by age in days (0 = carted today)
+    last_buy: np.ndarray  # (K, n) day index of the last purchase, NEVER if none
+    buys: np.ndarray  # (K, n, 7) purchased items per day, ring buffer indexed by day % 7
+
+    def copy(self) -> _State:
+        return _State(self.cart.copy(), self.last_buy.copy(), self.buys.copy())
+
+    def replicate(self, k: int) -> _State:
+        return _State(
+            np.repeat(self.cart, k, axis=0),
+            np.repeat(self.last_buy, k, axis=0),
+            np.repeat(self.buys, k, axis=0),
+        )
+
+
+@dataclass
+class _Browse:
+    sessions: np.ndarray
+    views: np.ndarray
+    carts: np.ndarray
+    wishlists: np.ndarray
+
+
+def _initial_state(config: SimulationConfig) -> _State:
+    n, a = config.n_users, config.cart_memory_days
+    return _State(
+        np.zeros((1, n, a), dtype="int32"),
+        np.full((1, n), NEVER, dtype="int32"),
+        np.zeros((1, n, 7), dtype="int32"),
+    )
+
+
+def _active(world: _Static, t: int) -> np.ndarray:
+    return world.signup_day < t
+
+
+def _browse(config: SimulationConfig, world: _Static, t: int, k: int, rng: np.random.Generator) -> _Browse:
+    weekday = (config.start + dt.timedelta(days=t)).weekday()
+    rate = (
+        config.sessions_per_day
+        * world.theta**config.sessions_theta_power
+        * config.activity_by_weekday[weekday]
+    )
+    rate = np.where(_active(world, t), rate, 0.0)
+    sessions = rng.poisson(np.broadcast_to(rate, (k, len(rate))))
+    views = sessions + rng.poisson(sessions * config.extra_views_per_session)
+    carts = rng.binomial(views, world.p_cart)
+    wishlists = rng.binomial(views, config.wishlist_rate)
+    return _Browse(sessions, views, carts, wishlists)
+
+
+def _age_carts(cart: np.ndarray) -> None:
+    """Start of a day: every item gets one day older; items at the memory limit are abandoned."""
+    cart[..., 1:] = cart[..., :-1]
+    cart[..., 0] = 0
+
+
+def _remove(cart: np.ndarray, sessions: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
+    """Each open item is removed with probability ``rate`` on a day the user has a session."""
+    removed = np.zeros_like(cart)
+    eligible = (cart > 0) & (sessions > 0)[..., None]
+    idx = np.flatnonzero(eligible)
+    if len(idx):
+        removed.flat[idx] = rng.binomial(cart.flat[idx], rate)
+    cart -= removed
+    return removed
+
+
+def _social(world: _Static, buys: np.ndarray) -> np.ndarray:
+    """Followees' purchased items over the last 7 days, (K, n)."""
+    last7 = buys.sum(axis=-1).astype("float64")  # (K, n)
+    return np.asarray(world.follow_matrix @ last7.T).T
+
+
+def _hazard(
+    config: SimulationConfig,
+    world: _Static,
+    t: int,
+    open_items: np.ndarray,
+    last_buy: np.ndarray,
+    social: np.ndarray,
+) -> np.ndarray:
+    weekday = (config.start + dt.timedelta(days=t)).weekday()
+    logit = (
+        config.purchase_intercept
+        + config.purchase_logit_by_weekday[weekday]
+        + config.purchase_theta * world.log_theta
+        + config.purchase_cart * np.log1p(open_items)
+        + config.purchase_satiation * np.exp(-(t - last_buy) / config.satiation_days)
+        + config.purchase_social * np.log1p(social)
+    )
+    return np.where(_active(world, t), 1.0 / (1.0 + np.exp(-logit)), 0.0)
+
+
+@dataclass
+class _DayDraws:
+    browse: _Browse  # raw browsing draws, before a purchase forces a session/view/cart
+    social: np.ndarray  # (K, n) followees' purchased items over the 7 days before this one
+    buyer: np.ndarray  # (K, n) bool
+    forced_cart: np.ndarray  # (K, n) bool: bought with an empty cart, so one item was carted first
+    removed: np.ndarray  # (K, n, A) by age
+    bought: np.ndarray  # (K, n, A) by age
+
+    @property
+    def sessions(self) -> np.ndarray:
+        return np.maximum(self.browse.sessions, self.buyer)
+
+    @property
+    def views(self) -> np.ndarray:
+        return np.maximum(self.browse.views, self.buyer)
+
+    @property
+    def carts(self) -> np.ndarray:
+        return self.browse.carts + self.forced_cart
+
+
+def _step(
+    config: SimulationConfig, world: _Static, state: _State, t: int, rng: np.random.Generator
+) -> _DayDraws:
+    """Advance ``state`` (in place) through day ``t``."""
+    k = state.cart.shape[0]
+    _age_carts(state.cart)
+    browse = _browse(config, world, t, k, rng)
+    removed = _remove(state.cart, browse.sessions, config.remove_rate, rng)
+    state.cart[..., 0] += browse.carts
+    open_items = state.cart.sum(axis=-1)
+    social = _social(world, state.buys)
+    hazard = _hazard(config, world, t, open_items, state.last_buy, social)
+    buyer = rng.random(hazard.shape) < hazard
+    forced = buyer & (open_items == 0)  # a purchase always goes through the cart
+    state.cart[..., 0] += forced
+    wanted = np.where(buyer, 1 + rng.poisson(config.extra_items_per_purchase, buyer.shape), 0)
+    bought = np.zeros_like(state.cart)
+    for age in range(state.cart.shape[-1]):  # newest items first
+        take = np.minimum(state.cart[..., age], wanted)
+        bought[..., age] = take
+        state.cart[..., age] -= take
+        wanted -= take
+    state.last_buy = np.where(buyer, t, state.last_buy).astype("int32")
+    state.buys[..., t % 7] = bought.sum(axis=-1)
+    return _DayDraws(browse, social, buyer, forced, removed, bought)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The realised world: count-level replay plus the cart items (which product) needed to render events.
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _DayRecord:
+    sessions: np.ndarray  # (n,)
+    views: np.ndarray
+    wishlists: np.ndarray
+    cart_user: np.ndarray  # items carted today
+    cart_product: np.ndarray
+    removed_user: np.ndarray
+    removed_product: np.ndarray
+    bought_user: np.ndarray
+    bought_product: np.ndarray
+    state: _State  # end of the day
+
+
+def _rank_within(groups: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Order by (group, key) and each row's 0-based rank inside its group (in that order)."""
+    order = np.lexsort((keys, groups))
+    g = groups[order]
+    starts = np.r_[0, np.flatnonzero(g[1:] != g[:-1]) + 1] if len(g) else np.empty(0, dtype="int64")
+    first = np.repeat(starts, np.diff(np.r_[starts, len(g)]))
+    return order, np.arange(len(g)) - first
+
+
+def _sample_products(
+    config: SimulationConfig, world: _Static, users: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Product indices for views/carts of ``users``: mostly from their preferred categories, popular ones first."""
+    u = rng.random(len(users))
+    category = np.where(
+        u < config.primary_category_share,
+        world.primary[users],
+        np.where(
+            u < config.primary_category_share + config.secondary_category_share,
+            world.secondary[users],
+            rng.integers(0, config.n_categories, len(users)),
+        ),
+    )
+    idx = np.searchsorted(world.product_cum, category + rng.random(len(users)), side="right")
+    segment_end = np.r_[world.category_offsets[1:], config.n_products] - 1
+    return np.clip(idx, world.category_offsets[category], segment_end[category])
+
+
+@dataclass
+class _World:
+    config: SimulationConfig
+    static: _Static
+    days: list[_DayRecord] = field(default_factory=list)
+    # Open cart items of the realised world: owner, product, day carted.
+    item_user: np.ndarray = field(default_factory=lambda: np.empty(0, dtype="int64"))
+    item_product: np.ndarray = field(default_factory=lambda: np.empty(0, dtype="int64"))
+    item_day: np.ndarray = field(default_factory=lambda: np.empty(0, dtype="int64"))
+    truth: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def record(self, t: int) -> _DayRecord:
+        while len(self.days) <= t:
+            self._advance()
+        return self.days[t]
+
+    def _advance(self) -> None:
+        config, world = self.config, self.static
+        t = len(self.days)
+        rng = np.random.default_rng([config.seed, _DYNAMICS, t])
+        state = self.days[-1].state.copy() if self.days else _initial_state(config)
+        draws = _step(config, world, state, t, rng)
+
+        # Map the count-level draws onto concrete items: abandon, remove, add, buy (newest first by age bucket).
+        alive = t - self.item_day < config.cart_memory_days
+        users, products, days = self.item_user[alive], self.item_product[alive], self.item_day[alive]
+        gone_r = self._pick(users, t - days, draws.removed[0], rng)
+        rem_user, rem_product = users[gone_r], products[gone_r]
+        users, products, days = users[~gone_r], products[~gone_r], days[~gone_r]
+        n_new = draws.carts[0]
+        new_user = np.repeat(np.arange(config.n_users), n_new)
+        new_product = _sample_products(config, world, new_user, rng)
+        users = np.r_[users, new_user]
+        products = np.r_[products, new_product]
+        days = np.r_[days, np.full(len(new_user), t)]
+        gone_b = self._pick(users, t - days, draws.bought[0], rng)
+        self.item_user, self.item_product, self.item_day = users[~gone_b], products[~gone_b], days[~gone_b]
+
+        self.days.append(
+            _DayRecord(
+                sessions=draws.sessions[0],
+                views=draws.views[0],
+                wishlists=draws.browse.wishlists[0],
+                cart_user=new_user,
+                cart_product=new_product,
+                removed_user=rem_user,
+                removed_product=rem_product,
+                bought_user=users[gone_b],
+                bought_product=products[gone_b],
+                state=state,
+            )
+        )
+
+    @staticmethod
+    def _pick(
+        users: np.ndarray, ages: np.ndarray, counts: np.ndarray, rng: np.random.Generator
+    ) -> np.ndarray:
+        """Mask choosing ``counts[user, age]`` random items in each (user, age) bucket."""
+        mask = np.zeros(len(users), dtype=bool)
+        if len(users) == 0:
+            return mask
+        groups = users * counts.shape[1] + ages
+        order, rank = _rank_within(groups, rng.random(len(users)))
+        mask[order] = rank < counts[users[order], ages[order]]
+        return mask
+
+
+@lru_cache(maxsize=4)
+def _world(config: SimulationConfig) -> _World:
+    return _World(config, _build_static(config))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------------------------------------
+
+
+def users_snapshot(config: SimulationConfig, ds: dt.date) -> pd.DataFrame:
+    """Users signed up by the end of ``ds`` (USERS schema)."""
+    world = _world(config).static
+    config.day_index(ds)
+    return world.users[world.users["signup_time"] < pd.Timestamp(schemas.as_of(ds))].reset_index(drop=True)
+
+
+def products(config: SimulationConfig) -> pd.DataFrame:
+    """The catalogue (PRODUCTS schema); it is the same on every day."""
+    return _world(config).static.products.copy()
+
+
+def merchants(config: SimulationConfig) -> pd.DataFrame:
+    """Merchants (MERCHANTS schema)."""
+    return _world(config).static.merchants.copy()
+
+
+def follows_snapshot(config: SimulationConfig, ds: dt.date) -> pd.DataFrame:
+    """Follow edges created up to the end of ``ds`` (FOLLOWS schema)."""
+    follows = _world(config).static.follows
+    config.day_index(ds)
+    return follows[follows["created_at"] < pd.Timestamp(schemas.as_of(ds))].reset_index(drop=True)
+
+
+def simulate_day(config: SimulationConfig, ds: dt.date) -> pd.DataFrame:
+    """All events of day ``ds`` (EVENTS schema), sorted by time; identical on every call for the same config."""
+    t = config.day_index(ds)
+    world = _world(config)
+    return _render(config, world.static, world.record(t), t, ds)
+
+
+def purchase_truth(config: SimulationConfig, ds: dt.date) -> pd.DataFrame:
+    """P(purchase during ds+1..ds+7 | world state at the end of ds) for every user signed up by then.
+
+    Monte Carlo over ``config.truth_replicas`` replicas of the next 7 days with its own random stream (so it does
+    not depend on the realised future). The social layer simulates every user, purchases included, so followees'
+    purchases feed back through the follow graph; each user's own no-purchase path is simulated alongside and
+    the probability of not buying is the replica mean of prod(1 - daily hazard) on that path (a Rao-Blackwellised
+    estimator: much lower variance than counting replicas with a purchase). The only approximation is that a
+    user's own simulated purchases may echo back through mutual follows, a second-order effect.
+    """
+    t = config.day_index(ds)
+    world = _world(config)
+    if t not in world.truth:
+        world.truth[t] = _truth_probabilities(config, world.static, world.record(t).state, t)
+    signed_up = world.static.signup_day <= t
+    return pd.DataFrame(
+        {
+            "user_id": np.flatnonzero(signed_up).astype("int64") + 1,
+            "as_of": pd.Series(pd.Timestamp(schemas.as_of(ds)), index=range(int(signed_up.sum()))),
+            "p_purchase_7d": world.truth[t][signed_up],
+        }
+    )
+
+
+def _truth_probabilities(
+    config: SimulationConfig, world: _Static, end_state: _State, t: int, horizon: int = 7
+) -> np.ndarray:
+    k = config.truth_replicas
+    rng = np.random.default_rng([config.seed, _TRUTH, t])
+    state = end_state.replicate(k)
+    # Each user's own path as long as they have not bought: same browsing draws, no purchases, recency frozen.
+    shadow_cart = state.cart.copy()
+    last_buy = state.last_buy.copy()
+    log_survival = np.zeros(last_buy.shape)
+    for day in range(t + 1, t + 1 + horizon):
+        draws = _step(config, world, state, day, rng)
+        _age_carts(shadow_cart)
+        _remove(shadow_cart, draws.browse.sessions, config.remove_rate, rng)
+        shadow_cart[..., 0] += draws.browse.carts
+        hazard = _hazard(config, world, day, shadow_cart.sum(axis=-1), last_buy, draws.social)
+        log_survival += np.log1p(-np.minimum(hazard, 1 - 1e-12))
+    return 1.0 - np.exp(log_survival).mean(axis=0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Rendering one day's events.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _render(config: SimulationConfig, world: _Static, rec: _DayRecord, t: int, ds: dt.date) -> pd.DataFrame:
+    """Turn one day's counts and cart items into timed events inside sessions (own random stream)."""
+    rng = np.random.default_rng([config.seed, _RENDER, t])
+    n = config.n_users
+    n_sessions, n_views = rec.sessions.astype("int64"), rec.views.astype("int64")
+
+    # Sessions start at random times of the day, numbered per user in time order.
+    sess_user = np.repeat(np.arange(n), n_sessions)
+    sess_start = rng.random(len(sess_user)) * 0.92 * DAY_SECONDS
+    sess_start = sess_start[np.lexsort((sess_start, sess_user))]  # sess_user is already sorted
+    first_sess = np.r_[0, np.cumsum(n_sessions)[:-1]]
+
+    # Views: one per session, the rest spread over the user's sessions at random.
+    view_user = np.repeat(np.arange(n), n_views)
+    first_view = np.r_[0, np.cumsum(n_views)[:-1]]
+    view_rank = np.arange(len(view_user)) - first_view[view_user]
+    spread = (rng.random(len(view_user)) * n_sessions[view_user]).astype("int64")
+    view_sess = first_sess[view_user] + np.where(view_rank < n_sessions[view_user], view_rank, spread)
+    view_pos = rng.random(len(view_user))
+    view_product = _sample_products(config, world, view_user, rng)
+    # Carted and wishlisted items were viewed first: pick views in a random order per user.
+    by_user, _ = _rank_within(view_user, rng.random(len(view_user)))
+    cart_rank = (
+        np.arange(len(rec.cart_user))
+        - np.r_[0, np.cumsum(np.bincount(rec.cart_user, minlength=n))[:-1]][rec.cart_user]
+    )
+    cart_view = by_user[first_view[rec.cart_user] + cart_rank]
+    view_product[cart_view] = rec.cart_product
+    wish_user = np.repeat(np.arange(n), rec.wishlists)
+    wish_rank = np.arange(len(wish_user)) - np.r_[0, np.cumsum(rec.wishlists)[:-1]][wish_user]
+    wish_view = by_user[first_view[wish_user] + n_views[wish_user] - rec.wishlists[wish_user] + wish_rank]
+
+    def any_session(users: np.ndarray) -> np.ndarray:
+        return first_sess[users] + (rng.random(len(users)) * n_sessions[users]).astype("int64")
+
+    # Event table; (session, position, kind) orders events inside a session: cart/wishlist right after their
+    # view, removals anywhere, purchases last in the user's last session (after every cart of the day).
+    kind = np.r_[
+        np.zeros(len(view_user)),
+        np.ones(len(cart_view)),
+        np.full(len(wish_view), 2),
+        np.full(len(rec.removed_user), 3),
+        np.full(len(rec.bought_user), 4),
+    ].astype("int64")
+    session = np.r_[
+        view_sess,
+        view_sess[cart_view],
+        view_sess[wish_view],
+        any_session(rec.removed_user),
+        first_sess[rec.bought_user] + n_sessions[rec.bought_user] - 1,
+    ]
+    position = np.r_[
+        view_pos,
+        view_pos[cart_view],
+        view_pos[wish_view],
+        rng.random(len(rec.removed_user)),
+        np.full(len(rec.bought_user), 2.0),
+    ]
+    product = np.r_[
+        view_product, rec.cart_product, view_product[wish_view], rec.removed_product, rec.bought_product
+    ]
+    order = np.lexsort((kind, position, session))
+    kind, session, product = kind[order], session[order], product[order]
+
+    gaps = np.clip(rng.exponential(45.0, len(session)), 1.0, 600.0)
+    new_session = np.r_[True, session[1:] != session[:-1]] if len(session) else np.empty(0, dtype=bool)
+    gaps[new_session] = 0.0
+    elapsed = np.cumsum(gaps)
+    elapsed -= np.maximum.accumulate(np.where(new_session, elapsed, 0.0)) if len(session) else 0.0
+    seconds = np.minimum(sess_start[session] + elapsed, DAY_SECONDS - 1e-3)
+    event_time = _day_start(config, t) + (seconds * 1e6).astype("int64").astype("timedelta64[us]")
+    user = sess_user[session]
+
+    final = np.lexsort((kind, user, event_time))
+    user, session, kind, product, event_time = (
+        user[final],
+        session[final],
+        kind[final],
+        product[final],
+        event_time[final],
+    )
+    stamp = ds.strftime("%Y%m%d")
+    session_no = session - first_sess[user]
+    prod = world.products
+    types = np.array(["view", "cart", "wishlist", "remove_from_cart", "purchase"])
+    return pd.DataFrame(
+        {
+            "event_id": [f"{stamp}-{i:07d}" for i in range(len(user))],
+            "event_time": pd.to_datetime(event_time).tz_localize("UTC"),
+            "user_id": (user + 1).astype("int64"),
+            "session_id": [
+                f"{u + 1}-{stamp}-{k}" for u, k in zip(user.tolist(), session_no.tolist(), strict=True)
+            ],
+            "event_type": types[kind],
+            "product_id": (product + 1).astype("int64"),
+            "category_id": prod["category_id"].to_numpy()[product],
+            "brand": prod["brand"].to_numpy()[product],
+            "price": prod["price"].to_numpy()[product],
+            "merchant_id": prod["merchant_id"].to_numpy()[product],
+        }
+    )

@@ -1,0 +1,116 @@
+"""Training sets and LightGBM training into the MLflow registry (real SQLite store under a temporary home)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipelines.data import schemas
+from pipelines.lake import Lake
+from pipelines.registry.registry import list_versions
+from pipelines.settings import Settings
+from pipelines.specs import ModelSpec, WindowSpec, load_spec
+from pipelines.training.dataset import (
+    TrainingSetError,
+    assemble_training_frame,
+    load_training_set,
+    save_training_set,
+    split_days,
+)
+from pipelines.training.synthetic import synthetic_training_frame
+from pipelines.training.train import TAG_DIGEST, TAG_LOGICAL_DATE, train_model
+
+ROOT = Path(__file__).resolve().parents[1]
+DAY = dt.date(2024, 3, 31)
+
+
+@pytest.fixture
+def spec() -> ModelSpec:
+    base = load_spec(ROOT / "models" / "purchase_intent.yaml")
+    params = base.params | {"num_boost_round": 40, "early_stopping_rounds": 5, "min_data_in_leaf": 20}
+    return base.model_copy(
+        update={"params": params, "windows": WindowSpec(train_days=4, validation_days=2, test_days=2)}
+    )
+
+
+def test_split_days_are_time_ordered_and_leave_a_complete_label_window(spec: ModelSpec) -> None:
+    splits = split_days(spec, DAY)
+    assert splits.test[-1] == DAY - dt.timedelta(days=7)  # its label window ends exactly on the logical date
+    assert len(splits.train) == 4 and len(splits.validation) == 2 and len(splits.test) == 2
+    assert max(splits.train) < min(splits.validation) and max(splits.validation) < min(splits.test)
+    assert splits.days == sorted(set(splits.days))
+
+
+def test_training_set_round_trips_through_the_lake_with_the_same_digest(spec: ModelSpec, lake: Lake) -> None:
+    frame = synthetic_training_frame(spec, DAY, users_per_day=50)
+    saved = save_training_set(lake, spec, DAY, frame)
+    loaded = load_training_set(lake, spec, DAY)
+
+    assert saved.uri.endswith("training_sets/purchase_intent/ds=2024-03-31/data.parquet")
+    assert loaded.digest == saved.digest
+    assert loaded.row_counts == {"train": 200, "validation": 100, "test": 100, "total": 400}
+    assert loaded.feature_columns == ["signal_1", "signal_2", "signal_3", "noise_1", "noise_2"]
+    assert 0.0 < loaded.label_rate < 1.0
+    changed = frame.assign(label=1 - frame["label"])
+    assert save_training_set(lake, spec, DAY, changed).digest != saved.digest
+
+
+def test_assembly_refuses_a_feature_join_that_lost_rows(spec: ModelSpec) -> None:
+    splits = split_days(spec, DAY)
+    stamps = [pd.Timestamp(schemas.as_of(d)) for d in splits.days]
+    entity = pd.DataFrame({"user_id": [1] * len(stamps), "event_timestamp": stamps})
+    labels = entity.rename(columns={"event_timestamp": "as_of"}).assign(label=0)
+    features = entity.iloc[1:].assign(views_7d=1.0)  # what Feast's file store does to early rows
+    with pytest.raises(TrainingSetError, match=f"returned {len(stamps) - 1} of {len(stamps)} entity rows"):
+        assemble_training_frame(entity, labels, features, splits, "user_id")
+
+
+def test_training_registers_a_version_with_lineage_metrics_and_artifacts(
+    settings: Settings, lake: Lake, spec: ModelSpec
+) -> None:
+    ts = save_training_set(lake, spec, DAY, synthetic_training_frame(spec, DAY))
+
+    result = train_model(settings, spec, ts)
+
+    assert result.model_version == "1" and not result.reused
+    assert result.metrics["test_roc_auc"] > 0.75  # the planted logistic signal is learnable
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    version = client.get_model_version(spec.name, "1")
+    assert version.run_id == result.run_id
+    assert version.tags[TAG_LOGICAL_DATE] == "2024-03-31" and version.tags[TAG_DIGEST] == ts.digest
+    run = client.get_run(result.run_id)
+    assert run.data.params["num_threads"] == "1" and run.data.params["objective"] == "binary"
+    assert {"validation_roc_auc", "test_pr_auc", "test_log_loss", "best_iteration", "rows_test", "label_rate"} <= set(
+        run.data.metrics
+    )
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.name == spec.name
+    assert experiment.artifact_location.startswith(Path(settings.mlflow_artifact_root).as_uri())
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"feature_importance.json", "feature_importance.png"} <= artifacts
+    importance = json.loads(Path(mlflow.artifacts.download_artifacts(
+        run_id=result.run_id, artifact_path="feature_importance.json", tracking_uri=settings.mlflow_tracking_uri
+    )).read_text())
+    assert max(importance, key=importance.get) == "signal_1"  # the largest planted coefficient
+    (dataset_input,) = run.inputs.dataset_inputs
+    assert json.loads(dataset_input.dataset.source)["uri"] == ts.uri
+    model = mlflow.models.get_model_info(f"models:/{spec.name}/1")
+    assert model.signature is not None
+    assert [c.name for c in model.signature.inputs.inputs] == ts.feature_columns
+
+
+def test_rerun_for_the_same_logical_date_reuses_the_version(settings: Settings, lake: Lake, spec: ModelSpec) -> None:
+    ts = save_training_set(lake, spec, DAY, synthetic_training_frame(spec, DAY, users_per_day=150))
+    first = train_model(settings, spec, ts)
+
+    again = train_model(settings, spec, load_training_set(lake, spec, DAY))
+
+    assert again.reused and again.model_version == first.model_version and again.run_id == first.run_id
+    assert again.metrics["test_roc_auc"] == pytest.approx(first.metrics["test_roc_auc"])
+    assert [v.version for v in list_versions(settings, spec.name)] == ["1"]
