@@ -1,7 +1,7 @@
-"""Feast declarations for Storefront ML: the ``user`` entity, its behaviour features and the model feature services.
+"""Feast declarations: the ``user`` entity, its behaviour feature view and the model feature services.
 
-Declarations only. The lake location differs per profile, so the objects are built by ``definitions(settings)``
-(used by ``pipelines.features.store``); ``repo.py`` exposes the same objects at module level for the ``feast`` CLI.
+Declarations only. The lake location differs per profile, so ``definitions(settings)`` builds the objects
+(used by ``pipelines.features.store``); ``repo.py`` exposes them at module level for the ``feast`` CLI.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from pipelines.features.user_features import (
 )
 from pipelines.settings import Settings
 
-# Rows exist once per day, stamped as_of(ds). A point-in-time join takes the newest row <= the entity row's time;
-# three days tolerates one or two missed daily runs, after which the features read as missing, not stale.
+# Rows exist once per day, stamped as_of(ds). A point-in-time join takes the newest row <= the entity row's
+# time; three days tolerates one or two missed daily runs, then the features read as missing, not stale.
 USER_BEHAVIOR_TTL = timedelta(days=3)
 
 
@@ -48,8 +48,8 @@ def definitions(settings: Settings) -> FeatureRepo:
         value_type=ValueType.INT64,
         description="A storefront customer.",
     )
-    # The directory of daily partitions (``ds=YYYY-MM-DD/data.parquet``): Dask reads it as one hive-partitioned
-    # dataset, so each day stays its own atomically replaced file.
+    # The directory of daily partitions (``ds=YYYY-MM-DD/data.parquet``): Dask reads it as one
+    # hive-partitioned dataset, so each day stays its own atomically replaced file.
     source = FileSource(
         name="user_behavior_source",
         path=f"{settings.lake_uri.rstrip('/')}/{USER_FEATURES_TABLE}",

@@ -18,7 +18,7 @@ def dagbag(world: AirflowWorld, monkeypatch: pytest.MonkeyPatch):
         monkeypatch.setenv(key, value)
     from airflow.dag_processing.dagbag import DagBag
 
-    return DagBag(dag_folder=str(world.settings.dags_dir), include_examples=False)
+    return DagBag(dag_folder=str(world.settings.dags_dir))
 
 
 def test_every_dag_imports_without_errors(dagbag) -> None:

@@ -1,4 +1,4 @@
-"""Feast store: materialize into SQLite and Redis, exact online reads, freshness, point-in-time historical joins."""
+"""Feast store: materialize into SQLite and Redis, exact online reads, freshness, point-in-time joins."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ USERS = [1, 2, 3]
 
 
 def _day_features(ds: dt.date, users: list[int]) -> pd.DataFrame:
-    """Feature rows whose values encode (day, user, column): value = day-of-month * 1000 + user * 10 + column."""
+    """Feature rows whose values encode (day, user, column): day-of-month * 1000 + user * 10 + column."""
     df = pd.DataFrame({"user_id": pd.Series(users, dtype="int64")})
     df["event_timestamp"] = pd.Timestamp(schemas.as_of(ds))
     for i, column in enumerate(FEATURE_COLUMNS):
@@ -91,7 +91,9 @@ def test_materializing_a_day_without_features_fails_with_what_to_do(settings: Se
 
 
 def test_freshness_compares_the_newest_online_timestamp_with_max_age(settings: Settings, feature_lake):
-    before = online_freshness(settings, "purchase_intent", USERS, dt.timedelta(hours=48), dt.datetime.now(dt.UTC))
+    before = online_freshness(
+        settings, "purchase_intent", USERS, dt.timedelta(hours=48), dt.datetime.now(dt.UTC)
+    )
     assert not before.fresh and before.checked == 0 and "materialize" in before.message
 
     materialize_day(settings, D3)
@@ -102,8 +104,19 @@ def test_freshness_compares_the_newest_online_timestamp_with_max_age(settings: S
     )
     assert fresh.fresh and fresh.newest_event_timestamp == as_of and fresh.checked == 3
 
-    stale = online_freshness(settings, "purchase_intent", USERS, dt.timedelta(hours=48), as_of + dt.timedelta(days=3))
+    stale = online_freshness(
+        settings, "purchase_intent", USERS, dt.timedelta(hours=48), as_of + dt.timedelta(days=3)
+    )
     assert not stale.fresh and "STALE" in stale.message
+
+
+def test_freshness_without_a_sample_checks_users_of_the_newest_feature_day(settings: Settings, feature_lake):
+    materialize_day(settings, D3)
+
+    report = online_freshness(settings, "purchase_intent", max_age=dt.timedelta(hours=48))
+
+    assert report.checked == 3 and report.newest_event_timestamp == schemas.as_of(D3)
+    assert report.fresh == (dt.datetime.now(dt.UTC) - schemas.as_of(D3) <= dt.timedelta(hours=48))
 
 
 def test_historical_features_are_point_in_time_correct_and_keep_every_row(settings: Settings, feature_lake):
@@ -142,7 +155,10 @@ def test_applying_the_definitions_again_is_a_no_op(settings: Settings, feature_l
 
     again = feature_store(settings)
 
-    assert again.registry.get_feature_view("user_behavior", settings.feast_project).last_updated_timestamp == version
+    assert (
+        again.registry.get_feature_view("user_behavior", settings.feast_project).last_updated_timestamp
+        == version
+    )
     assert [s.name for s in again.list_feature_services()] == ["purchase_intent"]
 
 

@@ -1,4 +1,4 @@
-"""User behaviour features: exact values on a hand-made day, every known user present, lake round trip, speed."""
+"""User behaviour features: exact values on a hand-made day, every known user, lake round trip, speed."""
 
 from __future__ import annotations
 
@@ -25,7 +25,9 @@ DAY = pd.Timestamp(DS, tz="UTC")  # start of ds; as_of(ds) is DAY + 1 day
 
 def _events(rows: list[tuple]) -> pd.DataFrame:
     """rows: (time, user_id, session_id, event_type, product_id, price)."""
-    df = pd.DataFrame(rows, columns=["event_time", "user_id", "session_id", "event_type", "product_id", "price"])
+    df = pd.DataFrame(
+        rows, columns=["event_time", "user_id", "session_id", "event_type", "product_id", "price"]
+    )
     df["event_time"] = pd.to_datetime(df["event_time"], utc=True)
     df.insert(0, "event_id", [f"e{i}" for i in range(len(df))])
     df["category_id"] = 1
@@ -175,9 +177,7 @@ def test_five_thousand_users_over_thirty_days_compute_in_about_a_second():
         }
     )
     users = _users(dict.fromkeys(range(1, n_users + 1), start - pd.Timedelta(days=1)))
-    follows = _follows(
-        [(int(a), int(b), start) for a, b in rng.integers(1, n_users + 1, size=(20_000, 2))]
-    )
+    follows = _follows([(int(a), int(b), start) for a, b in rng.integers(1, n_users + 1, size=(20_000, 2))])
 
     began = time.perf_counter()
     features = compute_user_features(events, users, follows, DS)

@@ -39,7 +39,7 @@ def dict_reader(settings: Settings, feature_service: str, user_ids: list[int]) -
 
 @pytest.fixture(scope="module")
 def empty_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A migrated MLflow SQLite store, made once: creating the tables takes seconds, copying the file doesn't."""
+    """A migrated MLflow SQLite store, made once: creating tables takes seconds, copying the file doesn't."""
     path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
     MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
     return path
@@ -50,9 +50,14 @@ def registry(settings: Settings, empty_mlflow_db: Path, monkeypatch: pytest.Monk
     (settings.home / "mlflow").mkdir(parents=True)
     shutil.copyfile(empty_mlflow_db, settings.home / "mlflow" / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri)
+    # Other modules may have pointed MLflow's fluent API elsewhere in this process: point it here.
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
     monkeypatch.setenv("MLFLOW_UV_AUTO_DETECT", "false")
     client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
-    exp_id = client.create_experiment("serving-tests", artifact_location=Path(settings.mlflow_artifact_root).as_uri())
+    exp_id = client.create_experiment(
+        "serving-tests", artifact_location=Path(settings.mlflow_artifact_root).as_uri()
+    )
     monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", exp_id)
     return client
 
@@ -81,7 +86,9 @@ def register(features: list[str], seed: int, champion: bool = True) -> str:
 @pytest.fixture
 def client(settings: Settings, registry: MlflowClient) -> TestClient:
     # A long refresh interval: tests call refresh() themselves instead of sleeping.
-    app = create_app(settings.model_copy(update={"serving_refresh_seconds": 3600}), feature_reader=dict_reader)
+    app = create_app(
+        settings.model_copy(update={"serving_refresh_seconds": 3600}), feature_reader=dict_reader
+    )
     with TestClient(app) as test_client:
         yield test_client
 

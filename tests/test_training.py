@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -13,8 +14,8 @@ from mlflow.tracking import MlflowClient
 
 from pipelines.data import schemas
 from pipelines.lake import Lake
-from pipelines.registry.registry import list_versions
-from pipelines.settings import Settings
+from pipelines.registry.registry import connect, list_versions
+from pipelines.settings import Settings, get_settings
 from pipelines.specs import ModelSpec, WindowSpec, load_spec
 from pipelines.training.dataset import (
     TrainingSetError,
@@ -28,6 +29,22 @@ from pipelines.training.train import TAG_DIGEST, TAG_LOGICAL_DATE, train_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY = dt.date(2024, 3, 31)
+
+
+@pytest.fixture(scope="session")
+def migrated_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated, empty SQLite MLflow store: creating one costs ~3 s, copying it milliseconds."""
+    template = get_settings(home=tmp_path_factory.mktemp("mlflow-template"), num_threads=1)
+    connect(template).search_experiments()
+    return Path(template.mlflow_tracking_uri.removeprefix("sqlite:///"))
+
+
+@pytest.fixture
+def settings(settings: Settings, migrated_mlflow_db: Path) -> Settings:
+    db = Path(settings.mlflow_tracking_uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(migrated_mlflow_db, db)
+    return settings
 
 
 @pytest.fixture
@@ -86,17 +103,29 @@ def test_training_registers_a_version_with_lineage_metrics_and_artifacts(
     assert version.tags[TAG_LOGICAL_DATE] == "2024-03-31" and version.tags[TAG_DIGEST] == ts.digest
     run = client.get_run(result.run_id)
     assert run.data.params["num_threads"] == "1" and run.data.params["objective"] == "binary"
-    assert {"validation_roc_auc", "test_pr_auc", "test_log_loss", "best_iteration", "rows_test", "label_rate"} <= set(
-        run.data.metrics
-    )
+    assert run.data.params["num_boost_round"] == "40" and run.data.params["seed"] == "42"
+    assert {
+        "validation_roc_auc",
+        "test_pr_auc",
+        "test_log_loss",
+        "best_iteration",
+        "rows_test",
+        "label_rate",
+    } <= set(run.data.metrics)
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.name == spec.name
     assert experiment.artifact_location.startswith(Path(settings.mlflow_artifact_root).as_uri())
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"feature_importance.json", "feature_importance.png"} <= artifacts
-    importance = json.loads(Path(mlflow.artifacts.download_artifacts(
-        run_id=result.run_id, artifact_path="feature_importance.json", tracking_uri=settings.mlflow_tracking_uri
-    )).read_text())
+    importance = json.loads(
+        Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=result.run_id,
+                artifact_path="feature_importance.json",
+                tracking_uri=settings.mlflow_tracking_uri,
+            )
+        ).read_text()
+    )
     assert max(importance, key=importance.get) == "signal_1"  # the largest planted coefficient
     (dataset_input,) = run.inputs.dataset_inputs
     assert json.loads(dataset_input.dataset.source)["uri"] == ts.uri
@@ -105,7 +134,9 @@ def test_training_registers_a_version_with_lineage_metrics_and_artifacts(
     assert [c.name for c in model.signature.inputs.inputs] == ts.feature_columns
 
 
-def test_rerun_for_the_same_logical_date_reuses_the_version(settings: Settings, lake: Lake, spec: ModelSpec) -> None:
+def test_rerun_for_the_same_logical_date_reuses_the_version(
+    settings: Settings, lake: Lake, spec: ModelSpec
+) -> None:
     ts = save_training_set(lake, spec, DAY, synthetic_training_frame(spec, DAY, users_per_day=150))
     first = train_model(settings, spec, ts)
 
@@ -114,3 +145,38 @@ def test_rerun_for_the_same_logical_date_reuses_the_version(settings: Settings, 
     assert again.reused and again.model_version == first.model_version and again.run_id == first.run_id
     assert again.metrics["test_roc_auc"] == pytest.approx(first.metrics["test_roc_auc"])
     assert [v.version for v in list_versions(settings, spec.name)] == ["1"]
+
+
+def test_training_set_from_the_lake_labels_every_featured_user_with_its_own_day_features(
+    settings: Settings, lake: Lake, spec: ModelSpec
+) -> None:
+    from pipelines.data import simulator
+    from pipelines.features.user_features import build_user_features, write_user_features
+    from pipelines.lake import date_range
+    from pipelines.training.dataset import build_training_set
+
+    config = simulator.SimulationConfig(n_users=300, n_products=100, start=dt.date(2025, 1, 1))
+    logical = config.start + dt.timedelta(days=20)
+    for d in date_range(config.start, logical):
+        lake.write("events", d, simulator.simulate_day(config, d), schema=schemas.EVENTS)
+        lake.write("users", d, simulator.users_snapshot(config, d), schema=schemas.USERS)
+        lake.write("follows", d, simulator.follows_snapshot(config, d), schema=schemas.FOLLOWS)
+    splits = split_days(spec, logical)
+    for d in splits.days:
+        write_user_features(lake, d, build_user_features(lake, d))
+
+    ts = build_training_set(settings, lake, spec, logical)
+
+    featured = {d: lake.read("features/user_behavior", d) for d in splits.days}
+    assert ts.row_counts["total"] == sum(len(f) for f in featured.values())
+    newest = splits.test[-1]
+    rows = ts.frame[ts.frame["event_timestamp"] == pd.Timestamp(schemas.as_of(newest))]
+    assert set(rows["split"]) == {"test"}
+    # Point in time: each row carries the features computed for its own as-of day, nothing later.
+    expected = featured[newest].set_index("user_id")[ts.feature_columns].sort_index()
+    pd.testing.assert_frame_equal(rows.set_index("user_id")[ts.feature_columns].sort_index(), expected)
+    # The label is whether the user purchased in the 7 days after the as-of time.
+    events = lake.read_range("events", newest + dt.timedelta(days=1), newest + dt.timedelta(days=7))
+    buyers = set(events.loc[events["event_type"] == "purchase", "user_id"])
+    assert set(rows.loc[rows["label"] == 1, "user_id"]) == buyers & set(rows["user_id"])
+    assert load_training_set(lake, spec, logical).digest == ts.digest

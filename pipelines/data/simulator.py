@@ -52,7 +52,8 @@ class SimulationConfig:
     # Browsing (drives the counts from which theta is inferable).
     sessions_per_day: float = 0.3  # Poisson mean of sessions per day at theta = 1
     sessions_theta_power: float = 1.0  # sessions mean scales with theta ** power
-    extra_views_per_session: float = 2.5  # Poisson mean of views beyond the first in a session
+    extra_views_per_session: float = 2.5  # Poisson mean of views beyond the first in a session at theta = 1
+    views_theta_power: float = 0.0  # ... scaled by theta ** power
     cart_logit: float = -2.2  # per view: logit P(cart) = cart_logit + cart_logit_theta * log(theta)
     cart_logit_theta: float = 0.5
     wishlist_rate: float = 0.04  # per view
@@ -241,85 +242,122 @@ def _build_follows(
 
 # ---------------------------------------------------------------------------------------------------------
 # Count-level dynamics, shared by the realised world (K=1) and the ground-truth replicas (K>1).
+# Carts are ring buffers indexed by the day an item was carted (slot = day % A), so a day's ageing is one
+# slot reset; draws touch only the (replica, user) rows that have something to draw, which keeps K=200 fast.
 # ---------------------------------------------------------------------------------------------------------
 
 
 @dataclass
-class _State:
-    """End-of-day state; arrays carry a leading replica axis K."""
+class _Cart:
+    """Open cart items per (replica, user) by the day they were carted."""
 
-    cart: np.ndarray  # (K, n, A) open cart items by age in days (0 = carted today)
-    last_buy: np.ndarray  # (K, n) day index of the last purchase, NEVER if none
-    buys: np.ndarray  # (K, n, 7) purchased items per day, ring buffer indexed by day % 7
+    items: np.ndarray  # (K, n, A) int16, slot = carted day % A
+    open: np.ndarray  # (K, n) int32, items.sum(-1)
 
-    def copy(self) -> _State:
-        return _State(self.cart.copy(), self.last_buy.copy(), self.buys.copy())
+    def rows(self) -> np.ndarray:
+        return self.items.reshape(-1, self.items.shape[-1])
 
-    def replicate(self, k: int) -> _State:
-        return _State(
-            np.repeat(self.cart, k, axis=0),
-            np.repeat(self.last_buy, k, axis=0),
-            np.repeat(self.buys, k, axis=0),
-        )
+    def copy(self) -> _Cart:
+        return _Cart(self.items.copy(), self.open.copy())
+
+    def replicate(self, k: int) -> _Cart:
+        return _Cart(np.repeat(self.items, k, axis=0), np.repeat(self.open, k, axis=0))
 
 
 @dataclass
-class _Browse:
-    sessions: np.ndarray
-    views: np.ndarray
-    carts: np.ndarray
-    wishlists: np.ndarray
+class _State:
+    """End-of-day state of the world; arrays carry a leading replica axis K."""
+
+    cart: _Cart
+    last_buy: np.ndarray  # (K, n) int32 day index of the last purchase, NEVER if none
+    buys: np.ndarray  # (K, n, 7) int16 purchased items per day, slot = day % 7
+    buys7: np.ndarray  # (K, n) int32, buys.sum(-1)
+
+    def copy(self) -> _State:
+        return _State(self.cart.copy(), self.last_buy.copy(), self.buys.copy(), self.buys7.copy())
+
+    def replicate(self, k: int) -> _State:
+        return _State(
+            self.cart.replicate(k),
+            np.repeat(self.last_buy, k, axis=0),
+            np.repeat(self.buys, k, axis=0),
+            np.repeat(self.buys7, k, axis=0),
+        )
 
 
 def _initial_state(config: SimulationConfig) -> _State:
     n, a = config.n_users, config.cart_memory_days
     return _State(
-        np.zeros((1, n, a), dtype="int32"),
+        _Cart(np.zeros((1, n, a), dtype="int16"), np.zeros((1, n), dtype="int32")),
         np.full((1, n), NEVER, dtype="int32"),
-        np.zeros((1, n, 7), dtype="int32"),
+        np.zeros((1, n, 7), dtype="int16"),
+        np.zeros((1, n), dtype="int32"),
     )
+
+
+@dataclass
+class _Browse:
+    sessions: np.ndarray  # (K, n)
+    views: np.ndarray
+    carts: np.ndarray
+    wishlists: np.ndarray | None
 
 
 def _active(world: _Static, t: int) -> np.ndarray:
     return world.signup_day < t
 
 
-def _browse(config: SimulationConfig, world: _Static, t: int, k: int, rng: np.random.Generator) -> _Browse:
-    weekday = (config.start + dt.timedelta(days=t)).weekday()
-    rate = (
-        config.sessions_per_day
-        * world.theta**config.sessions_theta_power
-        * config.activity_by_weekday[weekday]
-    )
-    rate = np.where(_active(world, t), rate, 0.0)
-    sessions = rng.poisson(np.broadcast_to(rate, (k, len(rate))))
-    views = sessions + rng.poisson(sessions * config.extra_views_per_session)
-    carts = rng.binomial(views, world.p_cart)
-    wishlists = rng.binomial(views, config.wishlist_rate)
-    return _Browse(sessions, views, carts, wishlists)
+def _weekday(config: SimulationConfig, t: int) -> int:
+    return (config.start + dt.timedelta(days=t)).weekday()
 
 
-def _age_carts(cart: np.ndarray) -> None:
-    """Start of a day: every item gets one day older; items at the memory limit are abandoned."""
-    cart[..., 1:] = cart[..., :-1]
-    cart[..., 0] = 0
+def _browse(
+    config: SimulationConfig, world: _Static, t: int, k: int, rng: np.random.Generator, wishlists: bool
+) -> _Browse:
+    """Sessions ~ Poisson(rate * theta^power), views per session 1 + Poisson, carts/wishlists per view."""
+    rate = config.sessions_per_day * world.theta**config.sessions_theta_power
+    rate = np.where(_active(world, t), rate * config.activity_by_weekday[_weekday(config, t)], 0.0)
+    sessions = rng.poisson(np.broadcast_to(rate, (k, len(rate)))).astype("int32")
+    rows = np.flatnonzero(sessions)
+    views = sessions.copy()
+    per_session = config.extra_views_per_session * world.theta**config.views_theta_power
+    views.flat[rows] += rng.poisson(sessions.flat[rows] * per_session[rows % len(rate)])
+    carts = np.zeros_like(sessions)
+    carts.flat[rows] = rng.binomial(views.flat[rows], world.p_cart[rows % len(rate)])
+    wished = None
+    if wishlists:
+        wished = np.zeros_like(sessions)
+        wished.flat[rows] = rng.binomial(views.flat[rows], config.wishlist_rate)
+    return _Browse(sessions, views, carts, wished)
 
 
-def _remove(cart: np.ndarray, sessions: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
-    """Each open item is removed with probability ``rate`` on a day the user has a session."""
-    removed = np.zeros_like(cart)
-    eligible = (cart > 0) & (sessions > 0)[..., None]
-    idx = np.flatnonzero(eligible)
-    if len(idx):
-        removed.flat[idx] = rng.binomial(cart.flat[idx], rate)
-    cart -= removed
-    return removed
+def _abandon(cart: _Cart, t: int) -> None:
+    """Start of day t: items carted cart_memory_days ago are abandoned and stop counting."""
+    slot = t % cart.items.shape[-1]
+    cart.open -= cart.items[..., slot]
+    cart.items[..., slot] = 0
 
 
-def _social(world: _Static, buys: np.ndarray) -> np.ndarray:
-    """Followees' purchased items over the last 7 days, (K, n)."""
-    last7 = buys.sum(axis=-1).astype("float64")  # (K, n)
-    return np.asarray(world.follow_matrix @ last7.T).T
+def _remove(
+    cart: _Cart, sessions: np.ndarray, rate: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """On a day with a session, each open item is removed with probability ``rate``; returns (rows, removed)."""
+    rows = np.flatnonzero((sessions > 0) & (cart.open > 0))
+    held = cart.rows()[rows]
+    removed = rng.binomial(held, rate).astype("int16")
+    cart.rows()[rows] = held - removed
+    cart.open.flat[rows] -= removed.sum(axis=1)
+    return rows, removed
+
+
+def _add(cart: _Cart, t: int, carts: np.ndarray) -> None:
+    cart.items[..., t % cart.items.shape[-1]] += carts.astype("int16")
+    cart.open += carts
+
+
+def _social(world: _Static, buys7: np.ndarray) -> np.ndarray:
+    """Followees' purchased items over the last 7 days, (K, n), through the sparse follow matrix."""
+    return np.asarray(world.follow_matrix @ buys7.T.astype("float64")).T
 
 
 def _hazard(
@@ -330,10 +368,9 @@ def _hazard(
     last_buy: np.ndarray,
     social: np.ndarray,
 ) -> np.ndarray:
-    weekday = (config.start + dt.timedelta(days=t)).weekday()
     logit = (
         config.purchase_intercept
-        + config.purchase_logit_by_weekday[weekday]
+        + config.purchase_logit_by_weekday[_weekday(config, t)]
         + config.purchase_theta * world.log_theta
         + config.purchase_cart * np.log1p(open_items)
         + config.purchase_satiation * np.exp(-(t - last_buy) / config.satiation_days)
@@ -348,8 +385,10 @@ class _DayDraws:
     social: np.ndarray  # (K, n) followees' purchased items over the 7 days before this one
     buyer: np.ndarray  # (K, n) bool
     forced_cart: np.ndarray  # (K, n) bool: bought with an empty cart, so one item was carted first
-    removed: np.ndarray  # (K, n, A) by age
-    bought: np.ndarray  # (K, n, A) by age
+    removed_rows: np.ndarray  # flat (replica, user) rows with removals ...
+    removed: np.ndarray  # ... and their removed items by cart slot
+    bought_rows: np.ndarray  # flat rows of buyers ...
+    bought: np.ndarray  # ... and their bought items by cart slot
 
     @property
     def sessions(self) -> np.ndarray:
@@ -365,30 +404,46 @@ class _DayDraws:
 
 
 def _step(
-    config: SimulationConfig, world: _Static, state: _State, t: int, rng: np.random.Generator
+    config: SimulationConfig,
+    world: _Static,
+    state: _State,
+    t: int,
+    rng: np.random.Generator,
+    wishlists: bool = True,
 ) -> _DayDraws:
     """Advance ``state`` (in place) through day ``t``."""
-    k = state.cart.shape[0]
-    _age_carts(state.cart)
-    browse = _browse(config, world, t, k, rng)
-    removed = _remove(state.cart, browse.sessions, config.remove_rate, rng)
-    state.cart[..., 0] += browse.carts
-    open_items = state.cart.sum(axis=-1)
-    social = _social(world, state.buys)
-    hazard = _hazard(config, world, t, open_items, state.last_buy, social)
+    cart = state.cart
+    _abandon(cart, t)
+    browse = _browse(config, world, t, cart.open.shape[0], rng, wishlists)
+    removed_rows, removed = _remove(cart, browse.sessions, config.remove_rate, rng)
+    _add(cart, t, browse.carts)
+    social = _social(world, state.buys7)
+    hazard = _hazard(config, world, t, cart.open, state.last_buy, social)
     buyer = rng.random(hazard.shape) < hazard
-    forced = buyer & (open_items == 0)  # a purchase always goes through the cart
-    state.cart[..., 0] += forced
-    wanted = np.where(buyer, 1 + rng.poisson(config.extra_items_per_purchase, buyer.shape), 0)
-    bought = np.zeros_like(state.cart)
-    for age in range(state.cart.shape[-1]):  # newest items first
-        take = np.minimum(state.cart[..., age], wanted)
-        bought[..., age] = take
-        state.cart[..., age] -= take
+    forced = buyer & (cart.open == 0)  # a purchase always goes through the cart
+    _add(cart, t, forced)
+
+    rows = np.flatnonzero(buyer)
+    wanted = 1 + rng.poisson(config.extra_items_per_purchase, len(rows))
+    held = cart.rows()[rows]
+    bought = np.zeros_like(held)
+    n_slots = held.shape[1]
+    for age in range(n_slots):  # newest items first
+        slot = (t - age) % n_slots
+        take = np.minimum(held[:, slot], wanted).astype("int16")
+        bought[:, slot] = take
+        held[:, slot] -= take
         wanted -= take
-    state.last_buy = np.where(buyer, t, state.last_buy).astype("int32")
-    state.buys[..., t % 7] = bought.sum(axis=-1)
-    return _DayDraws(browse, social, buyer, forced, removed, bought)
+    cart.rows()[rows] = held
+    n_bought = bought.sum(axis=1)
+    cart.open.flat[rows] -= n_bought
+    state.last_buy.flat[rows] = t
+    day_slot = t % 7
+    state.buys7 -= state.buys[..., day_slot]
+    state.buys[..., day_slot] = 0
+    state.buys.reshape(-1, 7)[rows, day_slot] = n_bought
+    state.buys7.flat[rows] += n_bought
+    return _DayDraws(browse, social, buyer, forced, removed_rows, removed, rows, bought)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -461,19 +516,23 @@ class _World:
         state = self.days[-1].state.copy() if self.days else _initial_state(config)
         draws = _step(config, world, state, t, rng)
 
-        # Map the count-level draws onto concrete items: abandon, remove, add, buy (newest first by age bucket).
-        alive = t - self.item_day < config.cart_memory_days
+        # Map the count-level draws onto concrete items: abandon, remove, add, buy (same slots as the counts).
+        n, n_slots = config.n_users, config.cart_memory_days
+        alive = t - self.item_day < n_slots
         users, products, days = self.item_user[alive], self.item_product[alive], self.item_day[alive]
-        gone_r = self._pick(users, t - days, draws.removed[0], rng)
+        removed = np.zeros((n, n_slots), dtype="int64")
+        removed[draws.removed_rows] = draws.removed
+        gone_r = self._pick(users, days % n_slots, removed, rng)
         rem_user, rem_product = users[gone_r], products[gone_r]
         users, products, days = users[~gone_r], products[~gone_r], days[~gone_r]
-        n_new = draws.carts[0]
-        new_user = np.repeat(np.arange(config.n_users), n_new)
+        new_user = np.repeat(np.arange(n), draws.carts[0])
         new_product = _sample_products(config, world, new_user, rng)
         users = np.r_[users, new_user]
         products = np.r_[products, new_product]
         days = np.r_[days, np.full(len(new_user), t)]
-        gone_b = self._pick(users, t - days, draws.bought[0], rng)
+        bought = np.zeros((n, n_slots), dtype="int64")
+        bought[draws.bought_rows] = draws.bought
+        gone_b = self._pick(users, days % n_slots, bought, rng)
         self.item_user, self.item_product, self.item_day = users[~gone_b], products[~gone_b], days[~gone_b]
 
         self.days.append(
@@ -577,15 +636,15 @@ def _truth_probabilities(
     rng = np.random.default_rng([config.seed, _TRUTH, t])
     state = end_state.replicate(k)
     # Each user's own path as long as they have not bought: same browsing draws, no purchases, recency frozen.
-    shadow_cart = state.cart.copy()
+    shadow = state.cart.copy()
     last_buy = state.last_buy.copy()
     log_survival = np.zeros(last_buy.shape)
     for day in range(t + 1, t + 1 + horizon):
-        draws = _step(config, world, state, day, rng)
-        _age_carts(shadow_cart)
-        _remove(shadow_cart, draws.browse.sessions, config.remove_rate, rng)
-        shadow_cart[..., 0] += draws.browse.carts
-        hazard = _hazard(config, world, day, shadow_cart.sum(axis=-1), last_buy, draws.social)
+        draws = _step(config, world, state, day, rng, wishlists=False)
+        _abandon(shadow, day)
+        _remove(shadow, draws.browse.sessions, config.remove_rate, rng)
+        _add(shadow, day, draws.browse.carts)
+        hazard = _hazard(config, world, day, shadow.open, last_buy, draws.social)
         log_survival += np.log1p(-np.minimum(hazard, 1 - 1e-12))
     return 1.0 - np.exp(log_survival).mean(axis=0)
 

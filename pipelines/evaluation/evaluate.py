@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import tempfile
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -64,11 +67,15 @@ def evaluate_scores(
 ) -> tuple[dict[str, float], dict[str, float] | None]:
     names = evaluation_metrics(spec)
     y = test[label_column].to_numpy()
-    return compute_metrics(y, candidate, names), None if champion is None else compute_metrics(y, champion, names)
+    return compute_metrics(y, candidate, names), None if champion is None else compute_metrics(
+        y, champion, names
+    )
 
 
-def evaluate_candidate(settings: Settings, spec: ModelSpec, version: str, training_set: TrainingSet) -> Evaluation:
-    """Metrics of ``version`` and of the champion (if any) on the training set's test split, logged to the run."""
+def evaluate_candidate(
+    settings: Settings, spec: ModelSpec, version: str, training_set: TrainingSet
+) -> Evaluation:
+    """Metrics of ``version`` and of the champion (if any) on the test split, logged to its run."""
     version = str(version)
     candidate_info = get_version(settings, spec.name, version)
     test = training_set.split("test")
@@ -76,7 +83,9 @@ def evaluate_candidate(settings: Settings, spec: ModelSpec, version: str, traini
     champion_info = get_champion(settings, spec.name)
     champion_scores = None
     if champion_info is not None:
-        champion_scores = score(load_booster(settings, spec.name, champion_info.version), test, settings.num_threads)
+        champion_scores = score(
+            load_booster(settings, spec.name, champion_info.version), test, settings.num_threads
+        )
     cand, champ = evaluate_scores(spec, test, LABEL_COLUMN, candidate_scores, champion_scores)
     evaluation = Evaluation(
         model=spec.name,
@@ -94,10 +103,20 @@ def evaluate_candidate(settings: Settings, spec: ModelSpec, version: str, traini
 
 
 def log_evaluation(settings: Settings, run_id: str, evaluation: Evaluation) -> None:
-    """Metrics ``eval_candidate_<m>`` / ``eval_champion_<m>`` and the evaluation as JSON on the candidate's run."""
+    """Log ``eval_candidate_<m>``, ``eval_champion_<m>`` and ``evaluation.json`` to the candidate's run."""
     client = connect(settings)
     for metric, value in evaluation.candidate.items():
         client.log_metric(run_id, f"eval_candidate_{metric}", value)
     for metric, value in (evaluation.champion or {}).items():
         client.log_metric(run_id, f"eval_champion_{metric}", value)
     client.log_dict(run_id, evaluation.to_dict(), EVALUATION_ARTIFACT)
+
+
+def load_evaluation(settings: Settings, name: str, version: str) -> Evaluation | None:
+    """The evaluation last logged to ``version``'s run (None if it was never evaluated), without rescoring."""
+    client = connect(settings)
+    run_id = get_version(settings, name, version).run_id
+    if EVALUATION_ARTIFACT not in {a.path for a in client.list_artifacts(run_id)}:
+        return None
+    local = client.download_artifacts(run_id, EVALUATION_ARTIFACT, tempfile.mkdtemp(prefix="evaluation-"))
+    return Evaluation(**json.loads(Path(local).read_text()))

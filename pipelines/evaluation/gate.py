@@ -1,4 +1,4 @@
-"""The promotion gate: the spec's metric floors always, and bounded regression against the champion if one exists."""
+"""The promotion gate: metric floors always, bounded regression against the champion if there is one."""
 
 from __future__ import annotations
 
@@ -54,12 +54,14 @@ def _holds(metric: str, value: float, threshold: float) -> bool:
 
 
 def apply_gate(spec: ModelSpec, evaluation: Evaluation) -> GateDecision:
-    """Check the candidate's metrics against ``spec.gate``; with no champion only the floors apply (and must hold)."""
+    """Check the candidate against ``spec.gate``; with no champion only the floors apply (and must hold)."""
     checks: list[GateCheck] = []
     for metric, floor in spec.gate.floors.items():
         value = evaluation.candidate.get(metric)
         checks.append(
-            GateCheck(metric, "floor", value, float(floor), None, value is not None and _holds(metric, value, floor))
+            GateCheck(
+                metric, "floor", value, float(floor), None, value is not None and _holds(metric, value, floor)
+            )
         )
     if evaluation.champion is not None:
         for metric, max_drop in spec.gate.max_regression.items():

@@ -1,15 +1,18 @@
-"""The Feast feature store of one profile: configuration from settings, materialization, online and historical reads.
+"""The Feast feature store of one profile: config from settings, materialization, online and historical reads.
 
-Local profile: file registry + SQLite online store; stack profile: SQL registry + Redis. The offline store is always
-Feast's file (Dask) store over the lake's daily feature partitions.
+Local profile: file registry + SQLite online store; stack profile: SQL registry + Redis. The offline store is
+always Feast's file (Dask) store over the lake's daily feature partitions.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
+from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
@@ -58,8 +61,6 @@ def _redis_connection_string(url: str) -> str:
     """Feast wants ``host:port[,db=N][,password=...][,ssl=true]``; accept that or a ``redis://`` URL."""
     if "://" not in url:
         return url
-    from urllib.parse import urlparse
-
     parsed = urlparse(url)
     parts = [f"{parsed.hostname or '127.0.0.1'}:{parsed.port or 6379}"]
     db = parsed.path.lstrip("/")
@@ -82,14 +83,11 @@ def _online_config(settings: Settings) -> dict:
 
 def repo_config(settings: Settings) -> RepoConfig:
     """The Feast configuration for ``settings`` (what a ``feature_store.yaml`` would say)."""
+    # Feast creates the files but not their directories.
     if settings.feast_online_store == "sqlite" and settings.feast_online_path:
-        from pathlib import Path
-
         Path(settings.feast_online_path).parent.mkdir(parents=True, exist_ok=True)
     registry = _registry_config(settings)
     if registry["registry_type"] == "file" and "://" not in registry["path"]:
-        from pathlib import Path
-
         Path(registry["path"]).parent.mkdir(parents=True, exist_ok=True)
     return RepoConfig(
         project=settings.feast_project,
@@ -119,8 +117,18 @@ def _registered_unchanged(store: FeatureStore, repo: FeatureRepo) -> bool:
     return entity == repo.user and view == repo.user_behavior and service == repo.purchase_intent
 
 
+def _check_offline_store_can_read(settings: Settings) -> None:
+    """Feast's file store reads the lake with Dask, which opens ``s3://`` only through s3fs (fsspec)."""
+    if settings.lake_is_s3 and importlib.util.find_spec("s3fs") is None:
+        raise FeatureStoreError(
+            f"lake {settings.lake_uri} is on S3 but the package 's3fs' is not installed: Feast's file "
+            "offline store (Dask) needs it to read s3:// feature partitions; add 's3fs' to pyproject.toml"
+        )
+
+
 def feature_store(settings: Settings) -> FeatureStore:
     """A FeatureStore for ``settings`` with the project's definitions applied (a no-op when unchanged)."""
+    _check_offline_store_can_read(settings)
     store = FeatureStore(config=repo_config(settings))
     repo = definitions(settings)
     if not _registered_unchanged(store, repo):
@@ -145,7 +153,7 @@ def _service_features(service: FeatureService) -> list[str]:
 
 # -- materialization ---------------------------------------------------------------------------------------
 def materialize_day(settings: Settings, ds: dt.date, store: FeatureStore | None = None) -> int:
-    """Load the features of day ``ds`` (rows stamped ``as_of(ds)``) into the online store; return rows written.
+    """Load day ``ds``'s features (rows stamped ``as_of(ds)``) into the online store; return rows written.
 
     Idempotent: a rerun writes the same values again. A day older than one already materialized is skipped
     (returns 0) so that a backfill never replaces newer online features with older ones.
@@ -213,7 +221,9 @@ def online_features(
     service = _service(store, feature_service)
     columns = _service_features(service)
     if not user_ids:
-        return pd.DataFrame({ENTITY_COLUMN: pd.Series(dtype="int64"), **{c: pd.Series(dtype="float64") for c in columns}})
+        return pd.DataFrame(
+            {ENTITY_COLUMN: pd.Series(dtype="int64"), **{c: pd.Series(dtype="float64") for c in columns}}
+        )
     values, found, _ = _read_online(store, service, user_ids)
     if missing == "raise" and not found.all():
         absent = [u for u, ok in zip(user_ids, found, strict=True) if not ok]
@@ -227,23 +237,45 @@ def online_features(
     return out
 
 
+def _default_sample(settings: Settings, size: int) -> list[int]:
+    """Up to ``size`` users, evenly spread over the newest feature partition in the lake."""
+    lake = Lake(settings)
+    days = lake.partitions(USER_FEATURES_TABLE)
+    if not days:
+        return []
+    ids = lake.read(USER_FEATURES_TABLE, days[-1], columns=[ENTITY_COLUMN])[ENTITY_COLUMN].to_numpy()
+    step = max(1, len(ids) // size)
+    return [int(u) for u in ids[::step][:size]]
+
+
 def online_freshness(
     settings: Settings,
     feature_service: str,
-    sample_user_ids: list[int],
-    max_age: dt.timedelta,
-    now: dt.datetime,
+    sample_user_ids: list[int] | None = None,
+    max_age: dt.timedelta = dt.timedelta(hours=48),
+    now: dt.datetime | None = None,
     store: FeatureStore | None = None,
+    sample_size: int = 100,
 ) -> FreshnessReport:
     """Are the online features of ``feature_service`` at most ``max_age`` old at ``now``? Checked on a sample.
 
     The newest event timestamp among the sampled users that have online features stands for the last
-    materialized day; no sampled user with features at all counts as stale.
+    materialized day; no sampled user with features at all counts as stale. Without ``sample_user_ids``,
+    ``sample_size`` users of the newest feature partition are checked; ``now`` defaults to the current time.
     """
+    now = now or dt.datetime.now(dt.UTC)
     store = store or feature_store(settings)
     service = _service(store, feature_service)
+    if sample_user_ids is None:
+        sample_user_ids = _default_sample(settings, sample_size)
     if not sample_user_ids:
-        return FreshnessReport(False, None, 0, f"feature service {feature_service!r}: no sample user ids to check")
+        return FreshnessReport(
+            False,
+            None,
+            0,
+            f"feature service {feature_service!r}: no users to check (no sample given and no "
+            f"{USER_FEATURES_TABLE} partition in the lake); build and materialize features first",
+        )
     _, found, newest = _read_online(store, service, list(sample_user_ids))
     checked = int(found.sum())
     if checked == 0:
@@ -251,16 +283,17 @@ def online_freshness(
             False,
             None,
             0,
-            f"feature service {feature_service!r}: none of the {len(sample_user_ids)} sampled users has online "
-            "features; materialize the latest day (pipelines.features.store.materialize_day)",
+            f"feature service {feature_service!r}: none of the {len(sample_user_ids)} sampled users has "
+            "online features; materialize the latest day (pipelines.features.store.materialize_day)",
         )
     newest_ts = newest.max().to_pydatetime()
     age = now - newest_ts
     fresh = age <= max_age
     verdict = "fresh" if fresh else "STALE"
     message = (
-        f"feature service {feature_service!r}: {verdict}; newest online event_timestamp {newest_ts.isoformat()} "
-        f"is {age} old at {now.isoformat()} (limit {max_age}); {checked}/{len(sample_user_ids)} sampled users found"
+        f"feature service {feature_service!r}: {verdict}; newest online event_timestamp "
+        f"{newest_ts.isoformat()} is {age} old at {now.isoformat()} (limit {max_age}); "
+        f"{checked}/{len(sample_user_ids)} sampled users found"
     )
     if not fresh:
         message += "; materialize the latest day before promoting"
@@ -269,16 +302,18 @@ def online_freshness(
 
 # -- historical (point-in-time) reads ----------------------------------------------------------------------
 def historical_features(settings: Settings, entity_df: pd.DataFrame, feature_service: str) -> pd.DataFrame:
-    """Point-in-time features for each row of ``entity_df`` (``user_id``, ``event_timestamp``, any other columns).
+    """Point-in-time features for each row of ``entity_df`` (``user_id``, ``event_timestamp``, any others).
 
-    Each row gets the newest feature row with ``event_timestamp <=`` its own and not older than the view's ttl.
+    Each row gets the newest feature row with ``event_timestamp <=`` its own, not older than the view's ttl.
     Every input row is kept, in input order with its index and extra columns (labels). Rows for which no
     such feature row exists get NaN features: Feast's file store drops those rows (STACK_NOTES), so the
     request is deduplicated, joined by Feast and merged back onto the input, and the row count is checked.
     """
     missing_cols = [c for c in (ENTITY_COLUMN, TIMESTAMP_COLUMN) if c not in entity_df.columns]
     if missing_cols:
-        raise FeatureStoreError(f"entity_df lacks column(s) {missing_cols}; it needs user_id and event_timestamp")
+        raise FeatureStoreError(
+            f"entity_df lacks column(s) {missing_cols}; it needs user_id and event_timestamp"
+        )
     store = feature_store(settings)
     service = _service(store, feature_service)
     columns = _service_features(service)
@@ -298,11 +333,19 @@ def historical_features(settings: Settings, entity_df: pd.DataFrame, feature_ser
         joined = unique.assign(**{c: pd.Series(dtype="float64") for c in columns})
     else:
         joined = store.get_historical_features(entity_df=unique, features=service).to_df()
-        joined[TIMESTAMP_COLUMN] = pd.to_datetime(joined[TIMESTAMP_COLUMN], utc=True).astype("datetime64[ns, UTC]")
-        joined = joined[[ENTITY_COLUMN, TIMESTAMP_COLUMN, *columns]].drop_duplicates([ENTITY_COLUMN, TIMESTAMP_COLUMN])
+        joined[TIMESTAMP_COLUMN] = pd.to_datetime(joined[TIMESTAMP_COLUMN], utc=True).astype(
+            "datetime64[ns, UTC]"
+        )
+        joined = joined[[ENTITY_COLUMN, TIMESTAMP_COLUMN, *columns]].drop_duplicates(
+            [ENTITY_COLUMN, TIMESTAMP_COLUMN]
+        )
     dropped = len(unique) - len(joined)
     if dropped:
-        log.info("feast: %d of %d entity rows had no feature row in the ttl window; kept with NaN", dropped, len(unique))
+        log.info(
+            "feast: %d of %d entity rows had no feature row in the ttl window; kept with NaN",
+            dropped,
+            len(unique),
+        )
 
     merged = keys.merge(joined, on=[ENTITY_COLUMN, TIMESTAMP_COLUMN], how="left", validate="many_to_one")
     if len(merged) != len(entity_df):

@@ -1,7 +1,7 @@
-"""Per-user behaviour features for one day: counts, recencies and social signals over the 30 days up to ``as_of(ds)``.
+"""Per-user behaviour features of one day: counts, recencies, social signals over 30 days to ``as_of(ds)``.
 
-One row per known user (signed up by the end of ``ds``), stamped ``event_timestamp = as_of(ds)``; written to the
-lake partition ``features/user_behavior/ds=...`` that Feast's ``user_behavior`` feature view reads.
+One row per known user (signed up by the end of ``ds``), stamped ``event_timestamp = as_of(ds)``; written to
+the lake partition ``features/user_behavior/ds=...`` that Feast's ``user_behavior`` feature view reads.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ TIMESTAMP_COLUMN = "event_timestamp"
 WINDOW_DAYS = 30
 RECENCY_CAP_DAYS = float(WINDOW_DAYS)  # "no such event within the window"
 
-# A list (not a tuple) so that df[FEATURE_COLUMNS] and df.loc[:, FEATURE_COLUMNS] select columns; never mutate it.
+# A list, not a tuple: df[FEATURE_COLUMNS] and df.loc[:, FEATURE_COLUMNS] then select columns. Never mutate.
 FEATURE_COLUMNS: list[str] = [
     "views_1d",
     "views_7d",
@@ -175,7 +175,7 @@ def compute_user_features(
 
 
 def build_user_features(lake: Lake, ds: dt.date) -> pd.DataFrame:
-    """Read the 30 days of events up to ``ds`` and the ``users``/``follows`` snapshots of ``ds``; compute features.
+    """Read 30 days of events up to ``ds`` and the ``users``/``follows`` snapshots of ``ds``; compute.
 
     The day's own events partition must exist (raises ``PartitionNotFound`` otherwise); older days that are
     missing simply contribute no events.
@@ -192,7 +192,7 @@ def build_user_features(lake: Lake, ds: dt.date) -> pd.DataFrame:
 
 
 def write_user_features(lake: Lake, ds: dt.date, df: pd.DataFrame) -> str:
-    """Publish the day's features as partition ``features/user_behavior/ds=...`` (atomic; a rerun replaces it)."""
+    """Publish the day's features as partition ``features/user_behavior/ds=...`` (atomic; reruns replace)."""
     _require(df, USER_FEATURES_TABLE, [f.name for f in USER_FEATURES_SCHEMA])
     stamps = pd.to_datetime(df[TIMESTAMP_COLUMN], utc=True)
     if len(df) and not (stamps == pd.Timestamp(schemas.as_of(ds))).all():

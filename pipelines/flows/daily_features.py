@@ -12,7 +12,8 @@ from pipelines.features.store import materialize_day
 from pipelines.features.user_features import build_user_features, write_user_features
 from pipelines.lake import Lake, as_date
 from pipelines.settings import Settings
-from pipelines.validation.runner import ValidationFailed, validate_frame, validate_partition
+from pipelines.validation.quarantine import ValidationFailed, validate_partition
+from pipelines.validation.runner import validate_frame
 
 FEATURE_TABLE = "features/user_behavior"
 
@@ -29,7 +30,7 @@ def extract(settings: Settings, ds: str) -> dict:
 def validate(settings: Settings, ds: str) -> dict:
     """Validate the day's events; a critical failure quarantines the partition and raises."""
     report = validate_partition(Lake(settings), "events", as_date(ds), settings.expectations_dir)
-    return {"success": report.success, "rows": report.n_rows, "warnings": report.summary() if not report.success else ""}
+    return {"rows": report.n_rows, "warnings": [c.describe() for c in report.warnings]}
 
 
 def features(settings: Settings, ds: str) -> dict:
@@ -37,7 +38,7 @@ def features(settings: Settings, ds: str) -> dict:
     lake, day = Lake(settings), as_date(ds)
     frame = build_user_features(lake, day)
     report = validate_frame(frame, "user_features", day, settings.expectations_dir)
-    if not report.success and report.critical_failures:
+    if report.critical_failures:
         raise ValidationFailed(report)
     uri = write_user_features(lake, day, frame)
     return {"rows": len(frame), "uri": uri}

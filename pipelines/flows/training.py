@@ -10,11 +10,14 @@ import datetime as dt
 from dataclasses import asdict
 from typing import Any
 
-from pipelines.evaluation.evaluate import evaluate_candidate
+from pipelines.evaluation.evaluate import Evaluation, evaluate_candidate
 from pipelines.evaluation.gate import apply_gate, record_gate
 from pipelines.features.store import online_freshness
 from pipelines.lake import Lake, as_date
-from pipelines.registry.promotion import ApprovalRecord, promote as promote_version, record_rejection
+from pipelines.registry.approval import ApprovalRecord
+from pipelines.registry.promotion import promote as promote_version
+from pipelines.registry.promotion import record_rejection
+from pipelines.registry.registry import get_champion
 from pipelines.settings import Settings
 from pipelines.specs import ModelSpec
 from pipelines.training.dataset import build_training_set, load_training_set
@@ -34,15 +37,21 @@ def train(settings: Settings, spec: ModelSpec, ds: str) -> dict:
 
 def evaluate(settings: Settings, spec: ModelSpec, ds: str, version: str) -> dict:
     ts = load_training_set(Lake(settings), spec, as_date(ds))
-    return _jsonable(evaluate_candidate(settings, spec, version, ts))
+    return evaluate_candidate(settings, spec, version, ts).to_dict()
 
 
-def gate(settings: Settings, spec: ModelSpec, ds: str, version: str) -> dict:
-    """Re-evaluate nothing: apply the spec's thresholds to the stored evaluation and tag the version."""
-    ts = load_training_set(Lake(settings), spec, as_date(ds))
-    decision = apply_gate(spec, evaluate_candidate(settings, spec, version, ts))
+def gate(settings: Settings, spec: ModelSpec, version: str, evaluation: dict) -> dict:
+    """Apply the spec's thresholds to the evaluation and tag the version with the verdict.
+
+    A candidate that already is the champion (a rerun on the same data) needs no new approval: it is reported
+    with ``already_champion`` and the DAG stops before the approval request.
+    """
+    champion = get_champion(settings, spec.name)
+    if champion is not None and champion.version == str(version):
+        return {"passed": False, "already_champion": True, "summary": f"version {version} already is the champion"}
+    decision = apply_gate(spec, Evaluation(**evaluation))
     record_gate(settings, spec, version, decision)
-    return _jsonable(decision)
+    return {**decision.to_dict(), "already_champion": False}
 
 
 def promote(settings: Settings, spec: ModelSpec, version: str, approval: dict[str, Any]) -> dict:

@@ -69,7 +69,7 @@ def load_dag(settings: Settings, dag_id: str):
     configure_airflow(settings)
     from airflow.dag_processing.dagbag import DagBag
 
-    bag = DagBag(dag_folder=str(settings.dags_dir), include_examples=False)
+    bag = DagBag(dag_folder=str(settings.dags_dir))
     if bag.import_errors:
         errors = "\n".join(f"{path}: {err}" for path, err in bag.import_errors.items())
         raise RuntimeError(f"DAG files failed to import:\n{errors}")

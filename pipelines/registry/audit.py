@@ -1,4 +1,4 @@
-"""Append-only audit log of registry decisions: one JSON file per event under ``audit/<model>/`` in the lake."""
+"""Append-only audit log of registry decisions: one JSON file per event in the lake's ``audit/<model>/``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Promotion: move the ``champion`` alias only with a passed gate, an allowed approver and fresh online features.
+"""Promotion: move alias ``champion`` only with a passed gate, an allowed approver and fresh online features.
 
 Every alias move and every rejection is appended to the audit log (``audit/<model>/`` in the lake).
 """
@@ -85,16 +85,21 @@ class PromotionResult:
     audit_uri: str | None
 
 
-def _check(settings: Settings, spec: ModelSpec, version: str, approval: ApprovalRecord, freshness: Freshness) -> None:
+def _check(
+    settings: Settings, spec: ModelSpec, version: str, approval: ApprovalRecord, freshness: Freshness
+) -> None:
     info = get_version(settings, spec.name, version)
     gate = info.tags.get(GATE_STATUS)
     if gate != "passed":
         raise GateNotPassed(
-            f"{spec.name} v{version}: gate status is {gate or 'missing'!r} (tag {GATE_STATUS}); only a version "
-            f"that passed the gate can be promoted: {info.tags.get('gate.summary', 'run the gate first')}"
+            f"{spec.name} v{version}: gate status is {gate or 'missing'!r} (tag {GATE_STATUS}); "
+            f"only a version that passed the gate can be promoted: "
+            f"{info.tags.get('gate.summary', 'run the gate first')}"
         )
     if not approval.approved:
-        raise NotApproved(f"{spec.name} v{version}: the review decision is {approval.decision!r}, not an approval")
+        raise NotApproved(
+            f"{spec.name} v{version}: the review decision is {approval.decision!r}, not an approval"
+        )
     if approval.by not in spec.reviewers:
         raise ReviewerNotAllowed(
             f"{spec.name} v{version}: {approval.by or '(unknown user)'!r} is not a reviewer of this model; "
@@ -102,11 +107,13 @@ def _check(settings: Settings, spec: ModelSpec, version: str, approval: Approval
         )
     trainer = connect(settings).get_run(info.run_id).data.tags.get("mlflow.user") if info.run_id else None
     if trainer and trainer == approval.by:
-        raise SelfApproval(f"{spec.name} v{version}: {approval.by!r} trained this version and cannot approve it")
+        raise SelfApproval(
+            f"{spec.name} v{version}: {approval.by!r} trained this version and cannot approve it"
+        )
     if not freshness.fresh:
         raise FeaturesNotFresh(
-            f"{spec.name} v{version}: online features of feature service {spec.feature_service!r} are not fresh: "
-            f"{freshness.message}; materialize them, then promote again"
+            f"{spec.name} v{version}: online features of feature service {spec.feature_service!r} "
+            f"are not fresh: {freshness.message}; materialize them, then promote again"
         )
 
 
@@ -115,8 +122,8 @@ def promote(
 ) -> PromotionResult:
     """Make ``version`` the champion (the old champion becomes ``previous``), record the approval, audit it.
 
-    Refuses with a :class:`PromotionRefused` subclass and touches nothing when a condition fails. Promoting the
-    current champion again only refreshes its approval tags (a rerun of the same DAG run is harmless).
+    Refuses with a :class:`PromotionRefused` subclass and touches nothing when a condition fails.
+    Promoting the current champion again only refreshes its approval tags (a task retry is harmless).
     """
     version = str(version)
     _check(settings, spec, version, approval, freshness)
@@ -152,9 +159,11 @@ def promote(
 
 
 def record_rejection(settings: Settings, spec: ModelSpec, version: str, approval: ApprovalRecord) -> str:
-    """Tag ``version`` rejected with who and why, and audit it; aliases are never touched. Returns the audit URI."""
+    """Tag ``version`` rejected with who and why and audit it (returns the URI); aliases are never touched."""
     if approval.approved:
-        raise ApprovalError(f"{spec.name} v{version}: record_rejection got an approval; use promote() instead")
+        raise ApprovalError(
+            f"{spec.name} v{version}: record_rejection got an approval; use promote() instead"
+        )
     version = str(version)
     get_version(settings, spec.name, version)
     set_version_tags(settings, spec.name, version, approval.to_tags())

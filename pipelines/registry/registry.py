@@ -6,7 +6,7 @@ Versions are always ``str`` here: the SQLite store hands alias versions back as 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import lightgbm as lgb
 
 CHAMPION, PREVIOUS = "champion", "previous"
+APPROVAL_PREFIX = "approval."
 
 
 class ModelVersionNotFound(LookupError):
@@ -38,12 +39,23 @@ class ModelVersionInfo:
     aliases: list[str] = field(default_factory=list)
     tags: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
-    approval: ApprovalRecord | None = None
+    # The approval tags without their prefix (status, by, at, comment), or None before any review.
+    approval: dict[str, str] | None = None
     created_at: dt.datetime | None = None
+
+    @property
+    def approval_record(self) -> ApprovalRecord | None:
+        return ApprovalRecord.from_tags(self.tags)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (for ``mlctl status`` and XCom)."""
+        data = asdict(self)
+        data["created_at"] = self.created_at.isoformat() if self.created_at else None
+        return data
 
 
 def connect(settings: Settings) -> MlflowClient:
-    """A client on the settings' tracking store; also points MLflow's fluent API (log_model, load_model) there."""
+    """A client on the settings' tracking store; also points MLflow's fluent API (log_model, ...) there."""
     uri = settings.mlflow_tracking_uri
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -60,7 +72,7 @@ def artifact_location(settings: Settings, experiment: str) -> str:
 
 
 def ensure_experiment(settings: Settings, name: str) -> str:
-    """The id of the experiment ``name``, created with an explicit artifact location under the artifact root."""
+    """The id of experiment ``name``, created with an explicit artifact location under the artifact root."""
     client = connect(settings)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
@@ -84,9 +96,17 @@ def _info(client: MlflowClient, mv: Any) -> ModelVersionInfo:
         aliases=[str(a) for a in (mv.aliases or [])],
         tags=tags,
         metrics=metrics,
-        approval=ApprovalRecord.from_tags(tags),
-        created_at=dt.datetime.fromtimestamp(mv.creation_timestamp / 1000, dt.UTC) if mv.creation_timestamp else None,
+        approval=_approval(tags),
+        created_at=dt.datetime.fromtimestamp(mv.creation_timestamp / 1000, dt.UTC)
+        if mv.creation_timestamp
+        else None,
     )
+
+
+def _approval(tags: dict[str, str]) -> dict[str, str] | None:
+    if ApprovalRecord.from_tags(tags) is None:
+        return None
+    return {k.removeprefix(APPROVAL_PREFIX): v for k, v in tags.items() if k.startswith(APPROVAL_PREFIX)}
 
 
 def get_version(settings: Settings, name: str, version: str | int) -> ModelVersionInfo:

@@ -7,9 +7,11 @@ caller can tell a cold-start score from a real one.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
+from typing import Any
 
 import anyio
 import numpy as np
@@ -83,17 +85,32 @@ class ModelsResponse(BaseModel):
     models: list[ModelInfo]
 
 
-def _feast_reader(settings: Settings, feature_service: str, user_ids: list[int]) -> pd.DataFrame:
-    # Imported lazily: feast takes seconds to import and tests pass their own reader.
-    from pipelines.features.store import online_features
+class FeastReader:
+    """The default reader: Feast online features through one long-lived FeatureStore, built on first use."""
 
-    return online_features(settings, feature_service, user_ids)
+    def __init__(self) -> None:
+        self._store: Any = None
+        self._lock = threading.Lock()
+
+    def __call__(self, settings: Settings, feature_service: str, user_ids: list[int]) -> pd.DataFrame:
+        # Imported lazily: feast takes seconds to import and tests pass their own reader.
+        from pipelines.features.store import feature_store, online_features
+
+        with self._lock:  # building a store applies the definitions: do it once, not per request
+            if self._store is None:
+                self._store = feature_store(settings)
+        return online_features(settings, feature_service, user_ids, store=self._store)
 
 
 def _rows_for(frame: pd.DataFrame, user_ids: list[int], feature_service: str) -> pd.DataFrame:
     """Align the reader's rows to the requested ids (by the entity column when present, else by position)."""
     if ENTITY_COLUMN in frame.columns:
-        return frame.drop_duplicates(ENTITY_COLUMN).set_index(ENTITY_COLUMN).reindex(user_ids).reset_index(drop=True)
+        return (
+            frame.drop_duplicates(ENTITY_COLUMN)
+            .set_index(ENTITY_COLUMN)
+            .reindex(user_ids)
+            .reset_index(drop=True)
+        )
     if len(frame) != len(user_ids):
         raise ValueError(
             f"feature service {feature_service!r} returned {len(frame)} rows for {len(user_ids)} user ids "
@@ -108,7 +125,7 @@ def create_app(
     specs: Mapping[str, ModelSpec] | None = None,
 ) -> FastAPI:
     """The serving app for every spec in ``settings.models_dir`` (or ``specs``); binary models are scored."""
-    reader = feature_reader or _feast_reader
+    reader = feature_reader or FeastReader()
     all_specs = dict(specs) if specs is not None else load_specs(settings.models_dir)
 
     def read_features(spec: ModelSpec, user_ids: list[int]) -> pd.DataFrame:
@@ -155,7 +172,7 @@ def create_app(
             holder.refresh()
         return spec, holder
 
-    # Plain `def` endpoints: FastAPI runs them in its thread pool, so blocking feature reads don't stall the loop.
+    # Plain `def` endpoints run in FastAPI's thread pool: blocking feature reads don't stall the event loop.
     @app.post("/v1/models/{model}/predict", response_model=PredictResponse)
     def predict(model: str, request: PredictRequest) -> PredictResponse:
         spec, holder = holder_for(model)
@@ -164,7 +181,8 @@ def create_app(
             refusal = holder.status().last_refusal
             if refusal is not None:
                 raise HTTPException(
-                    503, f"no servable champion for {model}: v{refusal.version} was refused ({refusal.reason})"
+                    503,
+                    f"no servable champion for {model}: v{refusal.version} was refused ({refusal.reason})",
                 )
             raise HTTPException(503, f"no champion for {model}; approve a version first")
         try:

@@ -51,10 +51,13 @@ class LoadedModel:
         missing = [c for c in self.feature_names if c not in frame.columns]
         if missing:
             raise FeatureMismatchError(
-                f"model {self.name} v{self.version} expects features {missing} that the online features do not "
-                f"provide (got {list(frame.columns)}); retrain against the current feature service or fix the view"
+                f"model {self.name} v{self.version} expects features {missing} that the online features "
+                f"do not provide (got {list(frame.columns)}); retrain against the current feature service "
+                "or fix the feature view"
             )
-        return frame.loc[:, list(self.feature_names)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+        return (
+            frame.loc[:, list(self.feature_names)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+        )
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
         """Scores for every row of ``frame`` (NaN features take LightGBM's missing-value branch)."""
@@ -93,15 +96,20 @@ def champion_version(settings: Settings, name: str) -> str | None:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
+    client = MlflowClient(
+        tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri
+    )
     try:
-        mv = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
+        # Read the aliases map rather than get_model_version_by_alias: a missing alias there is an
+        # INVALID_PARAMETER_VALUE, indistinguishable from a real error.
+        model = client.get_registered_model(name)
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             return None
         raise
+    version = model.aliases.get(CHAMPION_ALIAS)
     # SQLite stores give an int, the REST server a str.
-    return str(mv.version)
+    return None if version is None else str(version)
 
 
 def load_version(settings: Settings, name: str, version: str) -> LoadedModel:
@@ -137,8 +145,8 @@ def check_canary(model: LoadedModel, canary_rows: pd.DataFrame | None = None) ->
         scores = model.predict(frame)
         if scores.shape != (len(frame),):
             raise CanaryError(
-                f"model {model.name} v{model.version} returned scores of shape {scores.shape} for {len(frame)} "
-                "canary rows; expected one score per row (binary objective)"
+                f"model {model.name} v{model.version} returned scores of shape {scores.shape} for "
+                f"{len(frame)} canary rows; expected one score per row (binary objective)"
             )
         if not np.all(np.isfinite(scores)) or np.any((scores < 0) | (scores > 1)):
             raise CanaryError(
@@ -214,7 +222,10 @@ class ChampionModel:
                 self._current = candidate
             self._last_error = None
             log.info(
-                "serving %s v%s (was %s)", self.name, version, current.version if current is not None else "none"
+                "serving %s v%s (was %s)",
+                self.name,
+                version,
+                current.version if current is not None else "none",
             )
             return candidate
 

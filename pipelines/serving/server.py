@@ -9,6 +9,6 @@ from pipelines.settings import Settings
 
 
 def run(settings: Settings, feature_reader: FeatureReader | None = None) -> None:
-    """Serve on ``settings.serving_host:serving_port`` until interrupted (one worker: models live in memory)."""
+    """Serve on settings.serving_host:serving_port until interrupted (one worker: models live in memory)."""
     app = create_app(settings, feature_reader=feature_reader)
     uvicorn.run(app, host=settings.serving_host, port=settings.serving_port, log_level="info")

@@ -1,7 +1,7 @@
 """Training sets: labelled entity rows at past as-of days, joined point-in-time to their features.
 
-A training set for logical date L is written once to ``training_sets/<model>/ds=L`` and read back by training and
-evaluation, so every step of one run scores exactly the same rows (its digest travels with the MLflow run).
+A training set for logical date L is written once to ``training_sets/<model>/ds=L`` and read back by training
+and evaluation, so every step of one run scores the same rows (its digest travels with the MLflow run).
 """
 
 from __future__ import annotations
@@ -57,7 +57,9 @@ def split_days(spec: ModelSpec, logical_date: dt.date) -> SplitDays:
     """
     newest = as_date(logical_date) - dt.timedelta(days=spec.label.window_days)
     w = spec.windows
-    days = [newest - dt.timedelta(days=i) for i in range(w.train_days + w.validation_days + w.test_days)][::-1]
+    days = [newest - dt.timedelta(days=i) for i in range(w.train_days + w.validation_days + w.test_days)][
+        ::-1
+    ]
     return SplitDays(
         train=tuple(days[: w.train_days]),
         validation=tuple(days[w.train_days : w.train_days + w.validation_days]),
@@ -68,7 +70,8 @@ def split_days(spec: ModelSpec, logical_date: dt.date) -> SplitDays:
 def entity_key(spec: ModelSpec) -> str:
     if spec.entity not in ENTITIES:
         raise TrainingSetError(
-            f"model spec {spec.name!r}: entity {spec.entity!r} has no training-set support; known: {sorted(ENTITIES)}"
+            f"model spec {spec.name!r}: entity {spec.entity!r} has no training-set support; "
+            f"known: {sorted(ENTITIES)}"
         )
     return ENTITIES[spec.entity][0]
 
@@ -78,7 +81,7 @@ def _utc_us(values: pd.Series) -> pd.Series:
 
 
 def frame_digest(frame: pd.DataFrame) -> str:
-    """A stable sha256 of a frame's columns, dtypes and values (the same before and after a parquet round trip)."""
+    """A stable sha256 of a frame's columns, dtypes and values (unchanged by a parquet round trip)."""
     h = hashlib.sha256()
     for name in frame.columns:
         col = frame[name]
@@ -131,11 +134,13 @@ def assemble_training_frame(
 ) -> pd.DataFrame:
     """Join labels onto the point-in-time features of every entity row and mark each row's split.
 
-    ``entity_df`` [key, event_timestamp] is what was asked for; ``labels`` [key, as_of, label] must label every
-    entity row and ``features`` (the point-in-time join) must return every entity row: a lost row is an error,
-    never a silently smaller training set.
+    ``entity_df`` [key, event_timestamp] is what was asked for; ``labels`` [key, as_of, label] must label
+    every entity row and ``features`` (the point-in-time join) must return every entity row: a lost row is an
+    error, never a silently smaller training set.
     """
-    asked = entity_df[[key, TIMESTAMP_COLUMN]].assign(**{TIMESTAMP_COLUMN: _utc_us(entity_df[TIMESTAMP_COLUMN])})
+    asked = entity_df[[key, TIMESTAMP_COLUMN]].assign(
+        **{TIMESTAMP_COLUMN: _utc_us(entity_df[TIMESTAMP_COLUMN])}
+    )
     feats = features.assign(**{TIMESTAMP_COLUMN: _utc_us(features[TIMESTAMP_COLUMN])})
     feats = asked.merge(feats, on=[key, TIMESTAMP_COLUMN], how="left", indicator=True)
     lost = feats["_merge"] != "both"
@@ -149,7 +154,9 @@ def assemble_training_frame(
     lab = lab.assign(**{TIMESTAMP_COLUMN: _utc_us(lab[TIMESTAMP_COLUMN])})
     frame = feats.drop(columns="_merge").merge(lab, on=[key, TIMESTAMP_COLUMN], how="left")
     if len(frame) != len(asked):
-        raise TrainingSetError("labels hold duplicate (entity, as_of) rows; expected one label per entity and day")
+        raise TrainingSetError(
+            "labels hold duplicate (entity, as_of) rows; expected one label per entity and day"
+        )
     unlabelled = frame[LABEL_COLUMN].isna()
     if unlabelled.any():
         raise TrainingSetError(
@@ -165,7 +172,9 @@ def assemble_training_frame(
     day = (frame[TIMESTAMP_COLUMN] - pd.Timedelta(days=1)).dt.date
     split = day.map({d: splits.split_of(d) for d in splits.days})
     if split.isna().any():
-        raise TrainingSetError(f"entity rows at as-of days outside the splits: {sorted(set(day[split.isna()]))[:5]}")
+        raise TrainingSetError(
+            f"entity rows at as-of days outside the splits: {sorted(set(day[split.isna()]))[:5]}"
+        )
     out = pd.DataFrame(
         {
             key: frame[key].astype("int64"),
@@ -193,7 +202,8 @@ def load_training_set(lake: Lake, spec: ModelSpec, logical_date: dt.date) -> Tra
     table = training_table(spec)
     if not lake.exists(table, logical_date):
         raise TrainingSetError(
-            f"{lake.partition_uri(table, logical_date)}: no training set for {spec.name} on {as_date(logical_date)}; "
+            f"{lake.partition_uri(table, logical_date)}: no training set for {spec.name} "
+            f"on {as_date(logical_date)}; "
             "build it first (pipelines.training.dataset.build_training_set)"
         )
     frame = lake.read(table, logical_date)
@@ -210,7 +220,7 @@ def load_training_set(lake: Lake, spec: ModelSpec, logical_date: dt.date) -> Tra
 
 def entity_rows(lake: Lake, spec: ModelSpec, days: list[dt.date]) -> pd.DataFrame:
     """Every entity that has a feature row on each as-of day, stamped with that day's as-of time."""
-    key, table = ENTITIES[spec.entity][0], ENTITIES[spec.entity][1]
+    key, table = entity_key(spec), ENTITIES[spec.entity][1]
     missing = [d for d in days if not lake.exists(table, d)]
     if missing:
         raise TrainingSetError(
@@ -218,7 +228,8 @@ def entity_rows(lake: Lake, spec: ModelSpec, days: list[dt.date]) -> pd.DataFram
             "run the features pipeline for those days (or backfill) before training"
         )
     frames = [
-        lake.read(table, d, columns=[key]).assign(**{TIMESTAMP_COLUMN: pd.Timestamp(schemas.as_of(d))}) for d in days
+        lake.read(table, d, columns=[key]).assign(**{TIMESTAMP_COLUMN: pd.Timestamp(schemas.as_of(d))})
+        for d in days
     ]
     rows = pd.concat(frames, ignore_index=True).drop_duplicates()
     rows[TIMESTAMP_COLUMN] = _utc_us(rows[TIMESTAMP_COLUMN])
@@ -240,7 +251,11 @@ def build_training_set(settings: Settings, lake: Lake, spec: ModelSpec, logical_
     if events.empty:
         raise TrainingSetError(f"{lake.uri('events')}: no events between {splits.days[0]} and {logical_date}")
     labels = purchase_labels(
-        events, splits.days, rows[key].unique().tolist(), window_days=spec.label.window_days
+        events,
+        splits.days,
+        rows[key].unique().tolist(),
+        window_days=spec.label.window_days,
+        event_type=spec.label.event_type,
     )
     features = historical_features(settings, rows, spec.feature_service)
     frame = assemble_training_frame(rows, labels, features, splits, key)

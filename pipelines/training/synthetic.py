@@ -1,4 +1,4 @@
-"""Synthetic training sets with a known logistic relationship, for tests and smoke runs of training and gating.
+"""Synthetic training sets with a known logistic relationship, for tests and smoke runs of training/gating.
 
 ``label ~ Bernoulli(sigmoid(intercept + sum(coef_i * signal_i)))``; the noise columns carry no signal.
 """
@@ -43,5 +43,7 @@ def synthetic_training_frame(
         features[f"signal_{i + 1}"] = signal[:, i]
     for i in range(noise_features):
         features[f"noise_{i + 1}"] = rng.normal(size=n)
-    labels = entity.rename(columns={TIMESTAMP_COLUMN: "as_of"}).assign(label=(rng.random(n) < p).astype("int64"))
+    labels = entity.rename(columns={TIMESTAMP_COLUMN: "as_of"}).assign(
+        label=(rng.random(n) < p).astype("int64")
+    )
     return assemble_training_frame(entity, labels, features, splits, key)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,7 +63,9 @@ def lightgbm_params(spec: ModelSpec, num_threads: int) -> tuple[dict[str, Any], 
         "verbosity": -1,
     }
     params |= {k: v for k, v in spec.params.items() if k not in LOOP_PARAMS}
-    params["num_threads"] = num_threads  # always from settings: LightGBM's default can be 100x slower on busy cores
+    params["num_threads"] = (
+        num_threads  # always from settings: LightGBM's default can be 100x slower on busy cores
+    )
     return params, loop["num_boost_round"], loop["early_stopping_rounds"]
 
 
@@ -75,7 +78,10 @@ def config_digest(spec: ModelSpec, feature_columns: list[str]) -> str:
 def fit_booster(
     spec: ModelSpec, training_set: TrainingSet, num_threads: int
 ) -> tuple[lgb.Booster, dict[str, Any]]:
-    """Fit on the train split with early stopping on the validation split (its first metric is the main one)."""
+    """Fit on the train split, early-stopping on the validation split's first metric (the main one).
+
+    Returns the booster and every parameter that shaped it (booster params and the loop's), for logging.
+    """
     for name in ("train", "validation"):
         if training_set.row_counts[name] == 0:
             raise TrainingError(f"training set {training_set.uri}: the {name} split is empty")
@@ -95,7 +101,7 @@ def fit_booster(
         valid_names=["validation"],
         callbacks=[lgb.early_stopping(patience, first_metric_only=True, verbose=False)],
     )
-    return booster, params
+    return booster, params | {"num_boost_round": rounds, "early_stopping_rounds": patience}
 
 
 def split_metrics(
@@ -125,8 +131,27 @@ def importance_figure(importance: dict[str, float], title: str) -> Figure:
 
 def find_version(settings: Settings, name: str, tags: dict[str, str]) -> Any:
     """The registered version of ``name`` carrying all ``tags``, if any (the newest one)."""
-    matches = [v for v in list_versions(settings, name) if all(v.tags.get(k) == val for k, val in tags.items())]
+    matches = [
+        v for v in list_versions(settings, name) if all(v.tags.get(k) == val for k, val in tags.items())
+    ]
     return matches[-1] if matches else None
+
+
+def log_training_input(spec: ModelSpec, training_set: TrainingSet) -> None:
+    """Log the training set as the run's input: lake URI as source, digest and schema (not its rows)."""
+    with warnings.catch_warnings():
+        # Two equivalent local sources are registered for plain paths; the id columns are ints on purpose.
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
+        dataset = mlflow.data.from_pandas(
+            training_set.frame,
+            source=training_set.uri,
+            targets=LABEL_COLUMN,
+            name=f"{spec.name}-training-set-{training_set.logical_date.isoformat()}",
+            # MLflow caps dataset digests at 36 characters; the full sha256 is the run tag TAG_DIGEST.
+            digest=training_set.digest[:32],
+        )
+        mlflow.log_input(dataset, context="training")
 
 
 def train_model(settings: Settings, spec: ModelSpec, training_set: TrainingSet) -> TrainResult:
@@ -139,7 +164,9 @@ def train_model(settings: Settings, spec: ModelSpec, training_set: TrainingSet) 
     }
     existing = find_version(settings, spec.name, identity)
     if existing is not None:
-        metrics = {k: v for k, v in existing.metrics.items() if k.startswith(("validation_", "test_", "best_"))}
+        metrics = {
+            k: v for k, v in existing.metrics.items() if k.startswith(("validation_", "test_", "best_"))
+        }
         return TrainResult(existing.run_id, existing.version, metrics, reused=True)
 
     experiment_id = ensure_experiment(settings, spec.name)
@@ -152,13 +179,10 @@ def train_model(settings: Settings, spec: ModelSpec, training_set: TrainingSet) 
     connect(settings)
     run_tags = identity | {TAG_URI: training_set.uri, "model": spec.name}
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{spec.name}-{ds}", tags=run_tags) as run:
-        _, rounds, patience = lightgbm_params(spec, settings.num_threads)
         mlflow.log_params(
             params
             | {
                 "metric": ",".join(params["metric"]),
-                "num_boost_round": rounds,
-                "early_stopping_rounds": patience,
                 "label_window_days": spec.label.window_days,
                 "train_days": spec.windows.train_days,
                 "validation_days": spec.windows.validation_days,
@@ -171,18 +195,11 @@ def train_model(settings: Settings, spec: ModelSpec, training_set: TrainingSet) 
             | {f"rows_{k}": float(v) for k, v in training_set.row_counts.items()}
             | {"label_rate": training_set.label_rate}
         )
-        # MLflow caps dataset digests at 36 characters; the full sha256 is the run tag above.
-        dataset = mlflow.data.from_pandas(
-            training_set.frame,
-            source=training_set.uri,
-            targets=LABEL_COLUMN,
-            name=f"{spec.name}-training-set-{ds}",
-            digest=training_set.digest[:32],
-        )
-        mlflow.log_input(dataset, context="training")
+        log_training_input(spec, training_set)
         mlflow.log_dict(importance, "feature_importance.json")
-        mlflow.log_figure(importance_figure(importance, f"{spec.name} feature importance (gain)"),
-                          "feature_importance.png")
+        mlflow.log_figure(
+            importance_figure(importance, f"{spec.name} feature importance (gain)"), "feature_importance.png"
+        )
 
         example = training_set.features("validation").head(5)
         signature = infer_signature(example, booster.predict(example, num_threads=settings.num_threads))
@@ -195,4 +212,3 @@ def train_model(settings: Settings, spec: ModelSpec, training_set: TrainingSet) 
         )
         version = mlflow.register_model(info.model_uri, spec.name, tags=run_tags)
     return TrainResult(run.info.run_id, str(version.version), metrics)
-

@@ -1,4 +1,4 @@
-"""Validate a published lake partition; keep its report next to the data and quarantine it on a critical failure."""
+"""Validate a lake partition, keep its report next to the data, quarantine it on a critical failure."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pipelines.validation.runner import validate_frame
 
 
 class ValidationFailed(Exception):
-    """A partition failed a critical expectation and was moved to quarantine. ``str()`` is the report summary."""
+    """A partition failed a critical expectation and was quarantined. ``str()`` is the report summary."""
 
     def __init__(self, report: ValidationReport) -> None:
         super().__init__(report.summary())
@@ -23,8 +23,11 @@ def report_key(table: str, ds: dt.date) -> str:
     return f"validation/{table}/ds={as_date(ds).isoformat()}/report.json"
 
 
-def validate_partition(lake: Lake, table: str, ds: dt.date, expectations_dir: Path) -> ValidationReport:
-    """Validate the partition ``ds`` of ``table`` and write its report at :func:`report_key`.
+def validate_partition(
+    lake: Lake, table: str, ds: dt.date, expectations_dir: Path, suite: str | None = None
+) -> ValidationReport:
+    """Validate the partition ``ds`` of ``table`` with suite ``suite`` (default: the table's name) and write
+    its report at :func:`report_key`.
 
     On a critical failure the partition is moved to ``quarantine/<table>/ds=...`` (with the report) and
     :class:`ValidationFailed` is raised; warning-level failures only appear in the report.
@@ -41,9 +44,11 @@ def validate_partition(lake: Lake, table: str, ds: dt.date, expectations_dir: Pa
             )
         else:
             hint = "publish (ingest) that day first"
-        raise PartitionNotFound(f"cannot validate {table} ds={ds.isoformat()}: no partition at {where}; {hint}") from exc
+        raise PartitionNotFound(
+            f"cannot validate {table} ds={ds.isoformat()}: no partition at {where}; {hint}"
+        ) from exc
 
-    report = validate_frame(df, table, ds, expectations_dir)
+    report = validate_frame(df, table, ds, expectations_dir, suite=suite)
     if not report.success:
         # Move the data first so nothing downstream can read it; both reports say where it went.
         report.quarantined_to = _quarantine_uri(lake, table, ds)

@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+
 @dataclass
 class CheckResult:
-    """One expectation's outcome. ``examples`` are offending values, ``example_ids`` the rows' id column values."""
+    """One expectation's outcome: ``examples`` are offending values, ``example_ids`` those rows' ids."""
 
     expectation: str
     column: str | None
@@ -44,7 +45,9 @@ class CheckResult:
                 text += f" (rows {', '.join(_short(v) for v in self.example_ids)})"
             return f"{text}; expected {expected}" if expected else text
         if isinstance(self.observed, dict) and ("missing" in self.observed or "unexpected" in self.observed):
-            parts = [f"{k} columns {self.observed[k]}" for k in ("missing", "unexpected") if self.observed.get(k)]
+            parts = [
+                f"{k} columns {self.observed[k]}" for k in ("missing", "unexpected") if self.observed.get(k)
+            ]
             return "; ".join(parts)
         return f"observed {_short(self.observed)}; expected {expected}"
 
@@ -81,10 +84,10 @@ class ValidationReport:
         if self.success and not self.failed:
             return f"{head}: validation passed ({counts})"
         verdict = "validation FAILED" if not self.success else "validation passed with warnings"
-        lines = [
-            f"{head}: {verdict}: {len(self.critical_failures)} critical, {len(self.warnings)} warning ({counts})"
-        ]
-        for check in sorted(self.failed, key=lambda c: c.severity != "critical"):
+        n_critical, n_warning = len(self.critical_failures), len(self.warnings)
+        lines = [f"{head}: {verdict}: {n_critical} critical, {n_warning} warning ({counts})"]
+        # Critical first; table-level problems (missing columns, no rows) before the column checks they cause.
+        for check in sorted(self.failed, key=lambda c: (c.severity != "critical", c.column is not None)):
             lines.append(
                 f"  [{check.severity}] {self.table} {check.target}: {check.expectation}: {check.describe()}"
             )

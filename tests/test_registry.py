@@ -1,0 +1,227 @@
+"""Promotion, rejection, rollback and the audit log against a real SQLite MLflow registry."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pipelines.evaluation.gate import GateDecision, record_gate
+from pipelines.lake import Lake
+from pipelines.registry.approval import ApprovalError, ApprovalRecord
+from pipelines.registry.audit import read_audit
+from pipelines.registry.promotion import (
+    FeaturesNotFresh,
+    GateNotPassed,
+    NotApproved,
+    PromotionRefused,
+    ReviewerNotAllowed,
+    promote,
+    record_rejection,
+    rollback,
+)
+from pipelines.registry.registry import aliases, connect, get_champion, get_version
+from pipelines.settings import Settings, get_settings
+from pipelines.specs import ModelSpec, WindowSpec, load_spec
+from pipelines.training.dataset import save_training_set
+from pipelines.training.synthetic import synthetic_training_frame
+from pipelines.training.train import train_model
+
+ROOT = Path(__file__).resolve().parents[1]
+DAY = dt.date(2024, 3, 31)
+AT = dt.datetime(2024, 4, 1, 9, 30, tzinfo=dt.UTC)
+
+
+@dataclass
+class Freshness:
+    """The two fields promotion reads from pipelines.features.store.FreshnessReport."""
+
+    fresh: bool
+    message: str
+
+
+FRESH = Freshness(True, "newest online features 2024-03-31T00:00:00+00:00, 9 h old")
+STALE = Freshness(False, "newest online features are 80 h old (max 48 h)")
+
+
+@pytest.fixture(scope="session")
+def migrated_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated, empty SQLite MLflow store: creating one costs seconds, copying it milliseconds."""
+    template = get_settings(home=tmp_path_factory.mktemp("mlflow-template"), num_threads=1)
+    connect(template).search_experiments()
+    return Path(template.mlflow_tracking_uri.removeprefix("sqlite:///"))
+
+
+@pytest.fixture
+def settings(settings: Settings, migrated_mlflow_db: Path) -> Settings:
+    db = Path(settings.mlflow_tracking_uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(migrated_mlflow_db, db)
+    return settings
+
+
+@pytest.fixture
+def spec() -> ModelSpec:
+    base = load_spec(ROOT / "models" / "purchase_intent.yaml")
+    params = base.params | {"num_boost_round": 10, "early_stopping_rounds": 3, "min_data_in_leaf": 20}
+    return base.model_copy(
+        update={"params": params, "windows": WindowSpec(train_days=2, validation_days=1, test_days=1)}
+    )
+
+
+@pytest.fixture
+def versions(settings: Settings, lake: Lake, spec: ModelSpec) -> list[str]:
+    """Two registered versions (trained on two logical dates) that both passed the gate."""
+    out = []
+    for i in range(2):
+        day = DAY + dt.timedelta(days=i)
+        ts = save_training_set(
+            lake, spec, day, synthetic_training_frame(spec, day, users_per_day=150, seed=i)
+        )
+        version = train_model(settings, spec, ts).model_version
+        record_gate(settings, spec, version, GateDecision(True, [], "passed: test"))
+        out.append(version)
+    return out
+
+
+def approval(by: str = "alice", decision: str = "approve", comment: str = "looks good") -> ApprovalRecord:
+    return ApprovalRecord(decision, by, AT, comment)  # type: ignore[arg-type]
+
+
+def test_first_promotion_makes_the_champion_and_records_the_approval(
+    settings: Settings, lake: Lake, spec: ModelSpec, versions: list[str]
+) -> None:
+    result = promote(settings, spec, versions[0], approval(), FRESH)
+
+    assert result.moved and result.previous_version is None
+    champion = get_champion(settings, spec.name)
+    assert champion is not None and champion.version == "1" and isinstance(champion.version, str)
+    assert champion.tags["approval.status"] == "approved" and champion.tags["approval.by"] == "alice"
+    assert champion.tags["approval.at"] == "2024-04-01T09:30:00+00:00"
+    assert champion.approval_record == approval()
+    assert champion.approval == {
+        "status": "approved",
+        "by": "alice",
+        "at": "2024-04-01T09:30:00+00:00",
+        "comment": "looks good",
+    }
+    assert json.loads(json.dumps(champion.to_dict()))["version"] == "1"
+    assert aliases(settings, spec.name) == {"champion": "1"}
+    (event,) = read_audit(lake, spec.name)
+    assert event["action"] == "promote" and event["version"] == "1" and event["previous_champion"] is None
+    assert result.audit_uri and "-promote-v1.json" in result.audit_uri
+
+
+def test_promotion_moves_the_champion_and_keeps_the_previous_one(
+    settings: Settings, lake: Lake, spec: ModelSpec, versions: list[str]
+) -> None:
+    promote(settings, spec, versions[0], approval(), FRESH)
+
+    result = promote(settings, spec, versions[1], approval("bob", comment="better on recent data"), FRESH)
+
+    assert result.previous_version == "1"
+    assert aliases(settings, spec.name) == {"champion": "2", "previous": "1"}
+    assert [(e["action"], e["version"]) for e in read_audit(lake, spec.name)] == [
+        ("promote", "1"),
+        ("promote", "2"),
+    ]
+    # Promoting the champion again (a task retry) changes nothing and writes no audit event.
+    again = promote(settings, spec, versions[1], approval("bob"), FRESH)
+    assert not again.moved and aliases(settings, spec.name) == {"champion": "2", "previous": "1"}
+    assert len(read_audit(lake, spec.name)) == 2
+
+
+def test_promotion_refuses_and_leaves_the_aliases_untouched(
+    settings: Settings, lake: Lake, spec: ModelSpec, versions: list[str]
+) -> None:
+    promote(settings, spec, versions[0], approval(), FRESH)
+    record_gate(
+        settings, spec, versions[1], GateDecision(False, [], "failed (champion v1): roc_auc 0.60 >= 0.79")
+    )
+    gated = versions[1]
+
+    with pytest.raises(GateNotPassed, match="roc_auc 0.60"):
+        promote(settings, spec, gated, approval(), FRESH)
+    record_gate(settings, spec, gated, GateDecision(True, [], "passed"))
+    with pytest.raises(NotApproved, match="'reject'"):
+        promote(settings, spec, gated, approval(decision="reject"), FRESH)
+    with pytest.raises(ReviewerNotAllowed, match="'mallory' is not a reviewer"):
+        promote(settings, spec, gated, approval("mallory"), FRESH)
+    with pytest.raises(FeaturesNotFresh, match="80 h old"):
+        promote(settings, spec, gated, approval(), STALE)
+
+    assert aliases(settings, spec.name) == {"champion": "1"}
+    assert "approval.status" not in get_version(settings, spec.name, gated).tags
+    assert len(read_audit(lake, spec.name)) == 1
+
+
+def test_rejection_is_tagged_and_audited_but_never_moves_an_alias(
+    settings: Settings, lake: Lake, spec: ModelSpec, versions: list[str]
+) -> None:
+    promote(settings, spec, versions[0], approval(), FRESH)
+
+    record_rejection(settings, spec, versions[1], approval("bob", "reject", "label leak suspected"))
+
+    rejected = get_version(settings, spec.name, versions[1])
+    assert rejected.tags["approval.status"] == "rejected"
+    assert (rejected.tags["approval.by"], rejected.tags["approval.comment"]) == (
+        "bob",
+        "label leak suspected",
+    )
+    assert aliases(settings, spec.name) == {"champion": "1"}
+    assert [(e["action"], e["version"]) for e in read_audit(lake, spec.name)] == [
+        ("promote", "1"),
+        ("reject", "2"),
+    ]
+    with pytest.raises(ApprovalError):
+        record_rejection(settings, spec, versions[1], approval())
+
+
+def test_rollback_restores_the_previous_champion_and_is_audited(
+    settings: Settings, lake: Lake, spec: ModelSpec, versions: list[str]
+) -> None:
+    promote(settings, spec, versions[0], approval(), FRESH)
+    with pytest.raises(PromotionRefused, match="needs both a champion and a previous"):
+        rollback(settings, spec, by="alice")
+    promote(settings, spec, versions[1], approval("bob"), FRESH)
+
+    result = rollback(settings, spec, by="alice", comment="v2 hurts conversion")
+
+    assert result.version == "1" and aliases(settings, spec.name) == {"champion": "1", "previous": "2"}
+    assert read_audit(lake, spec.name)[-1] | {"at": None} == {
+        "model": "purchase_intent",
+        "action": "rollback",
+        "version": "1",
+        "at": None,
+        "previous_champion": "2",
+        "by": "alice",
+        "comment": "v2 hurts conversion",
+    }
+
+
+def test_approval_record_reads_airflow_approval_operator_output() -> None:
+    approved = ApprovalRecord.from_hitl(
+        {
+            "chosen_options": ["Approve"],
+            "params_input": {"comment": "ship it"},
+            "responded_at": dt.datetime(2024, 4, 1, 11, 30, tzinfo=dt.timezone(dt.timedelta(hours=2))),
+            "responded_by_user": {"id": "7", "name": "alice"},
+        }
+    )
+    assert approved == ApprovalRecord("approve", "alice", AT, "ship it")
+
+    rejected = ApprovalRecord.from_hitl(
+        {
+            "chosen_options": ["Reject"],
+            "params_input": {},
+            "responded_at": "2024-04-01T09:30:00Z",
+            "responded_by_user": {"id": "bob", "name": ""},
+        }
+    )
+    assert (rejected.decision, rejected.by, rejected.at, rejected.comment) == ("reject", "bob", AT, "")
+    with pytest.raises(ApprovalError, match="chosen_options"):
+        ApprovalRecord.from_hitl({"chosen_options": ["Approve", "Reject"]})
