@@ -29,7 +29,11 @@ def _fail(message: str) -> None:
 
 def _progress(out: Console) -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=out
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=out,
     )
 
 
@@ -88,7 +92,11 @@ def backfill(
         with _progress(console) as progress:
             bar = progress.add_task(f"{dag} (logs: {logfile})", total=len(days))
             outcomes = runs.run_in_process(
-                settings, dag, days, skip_succeeded=not rerun, logfile=logfile,
+                settings,
+                dag,
+                days,
+                skip_succeeded=not rerun,
+                logfile=logfile,
                 on_done=lambda o: progress.advance(bar),
             )
         rows = [(o.logical_date, o.state + (" (already done)" if o.skipped else "")) for o in outcomes]

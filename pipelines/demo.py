@@ -51,7 +51,11 @@ def _daily_runs(settings: Settings, days: list[dt.date], console: Console) -> bo
     with _progress(console) as progress:
         bar = progress.add_task("daily_features", total=len(days))
         outcomes = run_in_process(
-            settings, "daily_features", days, skip_succeeded=True, logfile=logfile,
+            settings,
+            "daily_features",
+            days,
+            skip_succeeded=True,
+            logfile=logfile,
             on_done=lambda o: progress.advance(bar),
         )
     skipped = sum(o.skipped for o in outcomes)
@@ -88,14 +92,25 @@ def _train_and_approve(settings: Settings, spec: ModelSpec, end: dt.date, consol
             ok = training.wait() == 0
             console.print(
                 "No approval was requested: the gate stopped the candidate or it is already the champion "
-                f"(see `mlctl status` and {logfile})." if ok else f"[red]training run failed; see {logfile}[/red]"
+                f"(see `mlctl status` and {logfile})."
+                if ok
+                else f"[red]training run failed; see {logfile}[/red]"
             )
             return ok
         version = request.field("version")
         console.print(f"Approval request waiting in Airflow: [italic]{request.subject}[/italic]")
         reviewer = spec.reviewers[0]
         console.print(f"\n[bold]Playing the reviewer[/bold] {reviewer!r}, through the same REST API a person uses:")
-        approve = [_mlctl(), "approve", spec.name, str(version), "--as", reviewer, "--comment", REVIEWER_COMMENT]
+        approve = [
+            _mlctl(),
+            "approve",
+            spec.name,
+            str(version),
+            "--as",
+            reviewer,
+            "--comment",
+            REVIEWER_COMMENT,
+        ]
         console.print("$ " + shlex.join(["mlctl", *approve[1:]]))
         if subprocess.run(approve, env=os.environ.copy()).returncode != 0:
             training.terminate()

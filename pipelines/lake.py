@@ -91,9 +91,9 @@ class Lake:
         days = []
         for info in self.fs.get_file_info(selector):
             name = info.base_name
-            if info.type == pafs.FileType.Directory and name.startswith("ds="):
-                if self.fs.get_file_info(f"{info.path}/{PARTITION_FILE}").type == pafs.FileType.File:
-                    days.append(as_date(name[3:]))
+            published = self.fs.get_file_info(f"{info.path}/{PARTITION_FILE}").type == pafs.FileType.File
+            if info.type == pafs.FileType.Directory and name.startswith("ds=") and published:
+                days.append(as_date(name[3:]))
         return sorted(days)
 
     def read(self, table: str, ds: dt.date | str, columns: list[str] | None = None) -> pd.DataFrame:

@@ -85,7 +85,13 @@ class Settings(BaseSettings):
         else:
             missing = [
                 name
-                for name in ("lake_uri", "mlflow_tracking_uri", "feast_registry", "airflow_db_uri", "airflow_api_url")
+                for name in (
+                    "lake_uri",
+                    "mlflow_tracking_uri",
+                    "feast_registry",
+                    "airflow_db_uri",
+                    "airflow_api_url",
+                )
                 if not getattr(self, name)
             ]
             if missing:
@@ -122,7 +128,6 @@ class Settings(BaseSettings):
             opts["key"] = self.aws_access_key_id.get_secret_value()
             opts["secret"] = self.aws_secret_access_key.get_secret_value()
         return opts
-
 
     def environment(self) -> dict[str, str]:
         """These settings as ``STOREFRONT_*`` variables, so child processes (Airflow tasks, servers) agree."""

@@ -71,9 +71,7 @@ def load_spec(path: Path) -> ModelSpec:
     try:
         spec = ModelSpec(**raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"key '{'.'.join(str(p) for p in err['loc'])}': {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"key '{'.'.join(str(p) for p in err['loc'])}': {err['msg']}" for err in exc.errors())
         raise SpecError(f"{path}: {problems}") from exc
     if spec.name != path.stem:
         raise SpecError(f"{path}: key 'name' is {spec.name!r} but must match the file name {path.stem!r}")

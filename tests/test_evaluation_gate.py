@@ -136,9 +136,7 @@ def test_a_worse_candidate_is_compared_with_the_champion_on_the_same_rows_and_fa
     set_alias(settings, spec.name, "champion", champion.model_version)
     later = DAY + dt.timedelta(days=1)
     # Labels carrying no signal at all: the candidate learns nothing useful.
-    noise = save_training_set(
-        lake, spec, later, synthetic_training_frame(spec, later, coefs=(0.0, 0.0, 0.0), seed=1)
-    )
+    noise = save_training_set(lake, spec, later, synthetic_training_frame(spec, later, coefs=(0.0, 0.0, 0.0), seed=1))
     candidate = train_model(settings, spec, noise)
 
     result = evaluate_candidate(settings, spec, candidate.model_version, good)

@@ -91,9 +91,7 @@ def test_materializing_a_day_without_features_fails_with_what_to_do(settings: Se
 
 
 def test_freshness_compares_the_newest_online_timestamp_with_max_age(settings: Settings, feature_lake):
-    before = online_freshness(
-        settings, "purchase_intent", USERS, dt.timedelta(hours=48), dt.datetime.now(dt.UTC)
-    )
+    before = online_freshness(settings, "purchase_intent", USERS, dt.timedelta(hours=48), dt.datetime.now(dt.UTC))
     assert not before.fresh and before.checked == 0 and "materialize" in before.message
 
     materialize_day(settings, D3)
@@ -104,9 +102,7 @@ def test_freshness_compares_the_newest_online_timestamp_with_max_age(settings: S
     )
     assert fresh.fresh and fresh.newest_event_timestamp == as_of and fresh.checked == 3
 
-    stale = online_freshness(
-        settings, "purchase_intent", USERS, dt.timedelta(hours=48), as_of + dt.timedelta(days=3)
-    )
+    stale = online_freshness(settings, "purchase_intent", USERS, dt.timedelta(hours=48), as_of + dt.timedelta(days=3))
     assert not stale.fresh and "STALE" in stale.message
 
 
@@ -155,10 +151,7 @@ def test_applying_the_definitions_again_is_a_no_op(settings: Settings, feature_l
 
     again = feature_store(settings)
 
-    assert (
-        again.registry.get_feature_view("user_behavior", settings.feast_project).last_updated_timestamp
-        == version
-    )
+    assert again.registry.get_feature_view("user_behavior", settings.feast_project).last_updated_timestamp == version
     assert [s.name for s in again.list_feature_services()] == ["purchase_intent"]
 
 

@@ -25,9 +25,7 @@ DAY = pd.Timestamp(DS, tz="UTC")  # start of ds; as_of(ds) is DAY + 1 day
 
 def _events(rows: list[tuple]) -> pd.DataFrame:
     """rows: (time, user_id, session_id, event_type, product_id, price)."""
-    df = pd.DataFrame(
-        rows, columns=["event_time", "user_id", "session_id", "event_type", "product_id", "price"]
-    )
+    df = pd.DataFrame(rows, columns=["event_time", "user_id", "session_id", "event_type", "product_id", "price"])
     df["event_time"] = pd.to_datetime(df["event_time"], utc=True)
     df.insert(0, "event_id", [f"e{i}" for i in range(len(df))])
     df["category_id"] = 1

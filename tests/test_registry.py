@@ -79,9 +79,7 @@ def versions(settings: Settings, lake: Lake, spec: ModelSpec) -> list[str]:
     out = []
     for i in range(2):
         day = DAY + dt.timedelta(days=i)
-        ts = save_training_set(
-            lake, spec, day, synthetic_training_frame(spec, day, users_per_day=150, seed=i)
-        )
+        ts = save_training_set(lake, spec, day, synthetic_training_frame(spec, day, users_per_day=150, seed=i))
         version = train_model(settings, spec, ts).model_version
         record_gate(settings, spec, version, GateDecision(True, [], "passed: test"))
         out.append(version)
@@ -139,9 +137,7 @@ def test_promotion_refuses_and_leaves_the_aliases_untouched(
     settings: Settings, lake: Lake, spec: ModelSpec, versions: list[str]
 ) -> None:
     promote(settings, spec, versions[0], approval(), FRESH)
-    record_gate(
-        settings, spec, versions[1], GateDecision(False, [], "failed (champion v1): roc_auc 0.60 >= 0.79")
-    )
+    record_gate(settings, spec, versions[1], GateDecision(False, [], "failed (champion v1): roc_auc 0.60 >= 0.79"))
     gated = versions[1]
 
     with pytest.raises(GateNotPassed, match="roc_auc 0.60"):

@@ -55,9 +55,7 @@ def registry(settings: Settings, empty_mlflow_db: Path, monkeypatch: pytest.Monk
     mlflow.set_registry_uri(settings.mlflow_tracking_uri)
     monkeypatch.setenv("MLFLOW_UV_AUTO_DETECT", "false")
     client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
-    exp_id = client.create_experiment(
-        "serving-tests", artifact_location=Path(settings.mlflow_artifact_root).as_uri()
-    )
+    exp_id = client.create_experiment("serving-tests", artifact_location=Path(settings.mlflow_artifact_root).as_uri())
     monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", exp_id)
     return client
 
@@ -86,9 +84,7 @@ def register(features: list[str], seed: int, champion: bool = True) -> str:
 @pytest.fixture
 def client(settings: Settings, registry: MlflowClient) -> TestClient:
     # A long refresh interval: tests call refresh() themselves instead of sleeping.
-    app = create_app(
-        settings.model_copy(update={"serving_refresh_seconds": 3600}), feature_reader=dict_reader
-    )
+    app = create_app(settings.model_copy(update={"serving_refresh_seconds": 3600}), feature_reader=dict_reader)
     with TestClient(app) as test_client:
         yield test_client
 

@@ -134,9 +134,7 @@ def test_training_registers_a_version_with_lineage_metrics_and_artifacts(
     assert [c.name for c in model.signature.inputs.inputs] == ts.feature_columns
 
 
-def test_rerun_for_the_same_logical_date_reuses_the_version(
-    settings: Settings, lake: Lake, spec: ModelSpec
-) -> None:
+def test_rerun_for_the_same_logical_date_reuses_the_version(settings: Settings, lake: Lake, spec: ModelSpec) -> None:
     ts = save_training_set(lake, spec, DAY, synthetic_training_frame(spec, DAY, users_per_day=150))
     first = train_model(settings, spec, ts)
 

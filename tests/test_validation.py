@@ -193,10 +193,7 @@ def test_empty_partition_fails_on_row_count(expectations_dir):
     assert not report.success and report.n_rows == 0
     check = failure(report, "expect_table_row_count_to_be_between", None)
     assert check.observed == 0
-    assert (
-        "events table: expect_table_row_count_to_be_between: observed 0; expected min_value=1"
-        in report.summary()
-    )
+    assert "events table: expect_table_row_count_to_be_between: observed 0; expected min_value=1" in report.summary()
 
 
 def test_warning_failures_are_reported_without_failing(expectations_dir):
@@ -230,9 +227,7 @@ def test_user_features_suite(expectations_dir):
     assert failure(report, "expect_column_values_to_be_between", "views_7d").examples == [-1]
     assert failure(report, "expect_column_values_to_be_unique", "user_id").examples == [1]
     assert failure(report, "expect_column_values_to_not_be_null", "avg_price_viewed_30d").example_ids == [6]
-    assert failure(report, "expect_table_columns_to_match_set", None).observed == {
-        "missing": ["followee_count"]
-    }
+    assert failure(report, "expect_table_columns_to_match_set", None).observed == {"missing": ["followee_count"]}
 
 
 # -- partitions in the lake ----------------------------------------------------------------------------------
@@ -251,9 +246,7 @@ def test_bad_partition_is_quarantined_and_raises(lake: Lake, expectations_dir):
     df = make_events()
     df.loc[3, "event_type"] = "refund"
     lake.write("events", DAY, df, schema=EVENTS)
-    lake.write(
-        "events", DAY + dt.timedelta(days=1), make_events(day=DAY + dt.timedelta(days=1)), schema=EVENTS
-    )
+    lake.write("events", DAY + dt.timedelta(days=1), make_events(day=DAY + dt.timedelta(days=1)), schema=EVENTS)
 
     with pytest.raises(ValidationFailed) as err:
         validate_partition(lake, "events", DAY, expectations_dir)
@@ -284,9 +277,7 @@ def test_feature_partition_validated_with_a_named_suite(lake: Lake, expectations
 
 
 def test_missing_partition_is_a_clear_error(lake: Lake, expectations_dir):
-    with pytest.raises(
-        PartitionNotFound, match=r"cannot validate events ds=2024-03-10: no partition .*ingest"
-    ):
+    with pytest.raises(PartitionNotFound, match=r"cannot validate events ds=2024-03-10: no partition .*ingest"):
         validate_partition(lake, "events", DAY, expectations_dir)
 
 
@@ -317,17 +308,11 @@ def _edit(path: Path, edit) -> None:
 
 def test_bad_suite_files_name_the_file(suite_copy: Path):
     path = suite_copy / "events.json"
-    with pytest.raises(
-        SuiteError, match=r"expectations/orders\.json: no expectation suite for table 'orders'"
-    ):
+    with pytest.raises(SuiteError, match=r"expectations/orders\.json: no expectation suite for table 'orders'"):
         validate_frame(make_events(), "orders", DAY, suite_copy)
 
-    _edit(
-        path, lambda s: s["expectations"].append({"type": "expect_column_values_to_be_purple", "kwargs": {}})
-    )
-    with pytest.raises(
-        SuiteError, match=r"events\.json: expectation #\d+ \(expect_column_values_to_be_purple\)"
-    ):
+    _edit(path, lambda s: s["expectations"].append({"type": "expect_column_values_to_be_purple", "kwargs": {}}))
+    with pytest.raises(SuiteError, match=r"events\.json: expectation #\d+ \(expect_column_values_to_be_purple\)"):
         validate_frame(make_events(), "events", DAY, suite_copy)
 
     path.write_text('{"name": "events", "expectations": [')
@@ -356,9 +341,7 @@ def test_suite_edits_are_picked_up_and_severity_is_checked(suite_copy: Path):
     day_bound = {"column": "event_time", "min_value": {"$PARAMETER": "day"}}
     _edit(
         path,
-        lambda s: s["expectations"].__setitem__(
-            0, {"type": "expect_column_values_to_be_between", "kwargs": day_bound}
-        ),
+        lambda s: s["expectations"].__setitem__(0, {"type": "expect_column_values_to_be_between", "kwargs": day_bound}),
     )
     with pytest.raises(SuiteError, match=r"unknown suite parameter\(s\) \['day'\]"):
         validate_frame(df, "events", DAY, suite_copy)

@@ -42,18 +42,18 @@ class SimulationConfig:
     start: dt.date = dt.date(2025, 1, 1)  # first simulated day (index 0)
 
     # Population: latent purchase propensity theta ~ LogNormal with mean 1.
-    theta_sigma: float = 0.9
+    theta_sigma: float = 0.7
     late_signup_fraction: float = 0.05  # share of users who sign up during the window
     late_signup_days: int = 35  # they sign up uniformly over days 0..late_signup_days-1
     # Follow graph: followees drawn by power-law popularity, boosted when the preferred category matches.
     follows_mean: float = 8.0
-    follow_popularity_alpha: float = 1.3  # Pareto tail of popularity -> power-law-ish in-degree
+    follow_popularity_alpha: float = 1.6  # Pareto tail of popularity -> power-law-ish in-degree
     follow_homophily: float = 5.0  # weight multiplier for a followee with the same preferred category
     # Browsing (drives the counts from which theta is inferable).
     sessions_per_day: float = 0.3  # Poisson mean of sessions per day at theta = 1
-    sessions_theta_power: float = 1.0  # sessions mean scales with theta ** power
+    sessions_theta_power: float = 2.0  # sessions mean scales with theta ** power
     extra_views_per_session: float = 2.5  # Poisson mean of views beyond the first in a session at theta = 1
-    views_theta_power: float = 0.0  # ... scaled by theta ** power
+    views_theta_power: float = 0.5  # ... scaled by theta ** power
     cart_logit: float = -2.2  # per view: logit P(cart) = cart_logit + cart_logit_theta * log(theta)
     cart_logit_theta: float = 0.5
     wishlist_rate: float = 0.04  # per view
@@ -65,7 +65,7 @@ class SimulationConfig:
     # Daily purchase hazard: logit h = intercept + weekday + theta*log(theta) + cart*log1p(open cart items)
     #   + satiation*exp(-days since last purchase / satiation_days) + social*log1p(followee purchases 7d)
     purchase_intercept: float = -4.2
-    purchase_theta: float = 0.9
+    purchase_theta: float = 0.6
     purchase_cart: float = 1.1
     purchase_satiation: float = -1.5
     satiation_days: float = 3.0
@@ -114,9 +114,7 @@ def _build_static(config: SimulationConfig) -> _Static:
     if min(config.n_users, config.n_products, config.n_categories, config.n_merchants) < 1:
         raise SimulationError("SimulationConfig: n_users, n_products, n_categories, n_merchants must be >= 1")
     if config.n_products < config.n_categories:
-        raise SimulationError(
-            "SimulationConfig: n_products must be >= n_categories (one product per category)"
-        )
+        raise SimulationError("SimulationConfig: n_products must be >= n_categories (one product per category)")
     rng = np.random.default_rng([config.seed, _STATIC])
     n, n_cat = config.n_users, config.n_categories
 
@@ -159,9 +157,7 @@ def _build_static(config: SimulationConfig) -> _Static:
         {
             "product_id": np.arange(1, n_p + 1, dtype="int64"),
             "category_id": (category + 1).astype("int64"),
-            "brand": [
-                f"brand-{c + 1:02d}-{b}" for c, b in zip(category, rng.integers(0, 8, n_p), strict=True)
-            ],
+            "brand": [f"brand-{c + 1:02d}-{b}" for c, b in zip(category, rng.integers(0, 8, n_p), strict=True)],
             "price": np.round(median_price[category] * np.exp(rng.normal(0, 0.5, n_p)), 2),
             "merchant_id": (rng.choice(config.n_merchants, n_p, p=merchant_weights) + 1).astype("int64"),
         }
@@ -204,9 +200,7 @@ def _build_follows(
     n = len(primary)
     candidates = np.flatnonzero(~late)
     popularity = rng.pareto(config.follow_popularity_alpha, len(candidates)) + 1.0
-    out_degree = np.minimum(
-        rng.negative_binomial(2, 2 / (2 + config.follows_mean), n), max(len(candidates) - 1, 0)
-    )
+    out_degree = np.minimum(rng.negative_binomial(2, 2 / (2 + config.follows_mean), n), max(len(candidates) - 1, 0))
     followers, followees = [], []
     for c in range(config.n_categories):
         who = np.flatnonzero((primary == c) & (out_degree > 0))
@@ -338,9 +332,7 @@ def _abandon(cart: _Cart, t: int) -> None:
     cart.items[..., slot] = 0
 
 
-def _remove(
-    cart: _Cart, sessions: np.ndarray, rate: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+def _remove(cart: _Cart, sessions: np.ndarray, rate: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """On a day with a session, each open item is removed with probability ``rate``; returns (rows, removed)."""
     rows = np.flatnonzero((sessions > 0) & (cart.open > 0))
     held = cart.rows()[rows]
@@ -551,9 +543,7 @@ class _World:
         )
 
     @staticmethod
-    def _pick(
-        users: np.ndarray, ages: np.ndarray, counts: np.ndarray, rng: np.random.Generator
-    ) -> np.ndarray:
+    def _pick(users: np.ndarray, ages: np.ndarray, counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Mask choosing ``counts[user, age]`` random items in each (user, age) bucket."""
         mask = np.zeros(len(users), dtype=bool)
         if len(users) == 0:
@@ -677,8 +667,7 @@ def _render(config: SimulationConfig, world: _Static, rec: _DayRecord, t: int, d
     # Carted and wishlisted items were viewed first: pick views in a random order per user.
     by_user, _ = _rank_within(view_user, rng.random(len(view_user)))
     cart_rank = (
-        np.arange(len(rec.cart_user))
-        - np.r_[0, np.cumsum(np.bincount(rec.cart_user, minlength=n))[:-1]][rec.cart_user]
+        np.arange(len(rec.cart_user)) - np.r_[0, np.cumsum(np.bincount(rec.cart_user, minlength=n))[:-1]][rec.cart_user]
     )
     cart_view = by_user[first_view[rec.cart_user] + cart_rank]
     view_product[cart_view] = rec.cart_product
@@ -712,9 +701,7 @@ def _render(config: SimulationConfig, world: _Static, rec: _DayRecord, t: int, d
         rng.random(len(rec.removed_user)),
         np.full(len(rec.bought_user), 2.0),
     ]
-    product = np.r_[
-        view_product, rec.cart_product, view_product[wish_view], rec.removed_product, rec.bought_product
-    ]
+    product = np.r_[view_product, rec.cart_product, view_product[wish_view], rec.removed_product, rec.bought_product]
     order = np.lexsort((kind, position, session))
     kind, session, product = kind[order], session[order], product[order]
 
@@ -744,9 +731,7 @@ def _render(config: SimulationConfig, world: _Static, rec: _DayRecord, t: int, d
             "event_id": [f"{stamp}-{i:07d}" for i in range(len(user))],
             "event_time": pd.to_datetime(event_time).tz_localize("UTC"),
             "user_id": (user + 1).astype("int64"),
-            "session_id": [
-                f"{u + 1}-{stamp}-{k}" for u, k in zip(user.tolist(), session_no.tolist(), strict=True)
-            ],
+            "session_id": [f"{u + 1}-{stamp}-{k}" for u, k in zip(user.tolist(), session_no.tolist(), strict=True)],
             "event_type": types[kind],
             "product_id": (product + 1).astype("int64"),
             "category_id": prod["category_id"].to_numpy()[product],

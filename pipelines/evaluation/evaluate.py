@@ -67,14 +67,10 @@ def evaluate_scores(
 ) -> tuple[dict[str, float], dict[str, float] | None]:
     names = evaluation_metrics(spec)
     y = test[label_column].to_numpy()
-    return compute_metrics(y, candidate, names), None if champion is None else compute_metrics(
-        y, champion, names
-    )
+    return compute_metrics(y, candidate, names), None if champion is None else compute_metrics(y, champion, names)
 
 
-def evaluate_candidate(
-    settings: Settings, spec: ModelSpec, version: str, training_set: TrainingSet
-) -> Evaluation:
+def evaluate_candidate(settings: Settings, spec: ModelSpec, version: str, training_set: TrainingSet) -> Evaluation:
     """Metrics of ``version`` and of the champion (if any) on the test split, logged to its run."""
     version = str(version)
     candidate_info = get_version(settings, spec.name, version)
@@ -83,9 +79,7 @@ def evaluate_candidate(
     champion_info = get_champion(settings, spec.name)
     champion_scores = None
     if champion_info is not None:
-        champion_scores = score(
-            load_booster(settings, spec.name, champion_info.version), test, settings.num_threads
-        )
+        champion_scores = score(load_booster(settings, spec.name, champion_info.version), test, settings.num_threads)
     cand, champ = evaluate_scores(spec, test, LABEL_COLUMN, candidate_scores, champion_scores)
     evaluation = Evaluation(
         model=spec.name,

@@ -59,9 +59,7 @@ def apply_gate(spec: ModelSpec, evaluation: Evaluation) -> GateDecision:
     for metric, floor in spec.gate.floors.items():
         value = evaluation.candidate.get(metric)
         checks.append(
-            GateCheck(
-                metric, "floor", value, float(floor), None, value is not None and _holds(metric, value, floor)
-            )
+            GateCheck(metric, "floor", value, float(floor), None, value is not None and _holds(metric, value, floor))
         )
     if evaluation.champion is not None:
         for metric, max_drop in spec.gate.max_regression.items():

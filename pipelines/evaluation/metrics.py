@@ -36,18 +36,14 @@ _METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
 KNOWN_METRICS = frozenset(_METRICS)
 
 
-def compute_metrics(
-    y_true: Iterable[float], y_score: Iterable[float], names: Iterable[str]
-) -> dict[str, float]:
+def compute_metrics(y_true: Iterable[float], y_score: Iterable[float], names: Iterable[str]) -> dict[str, float]:
     """Each named metric of scores ``y_score`` against 0/1 labels ``y_true``."""
     y = np.asarray(y_true, dtype="float64")
     p = np.asarray(y_score, dtype="float64")
     names = list(dict.fromkeys(names))
     unknown = [n for n in names if n not in _METRICS]
     if unknown:
-        raise MetricError(
-            f"unknown metric(s) {unknown}; the model spec's 'metrics' may use {sorted(_METRICS)}"
-        )
+        raise MetricError(f"unknown metric(s) {unknown}; the model spec's 'metrics' may use {sorted(_METRICS)}")
     if len(y) == 0:
         raise MetricError("no rows to compute metrics on: the split is empty")
     if len(np.unique(y)) < 2:

@@ -183,9 +183,7 @@ def _read_online(
     store: FeatureStore, service: FeatureService, user_ids: list[int]
 ) -> tuple[pd.DataFrame, np.ndarray, pd.Series]:
     """Values (one row per id, NaN when absent), a found flag and the newest event time (NaT) per id."""
-    response = store.get_online_features(
-        features=service, entity_rows=[{ENTITY_COLUMN: int(u)} for u in user_ids]
-    )
+    response = store.get_online_features(features=service, entity_rows=[{ENTITY_COLUMN: int(u)} for u in user_ids])
     wanted = set(_service_features(service))
     values: dict[str, list[float]] = {}
     newest_seconds = np.full(len(user_ids), -1, dtype="int64")  # -1: no feature of this user found
@@ -311,9 +309,7 @@ def historical_features(settings: Settings, entity_df: pd.DataFrame, feature_ser
     """
     missing_cols = [c for c in (ENTITY_COLUMN, TIMESTAMP_COLUMN) if c not in entity_df.columns]
     if missing_cols:
-        raise FeatureStoreError(
-            f"entity_df lacks column(s) {missing_cols}; it needs user_id and event_timestamp"
-        )
+        raise FeatureStoreError(f"entity_df lacks column(s) {missing_cols}; it needs user_id and event_timestamp")
     store = feature_store(settings)
     service = _service(store, feature_service)
     columns = _service_features(service)
@@ -333,12 +329,8 @@ def historical_features(settings: Settings, entity_df: pd.DataFrame, feature_ser
         joined = unique.assign(**{c: pd.Series(dtype="float64") for c in columns})
     else:
         joined = store.get_historical_features(entity_df=unique, features=service).to_df()
-        joined[TIMESTAMP_COLUMN] = pd.to_datetime(joined[TIMESTAMP_COLUMN], utc=True).astype(
-            "datetime64[ns, UTC]"
-        )
-        joined = joined[[ENTITY_COLUMN, TIMESTAMP_COLUMN, *columns]].drop_duplicates(
-            [ENTITY_COLUMN, TIMESTAMP_COLUMN]
-        )
+        joined[TIMESTAMP_COLUMN] = pd.to_datetime(joined[TIMESTAMP_COLUMN], utc=True).astype("datetime64[ns, UTC]")
+        joined = joined[[ENTITY_COLUMN, TIMESTAMP_COLUMN, *columns]].drop_duplicates([ENTITY_COLUMN, TIMESTAMP_COLUMN])
     dropped = len(unique) - len(joined)
     if dropped:
         log.info(

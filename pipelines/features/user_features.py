@@ -120,9 +120,9 @@ def compute_user_features(
     out: dict[str, np.ndarray] = {name: count(is_type[t] & within[d]) for name, t, d in _COUNTS}
 
     last7 = ev[within[7]]
-    out["sessions_7d"] = np.bincount(
-        last7.drop_duplicates(["u", "session"])["u"].to_numpy(), minlength=n
-    ).astype("float64")
+    out["sessions_7d"] = np.bincount(last7.drop_duplicates(["u", "session"])["u"].to_numpy(), minlength=n).astype(
+        "float64"
+    )
 
     def days_since(mask: np.ndarray) -> np.ndarray:
         newest = np.full(n, RECENCY_CAP_DAYS)
@@ -141,21 +141,16 @@ def compute_user_features(
     carted = carted.merge(bought.assign(bought=True), on=["u", "product"], how="left")
     n_carted = np.bincount(carted["u"].to_numpy(), minlength=n)
     n_abandoned = np.bincount(carted.loc[carted["bought"].isna(), "u"].to_numpy(), minlength=n)
-    out["cart_abandonment_7d"] = np.divide(
-        n_abandoned, n_carted, out=np.zeros(n, dtype="float64"), where=n_carted > 0
-    )
+    out["cart_abandonment_7d"] = np.divide(n_abandoned, n_carted, out=np.zeros(n, dtype="float64"), where=n_carted > 0)
 
     viewed = is_type["view"] & within[30] & ~np.isnan(ev["price"].to_numpy())
     price_sum = np.bincount(u[viewed], weights=ev["price"].to_numpy()[viewed], minlength=n)
     n_viewed = np.bincount(u[viewed], minlength=n)
-    out["avg_price_viewed_30d"] = np.divide(
-        price_sum, n_viewed, out=np.zeros(n, dtype="float64"), where=n_viewed > 0
-    )
+    out["avg_price_viewed_30d"] = np.divide(price_sum, n_viewed, out=np.zeros(n, dtype="float64"), where=n_viewed > 0)
 
     # Social graph as of the end of the day: each edge counted once, a user following themself ignored.
     edges = follows.loc[
-        (pd.to_datetime(follows["created_at"], utc=True) < as_of)
-        & (follows["follower_id"] != follows["followee_id"]),
+        (pd.to_datetime(follows["created_at"], utc=True) < as_of) & (follows["follower_id"] != follows["followee_id"]),
         ["follower_id", "followee_id"],
     ].drop_duplicates()
     follower = user_ids.get_indexer(edges["follower_id"].astype("int64"))

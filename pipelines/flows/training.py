@@ -48,7 +48,11 @@ def gate(settings: Settings, spec: ModelSpec, version: str, evaluation: dict) ->
     """
     champion = get_champion(settings, spec.name)
     if champion is not None and champion.version == str(version):
-        return {"passed": False, "already_champion": True, "summary": f"version {version} already is the champion"}
+        return {
+            "passed": False,
+            "already_champion": True,
+            "summary": f"version {version} already is the champion",
+        }
     decision = apply_gate(spec, Evaluation(**evaluation))
     record_gate(settings, spec, version, decision)
     return {**decision.to_dict(), "already_champion": False}

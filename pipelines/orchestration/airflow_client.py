@@ -118,15 +118,18 @@ class AirflowClient:
     def create_backfill(
         self, dag_id: str, start: str, end: str, max_active_runs: int = 2, reprocess: str = "failed"
     ) -> dict:
-        return self.request(
-            "POST", "/backfills", json=backfill_payload(dag_id, start, end, max_active_runs, reprocess)
-        )
+        return self.request("POST", "/backfills", json=backfill_payload(dag_id, start, end, max_active_runs, reprocess))
 
     def backfill(self, backfill_id: int) -> dict:
         return self.request("GET", f"/backfills/{backfill_id}")
 
     def runs_between(self, dag_id: str, start: str, end: str) -> list[dict]:
-        params = {"logical_date_gte": start, "logical_date_lte": end, "limit": 1000, "order_by": "logical_date"}
+        params = {
+            "logical_date_gte": start,
+            "logical_date_lte": end,
+            "limit": 1000,
+            "order_by": "logical_date",
+        }
         return self.request("GET", f"/dags/{dag_id}/dagRuns", params=params)["dag_runs"]
 
     # -- human in the loop ---------------------------------------------------------------------------

@@ -31,9 +31,7 @@ class ApprovalRecord:
     def from_hitl(cls, payload: dict[str, Any]) -> ApprovalRecord:
         """Read the return value of Airflow's ApprovalOperator (``chosen_options``, ``responded_by_user``)."""
         if not isinstance(payload, dict):
-            raise ApprovalError(
-                f"approval payload must be a dict from ApprovalOperator, got {type(payload).__name__}"
-            )
+            raise ApprovalError(f"approval payload must be a dict from ApprovalOperator, got {type(payload).__name__}")
         options = [str(o).strip().lower() for o in payload.get("chosen_options") or []]
         if len(options) != 1 or options[0] not in _STATUS:
             raise ApprovalError(

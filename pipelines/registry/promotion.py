@@ -85,9 +85,7 @@ class PromotionResult:
     audit_uri: str | None
 
 
-def _check(
-    settings: Settings, spec: ModelSpec, version: str, approval: ApprovalRecord, freshness: Freshness
-) -> None:
+def _check(settings: Settings, spec: ModelSpec, version: str, approval: ApprovalRecord, freshness: Freshness) -> None:
     info = get_version(settings, spec.name, version)
     gate = info.tags.get(GATE_STATUS)
     if gate != "passed":
@@ -97,9 +95,7 @@ def _check(
             f"{info.tags.get('gate.summary', 'run the gate first')}"
         )
     if not approval.approved:
-        raise NotApproved(
-            f"{spec.name} v{version}: the review decision is {approval.decision!r}, not an approval"
-        )
+        raise NotApproved(f"{spec.name} v{version}: the review decision is {approval.decision!r}, not an approval")
     if approval.by not in spec.reviewers:
         raise ReviewerNotAllowed(
             f"{spec.name} v{version}: {approval.by or '(unknown user)'!r} is not a reviewer of this model; "
@@ -107,9 +103,7 @@ def _check(
         )
     trainer = connect(settings).get_run(info.run_id).data.tags.get("mlflow.user") if info.run_id else None
     if trainer and trainer == approval.by:
-        raise SelfApproval(
-            f"{spec.name} v{version}: {approval.by!r} trained this version and cannot approve it"
-        )
+        raise SelfApproval(f"{spec.name} v{version}: {approval.by!r} trained this version and cannot approve it")
     if not freshness.fresh:
         raise FeaturesNotFresh(
             f"{spec.name} v{version}: online features of feature service {spec.feature_service!r} "
@@ -161,9 +155,7 @@ def promote(
 def record_rejection(settings: Settings, spec: ModelSpec, version: str, approval: ApprovalRecord) -> str:
     """Tag ``version`` rejected with who and why and audit it (returns the URI); aliases are never touched."""
     if approval.approved:
-        raise ApprovalError(
-            f"{spec.name} v{version}: record_rejection got an approval; use promote() instead"
-        )
+        raise ApprovalError(f"{spec.name} v{version}: record_rejection got an approval; use promote() instead")
     version = str(version)
     get_version(settings, spec.name, version)
     set_version_tags(settings, spec.name, version, approval.to_tags())

@@ -97,9 +97,7 @@ def _info(client: MlflowClient, mv: Any) -> ModelVersionInfo:
         tags=tags,
         metrics=metrics,
         approval=_approval(tags),
-        created_at=dt.datetime.fromtimestamp(mv.creation_timestamp / 1000, dt.UTC)
-        if mv.creation_timestamp
-        else None,
+        created_at=dt.datetime.fromtimestamp(mv.creation_timestamp / 1000, dt.UTC) if mv.creation_timestamp else None,
     )
 
 

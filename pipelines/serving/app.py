@@ -105,12 +105,7 @@ class FeastReader:
 def _rows_for(frame: pd.DataFrame, user_ids: list[int], feature_service: str) -> pd.DataFrame:
     """Align the reader's rows to the requested ids (by the entity column when present, else by position)."""
     if ENTITY_COLUMN in frame.columns:
-        return (
-            frame.drop_duplicates(ENTITY_COLUMN)
-            .set_index(ENTITY_COLUMN)
-            .reindex(user_ids)
-            .reset_index(drop=True)
-        )
+        return frame.drop_duplicates(ENTITY_COLUMN).set_index(ENTITY_COLUMN).reindex(user_ids).reset_index(drop=True)
     if len(frame) != len(user_ids):
         raise ValueError(
             f"feature service {feature_service!r} returned {len(frame)} rows for {len(user_ids)} user ids "

@@ -55,9 +55,7 @@ class LoadedModel:
                 f"do not provide (got {list(frame.columns)}); retrain against the current feature service "
                 "or fix the feature view"
             )
-        return (
-            frame.loc[:, list(self.feature_names)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
-        )
+        return frame.loc[:, list(self.feature_names)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
         """Scores for every row of ``frame`` (NaN features take LightGBM's missing-value branch)."""
@@ -96,9 +94,7 @@ def champion_version(settings: Settings, name: str) -> str | None:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(
-        tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri
-    )
+    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
     try:
         # Read the aliases map rather than get_model_version_by_alias: a missing alias there is an
         # INVALID_PARAMETER_VALUE, indistinguishable from a real error.

@@ -57,9 +57,7 @@ def split_days(spec: ModelSpec, logical_date: dt.date) -> SplitDays:
     """
     newest = as_date(logical_date) - dt.timedelta(days=spec.label.window_days)
     w = spec.windows
-    days = [newest - dt.timedelta(days=i) for i in range(w.train_days + w.validation_days + w.test_days)][
-        ::-1
-    ]
+    days = [newest - dt.timedelta(days=i) for i in range(w.train_days + w.validation_days + w.test_days)][::-1]
     return SplitDays(
         train=tuple(days[: w.train_days]),
         validation=tuple(days[w.train_days : w.train_days + w.validation_days]),
@@ -70,8 +68,7 @@ def split_days(spec: ModelSpec, logical_date: dt.date) -> SplitDays:
 def entity_key(spec: ModelSpec) -> str:
     if spec.entity not in ENTITIES:
         raise TrainingSetError(
-            f"model spec {spec.name!r}: entity {spec.entity!r} has no training-set support; "
-            f"known: {sorted(ENTITIES)}"
+            f"model spec {spec.name!r}: entity {spec.entity!r} has no training-set support; known: {sorted(ENTITIES)}"
         )
     return ENTITIES[spec.entity][0]
 
@@ -138,9 +135,7 @@ def assemble_training_frame(
     every entity row and ``features`` (the point-in-time join) must return every entity row: a lost row is an
     error, never a silently smaller training set.
     """
-    asked = entity_df[[key, TIMESTAMP_COLUMN]].assign(
-        **{TIMESTAMP_COLUMN: _utc_us(entity_df[TIMESTAMP_COLUMN])}
-    )
+    asked = entity_df[[key, TIMESTAMP_COLUMN]].assign(**{TIMESTAMP_COLUMN: _utc_us(entity_df[TIMESTAMP_COLUMN])})
     feats = features.assign(**{TIMESTAMP_COLUMN: _utc_us(features[TIMESTAMP_COLUMN])})
     feats = asked.merge(feats, on=[key, TIMESTAMP_COLUMN], how="left", indicator=True)
     lost = feats["_merge"] != "both"
@@ -154,9 +149,7 @@ def assemble_training_frame(
     lab = lab.assign(**{TIMESTAMP_COLUMN: _utc_us(lab[TIMESTAMP_COLUMN])})
     frame = feats.drop(columns="_merge").merge(lab, on=[key, TIMESTAMP_COLUMN], how="left")
     if len(frame) != len(asked):
-        raise TrainingSetError(
-            "labels hold duplicate (entity, as_of) rows; expected one label per entity and day"
-        )
+        raise TrainingSetError("labels hold duplicate (entity, as_of) rows; expected one label per entity and day")
     unlabelled = frame[LABEL_COLUMN].isna()
     if unlabelled.any():
         raise TrainingSetError(
@@ -172,9 +165,7 @@ def assemble_training_frame(
     day = (frame[TIMESTAMP_COLUMN] - pd.Timedelta(days=1)).dt.date
     split = day.map({d: splits.split_of(d) for d in splits.days})
     if split.isna().any():
-        raise TrainingSetError(
-            f"entity rows at as-of days outside the splits: {sorted(set(day[split.isna()]))[:5]}"
-        )
+        raise TrainingSetError(f"entity rows at as-of days outside the splits: {sorted(set(day[split.isna()]))[:5]}")
     out = pd.DataFrame(
         {
             key: frame[key].astype("int64"),
@@ -228,8 +219,7 @@ def entity_rows(lake: Lake, spec: ModelSpec, days: list[dt.date]) -> pd.DataFram
             "run the features pipeline for those days (or backfill) before training"
         )
     frames = [
-        lake.read(table, d, columns=[key]).assign(**{TIMESTAMP_COLUMN: pd.Timestamp(schemas.as_of(d))})
-        for d in days
+        lake.read(table, d, columns=[key]).assign(**{TIMESTAMP_COLUMN: pd.Timestamp(schemas.as_of(d))}) for d in days
     ]
     rows = pd.concat(frames, ignore_index=True).drop_duplicates()
     rows[TIMESTAMP_COLUMN] = _utc_us(rows[TIMESTAMP_COLUMN])

@@ -43,7 +43,5 @@ def synthetic_training_frame(
         features[f"signal_{i + 1}"] = signal[:, i]
     for i in range(noise_features):
         features[f"noise_{i + 1}"] = rng.normal(size=n)
-    labels = entity.rename(columns={TIMESTAMP_COLUMN: "as_of"}).assign(
-        label=(rng.random(n) < p).astype("int64")
-    )
+    labels = entity.rename(columns={TIMESTAMP_COLUMN: "as_of"}).assign(label=(rng.random(n) < p).astype("int64"))
     return assemble_training_frame(entity, labels, features, splits, key)

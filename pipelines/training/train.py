@@ -63,9 +63,7 @@ def lightgbm_params(spec: ModelSpec, num_threads: int) -> tuple[dict[str, Any], 
         "verbosity": -1,
     }
     params |= {k: v for k, v in spec.params.items() if k not in LOOP_PARAMS}
-    params["num_threads"] = (
-        num_threads  # always from settings: LightGBM's default can be 100x slower on busy cores
-    )
+    params["num_threads"] = num_threads  # always from settings: LightGBM's default can be 100x slower on busy cores
     return params, loop["num_boost_round"], loop["early_stopping_rounds"]
 
 
@@ -75,9 +73,7 @@ def config_digest(spec: ModelSpec, feature_columns: list[str]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def fit_booster(
-    spec: ModelSpec, training_set: TrainingSet, num_threads: int
-) -> tuple[lgb.Booster, dict[str, Any]]:
+def fit_booster(spec: ModelSpec, training_set: TrainingSet, num_threads: int) -> tuple[lgb.Booster, dict[str, Any]]:
     """Fit on the train split, early-stopping on the validation split's first metric (the main one).
 
     Returns the booster and every parameter that shaped it (booster params and the loop's), for logging.
@@ -90,9 +86,7 @@ def fit_booster(
     params, rounds, patience = lightgbm_params(spec, num_threads)
     cols = training_set.feature_columns
     train = lgb.Dataset(training_set.features("train"), label=training_set.labels("train"), feature_name=cols)
-    valid = lgb.Dataset(
-        training_set.features("validation"), label=training_set.labels("validation"), reference=train
-    )
+    valid = lgb.Dataset(training_set.features("validation"), label=training_set.labels("validation"), reference=train)
     booster = lgb.train(
         params,
         train,
@@ -131,9 +125,7 @@ def importance_figure(importance: dict[str, float], title: str) -> Figure:
 
 def find_version(settings: Settings, name: str, tags: dict[str, str]) -> Any:
     """The registered version of ``name`` carrying all ``tags``, if any (the newest one)."""
-    matches = [
-        v for v in list_versions(settings, name) if all(v.tags.get(k) == val for k, val in tags.items())
-    ]
+    matches = [v for v in list_versions(settings, name) if all(v.tags.get(k) == val for k, val in tags.items())]
     return matches[-1] if matches else None
 
 
@@ -164,9 +156,7 @@ def train_model(settings: Settings, spec: ModelSpec, training_set: TrainingSet) 
     }
     existing = find_version(settings, spec.name, identity)
     if existing is not None:
-        metrics = {
-            k: v for k, v in existing.metrics.items() if k.startswith(("validation_", "test_", "best_"))
-        }
+        metrics = {k: v for k, v in existing.metrics.items() if k.startswith(("validation_", "test_", "best_"))}
         return TrainResult(existing.run_id, existing.version, metrics, reused=True)
 
     experiment_id = ensure_experiment(settings, spec.name)

@@ -45,9 +45,7 @@ class CheckResult:
                 text += f" (rows {', '.join(_short(v) for v in self.example_ids)})"
             return f"{text}; expected {expected}" if expected else text
         if isinstance(self.observed, dict) and ("missing" in self.observed or "unexpected" in self.observed):
-            parts = [
-                f"{k} columns {self.observed[k]}" for k in ("missing", "unexpected") if self.observed.get(k)
-            ]
+            parts = [f"{k} columns {self.observed[k]}" for k in ("missing", "unexpected") if self.observed.get(k)]
             return "; ".join(parts)
         return f"observed {_short(self.observed)}; expected {expected}"
 
@@ -88,9 +86,7 @@ class ValidationReport:
         lines = [f"{head}: {verdict}: {n_critical} critical, {n_warning} warning ({counts})"]
         # Critical first; table-level problems (missing columns, no rows) before the column checks they cause.
         for check in sorted(self.failed, key=lambda c: (c.severity != "critical", c.column is not None)):
-            lines.append(
-                f"  [{check.severity}] {self.table} {check.target}: {check.expectation}: {check.describe()}"
-            )
+            lines.append(f"  [{check.severity}] {self.table} {check.target}: {check.expectation}: {check.describe()}")
         if self.quarantined_to:
             lines.append(f"  partition moved to quarantine: {self.quarantined_to}")
         return "\n".join(lines)

@@ -136,9 +136,7 @@ def _check_result(r: ExpectationValidationResult, df: pd.DataFrame, id_column: s
     )
 
 
-def _ids_of_rows(
-    df: pd.DataFrame, column: str, id_column: str, expectation: str, examples: list
-) -> list[Any]:
+def _ids_of_rows(df: pd.DataFrame, column: str, id_column: str, expectation: str, examples: list) -> list[Any]:
     """Ids of a few rows holding the offending values (column-map expectations judge each value alone)."""
     values = df[column]
     if expectation == "expect_column_values_to_not_be_null":

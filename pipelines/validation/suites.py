@@ -57,17 +57,13 @@ def load_suite_spec(expectations_dir: Path, table: str) -> SuiteSpec:
     path = suite_path(expectations_dir, table)
     if not path.is_file():
         known = sorted(p.stem for p in Path(expectations_dir).glob("*.json"))
-        raise SuiteError(
-            f"{path}: no expectation suite for table {table!r} (suites found: {known or 'none'})"
-        )
+        raise SuiteError(f"{path}: no expectation suite for table {table!r} (suites found: {known or 'none'})")
     try:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise SuiteError(f"{path}: not valid JSON: {exc}") from exc
     if not isinstance(raw, dict) or not isinstance(raw.get("expectations"), list):
-        raise SuiteError(
-            f'{path}: expected an object {{"name": ..., "expectations": [...]}} (GX 1.x suite format)'
-        )
+        raise SuiteError(f'{path}: expected an object {{"name": ..., "expectations": [...]}} (GX 1.x suite format)')
     meta = raw.get("meta") or {}
     expectations = []
     for i, exp in enumerate(raw["expectations"]):
@@ -84,9 +80,7 @@ def load_suite_spec(expectations_dir: Path, table: str) -> SuiteSpec:
         exp_meta = dict(exp.get("meta") or {})
         severity = str(exp_meta.get("severity") or exp.get("severity") or "critical").lower()
         if severity not in SEVERITIES:
-            raise SuiteError(
-                f"{where} ({exp['type']}): severity {severity!r} is not one of {', '.join(SEVERITIES)}"
-            )
+            raise SuiteError(f"{where} ({exp['type']}): severity {severity!r} is not one of {', '.join(SEVERITIES)}")
         unknown = _parameter_names(kwargs) - PARAMETER_NAMES
         if unknown:
             raise SuiteError(
