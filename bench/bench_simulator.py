@@ -125,19 +125,34 @@ def main() -> None:
     cols = [c for c in feats.columns if c not in ("user_id", "as_of")]
     day_no = (data["as_of"] - pd.Timestamp(as_of(config.start))).dt.days
     train, valid, test = data[day_no.between(8, 21)], data[day_no.between(22, 24)], data[day_no.between(25, 27)]
-    params = dict(objective="binary", learning_rate=0.05, num_leaves=31, min_data_in_leaf=50, feature_fraction=0.9,
-                  bagging_fraction=0.9, bagging_freq=1, lambda_l2=1.0, num_threads=2, verbose=-1, seed=1)
+    params = dict(
+        objective="binary",
+        learning_rate=0.05,
+        num_leaves=31,
+        min_data_in_leaf=50,
+        feature_fraction=0.9,
+        bagging_fraction=0.9,
+        bagging_freq=1,
+        lambda_l2=1.0,
+        num_threads=2,
+        verbose=-1,
+        seed=1,
+    )
     dtrain = lgb.Dataset(train[cols], train["label"])
     dvalid = lgb.Dataset(valid[cols], valid["label"])
     booster = lgb.train(params, dtrain, 500, valid_sets=[dvalid], callbacks=[lgb.early_stopping(30, verbose=False)])
     pred = booster.predict(test[cols], num_threads=2)
     model_auc = roc_auc_score(test["label"], pred)
     best_auc = roc_auc_score(test["label"], test["p_purchase_7d"])
-    print(f"label rate train {train['label'].mean():.3f} test {test['label'].mean():.3f}; "
-          f"mean truth test {test['p_purchase_7d'].mean():.3f}; rows test {len(test)}; trees {booster.best_iteration}")
+    print(
+        f"label rate train {train['label'].mean():.3f} test {test['label'].mean():.3f}; "
+        f"mean truth test {test['p_purchase_7d'].mean():.3f}; rows test {len(test)}; trees {booster.best_iteration}"
+    )
     print(f"test ROC-AUC model {model_auc:.4f} best {best_auc:.4f} gap {best_auc - model_auc:.4f}")
-    print(f"test PR-AUC  model {average_precision_score(test['label'], pred):.4f} "
-          f"best {average_precision_score(test['label'], test['p_purchase_7d']):.4f}")
+    print(
+        f"test PR-AUC  model {average_precision_score(test['label'], pred):.4f} "
+        f"best {average_precision_score(test['label'], test['p_purchase_7d']):.4f}"
+    )
     imp = pd.Series(booster.feature_importance("gain"), index=cols).sort_values(ascending=False)
     print((imp / imp.sum()).round(3).head(12).to_string())
 

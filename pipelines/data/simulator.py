@@ -336,7 +336,9 @@ def _remove(cart: _Cart, sessions: np.ndarray, rate: float, rng: np.random.Gener
     """On a day with a session, each open item is removed with probability ``rate``; returns (rows, removed)."""
     rows = np.flatnonzero((sessions > 0) & (cart.open > 0))
     held = cart.rows()[rows]
-    removed = rng.binomial(held, rate).astype("int16")
+    removed = np.zeros_like(held)
+    nonzero = held > 0  # most slots are empty: draw only where there is an item
+    removed[nonzero] = rng.binomial(held[nonzero], rate)
     cart.rows()[rows] = held - removed
     cart.open.flat[rows] -= removed.sum(axis=1)
     return rows, removed
@@ -543,20 +545,24 @@ class _World:
         )
 
     @staticmethod
-    def _pick(users: np.ndarray, ages: np.ndarray, counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Mask choosing ``counts[user, age]`` random items in each (user, age) bucket."""
+    def _pick(users: np.ndarray, slots: np.ndarray, counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Mask choosing ``counts[user, slot]`` random items in each (user, cart slot) bucket."""
         mask = np.zeros(len(users), dtype=bool)
         if len(users) == 0:
             return mask
-        groups = users * counts.shape[1] + ages
-        order, rank = _rank_within(groups, rng.random(len(users)))
-        mask[order] = rank < counts[users[order], ages[order]]
+        order, rank = _rank_within(users * counts.shape[1] + slots, rng.random(len(users)))
+        mask[order] = rank < counts[users[order], slots[order]]
         return mask
 
 
 @lru_cache(maxsize=4)
 def _world(config: SimulationConfig) -> _World:
     return _World(config, _build_static(config))
+
+
+def clear_cache() -> None:
+    """Forget every replayed world of this process (frees memory; the next call replays from the start)."""
+    _world.cache_clear()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -663,6 +669,7 @@ def _render(config: SimulationConfig, world: _Static, rec: _DayRecord, t: int, d
     spread = (rng.random(len(view_user)) * n_sessions[view_user]).astype("int64")
     view_sess = first_sess[view_user] + np.where(view_rank < n_sessions[view_user], view_rank, spread)
     view_pos = rng.random(len(view_user))
+    view_pos[view_rank < n_sessions[view_user]] = -1.0  # every session lands on a view
     view_product = _sample_products(config, world, view_user, rng)
     # Carted and wishlisted items were viewed first: pick views in a random order per user.
     by_user, _ = _rank_within(view_user, rng.random(len(view_user)))

@@ -6,6 +6,7 @@ Airflow reads its configuration when it is first imported, so every entry point 
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -27,6 +28,20 @@ def _jwt_secret(home: Path) -> str:
         tmp.chmod(0o600)
         tmp.replace(path)
     return path.read_text().strip()
+
+
+def _ensure_passwords(path: Path, users: str) -> None:
+    """Give every configured user a password in the SimpleAuthManager file (0600), so Airflow never prints one."""
+
+    passwords = json.loads(path.read_text()) if path.exists() else {}
+    missing = [u.split(":")[0] for u in users.split(",") if u and u.split(":")[0] not in passwords]
+    if not missing:
+        return
+    passwords.update({name: secrets.token_urlsafe(12) for name in missing})
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(passwords) + "\n")
+    tmp.chmod(0o600)
+    tmp.replace(path)
 
 
 def airflow_environment(settings: Settings) -> dict[str, str]:
@@ -51,6 +66,7 @@ def airflow_environment(settings: Settings) -> dict[str, str]:
         "MLFLOW_UV_AUTO_DETECT": "false",
         "GIT_PYTHON_REFRESH": "quiet",
     }
+    _ensure_passwords(home / "passwords.json", settings.airflow_users)
     if settings.airflow_api_url:
         env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = settings.airflow_api_url.rstrip("/") + "/execution/"
     return env
