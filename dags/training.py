@@ -72,8 +72,8 @@ def build_training_dag(spec: ModelSpec):
         )
 
         @task
-        def promote(trained: dict, answer: dict) -> dict:
-            return flow().promote(get_settings(), spec, trained["version"], answer)
+        def promote(trained: dict, answer: dict, ds: str | None = None) -> dict:
+            return flow().promote(get_settings(), spec, ds, trained["version"], answer)
 
         @task(trigger_rule="none_failed")
         def record_review(trained: dict, ti=None) -> dict:

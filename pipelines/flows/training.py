@@ -10,6 +10,7 @@ import datetime as dt
 from dataclasses import asdict
 from typing import Any
 
+from pipelines.data.schemas import as_of
 from pipelines.evaluation.evaluate import Evaluation, evaluate_candidate
 from pipelines.evaluation.gate import apply_gate, record_gate
 from pipelines.features.store import online_freshness
@@ -58,15 +59,19 @@ def gate(settings: Settings, spec: ModelSpec, version: str, evaluation: dict) ->
     return {**decision.to_dict(), "already_champion": False}
 
 
-def promote(settings: Settings, spec: ModelSpec, version: str, approval: dict[str, Any]) -> dict:
-    """Move the champion alias after checking the online store is fresh for the model's feature service."""
+def promote(settings: Settings, spec: ModelSpec, ds: str, version: str, approval: dict[str, Any]) -> dict:
+    """Move the champion alias after checking the online store is fresh for the model's feature service.
+
+    Freshness is judged at the run's data time, the as-of time of its logical date, so a backfill of past
+    dates judges the features those dates had (for today's run it is the present).
+    """
     record = ApprovalRecord.from_hitl(approval)
     freshness = online_freshness(
         settings,
         spec.feature_service,
         sample_user_ids=None,
         max_age=dt.timedelta(hours=spec.online_freshness_hours),
-        now=None,
+        now=as_of(as_date(ds)),
     )
     return _jsonable(promote_version(settings, spec, version, record, freshness))
 

@@ -7,7 +7,6 @@ keeps serving (the contract in DESIGN.md: serving never goes down on a bad model
 from __future__ import annotations
 
 import logging
-import tempfile
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -109,18 +108,10 @@ def champion_version(settings: Settings, name: str) -> str | None:
 
 
 def load_version(settings: Settings, name: str, version: str) -> LoadedModel:
-    """Download ``models:/<name>/<version>`` and load its LightGBM booster."""
-    import mlflow.artifacts
-    import mlflow.lightgbm
+    """Load the LightGBM booster of ``models:/<name>/<version>`` through the registry helpers (one code path)."""
+    from pipelines.registry.registry import load_booster
 
-    with tempfile.TemporaryDirectory(prefix=f"serving-{name}-") as tmp:
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{name}/{version}",
-            dst_path=tmp,
-            tracking_uri=settings.mlflow_tracking_uri,
-            registry_uri=settings.mlflow_tracking_uri,
-        )
-        model = mlflow.lightgbm.load_model(local)
+    model = load_booster(settings, name, version)
     booster = model if isinstance(model, lgb.Booster) else model.booster_
     return LoadedModel(
         name=name,
