@@ -18,8 +18,10 @@ install: .venv/.synced
 demo: install
 	$(UV) run --frozen --no-sync mlctl demo
 
+# Two pytest processes: Airflow configures itself once per process, so its tests get their own.
 test: install
-	$(UV) run --frozen --no-sync pytest -q -p no:cacheprovider
+	$(UV) run --frozen --no-sync pytest -q -p no:cacheprovider -m "not airflow"
+	$(UV) run --frozen --no-sync pytest -q -p no:cacheprovider -m airflow
 
 lint: install
 	$(UV) run --frozen --no-sync ruff check pipelines dags tests bench

@@ -19,6 +19,9 @@ from pipelines.orchestration.airflow_client import AirflowClient
 from pipelines.registry.registry import get_champion
 from tests.airflow_support import START, AirflowWorld, make_world
 
+# Airflow configures itself once per process: these run in their own pytest process (see Makefile).
+pytestmark = pytest.mark.airflow
+
 DAYS = 16
 END = START + dt.timedelta(days=DAYS - 1)
 

@@ -6,6 +6,9 @@ import pytest
 
 from tests.airflow_support import AirflowWorld, make_world
 
+# Airflow configures itself once per process: these run in their own pytest process (see Makefile).
+pytestmark = pytest.mark.airflow
+
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> AirflowWorld:

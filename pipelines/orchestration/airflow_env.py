@@ -64,6 +64,8 @@ def airflow_environment(settings: Settings) -> dict[str, str]:
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API_AUTH__JWT_SECRET": os.environ.get("AIRFLOW__API_AUTH__JWT_SECRET") or _jwt_secret(home),
         "MLFLOW_UV_AUTO_DETECT": "false",
+        # Any MLflow call that does not get a URI passed explicitly still lands in this profile's store.
+        "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
         "GIT_PYTHON_REFRESH": "quiet",
     }
     _ensure_passwords(home / "passwords.json", settings.airflow_users)
