@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+import warnings
 from typing import Annotated
 
 import typer
@@ -13,6 +14,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from pipelines.settings import Settings, get_settings
+
+# MLflow's SQLAlchemy store warns about its own deprecated loader on every start; not actionable for users.
+warnings.filterwarnings("ignore", message=".*noload.*loader strategy.*")
 
 app = typer.Typer(help="Storefront ML: daily features, training, approval and serving.", no_args_is_help=True)
 console = Console()
