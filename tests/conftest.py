@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,22 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 def lake(settings: Settings) -> Lake:
     return Lake(settings)
+
+
+@pytest.fixture(scope="session")
+def migrated_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated, empty SQLite MLflow store: creating one costs seconds, copying it milliseconds."""
+    from pipelines.registry.registry import connect
+
+    template = get_settings(home=tmp_path_factory.mktemp("mlflow-template"), num_threads=1)
+    connect(template).search_experiments()
+    return Path(template.mlflow_tracking_uri.removeprefix("sqlite:///"))
+
+
+@pytest.fixture
+def mlflow_settings(settings: Settings, migrated_mlflow_db: Path) -> Settings:
+    """``settings`` whose MLflow store already exists (a copy of the migrated template)."""
+    db = Path(settings.mlflow_tracking_uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(migrated_mlflow_db, db)
+    return settings

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,8 +12,8 @@ from mlflow.tracking import MlflowClient
 from pipelines.evaluation.evaluate import Evaluation, evaluate_candidate, load_evaluation
 from pipelines.evaluation.gate import apply_gate, record_gate
 from pipelines.lake import Lake
-from pipelines.registry.registry import connect, get_version, set_alias
-from pipelines.settings import Settings, get_settings
+from pipelines.registry.registry import get_version, set_alias
+from pipelines.settings import Settings
 from pipelines.specs import ModelSpec, WindowSpec, load_spec
 from pipelines.training.dataset import save_training_set
 from pipelines.training.synthetic import synthetic_training_frame
@@ -24,20 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DAY = dt.date(2024, 3, 31)
 
 
-@pytest.fixture(scope="session")
-def migrated_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A migrated, empty SQLite MLflow store: creating one costs seconds, copying it milliseconds."""
-    template = get_settings(home=tmp_path_factory.mktemp("mlflow-template"), num_threads=1)
-    connect(template).search_experiments()
-    return Path(template.mlflow_tracking_uri.removeprefix("sqlite:///"))
-
-
 @pytest.fixture
-def settings(settings: Settings, migrated_mlflow_db: Path) -> Settings:
-    db = Path(settings.mlflow_tracking_uri.removeprefix("sqlite:///"))
-    db.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(migrated_mlflow_db, db)
-    return settings
+def settings(mlflow_settings: Settings) -> Settings:
+    """These tests need an MLflow store: start from conftest's pre-migrated one."""
+    return mlflow_settings
 
 
 @pytest.fixture

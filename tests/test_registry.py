@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +23,8 @@ from pipelines.registry.promotion import (
     record_rejection,
     rollback,
 )
-from pipelines.registry.registry import aliases, connect, get_champion, get_version
-from pipelines.settings import Settings, get_settings
+from pipelines.registry.registry import aliases, get_champion, get_version
+from pipelines.settings import Settings
 from pipelines.specs import ModelSpec, WindowSpec, load_spec
 from pipelines.training.dataset import save_training_set
 from pipelines.training.synthetic import synthetic_training_frame
@@ -48,20 +47,10 @@ FRESH = Freshness(True, "newest online features 2024-03-31T00:00:00+00:00, 9 h o
 STALE = Freshness(False, "newest online features are 80 h old (max 48 h)")
 
 
-@pytest.fixture(scope="session")
-def migrated_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A migrated, empty SQLite MLflow store: creating one costs seconds, copying it milliseconds."""
-    template = get_settings(home=tmp_path_factory.mktemp("mlflow-template"), num_threads=1)
-    connect(template).search_experiments()
-    return Path(template.mlflow_tracking_uri.removeprefix("sqlite:///"))
-
-
 @pytest.fixture
-def settings(settings: Settings, migrated_mlflow_db: Path) -> Settings:
-    db = Path(settings.mlflow_tracking_uri.removeprefix("sqlite:///"))
-    db.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(migrated_mlflow_db, db)
-    return settings
+def settings(mlflow_settings: Settings) -> Settings:
+    """These tests need an MLflow store: start from conftest's pre-migrated one."""
+    return mlflow_settings
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import shutil
 from pathlib import Path
 
 import mlflow
@@ -14,8 +13,8 @@ from mlflow.tracking import MlflowClient
 
 from pipelines.data import schemas
 from pipelines.lake import Lake
-from pipelines.registry.registry import connect, list_versions
-from pipelines.settings import Settings, get_settings
+from pipelines.registry.registry import list_versions
+from pipelines.settings import Settings
 from pipelines.specs import ModelSpec, WindowSpec, load_spec
 from pipelines.training.dataset import (
     TrainingSetError,
@@ -31,20 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DAY = dt.date(2024, 3, 31)
 
 
-@pytest.fixture(scope="session")
-def migrated_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A migrated, empty SQLite MLflow store: creating one costs ~3 s, copying it milliseconds."""
-    template = get_settings(home=tmp_path_factory.mktemp("mlflow-template"), num_threads=1)
-    connect(template).search_experiments()
-    return Path(template.mlflow_tracking_uri.removeprefix("sqlite:///"))
-
-
 @pytest.fixture
-def settings(settings: Settings, migrated_mlflow_db: Path) -> Settings:
-    db = Path(settings.mlflow_tracking_uri.removeprefix("sqlite:///"))
-    db.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(migrated_mlflow_db, db)
-    return settings
+def settings(mlflow_settings: Settings) -> Settings:
+    """These tests need an MLflow store: start from conftest's pre-migrated one."""
+    return mlflow_settings
 
 
 @pytest.fixture
