@@ -33,6 +33,21 @@ Answer here or with `mlctl approve {name} VERSION --as YOU --comment ...` / `mlc
 """
 
 
+class RecordedApprovalOperator(ApprovalOperator):
+    """Airflow's ApprovalOperator that also keeps the answer in XCom (key ``answer``) before acting on it.
+
+    On "Reject" the stock operator ends by skipping its downstream tasks, which leaves no return value behind;
+    ``record_review`` still needs who rejected and why to put it on the model version.
+    """
+
+    def execute_complete(self, context, event):
+        answer = {
+            key: event.get(key) for key in ("chosen_options", "params_input", "responded_at", "responded_by_user")
+        }
+        context["ti"].xcom_push(key="answer", value=answer)
+        return super().execute_complete(context, event)
+
+
 def build_training_dag(spec: ModelSpec):
     @dag(
         dag_id=f"train_{spec.name}",
@@ -61,7 +76,7 @@ def build_training_dag(spec: ModelSpec):
             decision = flow().gate(get_settings(), spec, trained["version"], evaluation)
             return decision if decision["passed"] else False
 
-        approval = ApprovalOperator(
+        approval = RecordedApprovalOperator(
             task_id="approval",
             subject=f"Promote {spec.name} version {{{{ ti.xcom_pull(task_ids='train')['version'] }}}} to champion?",
             body=APPROVAL_BODY.format(name=spec.name),
@@ -77,7 +92,7 @@ def build_training_dag(spec: ModelSpec):
 
         @task(trigger_rule="none_failed")
         def record_review(trained: dict, ti=None) -> dict:
-            answer = ti.xcom_pull(task_ids="approval")
+            answer = ti.xcom_pull(task_ids="approval", key="answer")
             return flow().record_review(get_settings(), spec, trained["version"], answer)
 
         built = training_set()

@@ -16,7 +16,7 @@ import pytest
 
 from pipelines.lake import Lake
 from pipelines.orchestration.airflow_client import AirflowClient
-from pipelines.registry.registry import get_champion
+from pipelines.registry.registry import get_champion, get_version
 from tests.airflow_support import START, AirflowWorld, make_world
 
 # Airflow configures itself once per process: these run in their own pytest process (see Makefile).
@@ -46,13 +46,16 @@ def _digest(lake: Lake, table: str, day: dt.date) -> str:
     return hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).values.tobytes()).hexdigest()
 
 
-def _train(world: AirflowWorld, model: str, day: dt.date, answer: str | None, reviewer: str = "alice") -> str:
-    """Run a training DAG; answer its approval request (if one comes) through `mlctl approve|reject`."""
+def _train(world: AirflowWorld, model: str, day: dt.date, answer: str | None, reviewer: str = "alice") -> str | None:
+    """Run a training DAG; answer its approval request (if one comes) through `mlctl approve|reject`.
+
+    Returns the version the request was about (None when no approval was requested).
+    """
     log = world.settings.home / f"train_{model}_{day}.log"
     proc = world.popen_mlctl("run", f"train_{model}", "--date", str(day), log=log)
     client = AirflowClient(world.settings, username=reviewer)
     deadline = time.time() + 600
-    pending = []
+    pending, version = [], None
     while proc.poll() is None and time.time() < deadline:
         pending = client.pending_approvals(dag_id=f"train_{model}")
         if pending:
@@ -65,7 +68,7 @@ def _train(world: AirflowWorld, model: str, day: dt.date, answer: str | None, re
     assert proc.wait(timeout=600) == 0, log.read_text()[-5000:]
     if answer is not None:
         assert pending, f"no approval was requested; log:\n{log.read_text()[-5000:]}"
-    return log.read_text()
+    return version
 
 
 def test_backfill_landed_every_day(world: AirflowWorld) -> None:
@@ -138,6 +141,10 @@ def test_approved_candidate_becomes_champion_and_is_served(airflow_env: AirflowW
 def test_rejected_candidate_never_moves_the_alias(world: AirflowWorld) -> None:
     before = get_champion(world.settings, "purchase_intent")
     assert before is not None, "runs after the approval test"
-    _train(world, "purchase_intent", END - dt.timedelta(days=1), answer="reject", reviewer="bob")
+    rejected = _train(world, "purchase_intent", END - dt.timedelta(days=1), answer="reject", reviewer="bob")
+    assert rejected is not None and rejected != before.version
     after = get_champion(world.settings, "purchase_intent")
     assert after.version == before.version
+    tags = get_version(world.settings, "purchase_intent", rejected).tags
+    assert tags["approval.status"] == "rejected" and tags["approval.by"] == "bob"
+    assert tags["approval.comment"] == "reject in e2e"

@@ -51,6 +51,8 @@ def test_training_chain_has_gate_approval_and_promotion(dagbag) -> None:
     for upstream, downstream in edges:
         assert downstream in dag.get_task(upstream).downstream_task_ids, (upstream, downstream)
     approval = dag.get_task("approval")
-    assert type(approval).__name__ == "ApprovalOperator"
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    assert isinstance(approval, ApprovalOperator)
     assert approval.defaults == ["Reject"], "a timeout must never approve"
     assert [u["id"] for u in approval.assigned_users] == ["alice", "bob"]
