@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import time
 
 import numpy as np
 import pandas as pd
@@ -160,7 +159,8 @@ def test_build_fails_clearly_when_the_days_events_are_missing(lake: Lake, day_ta
         build_user_features(lake, DS)
 
 
-def test_five_thousand_users_over_thirty_days_compute_in_about_a_second():
+def test_five_thousand_users_over_thirty_days_count_every_event_once():
+    """At demo scale every user gets a row and every view is counted once (speed: bench/bench_features.py)."""
     rng = np.random.default_rng(7)
     n_users, n_events = 5_000, 15_000 * 30
     start = pd.Timestamp(DS - dt.timedelta(days=29), tz="UTC")
@@ -177,10 +177,7 @@ def test_five_thousand_users_over_thirty_days_compute_in_about_a_second():
     users = _users(dict.fromkeys(range(1, n_users + 1), start - pd.Timedelta(days=1)))
     follows = _follows([(int(a), int(b), start) for a, b in rng.integers(1, n_users + 1, size=(20_000, 2))])
 
-    began = time.perf_counter()
     features = compute_user_features(events, users, follows, DS)
-    elapsed = time.perf_counter() - began
 
     assert len(features) == n_users
     assert features["views_30d"].sum() == (events["event_type"] == "view").sum()
-    assert elapsed < 2.0, f"feature computation took {elapsed:.2f}s (target well under 1 s)"
