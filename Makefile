@@ -29,6 +29,7 @@ lint: install
 
 bench: install
 	$(UV) run --frozen --no-sync python -m bench.bench_simulator
+	$(UV) run --frozen --no-sync python -m bench.bench_features
 
 clean:
 	rm -rf .storefront
