@@ -10,9 +10,8 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
+from pipelines.console import progress_bar, runs_table
 from pipelines.settings import Settings, get_settings
 
 # MLflow's SQLAlchemy store warns about its own deprecated loader on every start; not actionable for users.
@@ -29,26 +28,6 @@ def _settings() -> Settings:
 def _fail(message: str) -> None:
     console.print(f"[red]error:[/red] {message}")
     raise typer.Exit(code=1)
-
-
-def _progress(out: Console) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=out,
-    )
-
-
-def _runs_table(title: str, rows: list[tuple[str, str]]) -> Table:
-    table = Table(title=title)
-    table.add_column("logical date")
-    table.add_column("state")
-    for day, state in rows:
-        colour = {"success": "green", "failed": "red"}.get(state, "yellow")
-        table.add_row(day, f"[{colour}]{state}[/{colour}]")
-    return table
 
 
 @app.command()
@@ -69,7 +48,7 @@ def run(
     else:
         console.print(f"running {dag_id} for {day} in-process (local profile)")
         outcome = runs.run_in_process(settings, dag_id, [day])[0]
-    console.print(_runs_table(dag_id, [(outcome.logical_date, outcome.state)]))
+    console.print(runs_table(dag_id, [(outcome.logical_date, outcome.state)]))
     if outcome.state != "success":
         raise typer.Exit(code=1)
 
@@ -93,7 +72,7 @@ def backfill(
         rows = _backfill_on_stack(settings, dag, days, rerun)
     else:
         logfile = settings.home / "logs" / f"{dag}.log"
-        with _progress(console) as progress:
+        with progress_bar(console) as progress:
             bar = progress.add_task(f"{dag} (logs: {logfile})", total=len(days))
             outcomes = runs.run_in_process(
                 settings,
@@ -104,7 +83,7 @@ def backfill(
                 on_done=lambda o: progress.advance(bar),
             )
         rows = [(o.logical_date, o.state + (" (already done)" if o.skipped else "")) for o in outcomes]
-    console.print(_runs_table(f"backfill of {dag}", rows))
+    console.print(runs_table(f"backfill of {dag}", rows))
     if any(not state.startswith("success") for _, state in rows) or len(rows) < len(days):
         raise typer.Exit(code=1)
 
@@ -117,7 +96,7 @@ def _backfill_on_stack(settings: Settings, dag: str, days: list[dt.date], rerun:
     first, last = logical_datetime(days[0]).isoformat(), logical_datetime(days[-1]).isoformat()
     created = client.create_backfill(dag, first, last, reprocess="completed" if rerun else "failed")
     console.print(f"Airflow backfill {created['id']} of {dag} created for {days[0]} .. {days[-1]}")
-    with _progress(console) as progress:
+    with progress_bar(console) as progress:
         bar = progress.add_task(f"backfill {created['id']}", total=len(days))
         while True:
             found = client.runs_between(dag, first, last)
@@ -188,7 +167,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
         console.print(f"[bold]{name}[/bold]: champion v{champ['version']} ({metrics})")
         console.print(f"  approved by {approval.get('by')} at {approval.get('at')}: {approval.get('comment')!r}")
     for dag_id, dag_runs in report["dags"].items():
-        console.print(_runs_table(dag_id, [(r["logical_date"], r["state"]) for r in dag_runs]))
+        console.print(runs_table(dag_id, [(r["logical_date"], r["state"]) for r in dag_runs]))
 
 
 @app.command()

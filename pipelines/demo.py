@@ -21,6 +21,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from pipelines.console import progress_bar
 from pipelines.orchestration.airflow_client import AirflowClient, PendingApproval
 from pipelines.orchestration.airflow_env import configure_airflow
 from pipelines.orchestration.runs import run_in_process
@@ -44,11 +45,9 @@ def _free_port(preferred: int) -> int:
 
 
 def _daily_runs(settings: Settings, days: list[dt.date], console: Console) -> bool:
-    from pipelines.cli import _progress
-
     logfile = settings.home / "logs" / "daily_features.log"
     console.print(f"Airflow task logs: {logfile}")
-    with _progress(console) as progress:
+    with progress_bar(console) as progress:
         bar = progress.add_task("daily_features", total=len(days))
         outcomes = run_in_process(
             settings,

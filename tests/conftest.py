@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from pipelines.lake import Lake
-from pipelines.settings import Settings, get_settings
+from pipelines.settings import PROJECT_ROOT, Settings, get_settings
+from pipelines.specs import ModelSpec, WindowSpec, load_spec
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -56,3 +57,11 @@ def mlflow_settings(settings: Settings, migrated_mlflow_db: Path) -> Settings:
     db.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(migrated_mlflow_db, db)
     return settings
+
+
+def quick_spec(rounds: int, early_stopping: int, train: int, validation: int, test: int) -> ModelSpec:
+    """The shipped purchase_intent spec with few boosting rounds and short windows, for small test data."""
+    base = load_spec(PROJECT_ROOT / "models" / "purchase_intent.yaml")
+    params = base.params | {"num_boost_round": rounds, "early_stopping_rounds": early_stopping, "min_data_in_leaf": 20}
+    windows = WindowSpec(train_days=train, validation_days=validation, test_days=test)
+    return base.model_copy(update={"params": params, "windows": windows})

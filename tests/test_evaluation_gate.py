@@ -14,10 +14,11 @@ from pipelines.evaluation.gate import apply_gate, record_gate
 from pipelines.lake import Lake
 from pipelines.registry.registry import get_version, set_alias
 from pipelines.settings import Settings
-from pipelines.specs import ModelSpec, WindowSpec, load_spec
+from pipelines.specs import ModelSpec
 from pipelines.training.dataset import save_training_set
 from pipelines.training.synthetic import synthetic_training_frame
 from pipelines.training.train import train_model
+from tests.conftest import quick_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY = dt.date(2024, 3, 31)
@@ -31,11 +32,7 @@ def settings(mlflow_settings: Settings) -> Settings:
 
 @pytest.fixture
 def spec() -> ModelSpec:
-    base = load_spec(ROOT / "models" / "purchase_intent.yaml")
-    params = base.params | {"num_boost_round": 40, "early_stopping_rounds": 5, "min_data_in_leaf": 20}
-    return base.model_copy(
-        update={"params": params, "windows": WindowSpec(train_days=4, validation_days=2, test_days=2)}
-    )
+    return quick_spec(40, 5, train=4, validation=2, test=2)
 
 
 def evaluation(candidate: dict[str, float], champion: dict[str, float] | None = None) -> Evaluation:

@@ -25,10 +25,11 @@ from pipelines.registry.promotion import (
 )
 from pipelines.registry.registry import aliases, get_champion, get_version
 from pipelines.settings import Settings
-from pipelines.specs import ModelSpec, WindowSpec, load_spec
+from pipelines.specs import ModelSpec
 from pipelines.training.dataset import save_training_set
 from pipelines.training.synthetic import synthetic_training_frame
 from pipelines.training.train import train_model
+from tests.conftest import quick_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY = dt.date(2024, 3, 31)
@@ -55,11 +56,7 @@ def settings(mlflow_settings: Settings) -> Settings:
 
 @pytest.fixture
 def spec() -> ModelSpec:
-    base = load_spec(ROOT / "models" / "purchase_intent.yaml")
-    params = base.params | {"num_boost_round": 10, "early_stopping_rounds": 3, "min_data_in_leaf": 20}
-    return base.model_copy(
-        update={"params": params, "windows": WindowSpec(train_days=2, validation_days=1, test_days=1)}
-    )
+    return quick_spec(10, 3, train=2, validation=1, test=1)
 
 
 @pytest.fixture

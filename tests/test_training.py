@@ -15,7 +15,7 @@ from pipelines.data import schemas
 from pipelines.lake import Lake
 from pipelines.registry.registry import list_versions
 from pipelines.settings import Settings
-from pipelines.specs import ModelSpec, WindowSpec, load_spec
+from pipelines.specs import ModelSpec
 from pipelines.training.dataset import (
     TrainingSetError,
     assemble_training_frame,
@@ -25,6 +25,7 @@ from pipelines.training.dataset import (
 )
 from pipelines.training.synthetic import synthetic_training_frame
 from pipelines.training.train import TAG_DIGEST, TAG_LOGICAL_DATE, train_model
+from tests.conftest import quick_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY = dt.date(2024, 3, 31)
@@ -38,11 +39,7 @@ def settings(mlflow_settings: Settings) -> Settings:
 
 @pytest.fixture
 def spec() -> ModelSpec:
-    base = load_spec(ROOT / "models" / "purchase_intent.yaml")
-    params = base.params | {"num_boost_round": 40, "early_stopping_rounds": 5, "min_data_in_leaf": 20}
-    return base.model_copy(
-        update={"params": params, "windows": WindowSpec(train_days=4, validation_days=2, test_days=2)}
-    )
+    return quick_spec(40, 5, train=4, validation=2, test=2)
 
 
 def test_split_days_are_time_ordered_and_leave_a_complete_label_window(spec: ModelSpec) -> None:
