@@ -39,23 +39,28 @@ class Settings(BaseSettings):
         default="engineer:admin,alice:op,bob:op,carol:op",
         description="SimpleAuthManager users as name:role; reviewers named in model specs need a login here.",
     )
-    # MLflow
+    # MLflow (stack: clients talk to `mlflow server`, which keeps runs in PostgreSQL and proxies artifacts to S3)
     mlflow_tracking_uri: str = ""
-    mlflow_artifact_root: str = ""
+    mlflow_artifact_root: str = Field(default="", description="Where clients put artifacts (local dir or URI).")
+    mlflow_backend_store_uri: str = Field(default="", description="The MLflow server's database (stack).")
+    mlflow_artifacts_destination: str = Field(default="", description="Where the MLflow server stores artifacts.")
     # Feast
     feast_project: str = "storefront"
     feast_registry: str = Field(default="", description="Registry path (file) or SQLAlchemy URL (sql).")
-    feast_online_store: Literal["sqlite", "redis"] = "sqlite"
+    feast_online_store: Literal["sqlite", "redis"] | None = Field(default=None, description="local: sqlite, stack: redis")
     feast_online_path: str = ""
     redis_url: str = "127.0.0.1:6379"
     feast_online_write_batch_size: int = 10_000
-    # S3 (stack profile; credentials come from the environment, never from code)
+    # S3 (stack profile; credentials come from the environment, never from code). Unset on the stack means the
+    # loopback SeaweedFS of `mlctl stack up`; set it to "" for AWS's own endpoints.
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
     aws_access_key_id: SecretStr | None = Field(default=None, validation_alias="AWS_ACCESS_KEY_ID")
     aws_secret_access_key: SecretStr | None = Field(default=None, validation_alias="AWS_SECRET_ACCESS_KEY")
     # PostgreSQL (stack profile)
     postgres_url: str = "postgresql+psycopg2://postgres@127.0.0.1:5432"
+    # The loopback stack of `mlctl stack up`: service logs, pids and SeaweedFS data
+    stack_dir: Path | None = None
     # Serving
     serving_host: str = "127.0.0.1"
     serving_port: int = 8000
@@ -82,23 +87,28 @@ class Settings(BaseSettings):
             self.mlflow_artifact_root = self.mlflow_artifact_root or str(home / "mlflow" / "artifacts")
             self.feast_registry = self.feast_registry or str(home / "feast" / "registry.db")
             self.feast_online_path = self.feast_online_path or str(home / "feast" / "online.db")
+            self.feast_online_store = self.feast_online_store or "sqlite"
         else:
-            missing = [
-                name
-                for name in (
-                    "lake_uri",
-                    "mlflow_tracking_uri",
-                    "feast_registry",
-                    "airflow_db_uri",
-                    "airflow_api_url",
-                )
-                if not getattr(self, name)
-            ]
-            if missing:
-                keys = ", ".join(f"STOREFRONT_{m.upper()}" for m in missing)
-                raise ValueError(f"profile 'stack' needs {keys} to be set (see docs/stack.md)")
-            self.airflow_home = self.airflow_home or home / "airflow"
+            self._fill_stack_defaults()
+        self.stack_dir = (self.stack_dir or home / "stack").expanduser().resolve()
         return self
+
+    def _fill_stack_defaults(self) -> None:
+        """Loopback defaults for the stack of ``mlctl stack up``; every one can point elsewhere (docs/stack.md)."""
+        pg = self.postgres_url.rstrip("/")
+        self.lake_uri = self.lake_uri or "s3://storefront/lake"
+        if self.s3_endpoint_url is None and self.lake_is_s3:
+            self.s3_endpoint_url = "http://127.0.0.1:8333"
+        self.airflow_home = self.airflow_home or self.home / "airflow"
+        self.airflow_db_uri = self.airflow_db_uri or f"{pg}/storefront_airflow"
+        self.airflow_api_url = self.airflow_api_url or "http://127.0.0.1:8080"
+        self.mlflow_tracking_uri = self.mlflow_tracking_uri or "http://127.0.0.1:5000"
+        # Clients send artifacts through the tracking server, which alone holds the S3 credentials it needs.
+        self.mlflow_artifact_root = self.mlflow_artifact_root or "mlflow-artifacts:/"
+        self.mlflow_backend_store_uri = self.mlflow_backend_store_uri or f"{pg}/storefront_mlflow"
+        self.mlflow_artifacts_destination = self.mlflow_artifacts_destination or "s3://storefront/mlflow"
+        self.feast_registry = self.feast_registry or f"{pg}/storefront_feast"
+        self.feast_online_store = self.feast_online_store or "redis"
 
     @property
     def lake_is_s3(self) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 from typing import TYPE_CHECKING, Any
 
 import mlflow
@@ -66,7 +67,7 @@ def connect(settings: Settings) -> MlflowClient:
 
 def artifact_location(settings: Settings, experiment: str) -> str:
     root = settings.mlflow_artifact_root
-    if "://" in root:
+    if urlparse(root).scheme:  # s3://..., mlflow-artifacts:/ (proxied by the tracking server), file://...
         return f"{root.rstrip('/')}/{experiment}"
     return (Path(root).expanduser().resolve() / experiment).as_uri()
 
