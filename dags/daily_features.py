@@ -1,4 +1,4 @@
-"""Daily features: extract -> validate -> features -> materialize, one run per logical date (catchup on)."""
+"""Daily features: extract -> validate -> features -> materialize, one run per logical date."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ USER_FEATURES = Asset("storefront://features/user_behavior")
     schedule="@daily",
     start_date=dt.datetime.combine(settings.start_date, dt.time(), tzinfo=dt.UTC),
     end_date=dt.datetime.combine(settings.end_date, dt.time(), tzinfo=dt.UTC) if settings.end_date else None,
-    catchup=True,
+    catchup=settings.airflow_catchup,
     max_active_runs=2,
     default_args={"retries": 1, "retry_delay": dt.timedelta(seconds=30)},
     tags=["features"],

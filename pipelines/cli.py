@@ -6,12 +6,13 @@ import datetime as dt
 import json
 import time
 import warnings
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from pipelines.console import progress_bar, runs_table
+from pipelines.console import progress_bar, runs_table, stack_table
 from pipelines.settings import Settings, get_settings
 
 # MLflow's SQLAlchemy store warns about its own deprecated loader on every start; not actionable for users.
@@ -168,6 +169,58 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
         console.print(f"  approved by {approval.get('by')} at {approval.get('at')}: {approval.get('comment')!r}")
     for dag_id, dag_runs in report["dags"].items():
         console.print(runs_table(dag_id, [(r["logical_date"], r["state"]) for r in dag_runs]))
+
+
+stack_app = typer.Typer(help="The loopback stack of the stack profile (docs/stack.md).", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+
+
+@stack_app.command("init")
+def stack_init(path: Annotated[str, typer.Option(help="Env file to write")] = ".env") -> None:
+    """Write an env file for the stack profile with fresh loopback S3 credentials (never overwrites)."""
+    from pipelines.stack.envfile import write_env_file
+
+    try:
+        written = write_env_file(Path(path))
+    except FileExistsError as exc:
+        _fail(str(exc))
+    console.print(f"wrote {written}: the stack profile with new S3 credentials; next: `mlctl stack up`")
+
+
+@stack_app.command("up")
+def stack_up(timeout: Annotated[float, typer.Option(help="Seconds to wait for health")] = 180.0) -> None:
+    """Start S3, MLflow, Airflow (api-server, scheduler, dag-processor, triggerer) and serving; wait for health."""
+    from pipelines.stack import supervisor
+    from pipelines.stack.resources import StackError
+
+    try:
+        result = supervisor.up(_settings(), timeout=timeout, on_event=lambda m: console.print(f"  {m}"))
+    except StackError as exc:
+        _fail(str(exc))
+    console.print(stack_table(result))
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop every process of the stack (nothing stored is deleted)."""
+    from pipelines.stack import supervisor
+
+    stopped = supervisor.down(_settings())
+    console.print(f"stack stopped ({stopped} processes)" if stopped else "the stack was not running")
+
+
+@stack_app.command("status")
+def stack_status() -> None:
+    """Each service's health, URL and the stack's memory; exits 1 unless all are healthy."""
+    from pipelines.stack import supervisor
+
+    result = supervisor.status(_settings())
+    if not result.running:
+        console.print("the stack is not running (`mlctl stack up` starts it)")
+        raise typer.Exit(code=1)
+    console.print(stack_table(result))
+    if not result.healthy:
+        raise typer.Exit(code=1)
 
 
 @app.command()

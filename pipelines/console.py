@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from pipelines.stack.supervisor import StackStatus
 
 
 def progress_bar(out: Console) -> Progress:
@@ -20,4 +25,15 @@ def runs_table(title: str, rows: list[tuple[str, str]]) -> Table:
     for day, state in rows:
         colour = {"success": "green", "failed": "red"}.get(state, "yellow")
         table.add_row(day, f"[{colour}]{state}[/{colour}]")
+    return table
+
+
+def stack_table(status: StackStatus) -> Table:
+    table = Table(title=f"stack (pid {status.pid}, {status.memory_mb:.0f} MB resident, logs in {status.logs})")
+    table.add_column("service")
+    table.add_column("health")
+    table.add_column("url")
+    for service in status.services:
+        health = "[green]healthy[/green]" if service.healthy else f"[red]{service.detail}[/red]"
+        table.add_row(service.name, health, service.url)
     return table

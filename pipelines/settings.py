@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     airflow_username: str = "engineer"
     airflow_password: SecretStr = SecretStr("")
     airflow_parallelism: int = 4
+    airflow_catchup: bool = Field(
+        default=True, description="Scheduler runs every missed day since start_date (False: only the newest)."
+    )
     airflow_users: str = Field(
         default="engineer:admin,alice:op,bob:op,carol:op",
         description="SimpleAuthManager users as name:role; reviewers named in model specs need a login here.",
@@ -47,7 +50,7 @@ class Settings(BaseSettings):
     # Feast
     feast_project: str = "storefront"
     feast_registry: str = Field(default="", description="Registry path (file) or SQLAlchemy URL (sql).")
-    feast_online_store: Literal["sqlite", "redis"] | None = Field(default=None, description="local: sqlite, stack: redis")
+    feast_online_store: Literal["sqlite", "redis"] | None = Field(default=None, description="sqlite or redis")
     feast_online_path: str = ""
     redis_url: str = "127.0.0.1:6379"
     feast_online_write_batch_size: int = 10_000

@@ -1,0 +1,164 @@
+"""The processes of the loopback stack, their command lines and environment, and how to tell each is healthy."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from pipelines.orchestration.airflow_env import airflow_environment
+from pipelines.settings import Settings
+from pipelines.stack.ports import host_port
+from pipelines.stack.resources import s3_credentials
+
+AIRFLOW_COMPONENTS = ("scheduler", "dag-processor", "triggerer")
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    argv: list[str]
+    url: str = ""
+
+    def procfile_line(self, logs: Path) -> str:
+        # Each service logs to its own file; honcho's own output only says who started and stopped.
+        return f"{self.name}: exec {shlex.join(self.argv)} >> {shlex.quote(str(logs / self.name))}.log 2>&1"
+
+
+@dataclass(frozen=True)
+class InternalPorts:
+    """Ports nobody outside the stack talks to, picked free at start-up (SeaweedFS internals, log servers)."""
+
+    weed: dict[str, int]
+    worker_log_server: int
+    trigger_log_server: int
+
+    @classmethod
+    def pick(cls, ports: list[int]) -> InternalPorts:
+        names = [
+            "master.port",
+            "master.port.grpc",
+            "volume.port",
+            "volume.port.grpc",
+            "filer.port",
+            "filer.port.grpc",
+            "s3.port.grpc",
+            "s3.port.iceberg",
+            "admin.port",
+            "admin.port.grpc",
+            "metricsPort",
+        ]
+        weed = dict(zip(names, ports, strict=False))
+        return cls(weed=weed, worker_log_server=ports[-2], trigger_log_server=ports[-1])
+
+    COUNT = 13
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+def services(settings: Settings, internal: InternalPorts) -> list[Service]:
+    """Every process of the stack, in start order."""
+    assert settings.stack_dir is not None
+    found: list[Service] = []
+    if settings.s3_endpoint_url:
+        host, port = host_port(settings.s3_endpoint_url, 8333)
+        weed = [
+            _bin("weed"),
+            "mini",
+            f"-dir={settings.stack_dir / 's3-data'}",
+            f"-ip={host}",
+            f"-ip.bind={host}",
+            f"-s3.port={port}",
+            f"-s3.config={settings.stack_dir / 's3-identities.json'}",
+            "-webdav=false",
+            "-admin.ui=false",
+            *(f"-{flag}={value}" for flag, value in internal.weed.items()),
+        ]
+        found.append(Service("s3", weed, settings.s3_endpoint_url))
+    host, port = host_port(settings.mlflow_tracking_uri, 5000)
+    mlflow = [
+        _bin("mlflow"),
+        "server",
+        "--backend-store-uri",
+        settings.mlflow_backend_store_uri,
+        "--artifacts-destination",
+        settings.mlflow_artifacts_destination,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    found.append(Service("mlflow", mlflow, settings.mlflow_tracking_uri))
+    host, port = host_port(settings.airflow_api_url, 8080)
+    found.append(
+        Service(
+            "api-server",
+            [_bin("airflow"), "api-server", "--host", host, "--port", str(port), "--workers", "1"],
+            settings.airflow_api_url,
+        )
+    )
+    found += [Service(name, [_bin("airflow"), name]) for name in AIRFLOW_COMPONENTS]
+    found.append(
+        Service("serving", [_bin("mlctl"), "serve"], f"http://{settings.serving_host}:{settings.serving_port}")
+    )
+    return found
+
+
+def environment(settings: Settings, internal: InternalPorts, stack_id: str) -> dict[str, str]:
+    """One environment for every process, so Airflow tasks, MLflow and serving agree on every store."""
+    key, secret = s3_credentials(settings)
+    env = {
+        **airflow_environment(settings),
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__API__BASE_URL": settings.airflow_api_url,
+        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(internal.worker_log_server),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(internal.trigger_log_server),
+        "AWS_ACCESS_KEY_ID": key,
+        "AWS_SECRET_ACCESS_KEY": secret,
+        "AWS_DEFAULT_REGION": settings.s3_region,
+        # The MLflow server alone reads and writes artifacts in S3 (clients go through it).
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "STOREFRONT_STACK_ID": stack_id,
+    }
+    if settings.s3_endpoint_url:
+        env["MLFLOW_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
+        env["AWS_ENDPOINT_URL_S3"] = settings.s3_endpoint_url
+    return env
+
+
+def _get(url: str, timeout: float = 3.0) -> httpx.Response | None:
+    try:
+        return httpx.get(url, timeout=timeout)
+    except httpx.HTTPError:
+        return None
+
+
+def health(settings: Settings) -> dict[str, str | None]:
+    """Each service's problem, or None when it is healthy."""
+    found: dict[str, str | None] = {}
+    if settings.s3_endpoint_url:
+        resp = _get(settings.s3_endpoint_url)
+        found["s3"] = None if resp is not None else f"no answer at {settings.s3_endpoint_url}"
+    resp = _get(f"{settings.mlflow_tracking_uri.rstrip('/')}/health")
+    found["mlflow"] = None if resp is not None and resp.status_code == 200 else "no answer at /health"
+    resp = _get(f"{settings.airflow_api_url.rstrip('/')}/api/v2/monitor/health")
+    if resp is None or resp.status_code != 200:
+        found["api-server"] = "no answer at /api/v2/monitor/health"
+        found.update({name: "unknown (api-server down)" for name in AIRFLOW_COMPONENTS})
+    else:
+        report = resp.json()
+        found["api-server"] = None if (report.get("metadatabase") or {}).get("status") == "healthy" else "no DB"
+        for name in AIRFLOW_COMPONENTS:
+            status = (report.get(name.replace("-", "_")) or {}).get("status")
+            found[name] = None if status == "healthy" else f"status {status or 'unknown'} (no recent heartbeat)"
+    resp = _get(f"http://{settings.serving_host}:{settings.serving_port}/health")
+    found["serving"] = None if resp is not None and resp.status_code < 500 else "no answer at /health"
+    return found

@@ -1,0 +1,258 @@
+"""``mlctl stack up | down | status``: the stack's processes under one honcho supervisor, in their own session.
+
+honcho stops every service when one dies, so the stack is either whole or visibly down. Each process inherits a
+``STOREFRONT_STACK_ID`` marker, which lets ``down`` find and stop anything that left the process group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipelines.orchestration.airflow_env import migrate_db
+from pipelines.settings import Settings
+from pipelines.stack import resources
+from pipelines.stack.ports import free_ports, host_port, port_is_free
+from pipelines.stack.resources import StackError
+from pipelines.stack.services import InternalPorts, environment, health, services
+
+STATE_FILE = "stack.json"
+
+
+@dataclass
+class ServiceStatus:
+    name: str
+    healthy: bool
+    detail: str
+    url: str = ""
+
+
+@dataclass
+class StackStatus:
+    running: bool
+    pid: int | None
+    services: list[ServiceStatus] = field(default_factory=list)
+    memory_mb: float = 0.0
+    logs: Path | None = None
+
+    @property
+    def healthy(self) -> bool:
+        return self.running and all(s.healthy for s in self.services)
+
+
+def _state_path(settings: Settings) -> Path:
+    assert settings.stack_dir is not None
+    return settings.stack_dir / STATE_FILE
+
+
+def _read_state(settings: Settings) -> dict | None:
+    path = _state_path(settings)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def _stack_pids(state: dict) -> list[int]:
+    """Live processes of the stack: in the supervisor's session, or carrying the stack's marker.
+
+    Both are needed: Airflow's task processes rewrite their command line over their environment
+    (setproctitle), and a server may start children in a session of their own.
+    """
+    marker = f"STOREFRONT_STACK_ID={state['stack_id']}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(") ", 1)[1].split()
+            if stat[0] == "Z":
+                continue
+            if int(stat[3]) == state["pid"] or marker in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def _rss_mb(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+def _published_ports(settings: Settings) -> dict[str, tuple[str, int]]:
+    ports = {
+        "mlflow": host_port(settings.mlflow_tracking_uri, 5000),
+        "api-server": host_port(settings.airflow_api_url, 8080),
+        "serving": (settings.serving_host, settings.serving_port),
+    }
+    if settings.s3_endpoint_url:
+        ports["s3"] = host_port(settings.s3_endpoint_url, 8333)
+    return ports
+
+
+def _preflight(settings: Settings) -> None:
+    taken = [f"{name} ({h}:{p})" for name, (h, p) in _published_ports(settings).items() if not port_is_free(h, p)]
+    if taken:
+        raise StackError(
+            f"port taken: {', '.join(taken)}; stop what listens there (`ss -ltnp`) or choose other ports in the "
+            "settings (STOREFRONT_S3_ENDPOINT_URL, STOREFRONT_MLFLOW_TRACKING_URI, STOREFRONT_AIRFLOW_API_URL, "
+            "STOREFRONT_SERVING_PORT)"
+        )
+    resources.s3_credentials(settings)
+    resources.check_redis(settings)
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def up(settings: Settings, timeout: float = 180.0, on_event: Callable[[str], None] = print) -> StackStatus:
+    """Start the stack and wait until every service is healthy; refuse clearly when it cannot."""
+    if settings.profile != "stack":
+        raise StackError("`mlctl stack up` needs the stack profile: set STOREFRONT_PROFILE=stack (see docs/stack.md)")
+    current = status(settings)
+    if current.running:
+        on_event(f"the stack is already running (pid {current.pid})")
+        return current
+    started = time.monotonic()
+    _preflight(settings)
+    created = resources.ensure_databases(settings)
+    on_event(f"PostgreSQL databases ready{' (created ' + ', '.join(created) + ')' if created else ''}")
+    migrate_db(settings)
+    on_event(f"Airflow metadata DB migrated ({time.monotonic() - started:.0f} s)")
+
+    assert settings.stack_dir is not None
+    logs = settings.stack_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    internal = InternalPorts.pick(free_ports(InternalPorts.COUNT))
+    stack_id = uuid.uuid4().hex
+    procs = services(settings, internal)
+    if settings.s3_endpoint_url:
+        resources.write_s3_identities(settings, settings.stack_dir / "s3-identities.json")
+    procfile = settings.stack_dir / "Procfile"
+    procfile.write_text("".join(p.procfile_line(logs) + "\n" for p in procs))
+    honcho = str(Path(sys.executable).with_name("honcho"))
+    with open(logs / "honcho.log", "ab") as sink:
+        proc = subprocess.Popen(
+            [honcho, "--no-colour", "start", "-f", str(procfile), "--env", os.devnull],
+            cwd=settings.stack_dir,
+            env={**os.environ, **environment(settings, internal, stack_id)},
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    state = {"pid": proc.pid, "stack_id": stack_id, "started_at": time.time(), "services": [p.name for p in procs]}
+    _state_path(settings).write_text(json.dumps(state))
+    on_event(f"started {len(procs)} services under honcho (pid {proc.pid}); logs in {logs}")
+
+    pending = {p.name for p in procs}
+    buckets_ready = not settings.s3_endpoint_url
+    deadline = time.monotonic() + timeout
+    problems: dict[str, str | None] = {}
+    while pending:
+        if proc.poll() is not None:
+            dead = _first_dead_service(logs / "honcho.log") or "a service"
+            down(settings)
+            raise StackError(
+                f"{dead} exited during start-up; its log ({logs / dead}.log) ends with:\n{_tail(logs / f'{dead}.log')}"
+            )
+        if time.monotonic() > deadline:
+            down(settings)
+            details = "; ".join(f"{name}: {problems.get(name)}" for name in sorted(pending))
+            raise StackError(f"not healthy after {timeout:.0f} s: {details}; logs in {logs}")
+        problems = health(settings)
+        if not buckets_ready and problems.get("s3") is None:
+            made = resources.ensure_buckets(settings)
+            on_event(f"S3 buckets ready{' (created ' + ', '.join(made) + ')' if made else ''}")
+            buckets_ready = True
+        for name in sorted(pending):
+            if problems.get(name) is None:
+                pending.discard(name)
+                on_event(f"{name} healthy after {time.monotonic() - started:.0f} s")
+        time.sleep(0.5)
+    result = status(settings)
+    on_event(f"stack up in {time.monotonic() - started:.0f} s, {result.memory_mb:.0f} MB resident")
+    return result
+
+
+def _first_dead_service(honcho_log: Path) -> str | None:
+    """The service honcho saw exit first (its lines read ``HH:MM:SS name.1 | ... exited``)."""
+    for line in _tail(honcho_log, 200).splitlines():
+        if "exited with code" in line or "stopped (rc=" in line:
+            name = line.split()[1].split(".")[0] if len(line.split()) > 1 else ""
+            if name and name != "system":
+                return name
+    return None
+
+
+def _kill(pid: int, sig: signal.Signals, group: bool = False) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        (os.killpg if group else os.kill)(pid, sig)
+
+
+def down(settings: Settings, grace: float = 30.0) -> int:
+    """Stop every process of the stack (TERM, then KILL after ``grace`` s); return how many were running."""
+    state = _read_state(settings)
+    if state is None:
+        return 0
+    pid = state["pid"]
+    pids = set(_stack_pids(state))
+    _kill(pid, signal.SIGTERM, group=True)
+    for other in pids - {pid}:  # those outside the process group
+        _kill(other, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and _stack_pids(state):
+        time.sleep(0.3)
+    for leftover in _stack_pids(state):
+        _kill(leftover, signal.SIGKILL)
+    _kill(pid, signal.SIGKILL, group=True)
+    _state_path(settings).unlink(missing_ok=True)
+    return len(pids)
+
+
+def status(settings: Settings) -> StackStatus:
+    """Whether the stack runs, each service's health and the stack's resident memory."""
+    state = _read_state(settings)
+    assert settings.stack_dir is not None
+    logs = settings.stack_dir / "logs"
+    if state is None or not _alive(state["pid"]):
+        return StackStatus(running=False, pid=None, logs=logs)
+    problems = health(settings)
+    urls = {p.name: p.url for p in services(settings, InternalPorts.pick([0] * InternalPorts.COUNT))}
+    found = [
+        ServiceStatus(name, problems.get(name) is None, problems.get(name) or "healthy", urls.get(name, ""))
+        for name in state["services"]
+    ]
+    memory = _rss_mb(_stack_pids(state))
+    return StackStatus(running=True, pid=state["pid"], services=found, memory_mb=memory, logs=logs)
