@@ -4,7 +4,7 @@ UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 export MLFLOW_UV_AUTO_DETECT := false
 export GIT_PYTHON_REFRESH := quiet
 
-.PHONY: install demo test test-unit lint bench clean
+.PHONY: install demo test test-integration lint bench clean
 
 $(UV):
 	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
@@ -18,10 +18,16 @@ install: .venv/.synced
 demo: install
 	$(UV) run --frozen --no-sync mlctl demo
 
-# Two pytest processes: Airflow configures itself once per process, so its tests get their own.
+# Three pytest processes: Airflow configures itself once per process, so its in-process tests get their own;
+# the integration tests bring up the real stack (PostgreSQL, Redis, S3, MLflow server, Airflow) and also run
+# alone with `make test-integration`.
 test: install
-	$(UV) run --frozen --no-sync pytest -q -p no:cacheprovider -m "not airflow"
+	$(UV) run --frozen --no-sync pytest -q -p no:cacheprovider -m "not airflow and not integration"
 	$(UV) run --frozen --no-sync pytest -q -p no:cacheprovider -m airflow
+	$(UV) run --frozen --no-sync pytest -q -p no:cacheprovider -m integration
+
+test-integration: install
+	$(UV) run --frozen --no-sync pytest -q -p no:cacheprovider -m integration
 
 lint: install
 	$(UV) run --frozen --no-sync ruff check pipelines dags tests bench

@@ -54,7 +54,7 @@ def _state_path(settings: Settings) -> Path:
     return settings.stack_dir / STATE_FILE
 
 
-def _read_state(settings: Settings) -> dict | None:
+def read_state(settings: Settings) -> dict | None:
     path = _state_path(settings)
     return json.loads(path.read_text()) if path.exists() else None
 
@@ -72,7 +72,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _stack_pids(state: dict) -> list[int]:
+def stack_pids(state: dict) -> list[int]:
     """Live processes of the stack: in the supervisor's session, or carrying the stack's marker.
 
     Both are needed: Airflow's task processes rewrite their command line over their environment
@@ -223,18 +223,18 @@ def _kill(pid: int, sig: signal.Signals, group: bool = False) -> None:
 
 def down(settings: Settings, grace: float = 30.0) -> int:
     """Stop every process of the stack (TERM, then KILL after ``grace`` s); return how many were running."""
-    state = _read_state(settings)
+    state = read_state(settings)
     if state is None:
         return 0
     pid = state["pid"]
-    pids = set(_stack_pids(state))
+    pids = set(stack_pids(state))
     _kill(pid, signal.SIGTERM, group=True)
     for other in pids - {pid}:  # those outside the process group
         _kill(other, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _stack_pids(state):
+    while time.monotonic() < deadline and stack_pids(state):
         time.sleep(0.3)
-    for leftover in _stack_pids(state):
+    for leftover in stack_pids(state):
         _kill(leftover, signal.SIGKILL)
     _kill(pid, signal.SIGKILL, group=True)
     _state_path(settings).unlink(missing_ok=True)
@@ -243,7 +243,7 @@ def down(settings: Settings, grace: float = 30.0) -> int:
 
 def status(settings: Settings) -> StackStatus:
     """Whether the stack runs, each service's health and the stack's resident memory."""
-    state = _read_state(settings)
+    state = read_state(settings)
     assert settings.stack_dir is not None
     logs = settings.stack_dir / "logs"
     if state is None or not _alive(state["pid"]):
@@ -254,5 +254,5 @@ def status(settings: Settings) -> StackStatus:
         ServiceStatus(name, problems.get(name) is None, problems.get(name) or "healthy", urls.get(name, ""))
         for name in state["services"]
     ]
-    memory = _rss_mb(_stack_pids(state))
+    memory = _rss_mb(stack_pids(state))
     return StackStatus(running=True, pid=state["pid"], services=found, memory_mb=memory, logs=logs)
