@@ -128,6 +128,32 @@ def _answer(model: str, version: str, reviewer: str, comment: str, option: str) 
 
 
 @app.command()
+def approvals(
+    reviewer: Annotated[str | None, typer.Option("--as", help="Log in as this user (default: the engineer)")] = None,
+) -> None:
+    """Candidates waiting for a reviewer (Airflow's "Required Actions"), with the command that answers each."""
+    from rich.table import Table
+
+    from pipelines.orchestration.airflow_client import AirflowAPIError, AirflowClient
+
+    try:
+        pending = AirflowClient(_settings(), username=reviewer).pending_approvals()
+    except AirflowAPIError as exc:
+        _fail(str(exc))
+    if not pending:
+        console.print("no approval request is waiting")
+        return
+    table = Table(title="waiting for a reviewer")
+    for column in ("model", "version", "run", "reviewers", "answer with"):
+        table.add_column(column)
+    for p in pending:
+        model, version = p.field("model") or "?", p.field("version") or "?"
+        command = f"mlctl approve {model} {version} --as NAME --comment ..."
+        table.add_row(model, version, f"{p.dag_id} / {p.run_id}", ", ".join(p.assigned_users), command)
+    console.print(table)
+
+
+@app.command()
 def approve(
     model: str,
     version: str,
