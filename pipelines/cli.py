@@ -42,10 +42,18 @@ def run(
     settings = _settings()
     day = runs.as_date(date)
     if settings.airflow_api_url:
-        from pipelines.orchestration.airflow_client import AirflowClient
+        from pipelines.orchestration.airflow_client import AirflowAPIError, AirflowClient
 
-        with console.status(f"{dag_id} {day}: triggered, waiting for the scheduler"):
-            outcome = runs.trigger_and_follow(AirflowClient(settings), dag_id, day)
+        try:
+            with console.status(f"{dag_id} {day}: triggered, waiting for the scheduler") as spinner:
+                outcome = runs.trigger_and_follow(
+                    AirflowClient(settings),
+                    dag_id,
+                    day,
+                    on_poll=lambda r: spinner.update(f"{dag_id} {day}: {r['state']} ({r['dag_run_id']})"),
+                )
+        except AirflowAPIError as exc:
+            _fail(str(exc))
     else:
         console.print(f"running {dag_id} for {day} in-process (local profile)")
         outcome = runs.run_in_process(settings, dag_id, [day])[0]
@@ -70,7 +78,12 @@ def backfill(
     except ValueError as exc:
         _fail(str(exc))
     if settings.airflow_api_url:
-        rows = _backfill_on_stack(settings, dag, days, rerun)
+        from pipelines.orchestration.airflow_client import AirflowAPIError
+
+        try:
+            rows = _backfill_on_stack(settings, dag, days, rerun)
+        except AirflowAPIError as exc:
+            _fail(str(exc))
     else:
         logfile = settings.home / "logs" / f"{dag}.log"
         with progress_bar(console) as progress:

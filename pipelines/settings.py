@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     airflow_username: str = "engineer"
     airflow_password: SecretStr = SecretStr("")
     airflow_parallelism: int = 4
+    airflow_remote_log_folder: str = Field(default="", description="Task logs in object storage (stack: S3).")
     airflow_catchup: bool = Field(
         default=True, description="Scheduler runs every missed day since start_date (False: only the newest)."
     )
@@ -105,6 +106,9 @@ class Settings(BaseSettings):
         self.airflow_home = self.airflow_home or self.home / "airflow"
         self.airflow_db_uri = self.airflow_db_uri or f"{pg}/storefront_airflow"
         self.airflow_api_url = self.airflow_api_url or "http://127.0.0.1:8080"
+        if not self.airflow_remote_log_folder and self.lake_is_s3:
+            bucket = self.lake_uri.removeprefix("s3://").split("/")[0]
+            self.airflow_remote_log_folder = f"s3://{bucket}/airflow-logs"
         self.mlflow_tracking_uri = self.mlflow_tracking_uri or "http://127.0.0.1:5000"
         # Clients send artifacts through the tracking server, which alone holds the S3 credentials it needs.
         self.mlflow_artifact_root = self.mlflow_artifact_root or "mlflow-artifacts:/"

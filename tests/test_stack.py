@@ -111,6 +111,18 @@ def test_backfill_runs_through_the_scheduler(world: StackWorld) -> None:
     assert len(online) == 3 and online.drop(columns="user_id").notna().all().all()
 
 
+def test_running_a_done_day_again_reruns_it(world: StackWorld) -> None:
+    day = DAYS[6]
+    result = world.mlctl("run", "daily_features", "--date", str(day))
+    assert result.returncode == 0, result.stdout + result.stderr
+    from pipelines.orchestration.airflow_client import AirflowClient
+
+    runs = AirflowClient(world.settings).runs_between("daily_features", f"{day}T00:00:00Z", f"{day}T00:00:00Z")
+    assert len(runs) == 1 and runs[0]["state"] == "success"
+    tries = AirflowClient(world.settings).task_instances("daily_features", runs[0]["dag_run_id"])
+    assert {t["task_id"]: t["try_number"] for t in tries}["materialize"] == 2
+
+
 def test_training_approval_and_serving(world: StackWorld) -> None:
     log = world.workdir.parent / "train.log"
     proc = world.popen_mlctl("run", f"train_{MODEL}", "--date", str(LAST), log=log)
@@ -154,3 +166,6 @@ def test_runs_write_nothing_locally(world: StackWorld) -> None:
     """Lake, MLflow and Feast live in S3, PostgreSQL and Redis: only service state (logs, pids) is local."""
     assert list(world.workdir.iterdir()) == []
     assert sorted(p.name for p in world.settings.home.iterdir()) == ["airflow", "stack"]
+    # Task logs went to S3 when each task ended; the local copies are gone.
+    assert _keys(world.settings, "airflow-logs/dag_id=daily_features/")
+    assert not [p for p in (world.settings.home / "airflow").rglob("*.log") if "dag_id=" in str(p)]

@@ -22,6 +22,10 @@ from pipelines.settings import Settings
 class AirflowAPIError(RuntimeError):
     """Airflow's API refused a request; the message carries its status and detail."""
 
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
 
 @dataclass
 class PendingApproval:
@@ -96,7 +100,7 @@ class AirflowClient:
                 detail = resp.json().get("detail", resp.text)
             except ValueError:
                 detail = resp.text
-            raise AirflowAPIError(f"{method} /api/v2{path} -> {resp.status_code}: {detail}")
+            raise AirflowAPIError(f"{method} /api/v2{path} -> {resp.status_code}: {detail}", resp.status_code)
         return resp.json() if resp.content else None
 
     # -- runs ----------------------------------------------------------------------------------------
@@ -110,6 +114,11 @@ class AirflowClient:
     def trigger(self, dag_id: str, logical_date: str, conf: dict | None = None) -> dict:
         body = {"logical_date": logical_date, "conf": conf or {}}
         return self.request("POST", f"/dags/{dag_id}/dagRuns", json=body)
+
+    def clear(self, dag_id: str, run_id: str) -> dict:
+        """Clear every task of a run so the scheduler runs it again."""
+        path = f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/clear"
+        return self.request("POST", path, json={"dry_run": False})
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
         path = f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances"

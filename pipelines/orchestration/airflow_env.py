@@ -44,6 +44,28 @@ def _ensure_passwords(path: Path, users: str) -> None:
     tmp.replace(path)
 
 
+REMOTE_LOG_CONN_ID = "storefront_logs"
+
+
+def _remote_logging(settings: Settings) -> dict[str, str]:
+    """Task logs uploaded to S3 when each task ends (local copies deleted); the UI reads them from there.
+
+    The connection carries only the endpoint and region: boto3 takes the credentials from the environment.
+    """
+    if not settings.airflow_remote_log_folder:
+        return {}
+    extra = {"region_name": settings.s3_region}
+    if settings.s3_endpoint_url:
+        extra["endpoint_url"] = settings.s3_endpoint_url
+    return {
+        "AIRFLOW__LOGGING__REMOTE_LOGGING": "True",
+        "AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER": settings.airflow_remote_log_folder,
+        "AIRFLOW__LOGGING__REMOTE_LOG_CONN_ID": REMOTE_LOG_CONN_ID,
+        "AIRFLOW__LOGGING__DELETE_LOCAL_LOGS": "True",
+        f"AIRFLOW_CONN_{REMOTE_LOG_CONN_ID.upper()}": json.dumps({"conn_type": "aws", "extra": extra}),
+    }
+
+
 def airflow_environment(settings: Settings) -> dict[str, str]:
     """Environment variables that point Airflow at this profile's metadata DB, DAGs and users."""
     assert settings.airflow_home is not None
@@ -69,6 +91,7 @@ def airflow_environment(settings: Settings) -> dict[str, str]:
         "GIT_PYTHON_REFRESH": "quiet",
     }
     _ensure_passwords(home / "passwords.json", settings.airflow_users)
+    env.update(_remote_logging(settings))
     if settings.airflow_api_url:
         env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = settings.airflow_api_url.rstrip("/") + "/execution/"
     return env

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.lake import as_date, date_range
-from pipelines.orchestration.airflow_client import AirflowClient
+from pipelines.orchestration.airflow_client import AirflowAPIError, AirflowClient
 from pipelines.orchestration.airflow_env import configure_airflow, migrate_db
 from pipelines.settings import Settings
 
@@ -129,8 +129,24 @@ def trigger_and_follow(
     poll_seconds: float = 2.0,
     on_poll: Callable[[dict], None] | None = None,
 ) -> RunOutcome:
-    """Trigger one run through the REST API and wait until it finishes (stack profile)."""
-    run = client.trigger(dag_id, logical_datetime(day).isoformat())
+    """Trigger one run through the REST API and wait until it finishes (stack profile).
+
+    When the date already has a run (scheduled, backfilled or triggered before), that run is cleared and runs
+    again, as on the local profile: one run per logical date, never a duplicate.
+    """
+    logical = logical_datetime(day).isoformat()
+    try:
+        run = client.trigger(dag_id, logical)
+    except AirflowAPIError as exc:
+        if exc.status != 409:
+            raise
+        existing = client.runs_between(dag_id, logical, logical)
+        if not existing:
+            raise
+        run = existing[0]
+        if run["state"] in FINISHED:
+            client.clear(dag_id, run["dag_run_id"])
+            run = client.dag_run(dag_id, run["dag_run_id"])
     while run["state"] not in FINISHED:
         time.sleep(poll_seconds)
         run = client.dag_run(dag_id, run["dag_run_id"])

@@ -123,8 +123,8 @@ def s3_client(settings: Settings):
 
 
 def buckets(settings: Settings) -> list[str]:
-    """The buckets the profile writes to: the lake's and the MLflow server's artifact destination."""
-    uris = [settings.lake_uri, settings.mlflow_artifacts_destination]
+    """The buckets the profile writes to: the lake's, the MLflow server's artifacts' and Airflow's task logs'."""
+    uris = [settings.lake_uri, settings.mlflow_artifacts_destination, settings.airflow_remote_log_folder]
     return sorted({urlparse(uri).netloc for uri in uris if uri.startswith("s3://")})
 
 

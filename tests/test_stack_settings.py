@@ -1,0 +1,66 @@
+"""The stack profile's configuration: loopback defaults, AWS, the env file, the services' command lines."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from pipelines.orchestration.airflow_env import airflow_environment
+from pipelines.settings import Settings, get_settings
+from pipelines.stack.envfile import write_env_file
+from pipelines.stack.resources import StackError, buckets, s3_credentials
+from pipelines.stack.services import InternalPorts, services
+
+
+def test_stack_profile_points_every_store_at_a_service(tmp_path: Path) -> None:
+    settings = get_settings(profile="stack", home=tmp_path)
+    assert settings.lake_uri == "s3://storefront/lake" and settings.s3_endpoint_url == "http://127.0.0.1:8333"
+    assert settings.airflow_db_uri.endswith("/storefront_airflow")
+    assert settings.mlflow_backend_store_uri.endswith("/storefront_mlflow")
+    assert settings.feast_registry.endswith("/storefront_feast") and settings.feast_online_store == "redis"
+    assert settings.mlflow_tracking_uri.startswith("http://") and settings.mlflow_artifact_root == "mlflow-artifacts:/"
+    assert buckets(settings) == ["storefront"]
+    assert get_settings(home=tmp_path).feast_online_store == "sqlite"
+
+
+def test_an_empty_endpoint_means_aws(tmp_path: Path) -> None:
+    settings = get_settings(profile="stack", home=tmp_path, s3_endpoint_url="", lake_uri="s3://team-lake/prod")
+    assert settings.storage_options.get("endpoint_url") is None
+    names = [s.name for s in services(settings, InternalPorts.pick([0] * InternalPorts.COUNT))]
+    assert "s3" not in names and names[0] == "mlflow"
+    assert settings.airflow_remote_log_folder == "s3://team-lake/airflow-logs"
+    assert buckets(settings) == ["storefront", "team-lake"]
+
+
+def test_task_logs_go_to_s3_with_no_secret_in_the_connection(tmp_path: Path) -> None:
+    settings = Settings(profile="stack", home=tmp_path, AWS_ACCESS_KEY_ID="AKID", AWS_SECRET_ACCESS_KEY="s3cr3t")
+    env = airflow_environment(settings)
+    assert env["AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER"] == "s3://storefront/airflow-logs"
+    connection = json.loads(env["AIRFLOW_CONN_STOREFRONT_LOGS"])
+    assert connection["extra"]["endpoint_url"] == "http://127.0.0.1:8333"
+    assert "s3cr3t" not in json.dumps(env)
+
+
+def test_s3_credentials_come_only_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    with pytest.raises(StackError, match="AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"):
+        s3_credentials(get_settings(profile="stack", home=tmp_path))
+
+
+def test_init_writes_a_private_env_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_env_file(tmp_path / ".env")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    text = path.read_text()
+    assert "STOREFRONT_PROFILE=stack" in text and "AWS_SECRET_ACCESS_KEY=" in text
+    with pytest.raises(FileExistsError, match="exists"):
+        write_env_file(tmp_path / ".env")
+    # The settings read it from the working directory.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    settings = get_settings(home=tmp_path / ".storefront")
+    assert settings.profile == "stack" and settings.aws_secret_access_key is not None
+    assert s3_credentials(settings)[1] in text
