@@ -226,6 +226,21 @@ def stack_init(path: Annotated[str, typer.Option(help="Env file to write")] = ".
     console.print(f"wrote {written}: the stack profile with new S3 credentials; next: `mlctl stack up`")
 
 
+@stack_app.command("bootstrap")
+def stack_bootstrap() -> None:
+    """Create the PostgreSQL databases and S3 buckets of the settings if missing (for compose, Helm, your own)."""
+    from pipelines.stack import resources
+
+    settings = _settings()
+    try:
+        databases = resources.ensure_databases(settings)
+        buckets = resources.ensure_buckets(settings)
+    except resources.StackError as exc:
+        _fail(str(exc))
+    console.print(f"databases created: {', '.join(databases) or 'none (all there)'}")
+    console.print(f"buckets created: {', '.join(buckets) or 'none (all there)'}")
+
+
 @stack_app.command("up")
 def stack_up(timeout: Annotated[float, typer.Option(help="Seconds to wait for health")] = 180.0) -> None:
     """Start S3, MLflow, Airflow (api-server, scheduler, dag-processor, triggerer) and serving; wait for health."""

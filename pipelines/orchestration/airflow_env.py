@@ -33,6 +33,7 @@ def _jwt_secret(home: Path) -> str:
 def _ensure_passwords(path: Path, users: str) -> None:
     """Give every configured user a password in the SimpleAuthManager file (0600), so Airflow never prints one."""
 
+    path.parent.mkdir(parents=True, exist_ok=True)
     passwords = json.loads(path.read_text()) if path.exists() else {}
     missing = [u.split(":")[0] for u in users.split(",") if u and u.split(":")[0] not in passwords]
     if not missing:
