@@ -14,6 +14,9 @@ from pipelines.specs import ModelSpec, WindowSpec, load_spec
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
+# A developer's own .env (e.g. from `mlctl stack init` in the repository root) must not reach the tests.
+Settings.model_config["env_file"] = None
+
 
 def service_unavailable(name: str, reason: str) -> None:
     """Skip a test that needs a service, except on CI where a missing service is a failure."""

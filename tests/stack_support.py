@@ -78,9 +78,14 @@ def stack_settings(root: Path) -> tuple[Settings, dict[str, str]]:
     models.mkdir(parents=True, exist_ok=True)
     (models / "purchase_intent.yaml").write_text(yaml.safe_dump(stack_spec()))
     credentials = {"AWS_ACCESS_KEY_ID": f"SF{suffix.upper()}", "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(24)}
+    # Every location explicit: nothing may come from an environment another test left behind.
     settings = Settings(
         profile="stack",
         home=root / "home",
+        stack_dir=root / "home" / "stack",
+        airflow_home=root / "home" / "airflow",
+        airflow_remote_log_folder=f"s3://sf-{suffix}/airflow-logs",
+        mlflow_artifact_root="mlflow-artifacts:/",
         postgres_url=POSTGRES,
         airflow_db_uri=f"{POSTGRES}/sf_{suffix}_airflow",
         mlflow_backend_store_uri=f"{POSTGRES}/sf_{suffix}_mlflow",

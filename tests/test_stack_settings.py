@@ -57,7 +57,8 @@ def test_init_writes_a_private_env_file_once(tmp_path: Path, monkeypatch: pytest
     assert "STOREFRONT_PROFILE=stack" in text and "AWS_SECRET_ACCESS_KEY=" in text
     with pytest.raises(FileExistsError, match="exists"):
         write_env_file(tmp_path / ".env")
-    # The settings read it from the working directory.
+    # The settings read it from the working directory (conftest turns that off for every other test).
+    monkeypatch.setitem(Settings.model_config, "env_file", ".env")
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)

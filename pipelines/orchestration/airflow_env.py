@@ -49,9 +49,11 @@ REMOTE_LOG_CONN_ID = "storefront_logs"
 
 
 def _remote_logging(settings: Settings) -> dict[str, str]:
-    """Task logs uploaded to S3 when each task ends (local copies deleted); the UI reads them from there.
+    """Task logs uploaded to S3 when each task ends (the local copy is then emptied); the UI reads them from S3.
 
-    The connection carries only the endpoint and region: boto3 takes the credentials from the environment.
+    Not ``delete_local_logs``: the S3 handler deletes the log file's whole directory, which must not be trusted
+    with a directory layout we do not control. The connection carries only the endpoint and region: boto3 takes
+    the credentials from the environment.
     """
     if not settings.airflow_remote_log_folder:
         return {}
@@ -62,7 +64,6 @@ def _remote_logging(settings: Settings) -> dict[str, str]:
         "AIRFLOW__LOGGING__REMOTE_LOGGING": "True",
         "AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER": settings.airflow_remote_log_folder,
         "AIRFLOW__LOGGING__REMOTE_LOG_CONN_ID": REMOTE_LOG_CONN_ID,
-        "AIRFLOW__LOGGING__DELETE_LOCAL_LOGS": "True",
         f"AIRFLOW_CONN_{REMOTE_LOG_CONN_ID.upper()}": json.dumps({"conn_type": "aws", "extra": extra}),
     }
 
@@ -98,26 +99,30 @@ def airflow_environment(settings: Settings) -> dict[str, str]:
     return env
 
 
-def configure_airflow(settings: Settings) -> dict[str, str]:
-    """Export Airflow's environment into this process (before ``import airflow``) and return it."""
-    env = airflow_environment(settings)
+def _make_dirs(settings: Settings, env: dict[str, str]) -> None:
     Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
     if settings.airflow_db_uri.startswith("sqlite:///"):
         Path(settings.airflow_db_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+
+
+def configure_airflow(settings: Settings) -> dict[str, str]:
+    """Export Airflow's environment into this process (before ``import airflow``) and return it."""
+    env = airflow_environment(settings)
+    _make_dirs(settings, env)
     os.environ.update(env)
     return env
 
 
 def airflow_cli(settings: Settings, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run the ``airflow`` CLI of this environment with this profile's configuration."""
+    """Run the ``airflow`` CLI of this environment with this profile's configuration (this process is untouched)."""
     env = {**os.environ, **airflow_environment(settings)}
+    _make_dirs(settings, env)
     airflow = Path(sys.executable).with_name("airflow")
     return subprocess.run([str(airflow), *args], env=env, check=check, capture_output=True, text=True)
 
 
 def migrate_db(settings: Settings) -> None:
     """Create or upgrade the Airflow metadata DB (idempotent, ~4 s on SQLite)."""
-    configure_airflow(settings)
     result = airflow_cli(settings, "db", "migrate", check=False)
     if result.returncode != 0:
         raise RuntimeError(f"airflow db migrate failed for {settings.airflow_db_uri}:\n{result.stderr[-2000:]}")
