@@ -4,7 +4,7 @@ UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 export MLFLOW_UV_AUTO_DETECT := false
 export GIT_PYTHON_REFRESH := quiet
 
-.PHONY: install demo test test-integration lint bench clean
+.PHONY: install demo test test-integration lint bench figures clean
 
 $(UV):
 	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
@@ -36,6 +36,10 @@ lint: install
 bench: install
 	$(UV) run --frozen --no-sync python -m bench.bench_simulator
 	$(UV) run --frozen --no-sync python -m bench.bench_features
+
+# The figures of docs/data.md, redrawn from the simulator.
+figures: install
+	$(UV) run --frozen --no-sync python -m pipelines.data.figures docs/figures
 
 clean:
 	rm -rf .storefront
