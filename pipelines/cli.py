@@ -210,6 +210,47 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
         console.print(runs_table(dag_id, [(r["logical_date"], r["state"]) for r in dag_runs]))
 
 
+@app.command()
+def ingest(
+    source: Annotated[Path, typer.Option("--source", help="The file to land (CSV, CSV.gz or parquet)")],
+    mapping: Annotated[Path, typer.Option("--mapping", help="YAML mapping onto canonical tables (mappings/)")],
+    table: Annotated[str, typer.Option("--table", help="Canonical table: events or orders")] = "events",
+) -> None:
+    """Land a real file as daily partitions of the lake (each day in the file replaces that day's partition)."""
+    from rich.table import Table
+
+    from pipelines.data.adapters import IngestError
+    from pipelines.data.ingest import ingest as run_ingest
+
+    stages = {"read": "reading", "map": "mapping and checking", "write": "writing partitions"}
+    try:
+        with progress_bar(console) as progress:
+            bars: dict[str, int] = {}
+
+            def on_progress(stage: str, done: int, total: int) -> None:
+                if stage not in bars:
+                    bars[stage] = progress.add_task(f"{stages.get(stage, stage)} {source.name}", total=total)
+                progress.update(bars[stage], completed=done, total=total)
+
+            report = run_ingest(_settings(), source, mapping, table, on_progress=on_progress)
+    except IngestError as exc:
+        _fail(f"{exc}\nnothing was written to the lake")
+    days = Table(title=f"{source} -> lake ({report.rows_written} of {report.rows_read} rows)")
+    for column in ("table", "day", "rows", "partition"):
+        days.add_column(column)
+    for name, per_day in report.days.items():
+        for day, rows in per_day.items():
+            replaced = " (replaced)" if day in report.replaced[name] else ""
+            days.add_row(name, f"{day}{replaced}", str(rows), report.uris[name][day])
+    console.print(days)
+    for note in report.notes:
+        console.print(f"note: {note}")
+    for drop in report.drops[:20]:
+        console.print(f"[yellow]dropped[/yellow] line {drop.line}: {drop.reason}")
+    if len(report.drops) > 20:
+        console.print(f"[yellow]dropped[/yellow] {len(report.drops) - 20} more lines (see IngestReport.drops)")
+
+
 stack_app = typer.Typer(help="The loopback stack of the stack profile (docs/stack.md).", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
 

@@ -1,0 +1,170 @@
+"""Ingest: real files land as daily partitions; reruns are byte-identical; the REES46 sample runs through
+validation, features and the online store."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from pipelines.data import schemas
+from pipelines.data.adapters import MappingError
+from pipelines.data.ingest import ingest
+from pipelines.lake import Lake
+from pipelines.settings import PROJECT_ROOT, Settings
+from tests.conftest import SHARED_DATA
+
+MAPPINGS = PROJECT_ROOT / "mappings"
+DATA = Path(__file__).parent / "data"
+REES46 = SHARED_DATA / "rees46_sample.csv"
+OCT1 = dt.date(2019, 10, 1)
+
+
+def _digest(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_rees46_sample_lands_as_one_day_with_its_drops_reported(settings: Settings, lake: Lake):
+    report = ingest(settings, REES46, MAPPINGS / "rees46.yaml", "events")
+
+    assert report.days == {"events": {OCT1: 17_429}}
+    assert report.rows_read == 17_435 and report.rows_written == 17_429
+    assert report.drops[-1].line == 17_436 and "truncated last line" in report.drops[-1].reason
+    assert lake.partitions("events") == [OCT1]
+    day = lake.read("events", OCT1)
+    assert list(day.columns) == schemas.EVENTS.names and len(day) == 17_429
+    assert day["event_time"].is_monotonic_increasing
+    lineage = lake.read_json("ingest/events/ds=2019-10-01/lineage.json")
+    assert lineage["rows"] == 17_429 and len(lineage["sha256"]) == 64
+
+
+def test_reingesting_the_same_file_replaces_the_day_with_identical_bytes(settings: Settings, lake: Lake):
+    first = ingest(settings, REES46, MAPPINGS / "rees46.yaml", "events")
+    before = _digest(first.uris["events"][OCT1])
+
+    again = ingest(settings, REES46, MAPPINGS / "rees46.yaml", "events")
+
+    assert again.replaced == {"events": [OCT1]}
+    assert _digest(again.uris["events"][OCT1]) == before
+    assert len(lake.read("events", OCT1)) == 17_429, "a rerun replaces the day, it never appends"
+
+
+def test_days_the_file_covers_are_replaced_and_other_days_are_left_alone(settings: Settings, lake: Lake):
+    ingest(settings, DATA / "taobao_style.csv", MAPPINGS / "taobao_style.yaml", "events")
+    day25, day26 = dt.date(2017, 11, 25), dt.date(2017, 11, 26)
+    untouched = _digest(lake.partition_uri("events", day25))
+    only_26 = [
+        line for line in (DATA / "taobao_style.csv").read_text().splitlines() if int(line.split(",")[-1]) >= 1511654400
+    ]
+    (settings.home / "day26.csv").write_text("\n".join(only_26[:3]) + "\n")
+
+    report = ingest(settings, settings.home / "day26.csv", MAPPINGS / "taobao_style.yaml", "events")
+
+    assert report.days == {"events": {day26: 3}} and report.replaced == {"events": [day26]}
+    assert len(lake.read("events", day26)) == 3
+    assert _digest(lake.partition_uri("events", day25)) == untouched
+
+
+def test_fraud_orders_land_with_their_labels_in_their_own_table(settings: Settings, lake: Lake):
+    report = ingest(settings, DATA / "fraud_ecommerce.csv", MAPPINGS / "fraud_ecommerce.yaml", "orders")
+
+    assert sum(report.days["orders"].values()) == 8
+    assert sum(report.days["order_labels"].values()) == 8
+    assert min(report.days["orders"]) == dt.date(2015, 3, 1)
+    assert min(report.days["order_labels"]) == dt.date(2015, 3, 31), "labels land on the day they arrive"
+    orders = lake.read_range("orders", "2015-03-01", "2015-03-05")
+    labels = lake.read_range("order_labels", "2015-03-31", "2015-04-04")
+    assert set(orders["order_id"]) == set(labels["order_id"])
+    assert "is_fraud" not in orders.columns
+
+
+def test_a_mapping_for_another_table_is_refused_before_reading(settings: Settings, lake: Lake):
+    with pytest.raises(MappingError, match="fills table.s. events, not orders"):
+        ingest(settings, REES46, MAPPINGS / "rees46.yaml", "orders")
+    assert lake.partitions("events") == []
+
+
+def test_progress_is_reported_for_reading_mapping_and_writing(settings: Settings):
+    seen: list[tuple[str, int, int]] = []
+    ingest(settings, REES46, MAPPINGS / "rees46.yaml", "events", on_progress=lambda *a: seen.append(a))
+
+    stages = [s for s, _, _ in seen]
+    assert stages.index("read") < stages.index("map") < stages.index("write")
+    assert seen[-1] == ("write", 1, 1)
+    reads = [(done, total) for s, done, total in seen if s == "read"]
+    assert reads[-1][0] == reads[-1][1] and len(reads) > 1
+
+
+def test_cli_prints_days_and_rows_and_fails_cleanly(settings: Settings, monkeypatch: pytest.MonkeyPatch):
+    from pipelines.cli import app
+
+    monkeypatch.setenv("STOREFRONT_HOME", str(settings.home))
+    runner = CliRunner()
+    ok = runner.invoke(app, ["ingest", "--source", str(REES46), "--mapping", str(MAPPINGS / "rees46.yaml")])
+    assert ok.exit_code == 0, ok.output
+    assert "2019-10-01" in ok.output and "17429" in ok.output
+    assert "line 17436" in ok.output and "truncated" in ok.output
+
+    bad = settings.home / "bad.csv"
+    bad.write_text(REES46.read_text().splitlines()[0] + "\nyesterday,view,1,2,,b,1.0,7,s\n")
+    failed = runner.invoke(app, ["ingest", "--source", str(bad), "--mapping", str(MAPPINGS / "rees46.yaml")])
+    assert failed.exit_code == 1
+    assert "bad.csv" in failed.output and "line 2" in failed.output and "event_time" in failed.output
+    assert "nothing was written" in failed.output
+
+
+def _users_and_follows_from_events(lake: Lake, ds: dt.date) -> None:
+    """A real event log has no users/follows tables: users are the ids seen (signed up at their first event),
+    with no follow graph. This is what the user features need to run on such a log."""
+    events = lake.read("events", ds, columns=["user_id", "event_time"])
+    first = events.groupby("user_id", as_index=False)["event_time"].min().rename(columns={"event_time": "signup_time"})
+    users = first.assign(country=None, age=pd.array([None] * len(first), dtype="Int32"), sex=None)
+    lake.write("users", ds, users, schema=schemas.USERS)
+    follows = pd.DataFrame({"follower_id": [], "followee_id": [], "created_at": pd.to_datetime([], utc=True)})
+    lake.write("follows", ds, follows, schema=schemas.FOLLOWS)
+
+
+def test_rees46_sample_runs_through_validation_features_and_the_online_store(settings: Settings, lake: Lake):
+    from pipelines.features.store import materialize_day, online_features
+    from pipelines.features.user_features import build_user_features, write_user_features
+    from pipelines.validation.quarantine import validate_partition
+
+    ingest(settings, REES46, MAPPINGS / "rees46.yaml", "events")
+    report = validate_partition(lake, "events", OCT1, settings.expectations_dir)
+    assert report.success
+    failed = {(c.expectation, c.column) for c in report.checks if not c.success}
+    assert failed <= {("expect_column_values_to_not_be_null", "merchant_id")}, failed  # warning: one store
+
+    _users_and_follows_from_events(lake, OCT1)
+    features = build_user_features(lake, OCT1)
+    events = lake.read("events", OCT1)
+    assert len(features) == events["user_id"].nunique()
+    write_user_features(lake, OCT1, features)
+    assert materialize_day(settings, OCT1) == len(features)
+
+    buyer = int(events.loc[events["event_type"] == "purchase", "user_id"].iloc[0])
+    online = online_features(settings, "purchase_intent", [buyer])
+    assert online.loc[0, "purchases_7d"] >= 1
+    assert online.loc[0, "views_1d"] == ((events["user_id"] == buyer) & (events["event_type"] == "view")).sum()
+
+
+def test_a_log_of_another_vocabulary_runs_through_ingest_and_validation(settings: Settings, lake: Lake):
+    from pipelines.validation.quarantine import ValidationFailed, validate_partition
+
+    report = ingest(settings, DATA / "taobao_style.csv", MAPPINGS / "taobao_style.yaml", "events")
+    assert report.days == {"events": {dt.date(2017, 11, 25): 15, dt.date(2017, 11, 26): 15}}
+    day = lake.read("events", dt.date(2017, 11, 25))
+    assert set(day["event_type"]) == {"view", "wishlist", "cart", "purchase"}
+
+    # The Taobao log has no prices; the events suite makes a null price critical, so the day is quarantined
+    # and the report names exactly that. (Reported to the lead: the contract for price-less logs is open.)
+    with pytest.raises(ValidationFailed) as failed:
+        validate_partition(lake, "events", dt.date(2017, 11, 25), settings.expectations_dir)
+    critical = {
+        (c.expectation, c.column) for c in failed.value.report.checks if not c.success and c.severity == "critical"
+    }
+    assert critical == {("expect_column_values_to_not_be_null", "price")}
