@@ -1,8 +1,15 @@
-"""Simulator benchmark: seconds per simulated day and per ground-truth day, and the learnability check.
+"""Simulator benchmark: 1,000,000 events against a raw numpy baseline, orders and fraud truth, seconds per simulated
+day and per ground-truth day, and the learnability check.
+
+The speed check simulates a world large enough for ~1M events a day (static world, count-level replay and rendered
+events, i.e. the EVENTS tables as extract writes them) until 1,000,000 events are made, and generates the same
+number of random rows of the same 10 columns with plain numpy in the same run: the ratio is the price of the
+generative story.
 
 The learnability check trains LightGBM on plain pandas features of the simulated events (the feature list of
 models/purchase_intent.yaml) and compares its test ROC-AUC with the best achievable one (the truth table scored
-against the same labels). Run: ``.venv/bin/python bench/bench_simulator.py [--users 5000] [--days 35]``.
+against the same labels).
+Run: ``.venv/bin/python -m bench.bench_simulator [--users 5000] [--days 35] [--events 1000000]``.
 """
 
 from __future__ import annotations
@@ -16,9 +23,10 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from pipelines.data import simulator
+from pipelines.data import orders, simulator
 from pipelines.data.labels import purchase_labels
 from pipelines.data.schemas import as_of
+from pipelines.data.truth import best_achievable_fraud
 
 TYPES = ("view", "cart", "purchase", "wishlist", "remove_from_cart")
 
@@ -97,23 +105,85 @@ def daily_features(events: pd.DataFrame, users: pd.DataFrame, follows: pd.DataFr
     return frame.drop(columns="_d")
 
 
+# Day 0 starts with empty carts: ~2.6 events per user (3.1 in steady state), so this many users make ~1M on day 0.
+EVENTS_PER_USER_DAY = 2.5
+
+
+def numpy_rows(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """The raw baseline: ``n`` random rows of the events table's 10 columns, ids and strings as numbers."""
+    rng = np.random.default_rng(seed)
+    return {
+        "event_id": np.arange(n, dtype="int64"),
+        "event_time": np.sort(rng.integers(0, 86_400 * 10**6, n)),
+        "user_id": rng.integers(1, 330_000, n),
+        "session_id": rng.integers(0, 10**9, n),
+        "event_type": rng.integers(0, 5, n).astype("int8"),
+        "product_id": rng.integers(1, 2000, n),
+        "category_id": rng.integers(1, 20, n),
+        "brand": rng.integers(0, 160, n),
+        "price": rng.lognormal(3.5, 0.8, n),
+        "merchant_id": rng.integers(1, 50, n),
+    }
+
+
+def speed(n_events: int, seed: int) -> None:
+    """Time 1M simulated events (static world included) next to numpy making the same number of random rows."""
+    config = simulator.SimulationConfig(n_users=int(n_events / EVENTS_PER_USER_DAY), seed=seed)
+    simulator.clear_cache()
+    t0 = time.perf_counter()
+    simulator.products(config)  # builds the static world: users, catalogue, follow graph
+    static_s = time.perf_counter() - t0
+    made, day, days = 0, config.start, 0
+    while made < n_events:
+        made += len(simulator.simulate_day(config, day))
+        day, days = day + dt.timedelta(days=1), days + 1
+    sim_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    baseline = numpy_rows(made, seed)
+    raw_s = time.perf_counter() - t0
+    assert len(baseline["price"]) == made
+    print(
+        f"{made:,} events ({config.n_users:,} users, {days} day(s); static world {static_s:.1f} s included): simulator "
+        f"{sim_s:.1f} s = {made / sim_s:,.0f} events/s | raw numpy rows {raw_s:.2f} s = {made / raw_s:,.0f} rows/s "
+        f"| ratio {sim_s / raw_s:.0f}x"
+    )
+    t0 = time.perf_counter()
+    placed = sum(len(orders.simulate_orders(config, config.start + dt.timedelta(days=i))) for i in range(days))
+    print(f"orders of those day(s): {placed:,} in {time.perf_counter() - t0:.1f} s (events rendered again)")
+    simulator.clear_cache()
+    orders.clear_cache()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--users", type=int, default=5000)
     parser.add_argument("--days", type=int, default=35)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--events", type=int, default=1_000_000, help="events for the speed check (0: skip it)")
     args = parser.parse_args()
+    if args.events:
+        speed(args.events, args.seed)
     config = simulator.SimulationConfig(n_users=args.users, seed=args.seed)
     days = [config.start + dt.timedelta(days=i) for i in range(args.days)]
 
     t0 = time.perf_counter()
-    events = pd.concat([simulator.simulate_day(config, d) for d in days], ignore_index=True)
+    events_by_day = {d: simulator.simulate_day(config, d) for d in days}
+    events = pd.concat(events_by_day.values(), ignore_index=True)
     sim_s = (time.perf_counter() - t0) / len(days)
     as_of_days = days[8:28]
     t0 = time.perf_counter()
     truth = pd.concat([simulator.purchase_truth(config, d) for d in as_of_days], ignore_index=True)
     truth_s = (time.perf_counter() - t0) / len(as_of_days)
     print(f"events/day {len(events) / len(days):,.0f}; simulate {sim_s * 1000:.0f} ms/day; truth {truth_s:.2f} s/day")
+    t0 = time.perf_counter()
+    n_orders = sum(len(orders.simulate_orders(config, d, events=events_by_day[d])) for d in days)
+    orders_s = (time.perf_counter() - t0) / len(days)
+    fraud = best_achievable_fraud(config, days[0], days[-1])
+    print(
+        f"orders/day {n_orders / len(days):,.0f} ({orders_s * 1000:.0f} ms/day); fraud rate {fraud['fraud_rate']:.4f}; "
+        f"best achievable fraud ROC-AUC {fraud['roc_auc']:.4f} PR-AUC {fraud['pr_auc']:.4f} "
+        f"recall@1%FPR {fraud['recall_at_0.01_fpr']:.4f}"
+    )
 
     users = simulator.users_snapshot(config, days[-1])
     follows = simulator.follows_snapshot(config, days[-1])

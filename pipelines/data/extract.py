@@ -1,4 +1,5 @@
-"""Extract: land one simulated day (events, ground truth, dimension snapshots) in the lake as ds partitions."""
+"""Extract: land one simulated day (events, orders, labels that arrived, ground truth, dimension snapshots) in the
+lake as ds partitions."""
 
 from __future__ import annotations
 
@@ -6,20 +7,45 @@ import datetime as dt
 
 import pandas as pd
 
-from pipelines.data import schemas, simulator
+from pipelines.data import orders, schemas, simulator
 from pipelines.data.simulator import SimulationConfig
 from pipelines.lake import Lake
 
 
 def day_tables(config: SimulationConfig, ds: dt.date) -> dict[str, pd.DataFrame]:
-    """Every table of partition ``ds``: what happened that day plus the dimensions as known at its end."""
+    """Every table of partition ``ds``: what happened that day plus the dimensions as known at its end.
+
+    ``orders`` are the orders placed that day, ``order_labels`` the fraud labels that arrived that day (for orders
+    of earlier days). ``users`` includes the accounts fraudsters opened, which orders reference; they never browse
+    or buy through events, so their purchase-intent truth is exactly 0 and they are kept in that table too (every
+    user with a feature row has a truth row, and best_achievable scores the same rows a model is tested on).
+    """
+    events = simulator.simulate_day(config, ds)
+    users = simulator.users_snapshot(config, ds)
+    truth = simulator.purchase_truth(config, ds)
+    fraudsters = orders.fraud_accounts(config, ds)
+    if len(fraudsters):
+        users = pd.concat([users, fraudsters], ignore_index=True)
+        never = pd.DataFrame(
+            {
+                "user_id": fraudsters["user_id"],
+                "as_of": pd.Series(pd.Timestamp(schemas.as_of(ds)), index=fraudsters.index).astype(
+                    truth["as_of"].dtype
+                ),
+                "p_purchase_7d": 0.0,
+            }
+        )
+        truth = pd.concat([truth, never], ignore_index=True)
     return {
-        "events": simulator.simulate_day(config, ds),
-        "truth_purchase_intent": simulator.purchase_truth(config, ds),
-        "users": simulator.users_snapshot(config, ds),
+        "events": events,
+        "truth_purchase_intent": truth,
+        "users": users,
         "products": simulator.products(config),
         "merchants": simulator.merchants(config),
         "follows": simulator.follows_snapshot(config, ds),
+        "orders": orders.simulate_orders(config, ds, events=events),
+        "order_labels": orders.order_labels(config, ds),
+        "truth_order_fraud": orders.fraud_truth(config, ds),
     }
 
 

@@ -68,6 +68,36 @@ PURCHASE_TRUTH = pa.schema(
     ]
 )
 
+# Orders for fraud models (DESIGN.md): partitioned by the day of purchase_time.
+ORDERS = pa.schema(
+    [
+        ("order_id", pa.string()),
+        ("user_id", pa.int64()),
+        ("signup_time", pa.timestamp("us", tz="UTC")),
+        ("purchase_time", pa.timestamp("us", tz="UTC")),
+        ("purchase_value", pa.float64()),
+        ("device_id", pa.string()),
+        ("source", pa.string()),
+        ("browser", pa.string()),
+        ("sex", pa.string()),
+        ("age", pa.int32()),
+        ("ip_address", pa.string()),
+        ("merchant_id", pa.int64()),
+    ]
+)
+
+# Fraud labels arrive late (chargebacks): partitioned by the day of label_time, i.e. the day they arrived.
+ORDER_LABELS = pa.schema(
+    [
+        ("order_id", pa.string()),
+        ("is_fraud", pa.int8()),
+        ("label_time", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+# Ground truth kept by the simulator: each order's true probability of being fraud (partitioned like orders).
+ORDER_FRAUD_TRUTH = pa.schema([("order_id", pa.string()), ("p_fraud", pa.float64())])
+
 TABLES: dict[str, pa.Schema] = {
     "events": EVENTS,
     "users": USERS,
@@ -75,6 +105,9 @@ TABLES: dict[str, pa.Schema] = {
     "merchants": MERCHANTS,
     "follows": FOLLOWS,
     "truth_purchase_intent": PURCHASE_TRUTH,
+    "orders": ORDERS,
+    "order_labels": ORDER_LABELS,
+    "truth_order_fraud": ORDER_FRAUD_TRUTH,
 }
 
 LABEL_WINDOW = dt.timedelta(days=7)

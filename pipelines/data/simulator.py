@@ -213,8 +213,10 @@ def _build_follows(
     src = np.concatenate(followers) if followers else np.empty(0, dtype="int64")
     dst = np.concatenate(followees) if followees else np.empty(0, dtype="int64")
     keep = src != dst
-    pairs = np.unique(np.stack([src[keep], dst[keep]], axis=1), axis=0)
-    src, dst = pairs[:, 0], pairs[:, 1]
+    # Unique (follower, followee) pairs in lexicographic order; one int64 key per pair sorts ~10x faster than rows.
+    pairs = np.sort(src[keep].astype("int64") * n + dst[keep])
+    pairs = pairs[np.r_[True, pairs[1:] != pairs[:-1]]] if len(pairs) else pairs
+    src, dst = pairs // n, pairs % n
     # Created after both ends signed up: before the start for old users, within minutes of signing up for new ones.
     start_us = _day_start(config, 0)
     both = np.maximum(signup_time[src], signup_time[dst])
@@ -223,13 +225,14 @@ def _build_follows(
     to_day_end = np.minimum((day_end - signup_time[src]).astype("int64") - 1, 3600 * 10**6)
     span = np.where(late[src], to_day_end, to_start)
     created = both + (rng.random(len(src)) * span).astype("int64").astype("timedelta64[us]")
+    order = np.lexsort((dst, src, created))  # by created_at, follower, followee (pairs are unique: no ties)
     follows = pd.DataFrame(
         {
-            "follower_id": (src + 1).astype("int64"),
-            "followee_id": (dst + 1).astype("int64"),
-            "created_at": pd.to_datetime(created).tz_localize("UTC"),
+            "follower_id": (src[order] + 1).astype("int64"),
+            "followee_id": (dst[order] + 1).astype("int64"),
+            "created_at": pd.to_datetime(created[order]).tz_localize("UTC"),
         }
-    ).sort_values(["created_at", "follower_id", "followee_id"], ignore_index=True)
+    )
     matrix = sp.csr_matrix((np.ones(len(src)), (src, dst)), shape=(n, n))
     return follows, matrix
 
@@ -599,6 +602,15 @@ def simulate_day(config: SimulationConfig, ds: dt.date) -> pd.DataFrame:
     t = config.day_index(ds)
     world = _world(config)
     return _render(config, world.static, world.record(t), t, ds)
+
+
+def purchased_items(config: SimulationConfig, ds: dt.date) -> pd.DataFrame:
+    """Items bought on ``ds`` (user_id, product_id), from the count-level replay without rendering the day's
+    events: the orders module builds orders and their labels from it (the events hold the same purchases)."""
+    rec = _world(config).record(config.day_index(ds))
+    return pd.DataFrame(
+        {"user_id": rec.bought_user.astype("int64") + 1, "product_id": rec.bought_product.astype("int64") + 1}
+    )
 
 
 def purchase_truth(config: SimulationConfig, ds: dt.date) -> pd.DataFrame:

@@ -1,13 +1,17 @@
-"""Best achievable score: the simulator's true probabilities scored against the realised labels in the lake."""
+"""Best achievable scores: the simulator's true probabilities scored against the realised labels (purchase intent
+from the lake, order fraud from the simulator)."""
 
 from __future__ import annotations
 
 import datetime as dt
 
+import numpy as np
 import pandas as pd
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+from pipelines.data import orders
 from pipelines.data.labels import purchase_labels
+from pipelines.data.simulator import SimulationConfig
 from pipelines.lake import Lake, as_date, date_range
 
 TRUTH_TABLE = "truth_purchase_intent"
@@ -53,6 +57,40 @@ def best_achievable(lake: Lake, start: dt.date, end: dt.date, window_days: int =
         "n_rows": int(len(scored)),
         "label_rate": float(scored["label"].mean()),
         "mean_truth": float(scored["p_purchase_7d"].mean()),
+    }
+
+
+def best_achievable_fraud(
+    config: SimulationConfig,
+    start: dt.date,
+    end: dt.date,
+    fraud: orders.FraudConfig = orders.DEFAULT_FRAUD,
+    max_fpr: float = 0.01,
+) -> dict[str, float]:
+    """ROC-AUC, PR-AUC and recall at ``max_fpr`` of the true ``p_fraud`` against the realised labels of the orders
+    placed on ``start..end`` (inclusive): the Bayes-optimal scores of an order-fraud model on those orders.
+
+    Uses every order's eventual label, whenever it arrives (a model evaluated before the labels have arrived
+    sees fewer positives); the simulator computes it directly, no lake needed.
+    """
+    start, end = as_date(start), as_date(end)
+    if end < start:
+        raise ValueError(f"best_achievable_fraud: end {end} is before start {start}")
+    scored = pd.concat([orders.realised_labels(config, d, fraud) for d in date_range(start, end)], ignore_index=True)
+    if scored["is_fraud"].nunique() < 2:
+        raise ValueError(
+            f"best_achievable_fraud: the {len(scored)} orders of {start}..{end} are all labelled "
+            f"{scored['is_fraud'].iloc[0] if len(scored) else 'nothing'}; pick a longer range or a larger world"
+        )
+    y, p = scored["is_fraud"].to_numpy(), scored["p_fraud"].to_numpy()
+    fpr, tpr, _ = roc_curve(y, p)
+    return {
+        "roc_auc": float(roc_auc_score(y, p)),
+        "pr_auc": float(average_precision_score(y, p)),
+        f"recall_at_{max_fpr:g}_fpr": float(tpr[fpr <= max_fpr].max()),
+        "n_orders": int(len(scored)),
+        "fraud_rate": float(y.mean()),
+        "mean_p_fraud": float(np.mean(p)),
     }
 
 
