@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -83,38 +82,38 @@ def degree_figure(config: SimulationConfig, day: dt.date) -> Figure:
     return fig
 
 
-def fraud_figure(orders: pd.DataFrame, labels: pd.DataFrame) -> Figure:
-    """Daily fraud rate of orders (by purchase day) and when their labels arrived."""
+def fraud_figure(orders: pd.DataFrame, labels: pd.DataFrame, truth: pd.DataFrame) -> Figure:
+    """Daily fraud rate of orders (realised labels and the true expected rate) and how late chargebacks arrive."""
     merged = orders[["order_id", "purchase_time"]].merge(labels[["order_id", "is_fraud", "label_time"]], on="order_id")
+    merged = merged.merge(truth[["order_id", "p_fraud"]], on="order_id")
     merged["day"] = merged["purchase_time"].dt.floor("D")
-    daily = merged.groupby("day").agg(orders=("order_id", "size"), fraud=("is_fraud", "sum"))
-    delay = merged.loc[merged["is_fraud"] == 1, "label_time"] - merged.loc[merged["is_fraud"] == 1, "purchase_time"]
+    daily = merged.groupby("day").agg(orders=("order_id", "size"), fraud=("is_fraud", "mean"), p=("p_fraud", "mean"))
+    frauds = merged[merged["is_fraud"] == 1]
+    delay = (frauds["label_time"] - frauds["purchase_time"]).dt.total_seconds() / 86400
     fig = Figure(figsize=(9, 3.6))
     left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2, 1]})
-    left.plot(daily.index, daily["fraud"] / daily["orders"], marker=".", color="#c44e52")
+    left.plot(daily.index, daily["fraud"], marker=".", color="#c44e52", label="realised (labels)")
+    left.plot(daily.index, daily["p"], color="0.3", linestyle="--", label="expected (mean true p_fraud)")
     left.set_ylabel("fraud rate of the day's orders")
-    left.set_title("Fraud rate by purchase day")
+    left.set_title(f"Fraud by purchase day ({len(merged):,} orders)")
+    left.legend(fontsize=8)
     left.tick_params(axis="x", labelrotation=30)
-    right.hist(delay.dt.total_seconds() / 86400, bins=30, color="#8172b2")
+    right.hist(delay, bins=30, color="#8172b2")
     right.set_xlabel("days from purchase to chargeback")
     right.set_title("Label delay of fraud")
     fig.tight_layout()
     return fig
 
 
-def orders_and_labels(config: SimulationConfig, n_days: int) -> tuple[pd.DataFrame, pd.DataFrame] | None:
-    """All orders of the window and every label that arrives for them (None while the simulator has no orders)."""
-    try:
-        from pipelines.data import orders as orders_module
-    except ImportError:
-        return None
-    simulate_orders: Callable = orders_module.simulate_orders
-    order_labels: Callable = orders_module.order_labels
+def fraud_frames(config: SimulationConfig, n_days: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Orders of the window, every label that arrives for them, and their true fraud probabilities."""
+    from pipelines.data import orders as simulated
+
     days = _days(config, n_days)
-    orders = pd.concat([simulate_orders(config, day) for day in days], ignore_index=True)
-    horizon = _days(config, n_days + 45)
-    labels = pd.concat([order_labels(config, day) for day in horizon], ignore_index=True)
-    return orders, labels[labels["order_id"].isin(orders["order_id"])]
+    orders = pd.concat([simulated.simulate_orders(config, day) for day in days], ignore_index=True)
+    labels = pd.concat([simulated.order_labels(config, day) for day in _days(config, n_days + 45)], ignore_index=True)
+    truth = pd.concat([simulated.fraud_truth(config, day) for day in days], ignore_index=True)
+    return orders, labels[labels["order_id"].isin(orders["order_id"])], truth
 
 
 def write_figures(out: Path, config: SimulationConfig | None = None, n_days: int = 35) -> list[Path]:
@@ -127,9 +126,7 @@ def write_figures(out: Path, config: SimulationConfig | None = None, n_days: int
         "daily_volumes.png": volumes_figure(counts),
         "follow_degrees.png": degree_figure(config, config.start + dt.timedelta(days=n_days - 1)),
     }
-    fraud = orders_and_labels(config, n_days)
-    if fraud is not None:
-        figures["fraud_rate.png"] = fraud_figure(*fraud)
+    figures["fraud_rate.png"] = fraud_figure(*fraud_frames(config, n_days))
     written = []
     for name, fig in figures.items():
         fig.savefig(out / name, dpi=110)

@@ -12,8 +12,9 @@ from pipelines.features.store import materialize_day
 from pipelines.features.user_features import build_user_features, write_user_features
 from pipelines.lake import Lake, as_date
 from pipelines.settings import Settings
-from pipelines.validation.quarantine import ValidationFailed, validate_partition
-from pipelines.validation.runner import validate_frame
+from pipelines.validation.contracts import validate_with_contract
+from pipelines.validation.daily import validate_day
+from pipelines.validation.quarantine import ValidationFailed, report_key
 
 FEATURE_TABLE = "features/user_behavior"
 
@@ -28,20 +29,22 @@ def extract(settings: Settings, ds: str) -> dict:
 
 
 def validate(settings: Settings, ds: str) -> dict:
-    """Validate the day's events; a critical failure quarantines the partition and raises."""
-    report = validate_partition(Lake(settings), "events", as_date(ds), settings.expectations_dir)
-    return {"rows": report.n_rows, "warnings": [c.describe() for c in report.warnings]}
+    """Validate every table of the day, dimensions first; a critical failure quarantines that partition and
+    raises (stopping the chain), warnings are returned per table and kept in each partition's report."""
+    return validate_day(Lake(settings), as_date(ds), settings.expectations_dir)
 
 
 def features(settings: Settings, ds: str) -> dict:
     """Compute the day's user features, check them, and publish them to the offline store."""
     lake, day = Lake(settings), as_date(ds)
     frame = build_user_features(lake, day)
-    report = validate_frame(frame, "user_features", day, settings.expectations_dir)
+    # The frame is checked before it is published: a failure leaves the previous partition (if any) in place.
+    report = validate_with_contract(lake, frame, FEATURE_TABLE, day, settings.expectations_dir, suite="user_features")
+    lake.write_json(report_key(FEATURE_TABLE, day), report.to_dict())
     if report.critical_failures:
         raise ValidationFailed(report)
     uri = write_user_features(lake, day, frame)
-    return {"rows": len(frame), "uri": uri}
+    return {"rows": len(frame), "uri": uri, "warnings": [c.describe() for c in report.warnings]}
 
 
 def materialize(settings: Settings, ds: str) -> dict:

@@ -6,8 +6,8 @@ import datetime as dt
 from pathlib import Path
 
 from pipelines.lake import Lake, PartitionNotFound, as_date
+from pipelines.validation.contracts import validate_with_contract
 from pipelines.validation.report import ValidationReport
-from pipelines.validation.runner import validate_frame
 
 
 class ValidationFailed(Exception):
@@ -26,8 +26,9 @@ def report_key(table: str, ds: dt.date) -> str:
 def validate_partition(
     lake: Lake, table: str, ds: dt.date, expectations_dir: Path, suite: str | None = None
 ) -> ValidationReport:
-    """Validate the partition ``ds`` of ``table`` with suite ``suite`` (default: the table's name) and write
-    its report at :func:`report_key`.
+    """Validate the partition ``ds`` of ``table`` with suite ``suite`` (default: the table's name), its GX
+    expectations and its contract checks (types, references, volume, drift; they read other partitions of the
+    lake), and write its report at :func:`report_key`.
 
     On a critical failure the partition is moved to ``quarantine/<table>/ds=...`` (with the report) and
     :class:`ValidationFailed` is raised; warning-level failures only appear in the report.
@@ -48,7 +49,7 @@ def validate_partition(
             f"cannot validate {table} ds={ds.isoformat()}: no partition at {where}; {hint}"
         ) from exc
 
-    report = validate_frame(df, table, ds, expectations_dir, suite=suite)
+    report = validate_with_contract(lake, df, table, ds, expectations_dir, suite=suite)
     if not report.success:
         # Move the data first so nothing downstream can read it; both reports say where it went.
         report.quarantined_to = _quarantine_uri(lake, table, ds)

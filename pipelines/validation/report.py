@@ -26,6 +26,8 @@ class CheckResult:
     observed: Any = None
     expected: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    # Why a check passed without judging (e.g. "no reference yet" on the first days of a table).
+    note: str | None = None
 
     @property
     def target(self) -> str:
@@ -35,6 +37,8 @@ class CheckResult:
         """What went wrong, in one line, with a few offending values."""
         if self.error:
             return f"could not be evaluated: {self.error}"
+        if self.note and not self.success:
+            return f"{self.note}; observed {_short(self.observed, 160)}"
         expected = ", ".join(f"{k}={_short(v)}" for k, v in self.expected.items())
         if self.unexpected_count is not None:
             pct = f" ({self.unexpected_percent:.3g}%)" if self.unexpected_percent is not None else ""
@@ -44,6 +48,8 @@ class CheckResult:
             if self.example_ids:
                 text += f" (rows {', '.join(_short(v) for v in self.example_ids)})"
             return f"{text}; expected {expected}" if expected else text
+        if isinstance(self.observed, dict) and "mismatched" in self.observed:
+            return f"column types {self.observed['mismatched']}; expected {expected}"
         if isinstance(self.observed, dict) and ("missing" in self.observed or "unexpected" in self.observed):
             parts = [f"{k} columns {self.observed[k]}" for k in ("missing", "unexpected") if self.observed.get(k)]
             return "; ".join(parts)

@@ -25,9 +25,14 @@ class SuiteError(ValueError):
     """A suite file is missing or malformed; the message names the file and the offending expectation."""
 
 
-def day_parameters(ds: dt.date) -> dict[str, dt.datetime]:
-    """Values of the suite parameters for partition ``ds``: the day is ``[ds_start, ds_end)`` in UTC."""
-    return {"ds_start": dt.datetime.combine(ds, dt.time(), tzinfo=dt.UTC), "ds_end": as_of(ds)}
+def day_parameters(ds: dt.date, now: dt.datetime | None = None) -> dict[str, dt.datetime]:
+    """Values of the suite parameters for partition ``ds``: the day is ``[ds_start, ds_end)`` in UTC; ``now``
+    (the validation's wall-clock time) bounds timestamps of today's partition, which cannot be in the future."""
+    return {
+        "ds_start": dt.datetime.combine(ds, dt.time(), tzinfo=dt.UTC),
+        "ds_end": as_of(ds),
+        "now": now or dt.datetime.now(dt.UTC),
+    }
 
 
 PARAMETER_NAMES = frozenset(day_parameters(dt.date(2000, 1, 1)))
