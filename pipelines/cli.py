@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from pipelines.console import progress_bar, runs_table, stack_table
+from pipelines.console import progress_bar, runs_table, stack_table, validation_table
 from pipelines.settings import Settings, get_settings
 
 # MLflow's SQLAlchemy store warns about its own deprecated loader on every start; not actionable for users.
@@ -208,6 +208,10 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
         console.print(f"  approved by {approval.get('by')} at {approval.get('at')}: {approval.get('comment')!r}")
     for dag_id, dag_runs in report["dags"].items():
         console.print(runs_table(dag_id, [(r["logical_date"], r["state"]) for r in dag_runs]))
+    if report.get("validation"):
+        console.print(validation_table(report["validation"]))
+    elif report.get("validation_error"):
+        console.print(f"[red]validation reports unreadable:[/red] {report['validation_error']}")
 
 
 @app.command()

@@ -37,3 +37,18 @@ def stack_table(status: StackStatus) -> Table:
         health = "[green]healthy[/green]" if service.healthy else f"[red]{service.detail}[/red]"
         table.add_row(service.name, health, service.url)
     return table
+
+
+def validation_table(summary: dict) -> Table:
+    """Per table: validated days passed / with warnings / critical, and partitions still in quarantine."""
+    days = summary.get("days") or []
+    span = f"{days[0]} .. {days[-1]}" if days else "no validated days"
+    table = Table(title=f"data contracts ({span})")
+    for column in ("table", "passed", "warnings", "critical", "quarantined"):
+        table.add_column(column)
+    for name, row in summary.get("tables", {}).items():
+        warn = f"[yellow]{row['warnings']}[/yellow] {' '.join(row['warnings_days'])}" if row["warnings"] else "0"
+        crit = f"[red]{row['critical']}[/red] {' '.join(row['critical_days'])}" if row["critical"] else "0"
+        quarantined = f"[red]{', '.join(row['quarantined'])}[/red]" if row["quarantined"] else ""
+        table.add_row(name, str(row["passed"]), warn, crit, quarantined)
+    return table
