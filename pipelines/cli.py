@@ -219,6 +219,9 @@ def ingest(
     source: Annotated[Path, typer.Option("--source", help="The file to land (CSV, CSV.gz or parquet)")],
     mapping: Annotated[Path, typer.Option("--mapping", help="YAML mapping onto canonical tables (mappings/)")],
     table: Annotated[str, typer.Option("--table", help="Canonical table: events or orders")] = "events",
+    derive_users: Annotated[
+        bool, typer.Option("--derive-users", help="Also write users/follows from the events (logs without them)")
+    ] = False,
 ) -> None:
     """Land a real file as daily partitions of the lake (each day in the file replaces that day's partition)."""
     from rich.table import Table
@@ -247,6 +250,12 @@ def ingest(
             replaced = " (replaced)" if day in report.replaced[name] else ""
             days.add_row(name, f"{day}{replaced}", str(rows), report.uris[name][day])
     console.print(days)
+    if derive_users and table == "events":
+        from pipelines.data.derived_dimensions import derive_users_and_follows
+        from pipelines.lake import Lake
+
+        users = derive_users_and_follows(Lake(_settings()), sorted(report.days.get("events", {})))
+        console.print(f"users derived from the events: {', '.join(f'{d} {n}' for d, n in users.items())}")
     for note in report.notes:
         console.print(f"note: {note}")
     for drop in report.drops[:20]:
