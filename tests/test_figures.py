@@ -22,6 +22,6 @@ def test_counts_are_the_simulated_events() -> None:
 def test_every_figure_is_written_as_png(tmp_path: Path) -> None:
     written = write_figures(tmp_path, SMALL, n_days=8)
     names = {p.name for p in written}
-    assert names == {"funnel.png", "daily_volumes.png", "follow_degrees.png", "fraud_rate.png"}
+    assert names == {"funnel.png", "daily_volumes.png", "hour_of_day.png", "follow_degrees.png", "fraud_rate.png"}
     for path in written:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000

@@ -1,4 +1,4 @@
-"""Figures of the simulated world for docs/data.md: funnel, daily volumes, follow-graph degrees, fraud over time.
+"""Figures of the simulated world for docs/data.md: funnel, volumes, hours, follow degrees, fraud over time.
 
 ``python -m pipelines.data.figures docs/figures`` (or ``make figures``) redraws them from the default config;
 each figure is drawn from the simulator's own output, never from hand-entered numbers.
@@ -65,6 +65,23 @@ def volumes_figure(counts: pd.DataFrame) -> Figure:
     return fig
 
 
+def hourly_figure(config: SimulationConfig, days: list[dt.date]) -> Figure:
+    """Share of events per UTC hour over ``days`` against the configured session-start profile."""
+    hours = pd.concat([simulator.simulate_day(config, day)["event_time"].dt.hour for day in days])
+    share = hours.value_counts(normalize=True).reindex(range(24), fill_value=0.0)
+    profile = np.asarray(config.activity_by_hour) / np.sum(config.activity_by_hour)
+    fig = Figure(figsize=(7, 3.4))
+    ax = fig.subplots()
+    ax.bar(share.index, share.to_numpy(), color="#4c72b0", label="events")
+    ax.step(np.arange(24), profile, where="mid", color="#c44e52", label="activity_by_hour (session starts)")
+    ax.set_xlabel("hour of day (UTC)")
+    ax.set_ylabel("share")
+    ax.set_title(f"Daily seasonality over {len(days)} days")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def degree_figure(config: SimulationConfig, day: dt.date) -> Figure:
     """Complementary CDF of followers (in-degree) and followees (out-degree) on log-log axes."""
     follows = simulator.follows_snapshot(config, day)
@@ -124,6 +141,7 @@ def write_figures(out: Path, config: SimulationConfig | None = None, n_days: int
     figures = {
         "funnel.png": funnel_figure(counts),
         "daily_volumes.png": volumes_figure(counts),
+        "hour_of_day.png": hourly_figure(config, _days(config, min(n_days, 7))),
         "follow_degrees.png": degree_figure(config, config.start + dt.timedelta(days=n_days - 1)),
     }
     figures["fraud_rate.png"] = fraud_figure(*fraud_frames(config, n_days))

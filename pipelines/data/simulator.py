@@ -62,6 +62,33 @@ class SimulationConfig:
     primary_category_share: float = 0.6  # views in the preferred category; secondary 0.25, rest random
     secondary_category_share: float = 0.25
     activity_by_weekday: tuple[float, ...] = (1.0, 0.95, 0.95, 1.0, 1.1, 1.3, 1.25)  # Monday first
+    # When sessions start (relative weight per UTC hour 0..23): quiet nights, a lunch bump, an evening peak.
+    activity_by_hour: tuple[float, ...] = (
+        0.5,
+        0.3,
+        0.2,
+        0.15,
+        0.15,
+        0.2,
+        0.4,
+        0.7,
+        0.9,
+        1.0,
+        1.0,
+        1.1,
+        1.3,
+        1.2,
+        1.0,
+        1.0,
+        1.0,
+        1.1,
+        1.3,
+        1.6,
+        1.8,
+        1.7,
+        1.3,
+        0.8,
+    )
     # Daily purchase hazard: logit h = intercept + weekday + theta*log(theta) + cart*log1p(open cart items)
     #   + satiation*exp(-days since last purchase / satiation_days) + social*log1p(followee purchases 7d)
     purchase_intercept: float = -4.2
@@ -662,15 +689,26 @@ def _truth_probabilities(
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _time_of_day(uniform: np.ndarray, by_hour: tuple[float, ...]) -> np.ndarray:
+    """Map uniform draws to fractions of the day with the piecewise-constant hourly density ``by_hour``
+    (inverse CDF: one draw per session, so the rest of the day's random stream is unchanged)."""
+    weights = np.asarray(by_hour, dtype="float64") / np.sum(by_hour)
+    upper = np.cumsum(weights)
+    hour = np.minimum(np.searchsorted(upper, uniform, side="right"), len(weights) - 1)
+    within = (uniform - (upper[hour] - weights[hour])) / weights[hour]
+    return (hour + np.clip(within, 0.0, 1.0)) / len(weights)
+
+
 def _render(config: SimulationConfig, world: _Static, rec: _DayRecord, t: int, ds: dt.date) -> pd.DataFrame:
     """Turn one day's counts and cart items into timed events inside sessions (own random stream)."""
     rng = np.random.default_rng([config.seed, _RENDER, t])
     n = config.n_users
     n_sessions, n_views = rec.sessions.astype("int64"), rec.views.astype("int64")
 
-    # Sessions start at random times of the day, numbered per user in time order.
+    # Sessions start at random times of the day following the hourly profile, numbered per user in time order.
     sess_user = np.repeat(np.arange(n), n_sessions)
-    sess_start = rng.random(len(sess_user)) * 0.92 * DAY_SECONDS
+    # (The few events of sessions starting minutes before midnight are clipped to the day's last millisecond.)
+    sess_start = _time_of_day(rng.random(len(sess_user)), config.activity_by_hour) * DAY_SECONDS
     sess_start = sess_start[np.lexsort((sess_start, sess_user))]  # sess_user is already sorted
     first_sess = np.r_[0, np.cumsum(n_sessions)[:-1]]
 
