@@ -69,7 +69,8 @@ class Settings(BaseSettings):
     serving_host: str = "127.0.0.1"
     serving_port: int = 8000
     serving_refresh_seconds: float = 5.0
-    # Data source for the daily extract: the simulator (embedded default)
+    # Data source of the daily extract: the simulator (embedded default), or days landed by `mlctl ingest`
+    data_source: Literal["simulator", "ingested"] = "simulator"
     start_date: dt.date = dt.date(2025, 1, 1)
     end_date: dt.date | None = Field(default=None, description="Last day the daily DAG schedules (None: open).")
     sim_seed: int = 7

@@ -23,9 +23,31 @@ def simulation_config(settings: Settings) -> SimulationConfig:
     return SimulationConfig(seed=settings.sim_seed, n_users=settings.sim_users, start=settings.start_date)
 
 
+class MissingIngestedDay(FileNotFoundError):
+    """The data source is ``ingested`` and the day has not been landed yet."""
+
+
+INGESTED_TABLES = ("events", "users", "follows")
+
+
 def extract(settings: Settings, ds: str) -> dict:
-    """Land the day's raw partitions (events and dimension snapshots) in the lake."""
-    return extract_day(Lake(settings), simulation_config(settings), as_date(ds))
+    """Land the day's raw partitions (events and dimension snapshots) in the lake.
+
+    With ``data_source=ingested`` the day was landed by ``mlctl ingest`` (a real log): check it is all there
+    and leave it as it is.
+    """
+    lake, day = Lake(settings), as_date(ds)
+    if settings.data_source == "simulator":
+        return extract_day(lake, simulation_config(settings), day)
+    missing = [table for table in INGESTED_TABLES if not lake.exists(table, day)]
+    if missing:
+        raise MissingIngestedDay(
+            f"{day}: no {', '.join(missing)} partition in {settings.lake_uri}; land the day first with "
+            "`mlctl ingest --source FILE --mapping MAPPING --table events --derive-users`"
+        )
+    return {
+        table: {"rows": len(lake.read(table, day)), "uri": lake.partition_uri(table, day)} for table in INGESTED_TABLES
+    }
 
 
 def validate(settings: Settings, ds: str) -> dict:
