@@ -14,33 +14,6 @@ import pyarrow as pa
 from pipelines.data import schemas
 from pipelines.data.adapters.errors import MappingError
 
-# Used only while pipelines/data/schemas.py has no such table (the simulator's orders land there).
-_FALLBACK: dict[str, pa.Schema] = {
-    "orders": pa.schema(
-        [
-            ("order_id", pa.string()),
-            ("user_id", pa.int64()),
-            ("signup_time", pa.timestamp("us", tz="UTC")),
-            ("purchase_time", pa.timestamp("us", tz="UTC")),
-            ("purchase_value", pa.float64()),
-            ("device_id", pa.string()),
-            ("source", pa.string()),
-            ("browser", pa.string()),
-            ("sex", pa.string()),
-            ("age", pa.int32()),
-            ("ip_address", pa.string()),
-            ("merchant_id", pa.int64()),
-        ]
-    ),
-    "order_labels": pa.schema(
-        [
-            ("order_id", pa.string()),
-            ("is_fraud", pa.bool_()),
-            ("label_time", pa.timestamp("us", tz="UTC")),
-        ]
-    ),
-}
-
 
 @dataclass(frozen=True)
 class TableRules:
@@ -75,7 +48,7 @@ RULES: dict[str, TableRules] = {
 
 def target_schema(table: str, where: Path | str) -> pa.Schema:
     """The canonical schema of ``table``; ``where`` (the mapping file) is named when the table is unknown."""
-    schema = schemas.TABLES.get(table) or _FALLBACK.get(table)
+    schema = schemas.TABLES.get(table)
     if schema is None or table not in RULES:
         known = sorted(set(RULES))
         raise MappingError(
