@@ -7,8 +7,4 @@ from feature_repo.definitions import definitions
 from pipelines.settings import get_settings
 
 _repo = definitions(get_settings())
-
-user = _repo.user
-user_behavior_source = _repo.user_behavior_source
-user_behavior = _repo.user_behavior
-purchase_intent = _repo.purchase_intent
+globals().update({obj.name: obj for obj in _repo.objects})

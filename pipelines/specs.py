@@ -1,6 +1,9 @@
 """Model specs: ``models/<name>.yaml`` declares everything a model's pipeline needs.
 
-A malformed spec fails with a :class:`SpecError` naming the file, the key and the expected form.
+Entity and feature service, label and its delay, objective and LightGBM parameters, time windows, metrics, gate
+thresholds (overall and per slice), slices, the baseline a first model must beat, reviewers and schedule.
+A malformed spec fails with a :class:`SpecError` naming the file, the key and the expected form, both when the
+DAG file is parsed and in ``mlctl validate-specs``.
 """
 
 from __future__ import annotations
@@ -9,7 +12,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+# Metric names a spec may use, per objective (pipelines/evaluation/metrics.py computes them).
+BINARY_METRICS = frozenset({"roc_auc", "pr_auc", "log_loss", "calibration_error", "recall_at_1pct_fpr"})
+RANKING_METRICS = frozenset({"ndcg_at_10", "map_at_10"})
+LOWER_IS_BETTER = frozenset({"log_loss", "calibration_error"})
+ENTITIES = ("user", "order", "user_product")
+LABEL_KINDS = ("purchase_within", "chargeback", "ranking_relevance")
+# Columns of a training set that describe a row without being a model feature (used by slices) start with this.
+CONTEXT_PREFIX = "ctx_"
 
 
 class SpecError(ValueError):
@@ -21,8 +33,25 @@ class _Strict(BaseModel):
 
 
 class LabelSpec(_Strict):
+    """What is predicted, and when the truth is known.
+
+    - ``purchase_within``: 1 if the entity has an ``event_type`` event in the ``window_days`` after the as-of time.
+    - ``chargeback``: 1 if the order was charged back; only orders at least ``delay_days`` old are labelled, with
+      the labels that had arrived by the run's logical date.
+    - ``ranking_relevance``: graded relevance of a candidate product, ``gains[event_type]`` (the highest event of
+      the user on that product in the ``window_days`` after the request).
+    """
+
+    kind: Literal["purchase_within", "chargeback", "ranking_relevance"] = "purchase_within"
     event_type: str = "purchase"
-    window_days: int = Field(7, gt=0)
+    window_days: int = Field(7, gt=0, description="days after the as-of time the label looks at")
+    delay_days: int = Field(0, ge=0, description="days until a label can be trusted (chargebacks arrive late)")
+    gains: dict[str, int] = Field(default_factory=dict, description="ranking: event type -> relevance grade")
+
+    @property
+    def maturity_days(self) -> int:
+        """Days between an as-of day and the first logical date on which its label is complete."""
+        return self.delay_days if self.kind == "chargeback" else self.window_days
 
 
 class WindowSpec(_Strict):
@@ -31,31 +60,123 @@ class WindowSpec(_Strict):
     test_days: int = Field(3, gt=0)
 
 
+class SliceSpec(_Strict):
+    """A slice dimension: a training-set column, cut into bands when numeric or taken as it is."""
+
+    name: str
+    column: str = Field(description="a column of the training set: a feature or a 'ctx_' context column")
+    bands: list[float] | None = Field(None, description="ascending cut points of a numeric column")
+    labels: list[str] | None = Field(None, description="one name per band: len(bands) + 1")
+
+    @model_validator(mode="after")
+    def _bands_and_labels(self) -> SliceSpec:
+        if self.bands is not None:
+            if not self.bands or sorted(self.bands) != self.bands or len(set(self.bands)) != len(self.bands):
+                raise ValueError(f"slice {self.name!r}: 'bands' must be a non-empty strictly ascending list")
+            if self.labels is not None and len(self.labels) != len(self.bands) + 1:
+                raise ValueError(
+                    f"slice {self.name!r}: 'labels' needs {len(self.bands) + 1} names for {len(self.bands)} cut points"
+                )
+        elif self.labels is not None:
+            raise ValueError(f"slice {self.name!r}: 'labels' names bands, so it needs 'bands'")
+        return self
+
+
+class BaselineSpec(_Strict):
+    """The simple model a first candidate must beat (there is no champion to compare with yet).
+
+    ``logistic_regression`` on ``features`` (fit on the train split), or ``feature``: one column used as the
+    score (e.g. popularity for ranking).
+    """
+
+    kind: Literal["logistic_regression", "feature"] = "logistic_regression"
+    features: list[str] = Field(min_length=1)
+
+
 class GateSpec(_Strict):
     floors: dict[str, float] = Field(default_factory=dict, description="metric -> minimum value")
     max_regression: dict[str, float] = Field(
-        default_factory=dict, description="metric -> largest allowed drop against the champion"
+        default_factory=dict, description="metric -> largest allowed drop against the champion, overall"
     )
+    slice_max_regression: dict[str, float] = Field(
+        default_factory=dict, description="metric -> largest allowed drop against the champion in any slice"
+    )
+    min_slice_rows: int = Field(200, gt=0, description="slices with fewer rows (or queries) are reported, not gated")
+    min_slice_positives: int = Field(10, ge=0, description="slices with fewer positive labels are not gated")
+    min_lift_over_baseline: float | None = Field(
+        0.0, description="main metric must beat the baseline by this much (None: no baseline check)"
+    )
+
+
+class CandidateSpec(_Strict):
+    """Ranking: which products are scored for a user (recent categories' and overall popular products)."""
+
+    recent_days: int = Field(14, gt=0, description="look-back for the user's recent categories and carts")
+    categories: int = Field(3, gt=0, description="the user's most viewed categories in recent_days")
+    per_category: int = Field(10, gt=0, description="most popular products taken from each of those categories")
+    popular: int = Field(10, ge=0, description="most popular products overall")
+    popularity_days: int = Field(7, gt=0, description="window of the popularity ranking")
 
 
 class ModelSpec(_Strict):
     name: str
-    entity: str
+    entity: Literal["user", "order", "user_product"]
     feature_service: str
     label: LabelSpec
     objective: Literal["binary", "lambdarank"] = "binary"
     params: dict[str, Any] = Field(default_factory=dict)
     windows: WindowSpec = WindowSpec()
-    metrics: list[str] = Field(default_factory=lambda: ["roc_auc"])
+    metrics: list[str] = Field(default_factory=lambda: ["roc_auc"], min_length=1)
     main_metric: str = "roc_auc"
     gate: GateSpec
+    slices: list[SliceSpec] = Field(default_factory=list)
+    baseline: BaselineSpec | None = None
+    candidates: CandidateSpec | None = None
     reviewers: list[str] = Field(min_length=1)
     online_freshness_hours: float = Field(48, gt=0)
     schedule: str | None = "@daily"
 
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelSpec:
+        known = RANKING_METRICS if self.objective == "lambdarank" else BINARY_METRICS
+        gated = [*self.metrics, self.main_metric, *self.gate.floors, *self.gate.max_regression]
+        gated += list(self.gate.slice_max_regression)
+        unknown = sorted({m for m in gated if m not in known})
+        if unknown:
+            raise ValueError(f"metric(s) {unknown} are not {self.objective} metrics; use {sorted(known)}")
+        if self.main_metric not in self.metrics:
+            raise ValueError(f"main_metric {self.main_metric!r} must be one of 'metrics' {self.metrics}")
+        ranking = self.objective == "lambdarank"
+        if ranking != (self.label.kind == "ranking_relevance"):
+            raise ValueError("objective 'lambdarank' goes with label kind 'ranking_relevance' (and only with it)")
+        if ranking != (self.entity == "user_product"):
+            raise ValueError("objective 'lambdarank' goes with entity 'user_product' (and only with it)")
+        if ranking and self.candidates is None:
+            raise ValueError("a lambdarank model needs 'candidates' (how products are picked for a user)")
+        if self.label.kind == "ranking_relevance" and not self.label.gains:
+            raise ValueError("label kind 'ranking_relevance' needs 'label.gains' (event type -> grade)")
+        if self.label.kind == "chargeback" and (self.entity != "order" or self.label.delay_days < 1):
+            raise ValueError("label kind 'chargeback' needs entity 'order' and 'label.delay_days' >= 1")
+        if self.label.kind == "purchase_within" and self.entity != "user":
+            raise ValueError("label kind 'purchase_within' needs entity 'user'")
+        names = [s.name for s in self.slices]
+        if len(set(names)) != len(names):
+            raise ValueError(f"slice names must be unique, got {names}")
+        return self
+
     @property
-    def lower_is_better(self) -> set[str]:
-        return {"log_loss", "calibration_error"}
+    def lower_is_better(self) -> frozenset[str]:
+        return LOWER_IS_BETTER
+
+
+def _describe(errors: list[dict]) -> str:
+    parts = []
+    for err in errors:
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        expected = f" (got {err['input']!r})" if err["type"] not in {"missing", "value_error"} else ""
+        parts.append(f"key '{key}': {msg}{expected}")
+    return "; ".join(parts)
 
 
 def load_spec(path: Path) -> ModelSpec:
@@ -71,8 +192,7 @@ def load_spec(path: Path) -> ModelSpec:
     try:
         spec = ModelSpec(**raw)
     except ValidationError as exc:
-        problems = "; ".join(f"key '{'.'.join(str(p) for p in err['loc'])}': {err['msg']}" for err in exc.errors())
-        raise SpecError(f"{path}: {problems}") from exc
+        raise SpecError(f"{path}: {_describe(exc.errors())}") from exc
     if spec.name != path.stem:
         raise SpecError(f"{path}: key 'name' is {spec.name!r} but must match the file name {path.stem!r}")
     return spec

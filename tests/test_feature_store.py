@@ -86,7 +86,7 @@ def test_unknown_users_get_nan_features_or_a_clear_error(settings: Settings, fea
 
 
 def test_materializing_a_day_without_features_fails_with_what_to_do(settings: Settings, feature_lake):
-    with pytest.raises(FeatureStoreError, match="ds=2024-06-09.*build them first"):
+    with pytest.raises(FeatureStoreError, match="ds=2024-06-09.*build the day.s features first"):
         materialize_day(settings, dt.date(2024, 6, 9))
 
 

@@ -58,7 +58,8 @@ def test_training_set_round_trips_through_the_lake_with_the_same_digest(spec: Mo
     assert saved.uri.endswith("training_sets/purchase_intent/ds=2024-03-31/data.parquet")
     assert loaded.digest == saved.digest
     assert loaded.row_counts == {"train": 200, "validation": 100, "test": 100, "total": 400}
-    assert loaded.feature_columns == ["signal_1", "signal_2", "signal_3", "noise_1", "noise_2"]
+    assert loaded.feature_columns == ["signal_1", "signal_2", "signal_3", "noise_1", "noise_2", "avg_price_viewed_30d"]
+    assert {"ctx_days_since_signup", "ctx_top_category"} <= set(loaded.frame.columns)
     assert 0.0 < loaded.label_rate < 1.0
     changed = frame.assign(label=1 - frame["label"])
     assert save_training_set(lake, spec, DAY, changed).digest != saved.digest

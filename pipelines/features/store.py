@@ -16,13 +16,14 @@ from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
-from feast import FeatureService, FeatureStore, RepoConfig
+from feast import FeatureService, FeatureStore, FeatureView, RepoConfig
 from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 
-from feature_repo.definitions import FeatureRepo, definitions
+from feature_repo.definitions import definitions
+from feature_repo.parts import RepoPart, lake_table
 from pipelines.data import schemas
-from pipelines.features.user_features import ENTITY_COLUMN, TIMESTAMP_COLUMN, USER_FEATURES_TABLE
-from pipelines.lake import Lake, PartitionNotFound
+from pipelines.features.user_features import ENTITY_COLUMN, TIMESTAMP_COLUMN
+from pipelines.lake import Lake
 from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -102,19 +103,23 @@ def repo_config(settings: Settings) -> RepoConfig:
     )
 
 
-def _registered_unchanged(store: FeatureStore, repo: FeatureRepo) -> bool:
+def _registered_unchanged(store: FeatureStore, repo: RepoPart) -> bool:
     """True when the registry already holds exactly these definitions (so apply can be skipped)."""
-    project = store.project
-    registry = store.registry
+    project, registry = store.project, store.registry
     try:
-        entity = registry.get_entity(repo.user.name, project)
-        view = registry.get_feature_view(repo.user_behavior.name, project)
-        service = registry.get_feature_service(repo.purchase_intent.name, project)
+        for view in repo.views:
+            stored = registry.get_feature_view(view.name, project)
+            # Materialization history is registry state, not a definition: compare everything else.
+            view.materialization_intervals = list(stored.materialization_intervals)
+            if stored != view:
+                return False
+        return (
+            all(registry.get_entity(e.name, project) == e for e in repo.entities)
+            and all(registry.get_on_demand_feature_view(v.name, project) == v for v in repo.on_demand_views)
+            and all(registry.get_feature_service(s.name, project) == s for s in repo.services)
+        )
     except Exception:  # noqa: BLE001 - any lookup failure (missing project/object) just means "apply"
         return False
-    # Materialization history is registry state, not a definition: compare everything else.
-    repo.user_behavior.materialization_intervals = list(view.materialization_intervals)
-    return entity == repo.user and view == repo.user_behavior and service == repo.purchase_intent
 
 
 def _check_offline_store_can_read(settings: Settings) -> None:
@@ -151,99 +156,151 @@ def _service_features(service: FeatureService) -> list[str]:
     return [f.name for projection in service.feature_view_projections for f in projection.features]
 
 
+def _service_views(store: FeatureStore, service: FeatureService) -> list[FeatureView]:
+    """The batch (materialized) feature views a service reads; on-demand views are computed, not stored."""
+    batch = {v.name: v for v in store.list_feature_views()}
+    return [batch[p.name] for p in service.feature_view_projections if p.name in batch]
+
+
+def _service_inputs(store: FeatureStore, service: FeatureService) -> tuple[list[str], list[str]]:
+    """Join keys of the service's batch views and request-data fields of its on-demand views, in order."""
+    keys = [k for view in _service_views(store, service) for k in view.join_keys]
+    on_demand = {v.name: v for v in store.list_on_demand_feature_views()}
+    request = [
+        name
+        for p in service.feature_view_projections
+        if p.name in on_demand
+        for name in on_demand[p.name].get_request_data_schema()
+    ]
+    return list(dict.fromkeys(keys)), list(dict.fromkeys(request))
+
+
 # -- materialization ---------------------------------------------------------------------------------------
 def materialize_day(settings: Settings, ds: dt.date, store: FeatureStore | None = None) -> int:
-    """Load day ``ds``'s features (rows stamped ``as_of(ds)``) into the online store; return rows written.
+    """Load day ``ds``'s rows of every feature view whose lake partition exists into the online store.
 
-    Idempotent: a rerun writes the same values again. A day older than one already materialized is skipped
-    (returns 0) so that a backfill never replaces newer online features with older ones.
+    The window is ``[ds 00:00, as_of(ds)]`` (daily views stamp ``as_of(ds)``, per-event views stamp times within
+    the day). Returns rows read from the partitions. Idempotent: a rerun writes the same values again. A view
+    already materialized past this day is skipped, so a backfill never replaces newer online features with
+    older ones.
     """
     lake = Lake(settings)
-    try:
-        day = lake.read(USER_FEATURES_TABLE, ds, columns=[ENTITY_COLUMN])
-    except PartitionNotFound as exc:
+    repo = definitions(settings)
+    tables = {view.name: lake_table(view) for view in repo.views}
+    present = {name: table for name, table in tables.items() if lake.exists(table, ds)}
+    if not present:
         raise FeatureStoreError(
-            f"{lake.uri(USER_FEATURES_TABLE)}: no features for ds={ds}; build them first "
-            "(pipelines.features.user_features.build_user_features + write_user_features)"
-        ) from exc
+            f"{settings.lake_uri}: no feature partition for ds={ds} in any of {sorted(tables.values())}; build "
+            "the day's features first (the daily features DAG's features step)"
+        )
     store = store or feature_store(settings)
     as_of = schemas.as_of(ds)
-    view = store.get_feature_view("user_behavior")
-    newest = max((end for _, end in view.materialization_intervals), default=None)
-    if newest is not None and newest > as_of:
-        log.warning("feast: skip materializing ds=%s, the online store already holds %s", ds, newest)
-        return 0
-    # Rows are stamped exactly as_of(ds); the file store's window is inclusive at both ends.
-    store.materialize(start_date=as_of, end_date=as_of, feature_views=[view.name])
-    return len(day)
+    start = dt.datetime.combine(ds, dt.time(), tzinfo=dt.UTC)
+    chosen, rows = [], 0
+    for name, table in present.items():
+        view = store.get_feature_view(name)
+        newest = max((end for _, end in view.materialization_intervals), default=None)
+        if newest is not None and newest > as_of:
+            log.warning("feast: skip materializing %s for ds=%s, the online store already holds %s", name, ds, newest)
+            continue
+        chosen.append(name)
+        rows += len(lake.read(table, ds, columns=[view.join_keys[0]]))
+    if chosen:
+        store.materialize(start_date=start, end_date=as_of, feature_views=chosen)
+    return rows
 
 
 # -- online reads ------------------------------------------------------------------------------------------
+def _entity_rows(entities: list[int] | pd.DataFrame) -> pd.DataFrame:
+    if isinstance(entities, pd.DataFrame):
+        return entities.reset_index(drop=True)
+    return pd.DataFrame({ENTITY_COLUMN: pd.Series([int(u) for u in entities], dtype="int64")})
+
+
+def _plain(value: object) -> object:
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _read_online(
-    store: FeatureStore, service: FeatureService, user_ids: list[int]
+    store: FeatureStore, features: FeatureService | list[str], rows: pd.DataFrame, wanted: list[str]
 ) -> tuple[pd.DataFrame, np.ndarray, pd.Series]:
-    """Values (one row per id, NaN when absent), a found flag and the newest event time (NaT) per id."""
-    response = store.get_online_features(features=service, entity_rows=[{ENTITY_COLUMN: int(u)} for u in user_ids])
-    wanted = set(_service_features(service))
+    """Values of ``wanted`` (one row per entity row, NaN when absent), a found flag and the newest event time
+    (NaT) per row; found and newest look at stored (batch) features only."""
+    entity_rows = [{k: _plain(v) for k, v in rec.items()} for rec in rows.to_dict("records")]
+    response = store.get_online_features(features=features, entity_rows=entity_rows)
     values: dict[str, list[float]] = {}
-    newest_seconds = np.full(len(user_ids), -1, dtype="int64")  # -1: no feature of this user found
+    newest_seconds = np.full(len(rows), -1, dtype="int64")  # -1: no stored feature of this row found
     proto = response.proto
     for name, vector in zip(proto.metadata.feature_names.val, proto.results, strict=True):
         if name not in wanted:
             continue
-        values[name] = [v.double_val if v.HasField("double_val") else np.nan for v in vector.values]
+        values[name] = [_number(v) for v in vector.values]
         seconds = [
-            t.seconds if status == FieldStatus.PRESENT else -1
+            t.seconds if status == FieldStatus.PRESENT and t.seconds > 0 else -1
             for t, status in zip(vector.event_timestamps, vector.statuses, strict=True)
         ]
         newest_seconds = np.maximum(newest_seconds, np.asarray(seconds, dtype="int64"))
     found = newest_seconds >= 0
     newest = pd.Series(pd.to_datetime(np.where(found, newest_seconds, 0), unit="s", utc=True)).where(found)
-    return pd.DataFrame(values), found, newest
+    return pd.DataFrame(values, columns=wanted), found, newest
+
+
+def _number(value: object) -> float:
+    kind = value.WhichOneof("val")
+    return float(getattr(value, kind)) if kind in {"double_val", "float_val", "int64_val", "int32_val"} else np.nan
 
 
 def online_features(
     settings: Settings,
     feature_service: str,
-    user_ids: list[int],
+    entities: list[int] | pd.DataFrame,
     missing: Literal["nan", "raise"] = "nan",
     store: FeatureStore | None = None,
 ) -> pd.DataFrame:
-    """Online features for ``user_ids``: ``user_id`` then the service's features in declaration order.
+    """Online features of a service: the entity columns, then the service's features in declaration order.
 
-    One row per requested id, in request order. Users without online features get NaN features (the model
-    scores them as unknown), or ``missing="raise"`` raises ``MissingOnlineFeatures`` naming them. Pass a
-    long-lived ``store`` from ``feature_store(settings)`` on hot paths (serving).
+    ``entities`` is a list of user ids (user-keyed services) or a frame of the service's join keys (plus the
+    request-data fields its on-demand views need). One row per requested row, in request order. Rows without
+    stored features get NaN features (the model scores them as unknown), or ``missing="raise"`` raises
+    ``MissingOnlineFeatures`` naming them. Pass a long-lived ``store`` from ``feature_store(settings)`` on hot
+    paths (serving).
     """
     store = store or feature_store(settings)
     service = _service(store, feature_service)
     columns = _service_features(service)
-    if not user_ids:
-        return pd.DataFrame(
-            {ENTITY_COLUMN: pd.Series(dtype="int64"), **{c: pd.Series(dtype="float64") for c in columns}}
+    rows = _entity_rows(entities)
+    keys, request = _service_inputs(store, service)
+    absent_cols = [c for c in [*keys, *request] if c not in rows.columns]
+    if absent_cols:
+        raise FeatureStoreError(
+            f"feature service {feature_service!r} needs column(s) {absent_cols} in the entity rows "
+            f"(join keys {keys}, request fields {request})"
         )
-    values, found, _ = _read_online(store, service, user_ids)
+    if rows.empty:
+        return rows.assign(**{c: pd.Series(dtype="float64") for c in columns})
+    values, found, _ = _read_online(store, service, rows[[*keys, *request]], columns)
     if missing == "raise" and not found.all():
-        absent = [u for u, ok in zip(user_ids, found, strict=True) if not ok]
+        absent = rows.loc[~found, keys].to_dict("records")
         raise MissingOnlineFeatures(
-            f"feature service {feature_service!r}: no online features for user_id(s) {absent[:20]}"
+            f"feature service {feature_service!r}: no online features for {absent[:20]}"
             f"{' ...' if len(absent) > 20 else ''}; materialize the latest day or check the ids"
         )
-    out = pd.DataFrame({ENTITY_COLUMN: pd.Series(user_ids, dtype="int64")})
+    out = rows.copy()
     for column in columns:
-        out[column] = values[column].astype("float64")
+        out[column] = values[column].astype("float64").to_numpy()
     return out
 
 
-def _default_sample(settings: Settings, size: int) -> list[int]:
-    """Up to ``size`` users, evenly spread over the newest feature partition in the lake."""
+def _sample_keys(settings: Settings, view: FeatureView, size: int) -> pd.DataFrame:
+    """Up to ``size`` key rows, evenly spread over the view's newest lake partition (empty if none)."""
     lake = Lake(settings)
-    days = lake.partitions(USER_FEATURES_TABLE)
+    table = lake_table(view)
+    days = lake.partitions(table)
     if not days:
-        return []
-    ids = lake.read(USER_FEATURES_TABLE, days[-1], columns=[ENTITY_COLUMN])[ENTITY_COLUMN].to_numpy()
-    step = max(1, len(ids) // size)
-    return [int(u) for u in ids[::step][:size]]
+        return pd.DataFrame(columns=view.join_keys)
+    keys = lake.read(table, days[-1], columns=view.join_keys).drop_duplicates()
+    step = max(1, len(keys) // size)
+    return keys.iloc[::step].head(size).reset_index(drop=True)
 
 
 def online_freshness(
@@ -255,43 +312,60 @@ def online_freshness(
     store: FeatureStore | None = None,
     sample_size: int = 100,
 ) -> FreshnessReport:
-    """Are the online features of ``feature_service`` at most ``max_age`` old at ``now``? Checked on a sample.
+    """Are the online features of every stored view of ``feature_service`` at most ``max_age`` old at ``now``?
 
-    The newest event timestamp among the sampled users that have online features stands for the last
-    materialized day; no sampled user with features at all counts as stale. Without ``sample_user_ids``,
-    ``sample_size`` users of the newest feature partition are checked; ``now`` defaults to the current time.
+    Checked per view on a sample of keys: the newest event timestamp among sampled keys that have online
+    features stands for the view's last materialized day; the stalest view decides. A view with no sampled key
+    found counts as stale. ``sample_user_ids`` samples user-keyed views (otherwise ``sample_size`` keys of the
+    view's newest lake partition); ``now`` defaults to the current time.
     """
     now = now or dt.datetime.now(dt.UTC)
     store = store or feature_store(settings)
     service = _service(store, feature_service)
-    if sample_user_ids is None:
-        sample_user_ids = _default_sample(settings, sample_size)
-    if not sample_user_ids:
+    reports = []
+    for view in _service_views(store, service):
+        if sample_user_ids is not None and view.join_keys == [ENTITY_COLUMN]:
+            sample = _entity_rows(list(sample_user_ids))
+        else:
+            sample = _sample_keys(settings, view, sample_size)
+        reports.append(_view_freshness(store, view, sample, max_age, now))
+    if not reports:
+        return FreshnessReport(False, None, 0, f"feature service {feature_service!r} reads no stored feature view")
+    stale = [r for r in reports if not r.fresh]
+    worst = stale[0] if stale else min(reports, key=lambda r: r.newest_event_timestamp)
+    return FreshnessReport(
+        not stale,
+        worst.newest_event_timestamp,
+        sum(r.checked for r in reports),
+        f"feature service {feature_service!r}: " + "; ".join(r.message for r in reports),
+    )
+
+
+def _view_freshness(
+    store: FeatureStore, view: FeatureView, sample: pd.DataFrame, max_age: dt.timedelta, now: dt.datetime
+) -> FreshnessReport:
+    if sample.empty:
         return FreshnessReport(
-            False,
-            None,
-            0,
-            f"feature service {feature_service!r}: no users to check (no sample given and no "
-            f"{USER_FEATURES_TABLE} partition in the lake); build and materialize features first",
+            False, None, 0, f"view {view.name!r}: no keys to check (no lake partition); build and materialize first"
         )
-    _, found, newest = _read_online(store, service, list(sample_user_ids))
+    refs = [f"{view.name}:{f.name}" for f in view.features]
+    _, found, newest = _read_online(store, refs, sample[view.join_keys], [f.name for f in view.features])
     checked = int(found.sum())
     if checked == 0:
         return FreshnessReport(
             False,
             None,
             0,
-            f"feature service {feature_service!r}: none of the {len(sample_user_ids)} sampled users has "
-            "online features; materialize the latest day (pipelines.features.store.materialize_day)",
+            f"view {view.name!r}: none of the {len(sample)} sampled keys has online features; materialize the "
+            "latest day (pipelines.features.store.materialize_day)",
         )
     newest_ts = newest.max().to_pydatetime()
     age = now - newest_ts
     fresh = age <= max_age
-    verdict = "fresh" if fresh else "STALE"
     message = (
-        f"feature service {feature_service!r}: {verdict}; newest online event_timestamp "
-        f"{newest_ts.isoformat()} is {age} old at {now.isoformat()} (limit {max_age}); "
-        f"{checked}/{len(sample_user_ids)} sampled users found"
+        f"view {view.name!r} {'fresh' if fresh else 'STALE'}: newest online event_timestamp "
+        f"{newest_ts.isoformat()} is {age} old at {now.isoformat()} (limit {max_age}), "
+        f"{checked}/{len(sample)} sampled keys found"
     )
     if not fresh:
         message += "; materialize the latest day before promoting"
@@ -300,46 +374,48 @@ def online_freshness(
 
 # -- historical (point-in-time) reads ----------------------------------------------------------------------
 def historical_features(settings: Settings, entity_df: pd.DataFrame, feature_service: str) -> pd.DataFrame:
-    """Point-in-time features for each row of ``entity_df`` (``user_id``, ``event_timestamp``, any others).
+    """Point-in-time features for each row of ``entity_df`` (the service's join keys, ``event_timestamp``, the
+    request fields of its on-demand views, any other columns).
 
-    Each row gets the newest feature row with ``event_timestamp <=`` its own, not older than the view's ttl.
-    Every input row is kept, in input order with its index and extra columns (labels). Rows for which no
-    such feature row exists get NaN features: Feast's file store drops those rows (STACK_NOTES), so the
-    request is deduplicated, joined by Feast and merged back onto the input, and the row count is checked.
+    Each row gets the newest feature row per view with ``event_timestamp <=`` its own, not older than the view's
+    ttl. Every input row is kept, in input order with its index and extra columns (labels). Rows for which no
+    such feature row exists get NaN features: Feast's file store drops those rows (STACK_NOTES), so the request
+    is deduplicated, joined by Feast and merged back onto the input, and the row count is checked.
     """
-    missing_cols = [c for c in (ENTITY_COLUMN, TIMESTAMP_COLUMN) if c not in entity_df.columns]
-    if missing_cols:
-        raise FeatureStoreError(f"entity_df lacks column(s) {missing_cols}; it needs user_id and event_timestamp")
     store = feature_store(settings)
     service = _service(store, feature_service)
     columns = _service_features(service)
+    keys, request = _service_inputs(store, service)
+    inputs = [*keys, TIMESTAMP_COLUMN, *request]
+    missing_cols = [c for c in inputs if c not in entity_df.columns]
+    if missing_cols:
+        raise FeatureStoreError(
+            f"entity_df lacks column(s) {missing_cols}; feature service {feature_service!r} needs join keys "
+            f"{keys}, {TIMESTAMP_COLUMN} and request fields {request}"
+        )
     clash = [c for c in columns if c in entity_df.columns]
     if clash:
         raise FeatureStoreError(f"entity_df already has feature column(s) {clash}; drop them before the join")
 
-    keys = pd.DataFrame(
-        {
-            ENTITY_COLUMN: entity_df[ENTITY_COLUMN].astype("int64").to_numpy(),
-            TIMESTAMP_COLUMN: pd.to_datetime(entity_df[TIMESTAMP_COLUMN], utc=True).to_numpy(),
-        }
-    )
-    keys[TIMESTAMP_COLUMN] = pd.to_datetime(keys[TIMESTAMP_COLUMN], utc=True).astype("datetime64[ns, UTC]")
-    unique = keys.drop_duplicates(ignore_index=True)
+    asked = pd.DataFrame({c: entity_df[c].to_numpy() for c in inputs})
+    for key in keys:
+        if pd.api.types.is_integer_dtype(asked[key]):
+            asked[key] = asked[key].astype("int64")
+    asked[TIMESTAMP_COLUMN] = pd.to_datetime(asked[TIMESTAMP_COLUMN], utc=True).astype("datetime64[ns, UTC]")
+    unique = asked.drop_duplicates(ignore_index=True)
     if unique.empty:
         joined = unique.assign(**{c: pd.Series(dtype="float64") for c in columns})
     else:
         joined = store.get_historical_features(entity_df=unique, features=service).to_df()
         joined[TIMESTAMP_COLUMN] = pd.to_datetime(joined[TIMESTAMP_COLUMN], utc=True).astype("datetime64[ns, UTC]")
-        joined = joined[[ENTITY_COLUMN, TIMESTAMP_COLUMN, *columns]].drop_duplicates([ENTITY_COLUMN, TIMESTAMP_COLUMN])
+        joined = joined[[*inputs, *columns]].drop_duplicates(inputs)
     dropped = len(unique) - len(joined)
     if dropped:
         log.info(
-            "feast: %d of %d entity rows had no feature row in the ttl window; kept with NaN",
-            dropped,
-            len(unique),
+            "feast: %d of %d entity rows had no feature row in the ttl window; kept with NaN", dropped, len(unique)
         )
 
-    merged = keys.merge(joined, on=[ENTITY_COLUMN, TIMESTAMP_COLUMN], how="left", validate="many_to_one")
+    merged = asked.merge(joined, on=inputs, how="left", validate="many_to_one")
     if len(merged) != len(entity_df):
         raise FeatureStoreError(
             f"historical join returned {len(merged)} rows for {len(entity_df)} entity rows; this is a bug"

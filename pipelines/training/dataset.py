@@ -8,23 +8,35 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import importlib
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from pipelines.data import schemas
-from pipelines.features.user_features import USER_FEATURES_TABLE
 from pipelines.lake import Lake, as_date
 from pipelines.settings import Settings
-from pipelines.specs import ModelSpec
+from pipelines.specs import CONTEXT_PREFIX, ModelSpec
 
 TIMESTAMP_COLUMN = "event_timestamp"
 LABEL_COLUMN = "label"
 SPLIT_COLUMN = "split"
+# Ranking: the request a candidate row belongs to (one user at one as-of time); rows of a request are contiguous.
+GROUP_COLUMN = "query_id"
 SPLITS = ("train", "validation", "test")
-# Entity of a model spec -> (its key column, the lake table whose rows define who exists on a given day).
-ENTITIES: dict[str, tuple[str, str]] = {"user": ("user_id", USER_FEATURES_TABLE)}
+# Entity of a model spec -> its key columns, and the module building its rows: ``build_frame(settings, lake, spec,
+# splits, logical_date) -> DataFrame`` and ``oracle_scores(settings, lake, spec, frame) -> ndarray | None``.
+ENTITY_KEYS: dict[str, tuple[str, ...]] = {
+    "user": ("user_id",),
+    "order": ("order_id",),
+    "user_product": ("user_id", "product_id"),
+}
+ROW_BUILDERS: dict[str, str] = {
+    "user": "pipelines.training.rows_user",
+    "order": "pipelines.training.rows_order",
+    "user_product": "pipelines.training.rows_ranking",
+}
 
 
 class TrainingSetError(ValueError):
@@ -53,9 +65,10 @@ class SplitDays:
 def split_days(spec: ModelSpec, logical_date: dt.date) -> SplitDays:
     """Time-based splits ending at the newest as-of day whose label window is complete on ``logical_date``.
 
-    The label of as-of day D covers events of days D+1 .. D+window, so D + window <= logical_date.
+    The label of as-of day D is complete ``spec.label.maturity_days`` later (the label window for behaviour
+    labels, the delay for chargebacks), so D + maturity <= logical_date.
     """
-    newest = as_date(logical_date) - dt.timedelta(days=spec.label.window_days)
+    newest = as_date(logical_date) - dt.timedelta(days=spec.label.maturity_days)
     w = spec.windows
     days = [newest - dt.timedelta(days=i) for i in range(w.train_days + w.validation_days + w.test_days)][::-1]
     return SplitDays(
@@ -65,12 +78,13 @@ def split_days(spec: ModelSpec, logical_date: dt.date) -> SplitDays:
     )
 
 
-def entity_key(spec: ModelSpec) -> str:
-    if spec.entity not in ENTITIES:
+def entity_keys(spec: ModelSpec) -> tuple[str, ...]:
+    if spec.entity not in ENTITY_KEYS:
         raise TrainingSetError(
-            f"model spec {spec.name!r}: entity {spec.entity!r} has no training-set support; known: {sorted(ENTITIES)}"
+            f"model spec {spec.name!r}: entity {spec.entity!r} has no training-set support; "
+            f"known: {sorted(ENTITY_KEYS)}"
         )
-    return ENTITIES[spec.entity][0]
+    return ENTITY_KEYS[spec.entity]
 
 
 def _utc_us(values: pd.Series) -> pd.Series:
@@ -95,7 +109,7 @@ class TrainingSet:
 
     model: str
     logical_date: dt.date
-    entity_key: str
+    keys: tuple[str, ...]
     frame: pd.DataFrame
     uri: str
     digest: str
@@ -104,8 +118,8 @@ class TrainingSet:
     label_rate: float = field(init=False)
 
     def __post_init__(self) -> None:
-        keys = {self.entity_key, TIMESTAMP_COLUMN, LABEL_COLUMN, SPLIT_COLUMN}
-        self.feature_columns = [c for c in self.frame.columns if c not in keys]
+        reserved = {*self.keys, TIMESTAMP_COLUMN, LABEL_COLUMN, SPLIT_COLUMN, GROUP_COLUMN}
+        self.feature_columns = [c for c in self.frame.columns if c not in reserved and not c.startswith(CONTEXT_PREFIX)]
         counts = self.frame[SPLIT_COLUMN].value_counts()
         self.row_counts = {name: int(counts.get(name, 0)) for name in SPLITS} | {"total": len(self.frame)}
         self.label_rate = float(self.frame[LABEL_COLUMN].mean()) if len(self.frame) else 0.0
@@ -121,61 +135,82 @@ class TrainingSet:
     def labels(self, name: str) -> np.ndarray:
         return self.split(name)[LABEL_COLUMN].to_numpy()
 
+    def group_sizes(self, name: str) -> np.ndarray | None:
+        """Rows per query, in row order (ranking training sets); None for sets without queries."""
+        if GROUP_COLUMN not in self.frame.columns:
+            return None
+        groups = self.split(name)[GROUP_COLUMN].to_numpy()
+        if len(groups) == 0:
+            return np.empty(0, dtype="int64")
+        starts = np.r_[0, np.flatnonzero(groups[1:] != groups[:-1]) + 1]
+        return np.diff(np.r_[starts, len(groups)])
+
 
 def assemble_training_frame(
     entity_df: pd.DataFrame,
     labels: pd.DataFrame,
     features: pd.DataFrame,
     splits: SplitDays,
-    key: str,
+    keys: str | list[str] | tuple[str, ...],
+    split_by: Literal["as_of", "event_day"] = "as_of",
 ) -> pd.DataFrame:
     """Join labels onto the point-in-time features of every entity row and mark each row's split.
 
-    ``entity_df`` [key, event_timestamp] is what was asked for; ``labels`` [key, as_of, label] must label
-    every entity row and ``features`` (the point-in-time join) must return every entity row: a lost row is an
-    error, never a silently smaller training set.
+    ``entity_df`` [keys, event_timestamp, optional query_id and ``ctx_*`` columns] is what was asked for;
+    ``labels`` [keys, as_of, label] must label every entity row and ``features`` (the point-in-time join,
+    [keys, event_timestamp, features]) must return every entity row: a lost row is an error, never a silently
+    smaller training set. A row's day is its as-of day (``split_by="as_of"``: timestamp = as_of(D)) or the day of
+    its timestamp (``"event_day"``, e.g. an order's purchase time).
     """
-    asked = entity_df[[key, TIMESTAMP_COLUMN]].assign(**{TIMESTAMP_COLUMN: _utc_us(entity_df[TIMESTAMP_COLUMN])})
-    feats = features.assign(**{TIMESTAMP_COLUMN: _utc_us(features[TIMESTAMP_COLUMN])})
-    feats = asked.merge(feats, on=[key, TIMESTAMP_COLUMN], how="left", indicator=True)
+    keys = [keys] if isinstance(keys, str) else list(keys)
+    join = [*keys, TIMESTAMP_COLUMN]
+    carried = [c for c in entity_df.columns if c == GROUP_COLUMN or c.startswith(CONTEXT_PREFIX)]
+    asked = entity_df[[*join, *carried]].assign(**{TIMESTAMP_COLUMN: _utc_us(entity_df[TIMESTAMP_COLUMN])})
+    feats = features.drop(columns=[c for c in carried if c in features.columns])
+    feats = feats.assign(**{TIMESTAMP_COLUMN: _utc_us(feats[TIMESTAMP_COLUMN])})
+    feats = asked.merge(feats, on=join, how="left", indicator=True)
     lost = feats["_merge"] != "both"
     if lost.any() or len(feats) != len(asked):
         raise TrainingSetError(
             f"the point-in-time feature join returned {int((~lost).sum())} of {len(asked)} entity rows "
-            f"(e.g. {feats.loc[lost, [key, TIMESTAMP_COLUMN]].head(3).to_dict('records')}); "
+            f"(e.g. {feats.loc[lost, join].head(3).to_dict('records')}); "
             "check pipelines/features/store.historical_features keeps every row"
         )
-    lab = labels[[key, "as_of", LABEL_COLUMN]].rename(columns={"as_of": TIMESTAMP_COLUMN})
+    lab = labels[[*keys, "as_of", LABEL_COLUMN]].rename(columns={"as_of": TIMESTAMP_COLUMN})
     lab = lab.assign(**{TIMESTAMP_COLUMN: _utc_us(lab[TIMESTAMP_COLUMN])})
-    frame = feats.drop(columns="_merge").merge(lab, on=[key, TIMESTAMP_COLUMN], how="left")
+    frame = feats.drop(columns="_merge").merge(lab, on=join, how="left")
     if len(frame) != len(asked):
-        raise TrainingSetError("labels hold duplicate (entity, as_of) rows; expected one label per entity and day")
+        raise TrainingSetError("labels hold duplicate (entity, as_of) rows; expected one label per entity and time")
     unlabelled = frame[LABEL_COLUMN].isna()
     if unlabelled.any():
         raise TrainingSetError(
             f"{int(unlabelled.sum())} entity rows have no label "
-            f"(e.g. {frame.loc[unlabelled, [key, TIMESTAMP_COLUMN]].head(3).to_dict('records')}); "
-            "check pipelines/data/labels.purchase_labels covers every user and as-of day"
+            f"(e.g. {frame.loc[unlabelled, join].head(3).to_dict('records')}); "
+            "the model's label builder must label every entity row"
         )
-    feature_cols = [c for c in frame.columns if c not in {key, TIMESTAMP_COLUMN, LABEL_COLUMN}]
+    feature_cols = [c for c in frame.columns if c not in {*join, *carried, LABEL_COLUMN}]
     not_numeric = [c for c in feature_cols if not pd.api.types.is_numeric_dtype(frame[c])]
     if not_numeric:
         raise TrainingSetError(f"feature column(s) {not_numeric} are not numeric; LightGBM needs numbers")
-    # as_of(D) = D+1 00:00 UTC, so the as-of day of a row is its timestamp minus one day.
-    day = (frame[TIMESTAMP_COLUMN] - pd.Timedelta(days=1)).dt.date
+    if split_by == "as_of":
+        # as_of(D) = D+1 00:00 UTC, so the as-of day of a row is its timestamp minus one day.
+        day = (frame[TIMESTAMP_COLUMN] - pd.Timedelta(days=1)).dt.date
+    else:
+        day = frame[TIMESTAMP_COLUMN].dt.date
     split = day.map({d: splits.split_of(d) for d in splits.days})
     if split.isna().any():
-        raise TrainingSetError(f"entity rows at as-of days outside the splits: {sorted(set(day[split.isna()]))[:5]}")
+        raise TrainingSetError(f"entity rows on days outside the splits: {sorted(set(day[split.isna()]))[:5]}")
     out = pd.DataFrame(
         {
-            key: frame[key].astype("int64"),
+            **{k: frame[k].astype("int64") if pd.api.types.is_integer_dtype(frame[k]) else frame[k] for k in keys},
             TIMESTAMP_COLUMN: frame[TIMESTAMP_COLUMN],
             LABEL_COLUMN: frame[LABEL_COLUMN].astype("int64"),
             SPLIT_COLUMN: split.astype(str),
         }
     )
-    out = pd.concat([out, frame[feature_cols].astype("float64")], axis=1)
-    return out.sort_values([TIMESTAMP_COLUMN, key], kind="stable").reset_index(drop=True)
+    out = pd.concat([out, frame[carried], frame[feature_cols].astype("float64")], axis=1)
+    order = [GROUP_COLUMN] if GROUP_COLUMN in carried else []
+    return out.sort_values([TIMESTAMP_COLUMN, *order, *keys], kind="stable").reset_index(drop=True)
 
 
 def training_table(spec: ModelSpec) -> str:
@@ -184,8 +219,24 @@ def training_table(spec: ModelSpec) -> str:
 
 def save_training_set(lake: Lake, spec: ModelSpec, logical_date: dt.date, frame: pd.DataFrame) -> TrainingSet:
     """Publish an assembled frame as the training set of ``logical_date`` (replacing a previous one)."""
+    _check_frame(spec, frame)
     uri = lake.write(training_table(spec), logical_date, frame)
-    return TrainingSet(spec.name, as_date(logical_date), entity_key(spec), frame, uri, frame_digest(frame))
+    return TrainingSet(spec.name, as_date(logical_date), entity_keys(spec), frame, uri, frame_digest(frame))
+
+
+def _check_frame(spec: ModelSpec, frame: pd.DataFrame) -> None:
+    """The column contract every row builder meets (keys, timestamp, label, split, query_id for ranking)."""
+    required = [*entity_keys(spec), TIMESTAMP_COLUMN, LABEL_COLUMN, SPLIT_COLUMN]
+    if spec.objective == "lambdarank":
+        required.append(GROUP_COLUMN)
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise TrainingSetError(
+            f"training set of {spec.name}: column(s) {missing} missing; the row builder must add them"
+        )
+    bad = sorted(set(frame[SPLIT_COLUMN]) - set(SPLITS))
+    if bad:
+        raise TrainingSetError(f"training set of {spec.name}: unknown split value(s) {bad}; expected {SPLITS}")
 
 
 def load_training_set(lake: Lake, spec: ModelSpec, logical_date: dt.date) -> TrainingSet:
@@ -202,51 +253,28 @@ def load_training_set(lake: Lake, spec: ModelSpec, logical_date: dt.date) -> Tra
     return TrainingSet(
         spec.name,
         as_date(logical_date),
-        entity_key(spec),
+        entity_keys(spec),
         frame,
         lake.partition_uri(table, logical_date),
         frame_digest(frame),
     )
 
 
-def entity_rows(lake: Lake, spec: ModelSpec, days: list[dt.date]) -> pd.DataFrame:
-    """Every entity that has a feature row on each as-of day, stamped with that day's as-of time."""
-    key, table = entity_key(spec), ENTITIES[spec.entity][1]
-    missing = [d for d in days if not lake.exists(table, d)]
-    if missing:
-        raise TrainingSetError(
-            f"{lake.uri(table)}: no feature partition for as-of day(s) {[str(d) for d in missing]}; "
-            "run the features pipeline for those days (or backfill) before training"
-        )
-    frames = [
-        lake.read(table, d, columns=[key]).assign(**{TIMESTAMP_COLUMN: pd.Timestamp(schemas.as_of(d))}) for d in days
-    ]
-    rows = pd.concat(frames, ignore_index=True).drop_duplicates()
-    rows[TIMESTAMP_COLUMN] = _utc_us(rows[TIMESTAMP_COLUMN])
-    return rows
+def _rows_module(spec: ModelSpec):
+    entity_keys(spec)
+    return importlib.import_module(ROW_BUILDERS[spec.entity])
 
 
 def build_training_set(settings: Settings, lake: Lake, spec: ModelSpec, logical_date: dt.date) -> TrainingSet:
-    """Entity rows x labels from the lake's events x Feast point-in-time features, written to the lake."""
-    # Imported here: Feast takes seconds to import and only this glue needs it.
-    from pipelines.data.labels import purchase_labels
-    from pipelines.features.store import historical_features
-
+    """The spec's entity rows x labels x Feast point-in-time features for ``logical_date``, written to the lake."""
     logical_date = as_date(logical_date)
-    splits = split_days(spec, logical_date)
-    key = entity_key(spec)
-    rows = entity_rows(lake, spec, splits.days)
-    # The label window of the oldest day starts the day after it; the newest one ends on the logical date.
-    events = lake.read_range("events", splits.days[0] + dt.timedelta(days=1), logical_date)
-    if events.empty:
-        raise TrainingSetError(f"{lake.uri('events')}: no events between {splits.days[0]} and {logical_date}")
-    labels = purchase_labels(
-        events,
-        splits.days,
-        rows[key].unique().tolist(),
-        window_days=spec.label.window_days,
-        event_type=spec.label.event_type,
-    )
-    features = historical_features(settings, rows, spec.feature_service)
-    frame = assemble_training_frame(rows, labels, features, splits, key)
+    frame = _rows_module(spec).build_frame(settings, lake, spec, split_days(spec, logical_date), logical_date)
     return save_training_set(lake, spec, logical_date, frame)
+
+
+def oracle_scores(settings: Settings, lake: Lake, spec: ModelSpec, frame: pd.DataFrame) -> np.ndarray | None:
+    """The simulator's true probabilities (or expected relevances) of ``frame``'s rows: the Bayes-optimal scorer.
+
+    None when the data is not simulated or the truth is not in the lake.
+    """
+    return _rows_module(spec).oracle_scores(settings, lake, spec, frame)

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from pipelines.data import schemas
-from pipelines.specs import ModelSpec
-from pipelines.training.dataset import TIMESTAMP_COLUMN, assemble_training_frame, entity_key, split_days
+from pipelines.specs import CONTEXT_PREFIX, ModelSpec
+from pipelines.training.dataset import TIMESTAMP_COLUMN, assemble_training_frame, entity_keys, split_days
 
 
 def synthetic_training_frame(
@@ -24,10 +24,14 @@ def synthetic_training_frame(
     noise_features: int = 2,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """A training frame shaped like :func:`build_training_set`'s, for the as-of days of ``logical_date``."""
+    """A training frame shaped like :func:`build_training_set`'s, for the as-of days of ``logical_date``.
+
+    Every column the spec's slices name is there too: ``ctx_*`` context columns as one of four groups "a".."d",
+    feature columns as a positive noise feature.
+    """
     rng = np.random.default_rng(seed)
     splits = split_days(spec, logical_date)
-    key = entity_key(spec)
+    (key,) = entity_keys(spec)
     days = splits.days
     n = users_per_day * len(days)
     entity = pd.DataFrame(
@@ -43,5 +47,10 @@ def synthetic_training_frame(
         features[f"signal_{i + 1}"] = signal[:, i]
     for i in range(noise_features):
         features[f"noise_{i + 1}"] = rng.normal(size=n)
+    for column in dict.fromkeys(s.column for s in spec.slices):
+        if column.startswith(CONTEXT_PREFIX):
+            entity[column] = rng.choice(["a", "b", "c", "d"], size=n)
+        else:
+            features[column] = rng.gamma(2.0, 20.0, size=n)
     labels = entity.rename(columns={TIMESTAMP_COLUMN: "as_of"}).assign(label=(rng.random(n) < p).astype("int64"))
     return assemble_training_frame(entity, labels, features, splits, key)
