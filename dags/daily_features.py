@@ -6,9 +6,12 @@ import datetime as dt
 
 from airflow.sdk import Asset, dag, task
 
+from pipelines.features.families import families_for
 from pipelines.settings import get_settings
+from pipelines.specs import load_specs
 
 settings = get_settings()
+FAMILIES = families_for(load_specs(settings.models_dir).values())
 
 
 def flow():
@@ -18,7 +21,8 @@ def flow():
     return daily_features
 
 
-USER_FEATURES = Asset("storefront://features/user_behavior")
+def feature_asset(family: str) -> Asset:
+    return Asset(f"storefront://features/{family}")
 
 
 @dag(
@@ -41,15 +45,22 @@ def daily_features():
     def validate(ds: str | None = None) -> dict:
         return flow().validate(get_settings(), ds)
 
-    @task
-    def features(ds: str | None = None) -> dict:
-        return flow().features(get_settings(), ds)
+    def family_task(family: str):
+        @task(task_id=f"features_{family}", outlets=[feature_asset(family)])
+        def features(ds: str | None = None) -> dict:
+            return flow().feature_family(get_settings(), ds, family)
 
-    @task(outlets=[USER_FEATURES])
+        return features()
+
+    @task
     def materialize(ds: str | None = None) -> dict:
         return flow().materialize(get_settings(), ds)
 
-    extract() >> validate() >> features() >> materialize()
+    validated = validate()
+    extract() >> validated
+    materialized = materialize()
+    for family in FAMILIES:
+        validated >> family_task(family) >> materialized
 
 
 daily_features()

@@ -27,8 +27,11 @@ A new candidate of **{name}** passed the gate and waits for a reviewer.
 - version: {{{{ ti.xcom_pull(task_ids='train')['version'] }}}}
 - logical date: {{{{ ds }}}}
 - gate: {{{{ ti.xcom_pull(task_ids='gate')['summary'] }}}}
+- reviewer's report (curves, slices, calibration, feature importance, verdict):
+  {{{{ ti.xcom_pull(task_ids='gate')['report'] }}}}
 
-Approve to make it the champion (the current one is kept as `previous`); reject to leave the champion as it is.
+Read the report first. Approve to make it the champion (the current one is kept as `previous`); reject to leave
+the champion as it is.
 Answer here or with `mlctl approve {name} VERSION --as YOU --comment ...` / `mlctl reject ...`.
 """
 
@@ -51,7 +54,7 @@ class RecordedApprovalOperator(ApprovalOperator):
 def build_training_dag(spec: ModelSpec):
     @dag(
         dag_id=f"train_{spec.name}",
-        schedule=None,
+        schedule=spec.schedule if settings.training_schedules else None,
         start_date=dt.datetime.combine(settings.start_date, dt.time(), tzinfo=dt.UTC),
         catchup=False,
         max_active_runs=1,

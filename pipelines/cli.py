@@ -188,6 +188,22 @@ def reject(
     _answer(model, version, reviewer, comment, "Reject")
 
 
+@app.command("validate-specs")
+def validate_specs() -> None:
+    """Check every model spec in models/: its form, and that its feature service and reviewers exist."""
+    from pipelines.spec_check import check_specs
+
+    checks = check_specs(_settings())
+    for check in checks:
+        if check.ok:
+            console.print(f"[green]ok[/green]     {check.path.name} ({check.name})", soft_wrap=True)
+        for problem in check.problems:
+            console.print("[red]error[/red] ", end=" ")
+            console.print(problem, soft_wrap=True, markup=False, highlight=False)
+    if not all(c.ok for c in checks):
+        raise typer.Exit(code=1)
+
+
 @app.command()
 def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False) -> None:
     """Champions with their metrics and approval records, and the last runs of every DAG."""

@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     airflow_catchup: bool = Field(
         default=True, description="Scheduler runs every missed day since start_date (False: only the newest)."
     )
+    training_schedules: bool = Field(
+        default=True,
+        description="Training DAGs run on their model spec's schedule (False: only when triggered, e.g. tests).",
+    )
     airflow_users: str = Field(
         default="engineer:admin,alice:op,bob:op,carol:op",
         description="SimpleAuthManager users as name:role; reviewers named in model specs need a login here.",

@@ -103,6 +103,7 @@ def stack_settings(root: Path) -> tuple[Settings, dict[str, str]]:
         start_date=DAYS[0],
         end_date=DAYS[-1],
         airflow_catchup=False,
+        training_schedules=False,
         sim_users=600,
         num_threads=1,
         **credentials,

@@ -104,7 +104,7 @@ def test_failing_validation_quarantines_and_stops_the_chain(airflow_env: Airflow
     run = dag.test(logical_date=logical_datetime(day), mark_success_pattern="extract")
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert states["validate"] == "failed"
-    assert states["features"] == "upstream_failed" and states["materialize"] == "upstream_failed"
+    assert states["features_user_behavior"] == "upstream_failed" and states["materialize"] == "upstream_failed"
     assert not lake.exists("events", day) and lake.is_quarantined("events", day)
     assert not lake.exists("features/user_behavior", day)
     report = lake.read_json(f"quarantine/events/ds={day}/report.json")

@@ -32,10 +32,11 @@ def test_every_dag_imports_without_errors(dagbag) -> None:
 def test_daily_features_chain(dagbag) -> None:
     dag = dagbag.get_dag("daily_features")
     assert dag.catchup is True
-    order = ["extract", "validate", "features", "materialize"]
+    # The test world's specs are all user models: one feature family.
+    order = ["extract", "validate", "features_user_behavior", "materialize"]
     for upstream, downstream in zip(order, order[1:], strict=False):
         assert downstream in dag.get_task(upstream).downstream_task_ids
-    assert [o.uri for o in dag.get_task("materialize").outlets] == ["storefront://features/user_behavior"]
+    assert [o.uri for o in dag.get_task("features_user_behavior").outlets] == ["storefront://features/user_behavior"]
 
 
 def test_training_chain_has_gate_approval_and_promotion(dagbag) -> None:

@@ -1,4 +1,4 @@
-"""The daily chain for one logical date: extract -> validate -> features -> materialize.
+"""The daily chain for one logical date: extract -> validate -> features (one step per family) -> materialize.
 
 Each step reads only its inputs for the date and replaces its one output atomically, so rerunning a day
 changes nothing and a failed day can simply be retried.
@@ -6,12 +6,16 @@ changes nothing and a failed day can simply be retried.
 
 from __future__ import annotations
 
+import importlib
+
 from pipelines.data.extract import extract_day
 from pipelines.data.simulator import SimulationConfig
+from pipelines.features.families import FAMILY_STEPS, families_for
 from pipelines.features.store import materialize_day
 from pipelines.features.user_features import build_user_features, write_user_features
 from pipelines.lake import Lake, as_date
 from pipelines.settings import Settings
+from pipelines.specs import load_specs
 from pipelines.validation.contracts import validate_with_contract
 from pipelines.validation.daily import validate_day
 from pipelines.validation.quarantine import ValidationFailed, report_key
@@ -56,7 +60,25 @@ def validate(settings: Settings, ds: str) -> dict:
     return validate_day(Lake(settings), as_date(ds), settings.expectations_dir)
 
 
+def feature_families(settings: Settings) -> list[str]:
+    """The feature families the model specs in ``settings.models_dir`` need."""
+    return families_for(load_specs(settings.models_dir).values())
+
+
+def feature_family(settings: Settings, ds: str, family: str) -> dict:
+    """Build and publish one family's tables of the day (see pipelines/features/families.py)."""
+    if family not in FAMILY_STEPS:
+        raise ValueError(f"unknown feature family {family!r}; known: {sorted(FAMILY_STEPS)}")
+    module, function = FAMILY_STEPS[family].split(":")
+    return getattr(importlib.import_module(module), function)(settings, ds)
+
+
 def features(settings: Settings, ds: str) -> dict:
+    """Every feature family the specs need, in order (what the DAG runs as one task per family)."""
+    return {family: feature_family(settings, ds, family) for family in feature_families(settings)}
+
+
+def user_behavior_features(settings: Settings, ds: str) -> dict:
     """Compute the day's user features, check them, and publish them to the offline store."""
     lake, day = Lake(settings), as_date(ds)
     frame = build_user_features(lake, day)

@@ -24,6 +24,7 @@ from pipelines.registry.registry import connect, ensure_experiment, list_version
 from pipelines.settings import Settings
 from pipelines.specs import ModelSpec
 from pipelines.training.dataset import LABEL_COLUMN, TrainingSet
+from pipelines.training.lineage import code_version, feature_lineage, spec_digest
 
 TAG_LOGICAL_DATE = "logical_date"
 TAG_DIGEST = "training_set.digest"
@@ -32,7 +33,13 @@ TAG_URI = "training_set.uri"
 DEFAULT_SEED = 42
 # Spec params that steer the boosting loop rather than the booster itself.
 LOOP_PARAMS = {"num_boost_round": 500, "early_stopping_rounds": 30}
-LGB_METRIC = {"roc_auc": "auc", "pr_auc": "average_precision", "log_loss": "binary_logloss"}
+LGB_METRIC = {
+    "roc_auc": "auc",
+    "pr_auc": "average_precision",
+    "log_loss": "binary_logloss",
+    "ndcg_at_10": "ndcg",
+    "map_at_10": "map",
+}
 # Requirements written into the model by hand: inference would run the model in a subprocess and, with a
 # uv.lock in the working directory, export the whole lock (MLFLOW_UV_AUTO_DETECT), neither of which we want.
 MODEL_REQUIREMENTS = ("lightgbm", "mlflow", "numpy", "pandas", "scikit-learn")
@@ -56,12 +63,14 @@ def lightgbm_params(spec: ModelSpec, num_threads: int) -> tuple[dict[str, Any], 
     metrics = [LGB_METRIC[m] for m in [spec.main_metric, *spec.metrics] if m in LGB_METRIC]
     params: dict[str, Any] = {
         "objective": spec.objective,
-        "metric": list(dict.fromkeys(metrics)) or ["auc"],
+        "metric": list(dict.fromkeys(metrics)) or (["ndcg"] if spec.objective == "lambdarank" else ["auc"]),
         "seed": DEFAULT_SEED,
         "deterministic": True,
         "force_col_wise": True,
         "verbosity": -1,
     }
+    if spec.objective == "lambdarank":
+        params["eval_at"] = [10]
     params |= {k: v for k, v in spec.params.items() if k not in LOOP_PARAMS}
     params["num_threads"] = num_threads  # always from settings: LightGBM's default can be 100x slower on busy cores
     return params, loop["num_boost_round"], loop["early_stopping_rounds"]
@@ -85,8 +94,18 @@ def fit_booster(spec: ModelSpec, training_set: TrainingSet, num_threads: int) ->
             raise TrainingError(f"training set {training_set.uri}: the {name} split has a single label class")
     params, rounds, patience = lightgbm_params(spec, num_threads)
     cols = training_set.feature_columns
-    train = lgb.Dataset(training_set.features("train"), label=training_set.labels("train"), feature_name=cols)
-    valid = lgb.Dataset(training_set.features("validation"), label=training_set.labels("validation"), reference=train)
+    train = lgb.Dataset(
+        training_set.features("train"),
+        label=training_set.labels("train"),
+        group=training_set.group_sizes("train"),
+        feature_name=cols,
+    )
+    valid = lgb.Dataset(
+        training_set.features("validation"),
+        label=training_set.labels("validation"),
+        group=training_set.group_sizes("validation"),
+        reference=train,
+    )
     booster = lgb.train(
         params,
         train,
@@ -167,7 +186,12 @@ def train_model(settings: Settings, spec: ModelSpec, training_set: TrainingSet) 
     importance = {c: float(g) for c, g in zip(training_set.feature_columns, gain, strict=True)}
 
     connect(settings)
-    run_tags = identity | {TAG_URI: training_set.uri, "model": spec.name}
+    run_tags = (
+        identity
+        | {TAG_URI: training_set.uri, "model": spec.name, "spec.digest": spec_digest(spec)}
+        | code_version()
+        | feature_lineage(settings, spec)
+    )
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{spec.name}-{ds}", tags=run_tags) as run:
         mlflow.log_params(
             params
@@ -186,6 +210,7 @@ def train_model(settings: Settings, spec: ModelSpec, training_set: TrainingSet) 
             | {"label_rate": training_set.label_rate}
         )
         log_training_input(spec, training_set)
+        mlflow.log_dict(spec.model_dump(mode="json"), "model_spec.json")
         mlflow.log_dict(importance, "feature_importance.json")
         mlflow.log_figure(
             importance_figure(importance, f"{spec.name} feature importance (gain)"), "feature_importance.png"

@@ -1,0 +1,54 @@
+"""``mlctl validate-specs``: every model spec parses, and what it names exists (feature service, reviewer logins)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipelines.settings import Settings
+from pipelines.specs import SpecError, load_spec
+
+
+@dataclass
+class SpecCheck:
+    path: Path
+    name: str | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_specs(settings: Settings) -> list[SpecCheck]:
+    """One check per ``models/*.yaml``; a bad file does not hide the others' problems."""
+    from feature_repo.definitions import definitions  # Feast is slow to import; only this check needs it
+
+    services = {s.name for s in definitions(settings).services}
+    logins = {entry.split(":")[0] for entry in settings.airflow_users.split(",") if entry}
+    paths = sorted(settings.models_dir.glob("*.yaml"))
+    if not paths:
+        return [SpecCheck(settings.models_dir, problems=[f"{settings.models_dir}: no model spec (*.yaml) found"])]
+    checks = []
+    for path in paths:
+        check = SpecCheck(path)
+        try:
+            spec = load_spec(path)
+        except SpecError as exc:
+            check.problems.append(str(exc))
+            checks.append(check)
+            continue
+        check.name = spec.name
+        if spec.feature_service not in services:
+            check.problems.append(
+                f"{path}: key 'feature_service': {spec.feature_service!r} is not declared in feature_repo/ "
+                f"(declared: {sorted(services)})"
+            )
+        unknown = [r for r in spec.reviewers if r not in logins]
+        if unknown:
+            check.problems.append(
+                f"{path}: key 'reviewers': {unknown} have no Airflow login (STOREFRONT_AIRFLOW_USERS has "
+                f"{sorted(logins)}); they could never answer an approval request"
+            )
+        checks.append(check)
+    return checks
