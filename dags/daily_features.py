@@ -6,12 +6,11 @@ import datetime as dt
 
 from airflow.sdk import Asset, dag, task
 
-from pipelines.features.families import families_for
+from pipelines.features.families import families_in
 from pipelines.settings import get_settings
-from pipelines.specs import load_specs
 
 settings = get_settings()
-FAMILIES = families_for(load_specs(settings.models_dir).values())
+FAMILIES = families_in(settings.models_dir)
 
 
 def flow():

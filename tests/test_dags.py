@@ -57,3 +57,25 @@ def test_training_chain_has_gate_approval_and_promotion(dagbag) -> None:
     assert isinstance(approval, ApprovalOperator)
     assert approval.defaults == ["Reject"], "a timeout must never approve"
     assert [u["id"] for u in approval.assigned_users] == ["alice", "bob"]
+
+
+def test_a_malformed_spec_fails_at_dag_parse_time_naming_file_and_key(
+    world: AirflowWorld, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    for spec in world.settings.models_dir.glob("*.yaml"):
+        (models / spec.name).write_text(spec.read_text())
+    bad = models / "purchase_intent.yaml"
+    bad.write_text(bad.read_text().replace("objective: binary", "objective: multiclass"))
+    for key, value in world.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("STOREFRONT_MODELS_DIR", str(models))
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(world.settings.dags_dir))
+
+    errors = "\n".join(bag.import_errors.values())
+    assert f"{bad}: key 'objective': Input should be 'binary' or 'lambdarank'" in errors
+    # Feature production for the other models goes on.
+    assert "daily_features" in bag.dag_ids

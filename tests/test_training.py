@@ -116,6 +116,12 @@ def test_training_registers_a_version_with_lineage_metrics_and_artifacts(
     assert max(importance, key=importance.get) == "signal_1"  # the largest planted coefficient
     (dataset_input,) = run.inputs.dataset_inputs
     assert json.loads(dataset_input.dataset.source)["uri"] == ts.uri
+    # Lineage: the code's commit, the spec and the definitions of the Feast views the features came from.
+    tags = run.data.tags
+    assert len(tags["code.git_commit"]) == 40 and tags["code.dirty"] in {"true", "false"}
+    assert tags["feast.feature_service"] == "purchase_intent" and len(tags["feast.view.user_behavior"]) == 12
+    assert version.tags["spec.digest"] == tags["spec.digest"]
+    assert "model_spec.json" in artifacts
     model = mlflow.models.get_model_info(f"models:/{spec.name}/1")
     assert model.signature is not None
     assert [c.name for c in model.signature.inputs.inputs] == ts.feature_columns
@@ -165,3 +171,6 @@ def test_training_set_from_the_lake_labels_every_featured_user_with_its_own_day_
     buyers = set(events.loc[events["event_type"] == "purchase", "user_id"])
     assert set(rows.loc[rows["label"] == 1, "user_id"]) == buyers & set(rows["user_id"])
     assert load_training_set(lake, spec, logical).digest == ts.digest
+    # Context columns for slices are there, and are not features.
+    assert (rows["ctx_days_since_signup"] >= 0).all() and rows["ctx_top_category"].notna().all()
+    assert not any(c.startswith("ctx_") for c in ts.feature_columns)

@@ -10,12 +10,11 @@ import importlib
 
 from pipelines.data.extract import extract_day
 from pipelines.data.simulator import SimulationConfig
-from pipelines.features.families import FAMILY_STEPS, families_for
+from pipelines.features.families import FAMILY_STEPS, families_in
 from pipelines.features.store import materialize_day
 from pipelines.features.user_features import build_user_features, write_user_features
 from pipelines.lake import Lake, as_date
 from pipelines.settings import Settings
-from pipelines.specs import load_specs
 from pipelines.validation.contracts import validate_with_contract
 from pipelines.validation.daily import validate_day
 from pipelines.validation.quarantine import ValidationFailed, report_key
@@ -62,7 +61,7 @@ def validate(settings: Settings, ds: str) -> dict:
 
 def feature_families(settings: Settings) -> list[str]:
     """The feature families the model specs in ``settings.models_dir`` need."""
-    return families_for(load_specs(settings.models_dir).values())
+    return families_in(settings.models_dir)
 
 
 def feature_family(settings: Settings, ds: str, family: str) -> dict:
