@@ -10,7 +10,7 @@ import pytest
 
 from pipelines.lake import Lake
 from pipelines.settings import PROJECT_ROOT, Settings, get_settings
-from pipelines.specs import ModelSpec, WindowSpec, load_spec
+from pipelines.specs import BaselineSpec, ModelSpec, WindowSpec, load_spec
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -63,8 +63,10 @@ def mlflow_settings(settings: Settings, migrated_mlflow_db: Path) -> Settings:
 
 
 def quick_spec(rounds: int, early_stopping: int, train: int, validation: int, test: int) -> ModelSpec:
-    """The shipped purchase_intent spec with few boosting rounds and short windows, for small test data."""
+    """The shipped purchase_intent spec with few boosting rounds and short windows, for small test data; its
+    baseline is a logistic regression on the strongest synthetic signal alone (beatable, not trivial)."""
     base = load_spec(PROJECT_ROOT / "models" / "purchase_intent.yaml")
     params = base.params | {"num_boost_round": rounds, "early_stopping_rounds": early_stopping, "min_data_in_leaf": 20}
     windows = WindowSpec(train_days=train, validation_days=validation, test_days=test)
-    return base.model_copy(update={"params": params, "windows": windows})
+    baseline = BaselineSpec(features=["signal_1"])
+    return base.model_copy(update={"params": params, "windows": windows, "baseline": baseline})

@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from mlflow.models import infer_signature
 
 from pipelines.serving.app import MAX_USER_IDS, create_app
-from pipelines.settings import Settings
+from pipelines.settings import PROJECT_ROOT, Settings, get_settings
 from pipelines.specs import load_specs
 
 MODEL = "purchase_intent"
@@ -35,6 +35,15 @@ def dict_reader(settings: Settings, feature_service: str, user_ids: list[int]) -
     empty = dict.fromkeys(FEATURES, np.nan)
     rows = [{"user_id": uid, **ONLINE_ROWS.get(uid, empty)} for uid in user_ids]
     return pd.DataFrame(rows, columns=["user_id", *FEATURES])
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Serving of the purchase_intent model alone (other shipped models have no champion in these tests)."""
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(PROJECT_ROOT / "models" / f"{MODEL}.yaml", models)
+    return get_settings(home=tmp_path / ".storefront", num_threads=1, models_dir=models)
 
 
 @pytest.fixture(scope="module")

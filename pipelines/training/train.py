@@ -16,14 +16,16 @@ import lightgbm as lgb
 import mlflow
 import mlflow.data
 import mlflow.lightgbm
+import numpy as np
 from matplotlib.figure import Figure
 from mlflow.models import infer_signature
 
 from pipelines.evaluation.metrics import compute_metrics
+from pipelines.lake import Lake
 from pipelines.registry.registry import connect, ensure_experiment, list_versions
 from pipelines.settings import Settings
 from pipelines.specs import ModelSpec
-from pipelines.training.dataset import LABEL_COLUMN, TrainingSet
+from pipelines.training.dataset import GROUP_COLUMN, LABEL_COLUMN, TrainingSet, oracle_scores
 from pipelines.training.lineage import code_version, feature_lineage, spec_digest
 
 TAG_LOGICAL_DATE = "logical_date"
@@ -126,9 +128,24 @@ def split_metrics(
         scores = booster.predict(
             training_set.features(name), num_iteration=booster.best_iteration or None, num_threads=num_threads
         )
-        for metric, value in compute_metrics(training_set.labels(name), scores, spec.metrics).items():
+        for metric, value in _metrics(spec, training_set, name, scores).items():
             out[f"{name}_{metric}"] = value
     return out
+
+
+def _metrics(spec: ModelSpec, training_set: TrainingSet, split: str, scores: np.ndarray) -> dict[str, float]:
+    frame = training_set.split(split)
+    groups = frame[GROUP_COLUMN].to_numpy() if GROUP_COLUMN in frame.columns else None
+    return compute_metrics(frame[LABEL_COLUMN].to_numpy(), scores, spec.metrics, groups=groups)
+
+
+def bayes_optimal_metrics(settings: Settings, spec: ModelSpec, training_set: TrainingSet) -> dict[str, float]:
+    """``bayes_optimal_test_<metric>``: the simulator's true probabilities scored on the test split (empty when
+    the data is not simulated). No model fed observable data can beat them in expectation."""
+    oracle = oracle_scores(settings, Lake(settings), spec, training_set.split("test"))
+    if oracle is None:
+        return {}
+    return {f"bayes_optimal_test_{m}": v for m, v in _metrics(spec, training_set, "test", oracle).items()}
 
 
 def importance_figure(importance: dict[str, float], title: str) -> Figure:
@@ -175,13 +192,16 @@ def train_model(settings: Settings, spec: ModelSpec, training_set: TrainingSet) 
     }
     existing = find_version(settings, spec.name, identity)
     if existing is not None:
-        metrics = {k: v for k, v in existing.metrics.items() if k.startswith(("validation_", "test_", "best_"))}
+        metrics = {
+            k: v for k, v in existing.metrics.items() if k.startswith(("validation_", "test_", "best_", "bayes_"))
+        }
         return TrainResult(existing.run_id, existing.version, metrics, reused=True)
 
     experiment_id = ensure_experiment(settings, spec.name)
     booster, params = fit_booster(spec, training_set, settings.num_threads)
     metrics = split_metrics(spec, booster, training_set, settings.num_threads)
     metrics["best_iteration"] = float(booster.best_iteration or booster.current_iteration())
+    metrics |= bayes_optimal_metrics(settings, spec, training_set)
     gain = booster.feature_importance(importance_type="gain", iteration=booster.best_iteration or None)
     importance = {c: float(g) for c, g in zip(training_set.feature_columns, gain, strict=True)}
 
@@ -196,7 +216,7 @@ def train_model(settings: Settings, spec: ModelSpec, training_set: TrainingSet) 
         mlflow.log_params(
             params
             | {
-                "metric": ",".join(params["metric"]),
+                "metric": ",".join(np.atleast_1d(params["metric"]).astype(str)),
                 "label_window_days": spec.label.window_days,
                 "train_days": spec.windows.train_days,
                 "validation_days": spec.windows.validation_days,
