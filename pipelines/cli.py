@@ -188,6 +188,30 @@ def reject(
     _answer(model, version, reviewer, comment, "Reject")
 
 
+@app.command()
+def report(
+    model: str,
+    version: str,
+    out: Annotated[Path | None, typer.Option("--out", help="Directory to write index.html and the plots to")] = None,
+    open_page: Annotated[bool, typer.Option("--open/--no-open", help="Open the report in a web browser")] = True,
+) -> None:
+    """The reviewer's report of a candidate (HTML): fetched from its MLflow run, built there first if missing."""
+    import os
+    import webbrowser
+
+    from pipelines.evaluation.report import ReportError, fetch_report
+    from pipelines.registry.registry import ModelVersionNotFound
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    try:
+        page = fetch_report(_settings(), model, version, out)
+    except (ModelVersionNotFound, ReportError) as exc:
+        _fail(str(exc))
+    typer.echo(page)
+    if open_page:
+        webbrowser.open(page.resolve().as_uri())
+
+
 @app.command("validate-specs")
 def validate_specs() -> None:
     """Check every model spec in models/: its form, and that its feature service and reviewers exist."""

@@ -98,6 +98,7 @@ def _train_and_approve(settings: Settings, spec: ModelSpec, end: dt.date, consol
             return ok
         version = request.field("version")
         console.print(f"Approval request waiting in Airflow: [italic]{request.subject}[/italic]")
+        _show_review_material(settings, spec, str(version), console)
         reviewer = spec.reviewers[0]
         console.print(f"\n[bold]Playing the reviewer[/bold] {reviewer!r}, through the same REST API a person uses:")
         approve = [
@@ -121,7 +122,62 @@ def _train_and_approve(settings: Settings, spec: ModelSpec, end: dt.date, consol
     return code == 0
 
 
-def _serve_and_score(settings: Settings, spec: ModelSpec, console: Console) -> bool:
+def _show_review_material(settings: Settings, spec: ModelSpec, version: str, console: Console) -> None:
+    """What a reviewer reads before answering: the gate's verdict and the HTML report."""
+    from pipelines.evaluation.gate import TAG_SUMMARY
+    from pipelines.registry.registry import get_version
+
+    console.print(f"gate: {get_version(settings, spec.name, version).tags.get(TAG_SUMMARY, '(no verdict)')}")
+    console.print(f"$ mlctl report {spec.name} {version} --no-open")
+    result = subprocess.run(
+        [_mlctl(), "report", spec.name, version, "--no-open"], capture_output=True, text=True, env=os.environ.copy()
+    )
+    page = result.stdout.strip().splitlines()[-1] if result.returncode == 0 and result.stdout.strip() else None
+    console.print(f"reviewer's report: {page}" if page else f"[red]report unavailable:[/red] {result.stderr[-500:]}")
+
+
+def _wait_healthy(base: str, seconds: float) -> bool:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def _score_users(base: str, spec: ModelSpec, console: Console) -> bool:
+    user_ids = [1, 2, 3, 42, 4242]
+    console.print(f"$ curl -X POST {base}/v1/models/{spec.name}/predict -d '{{\"user_ids\": {user_ids}}}'")
+    resp = httpx.post(f"{base}/v1/models/{spec.name}/predict", json={"user_ids": user_ids}, timeout=30)
+    if resp.status_code != 200:
+        console.print(f"[red]prediction failed ({resp.status_code}): {resp.text}[/red]")
+        return False
+    body = resp.json()
+    table = Table(title=f"{spec.name} v{body['version']} over HTTP")
+    table.add_column("user_id")
+    table.add_column("score")
+    for p in body["predictions"]:
+        table.add_row(str(p["user_id"]), f"{p['score']:.3f}")
+    console.print(table)
+    return True
+
+
+def _rank_products(base: str, spec: ModelSpec, console: Console) -> bool:
+    request = {"user_id": 42}
+    console.print(f"$ curl -X POST {base}/v1/models/{spec.name}/rank -d '{request}'")
+    resp = httpx.post(f"{base}/v1/models/{spec.name}/rank", json=request, timeout=60)
+    if resp.status_code != 200:
+        console.print(f"[red]ranking failed ({resp.status_code}): {resp.text}[/red]")
+        return False
+    console.print(resp.json())
+    return True
+
+
+def _serve_and_score(settings: Settings, specs: list[ModelSpec], console: Console) -> bool:
+    """Start `mlctl serve` and ask every user-facing champion over HTTP (fraud scores orders at checkout)."""
     port = _free_port(settings.serving_port)
     env = {**os.environ, "STOREFRONT_SERVING_PORT": str(port)}
     logfile = settings.home / "logs" / "serving.log"
@@ -130,30 +186,16 @@ def _serve_and_score(settings: Settings, spec: ModelSpec, console: Console) -> b
     with open(logfile, "a") as log:
         server = subprocess.Popen([_mlctl(), "serve"], stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
-            deadline = time.time() + 90
-            while time.time() < deadline:
-                try:
-                    if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.5)
-            else:
+            if not _wait_healthy(base, 90):
                 console.print(f"[red]serving did not become healthy; see {logfile}[/red]")
                 return False
-            user_ids = [1, 2, 3, 42, 4242]
-            console.print(f"$ curl -X POST {base}/v1/models/{spec.name}/predict -d '{{\"user_ids\": {user_ids}}}'")
-            resp = httpx.post(f"{base}/v1/models/{spec.name}/predict", json={"user_ids": user_ids}, timeout=30)
-            if resp.status_code != 200:
-                console.print(f"[red]prediction failed ({resp.status_code}): {resp.text}[/red]")
-                return False
-            body = resp.json()
-            table = Table(title=f"{spec.name} v{body['version']} over HTTP")
-            table.add_column("user_id")
-            table.add_column("P(purchase in 7 days)")
-            for p in body["predictions"]:
-                table.add_row(str(p["user_id"]), f"{p['score']:.3f}")
-            console.print(table)
-            return True
+            ok = True
+            for spec in specs:
+                if spec.entity == "user":
+                    ok = _score_users(base, spec, console) and ok
+                elif spec.entity == "user_product":
+                    ok = _rank_products(base, spec, console) and ok
+            return ok
         finally:
             server.terminate()
             try:
@@ -162,38 +204,54 @@ def _serve_and_score(settings: Settings, spec: ModelSpec, console: Console) -> b
                 server.kill()
 
 
-def _summary(settings: Settings, spec: ModelSpec, end: dt.date, started: float, console: Console) -> None:
-    from pipelines.data.truth import best_achievable
-    from pipelines.lake import Lake
+def _summary(settings: Settings, specs: list[ModelSpec], started: float, console: Console) -> bool:
+    """Every champion's main metric next to the best achievable on the same rows (simulator truth) and the
+    baseline; False when a model has no champion."""
+    from pipelines.evaluation.evaluate import load_evaluation
     from pipelines.registry.registry import get_champion
-    from pipelines.training.dataset import split_days
 
-    champion = get_champion(settings, spec.name)
-    console.rule("Summary")
-    if champion is None:
-        console.print(f"[red]{spec.name} has no champion[/red]")
-        return
-    split = split_days(spec, end)
-    best = best_achievable(Lake(settings), split.test[0], split.test[-1])
-    auc = champion.metrics.get("test_roc_auc") or champion.metrics.get("roc_auc")
-    table = Table(title=f"{spec.name}: champion v{champion.version}")
-    table.add_column("metric")
-    table.add_column("champion")
-    table.add_column("best achievable (simulator truth)")
-    table.add_row("ROC-AUC (out-of-time test)", f"{auc:.4f}", f"{best['roc_auc']:.4f}")
-    table.add_row("PR-AUC", f"{champion.metrics.get('test_pr_auc', float('nan')):.4f}", f"{best['pr_auc']:.4f}")
+    table = Table(title="Champions on their out-of-time test rows")
+    columns = ("model", "champion", "metric", "champion value", "best achievable", "gap", "baseline", "approved by")
+    for column in columns:
+        table.add_column(column)
+    ok = True
+    for spec in specs:
+        champion = get_champion(settings, spec.name)
+        if champion is None:
+            table.add_row(spec.name, "none", spec.main_metric, "", "", "", "", "")
+            ok = False
+            continue
+        evaluation = load_evaluation(settings, spec.name, champion.version)
+        points = {s: (evaluation.point(s) or {}) if evaluation else {} for s in ("candidate", "oracle", "baseline")}
+        value = points["candidate"].get(spec.main_metric)
+        best = points["oracle"].get(spec.main_metric)
+        base = points["baseline"].get(spec.main_metric)
+
+        def fmt(x: float | None) -> str:
+            return "n/a" if x is None else f"{x:.4f}"
+
+        gap = None if value is None or best is None else best - value
+        table.add_row(
+            spec.name,
+            f"v{champion.version}",
+            spec.main_metric,
+            fmt(value),
+            fmt(best),
+            "n/a" if gap is None else f"{gap:+.4f}",
+            fmt(base),
+            str((champion.approval or {}).get("by")),
+        )
     console.print(table)
-    console.print(f"gap to the best achievable ROC-AUC: {best['roc_auc'] - auc:+.4f}")
-    approval = champion.approval or {}
-    console.print(f"approved by {approval.get('by')} at {approval.get('at')}: {approval.get('comment')!r}")
     console.print(f"\nlake:            {settings.lake_uri}")
     console.print(f"MLflow runs:     {settings.mlflow_tracking_uri}")
     console.print(f"Airflow (SQLite): {settings.airflow_db_uri}")
+    console.print(f"reports:         {settings.home / 'reports'}")
     console.print("\nlook around:")
     console.print("  uv run mlctl status --json")
+    console.print("  uv run mlctl report MODEL VERSION")
     console.print(f"  uv run mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}")
-    console.print(f"  ls {settings.lake_uri}")
     console.print(f"\ndemo finished in {time.time() - started:.0f} s")
+    return ok
 
 
 def run_demo(settings: Settings, n_days: int, console: Console) -> int:
@@ -201,15 +259,16 @@ def run_demo(settings: Settings, n_days: int, console: Console) -> int:
     configure_airflow(settings)
     days = [settings.start_date + dt.timedelta(days=i) for i in range(n_days)]
     end = days[-1]
+    specs = list(load_specs(settings.models_dir).values())
     console.rule(f"1/4 Daily features DAG: {days[0]} .. {end}, {settings.sim_users} users")
     if not _daily_runs(settings, days, console):
         return 1
-    for spec in load_specs(settings.models_dir).values():
-        console.rule(f"2/4 Training DAG train_{spec.name} for {end}")
+    for spec in specs:
+        console.rule(f"2/4 Training DAG train_{spec.name} for {end}: train, evaluate, gate, review, promote")
         if not _train_and_approve(settings, spec, end, console):
             return 1
-        console.rule("3/4 Serving")
-        if not _serve_and_score(settings, spec, console):
-            return 1
-        _summary(settings, spec, end, started, console)
-    return 0
+    console.rule("3/4 Serving")
+    if not _serve_and_score(settings, specs, console):
+        return 1
+    console.rule("4/4 Summary")
+    return 0 if _summary(settings, specs, started, console) else 1

@@ -13,6 +13,7 @@ from typing import Any
 from pipelines.data.schemas import as_of
 from pipelines.evaluation.evaluate import Evaluation, evaluate_candidate
 from pipelines.evaluation.gate import apply_gate, record_gate
+from pipelines.evaluation.report import build_report, report_link
 from pipelines.features.store import online_freshness
 from pipelines.lake import Lake, as_date
 from pipelines.registry.approval import ApprovalRecord
@@ -21,7 +22,7 @@ from pipelines.registry.promotion import record_rejection
 from pipelines.registry.registry import get_champion
 from pipelines.settings import Settings
 from pipelines.specs import ModelSpec
-from pipelines.training.dataset import build_training_set, load_training_set
+from pipelines.training.dataset import build_training_set, load_training_set, oracle_scores
 from pipelines.training.train import train_model
 
 
@@ -37,15 +38,19 @@ def train(settings: Settings, spec: ModelSpec, ds: str) -> dict:
 
 
 def evaluate(settings: Settings, spec: ModelSpec, ds: str, version: str) -> dict:
-    ts = load_training_set(Lake(settings), spec, as_date(ds))
-    return evaluate_candidate(settings, spec, version, ts).to_dict()
+    """Candidate, champion, baseline and (simulated data) the Bayes-optimal scorer on the same test rows."""
+    lake = Lake(settings)
+    ts = load_training_set(lake, spec, as_date(ds))
+    oracle = oracle_scores(settings, lake, spec, ts.split("test"))
+    return evaluate_candidate(settings, spec, version, ts, oracle_scores=oracle).to_dict()
 
 
 def gate(settings: Settings, spec: ModelSpec, version: str, evaluation: dict) -> dict:
-    """Apply the spec's thresholds to the evaluation and tag the version with the verdict.
+    """Apply the spec's thresholds to the evaluation, tag the version with the verdict and write the report.
 
-    A candidate that already is the champion (a rerun on the same data) needs no new approval: it is reported
-    with ``already_champion`` and the DAG stops before the approval request.
+    The reviewer's report is built whatever the verdict (a rejected candidate's report says why). A candidate
+    that already is the champion (a rerun on the same data) needs no new approval: it is reported with
+    ``already_champion`` and the DAG stops before the approval request.
     """
     champion = get_champion(settings, spec.name)
     if champion is not None and champion.version == str(version):
@@ -54,9 +59,10 @@ def gate(settings: Settings, spec: ModelSpec, version: str, evaluation: dict) ->
             "already_champion": True,
             "summary": f"version {version} already is the champion",
         }
-    decision = apply_gate(spec, Evaluation(**evaluation))
+    decision = apply_gate(spec, Evaluation.from_dict(evaluation))
     record_gate(settings, spec, version, decision)
-    return {**decision.to_dict(), "already_champion": False}
+    build_report(settings, spec, version)
+    return {**decision.to_dict(), "already_champion": False, "report": report_link(settings, spec.name, version)}
 
 
 def promote(settings: Settings, spec: ModelSpec, ds: str, version: str, approval: dict[str, Any]) -> dict:
