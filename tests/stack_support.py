@@ -33,7 +33,9 @@ def stack_spec() -> dict:
     spec.update(windows={"train_days": 3, "validation_days": 1, "test_days": 1})
     spec["label"]["window_days"] = 2
     spec["params"].update(num_boost_round=40, min_data_in_leaf=20)
-    spec["gate"] = {"floors": {"roc_auc": 0.55}, "max_regression": {"roc_auc": 0.05}}
+    spec["gate"] = {"floors": {"roc_auc": 0.55}, "max_regression": {"roc_auc": 0.05}, "min_lift_over_baseline": None}
+    # A world this small is about orchestration, not model quality: no baseline check (tests/test_gate_rejects.py
+    # and tests/test_real_log_training.py cover it).
     return spec
 
 
