@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
+import json
 import os
 import re
 import shutil
@@ -20,8 +22,10 @@ from typer.testing import CliRunner
 from pipelines.cli import app
 from pipelines.evaluation import plots
 from pipelines.evaluation.evaluate import evaluate_candidate
-from pipelines.evaluation.gate import apply_gate, record_gate
+from pipelines.evaluation.gate import GateCheck, apply_gate, record_gate
 from pipelines.evaluation.report import ReportError, build_report, fetch_report, report_link
+from pipelines.evaluation.report_html import slices_html
+from pipelines.evaluation.report_inputs import Verdict, gather
 from pipelines.lake import Lake
 from pipelines.registry.registry import get_version, set_alias
 from pipelines.settings import Settings, get_settings
@@ -121,6 +125,9 @@ def test_the_report_shows_every_section_a_reviewer_decides_on(reported: Reported
         assert f"<h2 id='{section}'>" in html, section
     # the gate's summary and each of its checks
     assert escape(tags["gate.summary"]) in html
+    checks = json.loads(tags["gate.checks"])
+    assert f"{len(checks)} checks, {sum(not c['passed'] for c in checks)} failed." in html
+    assert html.count("<td class='l'>slice_regression</td>") == sum(c["kind"] == "slice_regression" for c in checks)
     # volumes of every split, scorers side by side, every slice of the spec
     for split in ("train", "validation", "test"):
         assert f"<td class='l'>{split}</td>" in html
@@ -142,6 +149,20 @@ def test_a_first_models_report_shows_what_it_was_judged_against_and_what_was_mis
     assert "Not available for this version: champion, Bayes-optimal." in html
     assert "slices are shown, not gated" in html
     assert len(embedded_pngs(html)) == len(BINARY_PLOTS | FEATURE_PLOTS)
+
+
+def test_a_slice_that_failed_the_gate_is_marked_in_the_slice_table(reported: Reported) -> None:
+    inputs = gather(reported.settings, reported.spec, reported.candidate)
+    failed = GateCheck("roc_auc", "slice_regression", 0.70, 0.75, False, slice="category=b", champion_value=0.78)
+    verdict = Verdict(False, "rejected: roc_auc in slice category=b", [failed])
+
+    html = slices_html(dataclasses.replace(inputs, verdict=verdict))
+
+    cells = re.compile(r"<td class='l'>(\w+)</td><td class='l'>(\w+)</td>")
+    rows = {cells.search(row).groups(): row for row in html.split("<tr")[2:]}  # (slice, value) -> its row
+    marked = {key for key, row in rows.items() if row.startswith(" class='failed'")}
+    assert marked == {("category", "b")}
+    assert "FAILED: roc_auc regression" in rows[("category", "b")]
 
 
 def test_the_report_is_self_contained_with_its_plots_as_png(reported: Reported) -> None:

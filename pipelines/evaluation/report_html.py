@@ -39,6 +39,7 @@ code{background:#eef1f5;padding:1px 5px;border-radius:3px}nav a{margin-right:14p
 """
 # Plots wider than this many pixels take the page's full width; narrower ones go two abreast.
 WIDE_PIXELS = 700
+FEATURE_FIGURES = {"feature_importance", "shap_summary"}  # shown under 'Features', the rest above
 
 
 def _e(value: object) -> str:
@@ -260,15 +261,17 @@ def figures_html(inputs: ReportInputs, captions: dict[str, str], pngs: dict[str,
             f"<figure{wide}><img alt='{caption}' src='{_img(pngs[stem])}'><figcaption>{caption}</figcaption></figure>"
         )
 
-    model_plots = [s for s in pngs if s not in {"feature_importance", "shap_summary"}]
-    feature_plots = [s for s in pngs if s in {"feature_importance", "shap_summary"}]
-    ranking = inputs.spec.objective == "lambdarank"
-    intro = (
-        "NDCG@k and relevance by rank over the test requests (ranking model: ROC, precision-recall, calibration and "
-        "lift do not apply)."
-        if ranking
-        else "Every scorer on the same test rows; Bayes-optimal (dotted) is the best achievable."
-    )
+    model_plots = [s for s in pngs if s not in FEATURE_FIGURES]
+    feature_plots = [s for s in pngs if s in FEATURE_FIGURES]
+    if inputs.spec.objective == "lambdarank":
+        intro = (
+            "NDCG@k and relevance by rank over the test requests (a ranking model: ROC, precision-recall, "
+            "calibration and lift do not apply)."
+        )
+    else:
+        intro = "Every scorer on the same test rows."
+    if "oracle" in inputs.evaluation.overall:
+        intro += " Bayes-optimal (dotted) is the best achievable."
     return (
         f"<h2 id='plots'>Model behaviour</h2><p class='small'>{intro}</p>"
         f"<div class='figs'>{''.join(figure(s) for s in model_plots)}</div>"

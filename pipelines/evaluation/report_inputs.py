@@ -24,7 +24,14 @@ from pipelines.lake import Lake
 from pipelines.registry.registry import ModelVersionInfo, connect, get_version, load_booster
 from pipelines.settings import Settings
 from pipelines.specs import ModelSpec
-from pipelines.training.dataset import GROUP_COLUMN, LABEL_COLUMN, SPLITS, TrainingSetError, load_training_set
+from pipelines.training.dataset import (
+    GROUP_COLUMN,
+    LABEL_COLUMN,
+    SPLIT_COLUMN,
+    SPLITS,
+    TrainingSetError,
+    load_training_set,
+)
 from pipelines.training.train import TAG_DIGEST
 
 if TYPE_CHECKING:
@@ -162,7 +169,7 @@ def _scores(client: MlflowClient, run_id: str) -> pd.DataFrame | None:
 def _split_table(frame: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for name in SPLITS:
-        part = frame[frame["split"] == name]
+        part = frame[frame[SPLIT_COLUMN] == name]
         row = {"split": name, "rows": len(part), "positive rate": float((part[LABEL_COLUMN] > 0).mean())}
         if GROUP_COLUMN in frame.columns:
             row["queries"] = int(part[GROUP_COLUMN].nunique())

@@ -26,8 +26,8 @@ def synthetic_training_frame(
 ) -> pd.DataFrame:
     """A training frame shaped like :func:`build_training_set`'s, for the as-of days of ``logical_date``.
 
-    Every column the spec's slices name is there too: ``ctx_*`` context columns as one of four groups "a".."d",
-    feature columns as a positive noise feature.
+    Every column the spec's slices name is there too (``ctx_*`` ones as context, others as features): a positive
+    number when the slice is banded, one of four groups "a".."d" otherwise.
     """
     rng = np.random.default_rng(seed)
     splits = split_days(spec, logical_date)
@@ -47,10 +47,8 @@ def synthetic_training_frame(
         features[f"signal_{i + 1}"] = signal[:, i]
     for i in range(noise_features):
         features[f"noise_{i + 1}"] = rng.normal(size=n)
-    for column in dict.fromkeys(s.column for s in spec.slices):
-        if column.startswith(CONTEXT_PREFIX):
-            entity[column] = rng.choice(["a", "b", "c", "d"], size=n)
-        else:
-            features[column] = rng.gamma(2.0, 20.0, size=n)
+    for column, banded in {s.column: s.bands is not None for s in spec.slices}.items():
+        values = rng.gamma(2.0, 20.0, size=n) if banded else rng.choice(["a", "b", "c", "d"], size=n)
+        (entity if column.startswith(CONTEXT_PREFIX) else features)[column] = values
     labels = entity.rename(columns={TIMESTAMP_COLUMN: "as_of"}).assign(label=(rng.random(n) < p).astype("int64"))
     return assemble_training_frame(entity, labels, features, splits, key)
