@@ -174,3 +174,13 @@ def test_training_set_from_the_lake_labels_every_featured_user_with_its_own_day_
     # Context columns for slices are there, and are not features.
     assert (rows["ctx_days_since_signup"] >= 0).all() and rows["ctx_top_category"].notna().all()
     assert not any(c.startswith("ctx_") for c in ts.feature_columns)
+
+
+def test_feature_lineage_digests_are_stable_and_cover_on_demand_views(settings: Settings) -> None:
+    from pipelines.specs import load_spec
+    from pipelines.training.lineage import feature_lineage
+
+    spec = load_spec(Path(__file__).resolve().parents[1] / "models" / "order_fraud.yaml")
+    first, again = feature_lineage(settings, spec), feature_lineage(settings, spec)
+    assert first == again
+    assert {"feast.view.order_risk", "feast.view.order_value"} <= set(first)

@@ -58,8 +58,13 @@ def feature_lineage(settings: Settings, spec: ModelSpec) -> dict[str, str]:
     for projection in service.feature_view_projections:
         proto = views[projection.name].to_proto().spec
         # Registry bookkeeping (creation times of the source) is not part of the definition.
-        if proto.HasField("batch_source"):
+        fields = proto.DESCRIPTOR.fields_by_name
+        if "batch_source" in fields and proto.HasField("batch_source"):
             proto.batch_source.ClearField("meta")
-        digest = hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()[:12]
+        sources = b""
+        if "sources" in fields:  # on-demand views: name the sources; their protos carry registry timestamps
+            sources = ",".join(sorted(proto.sources)).encode()
+            proto.ClearField("sources")
+        digest = hashlib.sha256(proto.SerializeToString(deterministic=True) + sources).hexdigest()[:12]
         tags[f"feast.view.{projection.name}"] = digest
     return tags
