@@ -95,6 +95,8 @@ def _train_and_approve(settings: Settings, spec: ModelSpec, end: dt.date, consol
                 if ok
                 else f"[red]training run failed; see {logfile}[/red]"
             )
+            if ok:
+                _show_gate(settings, spec, console)
             return ok
         version = request.field("version")
         console.print(f"Approval request waiting in Airflow: [italic]{request.subject}[/italic]")
@@ -120,6 +122,16 @@ def _train_and_approve(settings: Settings, spec: ModelSpec, end: dt.date, consol
     if code != 0:
         console.print(f"[red]training run failed after approval; see {logfile}[/red]")
     return code == 0
+
+
+def _show_gate(settings: Settings, spec: ModelSpec, console: Console) -> None:
+    """The newest version's gate verdict (why no approval was asked for)."""
+    from pipelines.evaluation.gate import TAG_SUMMARY
+    from pipelines.registry.registry import list_versions
+
+    versions = list_versions(settings, spec.name)
+    if versions:
+        console.print(f"gate of v{versions[-1].version}: {versions[-1].tags.get(TAG_SUMMARY, '(no verdict)')}")
 
 
 def _show_review_material(settings: Settings, spec: ModelSpec, version: str, console: Console) -> None:
@@ -210,10 +222,9 @@ def _summary(settings: Settings, specs: list[ModelSpec], started: float, console
     from pipelines.evaluation.evaluate import load_evaluation
     from pipelines.registry.registry import get_champion
 
-    table = Table(title="Champions on their out-of-time test rows")
-    columns = ("model", "champion", "metric", "champion value", "best achievable", "gap", "baseline", "approved by")
-    for column in columns:
-        table.add_column(column)
+    table = Table(title="Champions on their out-of-time test rows (best: Bayes-optimal on the same rows)")
+    for column in ("model", "champion", "metric", "value", "best", "gap", "baseline", "approved by"):
+        table.add_column(column, no_wrap=True)
     ok = True
     for spec in specs:
         champion = get_champion(settings, spec.name)
@@ -256,6 +267,7 @@ def _summary(settings: Settings, specs: list[ModelSpec], started: float, console
 
 def run_demo(settings: Settings, n_days: int, console: Console) -> int:
     started = time.time()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     configure_airflow(settings)
     days = [settings.start_date + dt.timedelta(days=i) for i in range(n_days)]
     end = days[-1]
