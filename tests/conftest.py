@@ -70,3 +70,11 @@ def quick_spec(rounds: int, early_stopping: int, train: int, validation: int, te
     windows = WindowSpec(train_days=train, validation_days=validation, test_days=test)
     baseline = BaselineSpec(features=["signal_1"])
     return base.model_copy(update={"params": params, "windows": windows, "baseline": baseline})
+
+
+def behaviour_only_models(root: Path) -> Path:
+    """A models dir with purchase_intent alone: what a behaviour log (no orders) can feed."""
+    models = root / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    shutil.copy(PROJECT_ROOT / "models" / "purchase_intent.yaml", models)
+    return models

@@ -192,8 +192,11 @@ def test_the_daily_chain_runs_on_an_ingested_log(tmp_path) -> None:
     from pipelines.features.store import online_features
     from pipelines.flows import daily_features
     from pipelines.settings import get_settings
+    from tests.conftest import behaviour_only_models
 
-    settings = get_settings(home=tmp_path / ".storefront", data_source="ingested", num_threads=1)
+    settings = get_settings(
+        home=tmp_path / ".storefront", data_source="ingested", num_threads=1, models_dir=behaviour_only_models(tmp_path)
+    )
     lake = Lake(settings)
     missing_day = "2017-11-24"
     with pytest.raises(daily_features.MissingIngestedDay, match="mlctl ingest"):

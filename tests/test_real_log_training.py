@@ -9,7 +9,6 @@ the platform's real-data path runs: ``mlctl ingest --derive-users``, the daily s
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -22,6 +21,7 @@ from pipelines.flows import daily_features, training
 from pipelines.lake import Lake
 from pipelines.settings import PROJECT_ROOT, Settings
 from pipelines.specs import WindowSpec, load_spec
+from tests.conftest import behaviour_only_models
 
 DAYS = 30
 WORLD = SimulationConfig(n_users=800, n_products=300, seed=11)
@@ -47,9 +47,7 @@ def _write_log(path: Path) -> list[dt.date]:
 
 def test_a_mapped_log_of_several_weeks_trains_and_evaluates(mlflow_settings: Settings, tmp_path: Path) -> None:
     # A behaviour log feeds the purchase-intent model alone (no orders: no fraud model in this world).
-    models = tmp_path / "models"
-    models.mkdir()
-    shutil.copy(PROJECT_ROOT / "models" / "purchase_intent.yaml", models)
+    models = behaviour_only_models(tmp_path)
     settings = mlflow_settings.model_copy(update={"data_source": "ingested", "models_dir": models})
     days = _write_log(tmp_path / "behaviour.csv")
     args = ["ingest", "--source", str(tmp_path / "behaviour.csv"), "--mapping"]
