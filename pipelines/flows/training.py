@@ -7,7 +7,9 @@ reaches :func:`promote` and :func:`record_review` as the ApprovalOperator's retu
 from __future__ import annotations
 
 import datetime as dt
+import tempfile
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from pipelines.data.schemas import as_of
@@ -61,7 +63,8 @@ def gate(settings: Settings, spec: ModelSpec, version: str, evaluation: dict) ->
         }
     decision = apply_gate(spec, Evaluation.from_dict(evaluation))
     record_gate(settings, spec, version, decision)
-    build_report(settings, spec, version)
+    with tempfile.TemporaryDirectory(prefix="report-") as tmp:  # the run keeps it; nothing is left on the worker
+        build_report(settings, spec, version, out_dir=Path(tmp))
     return {**decision.to_dict(), "already_champion": False, "report": report_link(settings, spec.name, version)}
 
 
