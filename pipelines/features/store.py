@@ -373,6 +373,34 @@ def _view_freshness(
 
 
 # -- historical (point-in-time) reads ----------------------------------------------------------------------
+def _point_in_time(
+    store: FeatureStore, service: FeatureService, unique: pd.DataFrame, inputs: list[str], columns: list[str]
+) -> pd.DataFrame:
+    """``unique`` with the service's features joined point in time (NaN where a view has no row).
+
+    Feast's file store drops an entity row lacking a row in any one view of a request, so a service over several
+    stored views (ranking: user, product, user x category, user x product) is joined one view at a time on that
+    view's keys and merged. A service with on-demand views is asked in one request: they read its stored view.
+    """
+    views = _service_views(store, service)
+    projections = {p.name: p for p in service.feature_view_projections}
+    if len(views) <= 1 or len(projections) != len(views):
+        parts: list[tuple[FeatureService | list[str], list[str]]] = [(service, inputs)]
+    else:
+        parts = [
+            ([f"{v.name}:{f.name}" for f in projections[v.name].features], [*v.join_keys, TIMESTAMP_COLUMN])
+            for v in views
+        ]
+    joined = unique
+    for features, on in parts:
+        request = unique[on].drop_duplicates(ignore_index=True)
+        got = store.get_historical_features(entity_df=request, features=features).to_df()
+        got[TIMESTAMP_COLUMN] = pd.to_datetime(got[TIMESTAMP_COLUMN], utc=True).astype("datetime64[ns, UTC]")
+        names = [c for c in got.columns if c in columns and c not in joined.columns]
+        joined = joined.merge(got[[*on, *names]].drop_duplicates(on), on=on, how="left")
+    return joined
+
+
 def historical_features(settings: Settings, entity_df: pd.DataFrame, feature_service: str) -> pd.DataFrame:
     """Point-in-time features for each row of ``entity_df`` (the service's join keys, ``event_timestamp``, the
     request fields of its on-demand views, any other columns).
@@ -406,10 +434,8 @@ def historical_features(settings: Settings, entity_df: pd.DataFrame, feature_ser
     if unique.empty:
         joined = unique.assign(**{c: pd.Series(dtype="float64") for c in columns})
     else:
-        joined = store.get_historical_features(entity_df=unique, features=service).to_df()
-        joined[TIMESTAMP_COLUMN] = pd.to_datetime(joined[TIMESTAMP_COLUMN], utc=True).astype("datetime64[ns, UTC]")
-        joined = joined[[*inputs, *columns]].drop_duplicates(inputs)
-    dropped = len(unique) - len(joined)
+        joined = _point_in_time(store, service, unique, inputs, columns)
+    dropped = int(joined[columns].isna().all(axis=1).sum())
     if dropped:
         log.info(
             "feast: %d of %d entity rows had no feature row in the ttl window; kept with NaN", dropped, len(unique)
