@@ -198,7 +198,7 @@ def test_ranking_model_is_not_served_by_the_binary_route(settings: Settings, reg
         models = client.get("/v1/models").json()["models"]
 
     assert response.status_code == 404
-    assert "binary models only" in response.json()["detail"]
+    assert "binary user models" in response.json()["detail"]
     assert {m["name"]: m["served"] for m in models} == {MODEL: True, "product_ranking": False}
 
 

@@ -119,7 +119,7 @@ def create_app(
     feature_reader: FeatureReader | None = None,
     specs: Mapping[str, ModelSpec] | None = None,
 ) -> FastAPI:
-    """The serving app for every spec in ``settings.models_dir`` (or ``specs``); binary models are scored."""
+    """The serving app for every spec in ``settings.models_dir`` (or ``specs``); binary user models are scored."""
     reader = feature_reader or FeastReader()
     all_specs = dict(specs) if specs is not None else load_specs(settings.models_dir)
 
@@ -132,7 +132,7 @@ def create_app(
     holders = {
         name: ChampionModel(name, settings, canary_features=canary_for(spec))
         for name, spec in all_specs.items()
-        if spec.objective == "binary"
+        if spec.objective == "binary" and spec.entity == "user"
     }
 
     def refresh_all() -> None:
@@ -161,7 +161,9 @@ def create_app(
         holder = holders.get(model)
         if holder is None:
             raise HTTPException(
-                404, f"model {model!r} has objective {spec.objective!r}; this route serves binary models only"
+                404,
+                f"model {model!r} ({spec.objective}, entity {spec.entity}) is not served here: this route scores "
+                "binary user models",
             )
         if not holder.checked:  # the app was started without its lifespan (e.g. mounted elsewhere)
             holder.refresh()
