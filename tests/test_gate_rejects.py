@@ -1,4 +1,5 @@
-"""The gate catches what matters: a degraded candidate, and a regression confined to one slice."""
+"""The gate catches what matters: a degraded candidate, a regression confined to one slice, and a first model
+that does not beat the baseline."""
 
 from __future__ import annotations
 
@@ -6,17 +7,16 @@ import datetime as dt
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from pipelines.evaluation.evaluate import Evaluation, evaluate_candidate, evaluate_scores
+from pipelines.evaluation.evaluate import evaluate_candidate, evaluate_scores
 from pipelines.evaluation.gate import apply_gate, record_gate
-from pipelines.evaluation.metrics import compute_metrics, recall_at_fpr
-from pipelines.evaluation.slices import slice_values
 from pipelines.lake import Lake
 from pipelines.registry.registry import get_version, set_alias
 from pipelines.settings import Settings
-from pipelines.specs import GateSpec, ModelSpec, SliceSpec
-from pipelines.training.dataset import SPLIT_COLUMN, load_training_set, save_training_set
+from pipelines.specs import GateSpec, ModelSpec
+from pipelines.training.dataset import SPLIT_COLUMN, TrainingSet, load_training_set, save_training_set
 from pipelines.training.synthetic import synthetic_training_frame
 from pipelines.training.train import train_model
 from tests.conftest import quick_spec
@@ -34,37 +34,55 @@ def spec() -> ModelSpec:
     return quick_spec(40, 5, train=4, validation=2, test=2)
 
 
+def _shuffled(frame: pd.DataFrame, columns: list[str], seed: int = 3) -> pd.DataFrame:
+    """``columns`` permuted across the rows of the train and validation splits: each column keeps its
+    distribution, but its relation to the label is destroyed. The test rows are left as they are."""
+    frame = frame.copy()
+    rng = np.random.default_rng(seed)
+    fitted = frame[SPLIT_COLUMN] != "test"
+    for column in columns:
+        frame.loc[fitted, column] = rng.permutation(frame.loc[fitted, column].to_numpy())
+    return frame
+
+
+def _train_on(settings: Settings, lake: Lake, spec: ModelSpec, day: dt.date, frame: pd.DataFrame) -> str:
+    return train_model(settings, spec, save_training_set(lake, spec, day, frame)).model_version
+
+
 def test_a_candidate_trained_on_shuffled_features_is_rejected_naming_the_failed_checks(
     settings: Settings, lake: Lake, spec: ModelSpec
 ) -> None:
-    good = save_training_set(lake, spec, DAY, synthetic_training_frame(spec, DAY, users_per_day=400))
-    champion = train_model(settings, spec, good)
-    set_alias(settings, spec.name, "champion", champion.model_version)
-    # The same rows with every feature column shuffled within the train and validation splits: the relation
-    # between features and labels is destroyed, the columns' distributions are not.
-    later = DAY + dt.timedelta(days=1)
     frame = synthetic_training_frame(spec, DAY, users_per_day=400)
-    rng = np.random.default_rng(3)
-    fitted = frame[SPLIT_COLUMN] != "test"
-    for column in good.feature_columns:
-        frame.loc[fitted, column] = rng.permutation(frame.loc[fitted, column].to_numpy())
-    degraded = train_model(settings, spec, save_training_set(lake, spec, later, frame))
+    good: TrainingSet = save_training_set(lake, spec, DAY, frame)
+    champion = train_model(settings, spec, good).model_version
+    set_alias(settings, spec.name, "champion", champion)
+    later = DAY + dt.timedelta(days=1)
+    degraded = _train_on(settings, lake, spec, later, _shuffled(frame, good.feature_columns))
 
-    result = evaluate_candidate(settings, spec, degraded.model_version, load_training_set(lake, spec, DAY))
+    result = evaluate_candidate(settings, spec, degraded, load_training_set(lake, spec, DAY))
     decision = apply_gate(spec, result)
-    record_gate(settings, spec, degraded.model_version, decision)
+    record_gate(settings, spec, degraded, decision)
 
+    assert result.champion_version == champion and result.champion["roc_auc"] > 0.75
     assert not decision.passed
     failed = {(c.kind, c.metric, c.slice) for c in decision.checks if not c.passed}
     assert {("floor", "roc_auc", None), ("regression", "roc_auc", None)} <= failed
-    assert any(kind == "slice_regression" for kind, _, _ in failed)
-    tags = get_version(settings, spec.name, degraded.model_version).tags
+    assert {s for kind, _, s in failed if kind == "slice_regression"} == {
+        f"{s['slice']}={s['value']}" for s in result.slices if s["rows"] >= 300 and s["positives"] >= 20
+    }, "every slice large enough to judge regressed"
+    tags = get_version(settings, spec.name, degraded).tags
+    summary = tags["gate.summary"]
     assert tags["gate.status"] == "failed"
-    assert tags["gate.summary"].startswith(f"rejected: {spec.name} v{degraded.model_version}")
-    assert "roc_auc" in tags["gate.summary"] and "below the floor 0.7000" in tags["gate.summary"]
-    assert "against the champion" in tags["gate.summary"] and "in slice " in tags["gate.summary"]
-    recorded = {(c["kind"], c["slice"]) for c in json.loads(tags["gate.checks"]) if not c["passed"]}
-    assert ("regression", None) in recorded
+    assert summary.startswith(f"rejected: {spec.name} v{degraded} (roc_auc 0.")
+    assert f"against champion v{champion})" in summary
+    assert f"{len(failed)} of {len(decision.checks)} checks failed" in summary
+    assert "roc_auc 0." in summary and "is below the floor 0.7" in summary
+    assert "; roc_auc dropped 0." in summary and "more than the allowed 0.01" in summary
+    for kind, _, where in failed:
+        if kind == "slice_regression":
+            assert f"roc_auc in slice {where} dropped " in summary, where
+    recorded = {(c["kind"], c["metric"], c["slice"]) for c in json.loads(tags["gate.checks"]) if not c["passed"]}
+    assert recorded == failed
 
 
 def test_a_regression_in_one_slice_alone_is_caught(lake: Lake, spec: ModelSpec) -> None:
@@ -88,20 +106,8 @@ def test_a_regression_in_one_slice_alone_is_caught(lake: Lake, spec: ModelSpec) 
     blurred = 1 / (1 + np.exp(-(signal - 1.0 + np.random.default_rng(0).normal(0, 1.2, len(test)))))
     candidate = np.where(in_b, blurred, champion)
 
-    overall, slices, frame = evaluate_scores(strict, test, {"candidate": candidate, "champion": champion})
-    evaluation = Evaluation(
-        model=strict.name,
-        candidate_version="2",
-        champion_version="1",
-        logical_date=str(DAY),
-        training_set_digest=ts.digest,
-        objective="binary",
-        main_metric="roc_auc",
-        rows=len(test),
-        positives=int(test["label"].sum()),
-        label_rate=float(test["label"].mean()),
-        overall=overall,
-        slices=slices,
+    evaluation, frame = evaluate_scores(
+        strict, test, {"candidate": candidate, "champion": champion}, candidate_version="2", champion_version="1"
     )
     decision = apply_gate(strict, evaluation)
 
@@ -109,40 +115,38 @@ def test_a_regression_in_one_slice_alone_is_caught(lake: Lake, spec: ModelSpec) 
     assert overall_check.passed, "the overall drop stays within the allowed regression"
     failed = [c for c in decision.checks if not c.passed]
     assert [(c.kind, c.slice) for c in failed] == [("slice_regression", "category=b")]
-    assert "in slice category=b" in decision.summary and decision.summary.startswith("rejected")
+    assert decision.summary.startswith("rejected: purchase_intent v2")
+    assert "1 of " in decision.summary and "roc_auc in slice category=b dropped 0." in decision.summary
     assert set(frame["slice.category"]) == {"a", "b", "c", "d"}
-    b = next(s for s in slices if s["slice"] == "category" and s["value"] == "b")
+    b = next(s for s in evaluation.slices if s["slice"] == "category" and s["value"] == "b")
     main = b["metrics"]["candidate"]["roc_auc"]
     assert main["low"] <= main["value"] <= main["high"]
+    # The paired difference tells the reviewer the drop is not noise; elsewhere the scores are identical.
+    assert b["differences"]["champion"]["roc_auc"]["high"] < 0
+    a = next(s for s in evaluation.slices if s["slice"] == "category" and s["value"] == "a")
+    assert a["differences"]["champion"]["roc_auc"] == {"value": 0.0, "low": 0.0, "high": 0.0}
 
 
-def test_ranking_metrics_on_a_hand_computed_example() -> None:
-    labels = np.array([2, 0, 1, 0, 0, 0, 1, 0, 0])
-    scores = np.array([0.9, 0.8, 0.1, 0.2, 0.5, 0.4, 0.3, 0.9, 0.8])
-    queries = np.array([1, 1, 1, 1, 2, 2, 2, 3, 3])  # query 3 has no relevant row: left out
-    out = compute_metrics(labels, scores, ["ndcg_at_10", "map_at_10"], groups=queries)
-    ndcg_1 = (3 + 1 / np.log2(5)) / (3 + 1 / np.log2(3))
-    assert out["ndcg_at_10"] == pytest.approx((ndcg_1 + 0.5) / 2)
-    assert out["map_at_10"] == pytest.approx(((1 + 2 / 4) / 2 + 1 / 3) / 2)
+def test_a_first_model_that_does_not_beat_the_baseline_is_rejected(
+    settings: Settings, lake: Lake, spec: ModelSpec
+) -> None:
+    """No champion yet: clearing the floors is not enough, the candidate must beat the spec's baseline (here a
+    logistic regression on signal_1, the strongest signal, which the candidate never learned to use)."""
+    lenient = spec.model_copy(update={"gate": spec.gate.model_copy(update={"floors": {"roc_auc": 0.55}})})
+    frame = synthetic_training_frame(lenient, DAY, users_per_day=400)
+    candidate = _train_on(settings, lake, lenient, DAY, _shuffled(frame, ["signal_1"]))
+    # Evaluated on the intact rows, where signal_1 carries its signal for the baseline to fit on.
+    intact = save_training_set(lake, lenient, DAY + dt.timedelta(days=1), frame)
 
+    result = evaluate_candidate(settings, lenient, candidate, intact)
+    decision = apply_gate(lenient, result)
+    record_gate(settings, lenient, candidate, decision)
 
-def test_recall_at_one_percent_false_positives() -> None:
-    labels = np.r_[np.ones(10), np.zeros(200)]
-    scores = np.r_[np.linspace(0.9, 0.5, 10), np.linspace(0.0, 0.6, 200)]
-    # Negatives above 0.5 are those > 0.5 of 200 spread over [0, 0.6]: 2 allowed (1%), so the threshold can drop
-    # to just above the third-highest negative.
-    third = np.sort(scores[10:])[-3]
-    assert recall_at_fpr(labels, scores, 0.01) == pytest.approx((scores[:10] > third).mean())
-
-
-def test_numeric_slices_are_banded_and_missing_values_named() -> None:
-    import pandas as pd
-
-    frame = pd.DataFrame({"price": [0.0, 10.0, 80.0, np.nan], "cat": ["x", None, "y", "x"]})
-    banded = slice_values(frame, SliceSpec(name="p", column="price", bands=[0.01, 25], labels=["none", "low", "high"]))
-    assert banded.tolist() == ["none", "low", "high", "missing"]
-    unnamed = slice_values(frame, SliceSpec(name="p", column="price", bands=[25]))
-    assert unnamed.tolist() == ["<25", "<25", ">=25", "missing"]
-    assert slice_values(frame, SliceSpec(name="c", column="cat")).tolist() == ["x", "missing", "y", "x"]
-    with pytest.raises(ValueError, match="slice 'z' reads column 'nope'"):
-        slice_values(frame, SliceSpec(name="z", column="nope"))
+    assert result.champion is None
+    baseline = result.overall["baseline"]["roc_auc"]["value"]
+    assert 0.55 < result.candidate["roc_auc"] < baseline
+    assert not decision.passed
+    assert [(c.kind, c.metric) for c in decision.checks if not c.passed] == [("baseline", "roc_auc")]
+    summary = get_version(settings, lenient.name, candidate).tags["gate.summary"]
+    assert "with no champion yet, against the baseline (logistic regression on signal_1)" in summary
+    assert f"does not beat the baseline's {baseline:.4f}" in summary

@@ -1,7 +1,8 @@
-"""The spec's baseline scorer: what a first model (no champion yet) must beat on the same rows.
+"""The spec's baseline scorer: what a first model (no champion yet) must beat on the same test rows.
 
 ``logistic_regression``: standardised logistic regression on a few simple features (e.g. recency and frequency),
-fit on the train split. ``feature``: one column used as the score (e.g. popularity for ranking).
+fit on the train split (missing values filled with the train split's medians; relevance > 0 counts as positive
+for ranking). ``feature``: one column used as the score (e.g. popularity for ranking); missing values rank last.
 """
 
 from __future__ import annotations
@@ -13,15 +14,24 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from pipelines.specs import ModelSpec
-from pipelines.training.dataset import TrainingSet
+from pipelines.training.dataset import LABEL_COLUMN, TrainingSet
 
 
 class BaselineError(ValueError):
     """The spec's baseline cannot be computed on this training set."""
 
 
+def describe_baseline(spec: ModelSpec) -> str | None:
+    """The baseline in words, for verdicts and reports (None when the spec declares none)."""
+    if spec.baseline is None:
+        return None
+    if spec.baseline.kind == "feature":
+        return f"the feature {spec.baseline.features[0]} as the score"
+    return f"logistic regression on {', '.join(spec.baseline.features)}"
+
+
 def baseline_scores(spec: ModelSpec, training_set: TrainingSet) -> np.ndarray | None:
-    """Baseline scores of the test rows (None when the spec declares no baseline)."""
+    """Baseline scores of the test rows, in the test split's row order (None when the spec declares no baseline)."""
     if spec.baseline is None:
         return None
     columns = list(spec.baseline.features)
@@ -33,14 +43,20 @@ def baseline_scores(spec: ModelSpec, training_set: TrainingSet) -> np.ndarray | 
         )
     test = training_set.split("test")[columns].astype("float64")
     if spec.baseline.kind == "feature":
-        return test[columns[0]].fillna(test[columns[0]].min()).to_numpy()
+        score = test[columns[0]]
+        return score.fillna(score.min() - 1 if score.notna().any() else 0.0).to_numpy()
     train = training_set.split("train")
-    x, y = _filled(train[columns]), (train["label"].to_numpy() > 0).astype(int)
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500))
-    model.fit(x, y)
-    return model.predict_proba(_filled(test, reference=train[columns]))[:, 1]
+    y = (train[LABEL_COLUMN].to_numpy() > 0).astype(int)
+    if len(np.unique(y)) < 2:
+        raise BaselineError(
+            f"model spec {spec.name!r}: the train split's {len(y)} rows hold one class only; "
+            "the logistic-regression baseline cannot be fit (widen 'windows.train_days')"
+        )
+    medians = train[columns].astype("float64").median()
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    model.fit(_filled(train[columns], medians), y)
+    return model.predict_proba(_filled(test, medians))[:, 1]
 
 
-def _filled(frame: pd.DataFrame, reference: pd.DataFrame | None = None) -> np.ndarray:
-    medians = (reference if reference is not None else frame).astype("float64").median()
+def _filled(frame: pd.DataFrame, medians: pd.Series) -> np.ndarray:
     return frame.astype("float64").fillna(medians).fillna(0.0).to_numpy()

@@ -1,8 +1,10 @@
 """Score a candidate, the current champion, the spec's baseline and (simulated data) the Bayes-optimal scorer on
-the same out-of-time test rows: metrics overall and per slice, each with a bootstrap confidence interval.
+the same out-of-time test rows: metrics overall and per slice, each with a bootstrap confidence interval, and the
+paired difference between the candidate and each other scorer.
 
 Logged to the candidate's MLflow run as ``evaluation.json`` (the :class:`Evaluation`), ``evaluation/scores.parquet``
-(label, each scorer's score, query_id for ranking, ``slice.<name>``) and ``eval_<scorer>_<metric>`` metrics.
+(label, each scorer's score, query_id for ranking, ``slice.<name>``) and ``eval_<scorer>_<metric>`` metrics; the
+reviewer's report reads those two artifacts back.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from pipelines.evaluation.baseline import baseline_scores
-from pipelines.evaluation.metrics import MetricError, compute_metrics, query_values
-from pipelines.evaluation.slices import slice_frame
+from pipelines.evaluation.baseline import baseline_scores, describe_baseline
+from pipelines.evaluation.bootstrap import CONFIDENCE, N_BOOTSTRAP, Estimate, compare, resample_counts, units_of
+from pipelines.evaluation.metrics import PROBABILITY_METRICS
+from pipelines.evaluation.slices import SLICE_PREFIX, ordered_values, slice_frame
 from pipelines.registry.registry import connect, get_champion, get_version, load_booster
 from pipelines.settings import Settings
-from pipelines.specs import RANKING_METRICS, ModelSpec
+from pipelines.specs import ModelSpec
 from pipelines.training.dataset import GROUP_COLUMN, LABEL_COLUMN, TrainingSet
 
 if TYPE_CHECKING:
@@ -32,10 +35,8 @@ SCORES_ARTIFACT = "evaluation/scores.parquet"
 SCORERS = ("candidate", "champion", "baseline", "oracle")
 # Names of the scorers in MLflow metric keys (eval_<name>_<metric>).
 METRIC_PREFIX = {"candidate": "candidate", "champion": "champion", "baseline": "baseline", "oracle": "bayes_optimal"}
-N_BOOTSTRAP = 100
-SEED = 20240601
 
-Estimates = dict[str, dict[str, dict[str, float]]]  # scorer -> metric -> {"value", "low", "high"}
+Estimates = dict[str, dict[str, Estimate]]  # scorer -> metric -> {"value", "low", "high"}
 
 
 class EvaluationError(ValueError):
@@ -44,7 +45,13 @@ class EvaluationError(ValueError):
 
 @dataclass
 class Evaluation:
-    """Every scorer's metrics on the same rows, overall and per slice; plain data, JSON-able."""
+    """Every scorer's metrics on the same rows, overall and per slice; plain data, JSON-able.
+
+    ``overall``: scorer (candidate, champion, baseline, oracle; absent when unavailable) -> metric -> estimate.
+    ``differences``: other scorer -> metric -> estimate of ``candidate - other`` on the same resamples.
+    ``slices``: one entry per slice value: ``slice``, ``value``, ``rows`` (queries for ranking), ``positives``
+    (rows with label > 0), ``metrics`` and ``differences`` shaped as the overall ones.
+    """
 
     model: str
     candidate_version: str
@@ -59,6 +66,10 @@ class Evaluation:
     queries: int | None = None
     overall: Estimates = field(default_factory=dict)
     slices: list[dict[str, Any]] = field(default_factory=list)
+    differences: Estimates = field(default_factory=dict)
+    baseline: str | None = None  # the spec's baseline in words
+    n_bootstrap: int = N_BOOTSTRAP
+    confidence: float = CONFIDENCE
 
     def point(self, scorer: str) -> dict[str, float] | None:
         """``metric -> value`` of one scorer overall (None when that scorer was not available)."""
@@ -88,7 +99,7 @@ def evaluation_metrics(spec: ModelSpec) -> list[str]:
 
 
 def score(booster: lgb.Booster, frame: pd.DataFrame, num_threads: int) -> np.ndarray:
-    """Scores of ``frame`` with the booster's own feature columns, in its own order."""
+    """Scores of ``frame`` with the booster's own feature columns, in its own order (binary and lambdarank)."""
     wanted = booster.feature_name()
     missing = [c for c in wanted if c not in frame.columns]
     if missing:
@@ -99,75 +110,92 @@ def score(booster: lgb.Booster, frame: pd.DataFrame, num_threads: int) -> np.nda
     return booster.predict(frame[wanted], num_threads=num_threads)
 
 
-def _estimates(
-    y: np.ndarray, scores: np.ndarray, names: list[str], groups: np.ndarray | None, rng: np.random.Generator, n: int
-) -> dict[str, dict[str, float]]:
-    """Point value and percentile bootstrap interval (rows resampled; queries for ranking) of each metric."""
-    out: dict[str, dict[str, float]] = {}
-    for name in names:
-        try:
-            if name in RANKING_METRICS:
-                values = query_values(y, scores, groups, name)
-                if len(values) == 0:
-                    continue
-                draws = values[rng.integers(0, len(values), size=(n, len(values)))].mean(axis=1)
-                value = float(values.mean())
-            else:
-                value = compute_metrics(y, scores, [name])[name]
-                draws = []
-                for _ in range(n):
-                    idx = rng.integers(0, len(y), len(y))
-                    if 0 < y[idx].sum() < len(idx):
-                        draws.append(compute_metrics(y[idx], scores[idx], [name])[name])
-                draws = np.asarray(draws)
-        except MetricError:
-            continue  # e.g. a slice with a single class: the metric is undefined there
-        low, high = np.percentile(draws, [2.5, 97.5]) if len(draws) else (np.nan, np.nan)
-        out[name] = {"value": value, "low": float(low), "high": float(high)}
-    return out
+def _scorer_metrics(spec: ModelSpec, scorer: str) -> list[str]:
+    """The metrics a scorer is measured on: all of them, but log loss and calibration only for probabilities
+    (a raw feature used as the baseline score is not one)."""
+    names = evaluation_metrics(spec)
+    raw_feature = scorer == "baseline" and spec.baseline is not None and spec.baseline.kind == "feature"
+    return [m for m in names if not (raw_feature and m in PROBABILITY_METRICS)]
 
 
 def evaluate_scores(
     spec: ModelSpec,
     test: pd.DataFrame,
     scores: dict[str, np.ndarray | None],
+    *,
+    candidate_version: str,
+    champion_version: str | None = None,
+    logical_date: str = "",
+    training_set_digest: str = "",
     n_bootstrap: int = N_BOOTSTRAP,
-) -> tuple[Estimates, list[dict[str, Any]], pd.DataFrame]:
-    """Overall and per-slice estimates of every available scorer on ``test``, and the scores frame.
+) -> tuple[Evaluation, pd.DataFrame]:
+    """The :class:`Evaluation` of the given scores of ``test``'s rows, and the scores frame logged with it.
 
-    Overall, every metric gets an interval; per slice, the main metric does (the others are points), which keeps
-    a 20k-row evaluation with a dozen slice values to seconds.
+    ``scores`` maps scorers (:data:`SCORERS`) to one score per test row, or None when that scorer is unavailable.
     """
-    rng = np.random.default_rng(SEED)
-    names = evaluation_metrics(spec)
-    y = test[LABEL_COLUMN].to_numpy(dtype="float64")
-    groups = test[GROUP_COLUMN].to_numpy() if GROUP_COLUMN in test.columns else None
+    test = test.reset_index(drop=True)
+    unknown = sorted(set(scores) - set(SCORERS))
+    if unknown:
+        raise EvaluationError(f"unknown scorer(s) {unknown}; expected {SCORERS}")
     available = {k: np.asarray(v, dtype="float64") for k, v in scores.items() if v is not None}
-    overall = {k: _estimates(y, s, names, groups, rng, n_bootstrap) for k, s in available.items()}
+    if "candidate" not in available:
+        raise EvaluationError("no candidate scores to evaluate")
+    wrong = {k: len(v) for k, v in available.items() if len(v) != len(test)}
+    if wrong:
+        raise EvaluationError(f"scores of {wrong} do not cover the {len(test)} test rows one to one")
+
+    if test.empty:
+        raise EvaluationError(f"{spec.name}: the test split is empty; widen 'windows.test_days' in its spec")
+    if spec.objective == "lambdarank" and GROUP_COLUMN not in test.columns:
+        raise EvaluationError(f"ranking model {spec.name}: the test rows lack the query column {GROUP_COLUMN!r}")
+    y = test[LABEL_COLUMN].to_numpy(dtype="float64")
+    groups = test[GROUP_COLUMN].to_numpy() if spec.objective == "lambdarank" else None
+    units = units_of(len(y), groups)
+    counts = resample_counts(int(units.max()) + 1, n_bootstrap)
+    inputs = {k: (s, _scorer_metrics(spec, k)) for k, s in available.items()}
+    overall, differences = compare(y, inputs, units, counts)
 
     sliced = slice_frame(test, spec)
+    slices: list[dict[str, Any]] = []
+    for slice_spec in spec.slices:
+        column = sliced[SLICE_PREFIX + slice_spec.name].to_numpy()
+        for value in ordered_values(slice_spec, set(column)):
+            idx = np.flatnonzero(column == value)
+            metrics, diffs = compare(y[idx], {k: (s[idx], m) for k, (s, m) in inputs.items()}, units[idx], counts)
+            slices.append(
+                {
+                    "slice": slice_spec.name,
+                    "value": value,
+                    "rows": len(idx) if groups is None else len(np.unique(units[idx])),
+                    "positives": int((y[idx] > 0).sum()),
+                    "metrics": metrics,
+                    "differences": diffs,
+                }
+            )
+
     frame = pd.DataFrame({"label": y, **{k: available.get(k, np.full(len(y), np.nan)) for k in SCORERS}})
     if groups is not None:
         frame[GROUP_COLUMN] = groups
     frame = pd.concat([frame, sliced.reset_index(drop=True)], axis=1)
-
-    slices: list[dict[str, Any]] = []
-    for column in sliced.columns:
-        for value, idx in frame.groupby(column).indices.items():
-            ys, gs = y[idx], None if groups is None else groups[idx]
-            entry: dict[str, Any] = {
-                "slice": column.removeprefix("slice."),
-                "value": str(value),
-                "rows": int(len(idx)) if gs is None else int(len(np.unique(gs))),
-                "positives": int((ys > 0).sum()),
-                "metrics": {},
-            }
-            for scorer, s in available.items():
-                main = _estimates(ys, s[idx], [spec.main_metric], gs, rng, n_bootstrap)
-                rest = _estimates(ys, s[idx], [m for m in names if m != spec.main_metric], gs, rng, 0)
-                entry["metrics"][scorer] = main | {m: {"value": e["value"]} for m, e in rest.items()}
-            slices.append(entry)
-    return overall, slices, frame
+    evaluation = Evaluation(
+        model=spec.name,
+        candidate_version=str(candidate_version),
+        champion_version=None if champion_version is None else str(champion_version),
+        logical_date=logical_date,
+        training_set_digest=training_set_digest,
+        objective=spec.objective,
+        main_metric=spec.main_metric,
+        rows=len(test),
+        positives=int((y > 0).sum()),
+        label_rate=float((y > 0).mean()) if len(y) else 0.0,
+        queries=None if groups is None else int(len(np.unique(groups))),
+        overall=overall,
+        slices=slices,
+        differences=differences,
+        baseline=describe_baseline(spec) if "baseline" in available else None,
+        n_bootstrap=n_bootstrap,
+    )
+    return evaluation, frame
 
 
 def evaluate_candidate(
@@ -177,7 +205,8 @@ def evaluate_candidate(
     training_set: TrainingSet,
     oracle_scores: np.ndarray | None = None,
 ) -> Evaluation:
-    """Evaluate ``version`` against the champion (if any), the baseline and the oracle; log it to its run."""
+    """Evaluate ``version`` against the champion (if any), the baseline and the oracle (the simulator's
+    Bayes-optimal scores of the test rows, when known) on the test split; log it all to the candidate's run."""
     version = str(version)
     candidate_info = get_version(settings, spec.name, version)
     test = training_set.split("test").reset_index(drop=True)
@@ -190,24 +219,14 @@ def evaluate_candidate(
     }
     if champion_info is not None:
         scores["champion"] = score(load_booster(settings, spec.name, champion_info.version), test, settings.num_threads)
-    if oracle_scores is not None and len(oracle_scores) != len(test):
-        raise EvaluationError(f"oracle scores cover {len(oracle_scores)} rows, the test split has {len(test)}")
-    overall, slices, frame = evaluate_scores(spec, test, scores)
-    labels = test[LABEL_COLUMN].to_numpy()
-    evaluation = Evaluation(
-        model=spec.name,
+    evaluation, frame = evaluate_scores(
+        spec,
+        test,
+        scores,
         candidate_version=version,
         champion_version=None if champion_info is None else champion_info.version,
         logical_date=training_set.logical_date.isoformat(),
         training_set_digest=training_set.digest,
-        objective=spec.objective,
-        main_metric=spec.main_metric,
-        rows=len(test),
-        positives=int((labels > 0).sum()),
-        label_rate=float((labels > 0).mean()) if len(labels) else 0.0,
-        queries=int(test[GROUP_COLUMN].nunique()) if GROUP_COLUMN in test.columns else None,
-        overall=overall,
-        slices=slices,
     )
     log_evaluation(settings, candidate_info.run_id, evaluation, frame)
     return evaluation
@@ -232,5 +251,6 @@ def load_evaluation(settings: Settings, name: str, version: str) -> Evaluation |
     run_id = get_version(settings, name, version).run_id
     if EVALUATION_ARTIFACT not in {a.path for a in client.list_artifacts(run_id)}:
         return None
-    local = client.download_artifacts(run_id, EVALUATION_ARTIFACT, tempfile.mkdtemp(prefix="evaluation-"))
-    return Evaluation.from_dict(json.loads(Path(local).read_text()))
+    with tempfile.TemporaryDirectory(prefix="evaluation-") as tmp:
+        local = client.download_artifacts(run_id, EVALUATION_ARTIFACT, tmp)
+        return Evaluation.from_dict(json.loads(Path(local).read_text()))

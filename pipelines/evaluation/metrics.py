@@ -1,53 +1,140 @@
-"""Metrics named as in model specs.
+"""Metrics named as in model specs, computed with row weights so that one implementation gives both the point
+estimate (every weight 1) and bootstrap resamples (weights = how often each row was drawn).
 
-Binary: roc_auc, pr_auc, log_loss, calibration_error, recall_at_1pct_fpr. Ranking: ndcg_at_10 and map_at_10,
-computed per query (request) and averaged over the queries that hold at least one relevant row (without one,
-NDCG and AP are undefined; such queries are left out, as in LightGBM and TREC practice).
+Binary: roc_auc, pr_auc (average precision, as scikit-learn defines it), log_loss, calibration_error (expected
+calibration error over 10 equal-width bins) and recall_at_1pct_fpr (the largest recall reachable while at most 1%
+of the negatives score above the threshold). Ranking: ndcg_at_10 and map_at_10 are computed per query (request)
+and averaged over the queries that hold at least one relevant row (label > 0): without one, NDCG and AP are
+undefined, so such queries are left out, as LightGBM and TREC do.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import numpy as np
-from sklearn.metrics import average_precision_score, log_loss, roc_auc_score, roc_curve
 
 from pipelines.specs import BINARY_METRICS, LOWER_IS_BETTER, RANKING_METRICS
 
-__all__ = ["LOWER_IS_BETTER", "KNOWN_METRICS", "MetricError", "compute_metrics", "query_values"]
+__all__ = [
+    "KNOWN_METRICS",
+    "LOWER_IS_BETTER",
+    "PROBABILITY_METRICS",
+    "MetricError",
+    "binary_metrics",
+    "calibration_error",
+    "compute_metrics",
+    "per_query",
+    "query_values",
+    "recall_at_fpr",
+]
+
+KNOWN_METRICS = BINARY_METRICS | RANKING_METRICS
+# Metrics that read scores as probabilities: meaningless for a raw feature used as a score.
+PROBABILITY_METRICS = frozenset({"log_loss", "calibration_error"})
+CALIBRATION_BINS = 10
+MAX_FPR = 0.01
+_EPS = 1e-15
 
 
 class MetricError(ValueError):
     """A metric is unknown or cannot be computed on the given rows."""
 
 
-def calibration_error(y_true: np.ndarray, y_score: np.ndarray, bins: int = 10) -> float:
-    """Expected calibration error over equal-width probability bins (weighted by bin size)."""
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    idx = np.clip(np.digitize(y_score, edges[1:-1]), 0, bins - 1)
-    total = 0.0
-    for b in range(bins):
-        mask = idx == b
-        if mask.any():
-            total += mask.sum() * abs(y_true[mask].mean() - y_score[mask].mean())
-    return float(total / len(y_true))
+def binary_metrics(
+    y_true: np.ndarray, y_score: np.ndarray, names: Iterable[str], weights: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Each binary metric under each row of ``weights`` (shape resamples x rows; None: one row of ones).
+
+    Values are NaN where a metric is undefined (ROC-AUC, PR-AUC and recall need both classes). Ties in the scores
+    count half, as in scikit-learn's ROC-AUC; recall at 1% FPR reads the full ROC curve, without scikit-learn's
+    dropping of collinear points (which can hide the best threshold).
+    """
+    y = np.asarray(y_true, dtype="float64")
+    s = np.asarray(y_score, dtype="float64")
+    w = np.ones((1, len(y))) if weights is None else np.asarray(weights, dtype="float64")
+    names = list(names)
+    unknown = [n for n in names if n not in BINARY_METRICS]
+    if unknown:
+        raise MetricError(f"not binary metric(s): {unknown}; known: {sorted(BINARY_METRICS)}")
+    total = w.sum(axis=1)
+    out: dict[str, np.ndarray] = {}
+    if "log_loss" in names:
+        p = np.clip(s, _EPS, 1 - _EPS)
+        loss = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+        out["log_loss"] = _ratio(w @ loss, total)
+    if "calibration_error" in names:
+        out["calibration_error"] = _ratio(np.abs(w @ _bin_residuals(y, s)).sum(axis=1), total)
+    ranked = [n for n in names if n in {"roc_auc", "pr_auc", "recall_at_1pct_fpr"}]
+    if ranked:
+        out |= _ranked_metrics(y, s, w, ranked)
+    return {n: out[n] for n in names}
 
 
-def recall_at_fpr(y_true: np.ndarray, y_score: np.ndarray, max_fpr: float = 0.01) -> float:
-    """The largest recall (true-positive rate) reachable while at most ``max_fpr`` of negatives are flagged."""
-    fpr, tpr, _ = roc_curve(y_true, y_score)
-    return float(tpr[fpr <= max_fpr].max())
+def _ratio(num: np.ndarray, den: np.ndarray, empty: float = np.nan) -> np.ndarray:
+    """``num / den``, ``empty`` where ``den`` is 0."""
+    return np.divide(num, den, out=np.full(np.shape(num), empty), where=den > 0)
 
 
-_BINARY: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-    "roc_auc": lambda y, p: float(roc_auc_score(y, p)),
-    "pr_auc": lambda y, p: float(average_precision_score(y, p)),
-    "log_loss": lambda y, p: float(log_loss(y, np.clip(p, 1e-15, 1 - 1e-15), labels=[0, 1])),
-    "calibration_error": calibration_error,
-    "recall_at_1pct_fpr": recall_at_fpr,
-}
-KNOWN_METRICS = frozenset(_BINARY) | RANKING_METRICS
-assert frozenset(_BINARY) == BINARY_METRICS, "specs.BINARY_METRICS and metrics.py disagree"
+def _bin_residuals(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """rows x bins matrix holding ``label - score`` in each row's probability bin (0 elsewhere)."""
+    idx = np.clip((p * CALIBRATION_BINS).astype("int64"), 0, CALIBRATION_BINS - 1)
+    m = np.zeros((len(y), CALIBRATION_BINS))
+    m[np.arange(len(y)), idx] = y - p
+    return m
+
+
+def _ranked_metrics(
+    y: np.ndarray, s: np.ndarray, w: np.ndarray, names: list[str], max_fpr: float = MAX_FPR
+) -> dict[str, np.ndarray]:
+    """ROC-AUC, average precision and recall at ``max_fpr``, each a sum over the positive rows.
+
+    For each positive row (descending score) the weighted negatives scoring above it (``fp_lo``), at or above it
+    (``fp_hi``, the tied ones counted) and the weighted positives at or above it (``tp_hi``) are read from two
+    cumulative sums, one over the positives and one over the negatives, so the cost is one pass over the rows per
+    resample; tied scores form one threshold, as in scikit-learn.
+    """
+    positive = y > 0
+    pos_idx = np.flatnonzero(positive)[np.argsort(-s[positive], kind="stable")]
+    neg_idx = np.flatnonzero(~positive)[np.argsort(-s[~positive], kind="stable")]
+    pos_desc, neg_desc = -s[pos_idx], -s[neg_idx]  # ascending, for searchsorted
+    k_lo = np.searchsorted(neg_desc, pos_desc, side="left")  # negatives strictly above each positive
+    k_hi = np.searchsorted(neg_desc, pos_desc, side="right")  # ... at or above it
+    m_hi = np.searchsorted(pos_desc, pos_desc, side="right")  # positives at or above it
+    w_pos = w[:, pos_idx]
+    cum_pos = np.zeros((len(w), len(pos_idx) + 1))
+    cum_neg = np.zeros((len(w), len(neg_idx) + 1))
+    np.cumsum(w_pos, axis=1, out=cum_pos[:, 1:])
+    np.cumsum(w[:, neg_idx], axis=1, out=cum_neg[:, 1:])
+    n_pos, n_neg = cum_pos[:, -1], cum_neg[:, -1]
+    fp_hi, tp_hi = cum_neg[:, k_hi], cum_pos[:, m_hi]
+    both = (n_pos > 0) & (n_neg > 0)
+    out: dict[str, np.ndarray] = {}
+    if "roc_auc" in names:
+        # A positive beats the negatives below it and half of those tied with it.
+        above = 0.5 * (cum_neg[:, k_lo] + fp_hi)
+        auc = _ratio((w_pos * (n_neg[:, None] - above)).sum(axis=1), n_pos * n_neg)
+        out["roc_auc"] = np.where(both, auc, np.nan)
+    if "pr_auc" in names:
+        precision = _ratio(tp_hi, tp_hi + fp_hi, empty=0.0)  # 0 only where the row's own weight is 0
+        out["pr_auc"] = np.where(both, _ratio((w_pos * precision).sum(axis=1), n_pos), np.nan)
+    if "recall_at_1pct_fpr" in names:
+        # fp_hi and tp_hi grow along the positives: the best threshold is the last one within the allowed FPR.
+        within = (fp_hi <= max_fpr * n_neg[:, None]).sum(axis=1)
+        reached = np.where(within > 0, tp_hi[np.arange(len(w)), np.maximum(within - 1, 0)], 0.0)
+        out["recall_at_1pct_fpr"] = np.where(both, _ratio(reached, n_pos), np.nan)
+    return out
+
+
+def calibration_error(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """Expected calibration error: |mean label - mean score| per equal-width bin, weighted by the bin's rows."""
+    return float(binary_metrics(y_true, y_score, ["calibration_error"])["calibration_error"][0])
+
+
+def recall_at_fpr(y_true: np.ndarray, y_score: np.ndarray, max_fpr: float = MAX_FPR) -> float:
+    """The largest recall reachable while at most ``max_fpr`` of the negatives are flagged."""
+    y, s = np.asarray(y_true, dtype="float64"), np.asarray(y_score, dtype="float64")
+    return float(_ranked_metrics(y, s, np.ones((1, len(y))), ["recall_at_1pct_fpr"], max_fpr)["recall_at_1pct_fpr"][0])
 
 
 def _query_order(groups: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -60,35 +147,45 @@ def _query_order(groups: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np
     return order, rank
 
 
-def query_values(y_true: np.ndarray, y_score: np.ndarray, groups: np.ndarray, name: str, k: int = 10) -> np.ndarray:
-    """Per-query ``ndcg_at_10`` or ``map_at_10`` of the queries with a relevant row (label > 0), in query order."""
+def per_query(
+    y_true: np.ndarray, y_score: np.ndarray, groups: np.ndarray, name: str, k: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
+    """(query ids in sorted order, ``ndcg_at_10`` or ``map_at_10`` of each query); NaN for a query without a
+    relevant row. Bootstrap resamples these per-query values.
+
+    NDCG uses gains ``2**label - 1`` and discounts ``log2(rank + 1)``; AP@k divides by min(relevant rows, k).
+    Ties in score keep the rows' order within the query.
+    """
+    if name not in RANKING_METRICS:
+        raise MetricError(f"unknown ranking metric {name!r}; known: {sorted(RANKING_METRICS)}")
     y, s, g = np.asarray(y_true, dtype="float64"), np.asarray(y_score, dtype="float64"), np.asarray(groups)
     uniq, gi = np.unique(g, return_inverse=True)
     n_q = len(uniq)
     order, rank = _query_order(gi, s)
     top = rank < k
     q, rel, r = gi[order][top], y[order][top], rank[top]
+    n_rel = np.bincount(gi, weights=(y > 0).astype("float64"), minlength=n_q)
     if name == "ndcg_at_10":
         dcg = np.bincount(q, weights=(2.0**rel - 1) / np.log2(r + 2), minlength=n_q)
         ideal_order, ideal_rank = _query_order(gi, y)
         it = ideal_rank < k
         irel, ir = y[ideal_order][it], ideal_rank[it]
         idcg = np.bincount(gi[ideal_order][it], weights=(2.0**irel - 1) / np.log2(ir + 2), minlength=n_q)
-        has = idcg > 0
-        return dcg[has] / idcg[has]
-    if name == "map_at_10":
-        hit = (rel > 0).astype("float64")
-        # Hits so far within the query at each top-k position (rows are grouped by query, in rank order).
-        total = np.cumsum(hit)
-        first = np.r_[0, np.flatnonzero(q[1:] != q[:-1]) + 1] if len(q) else np.empty(0, dtype="int64")
-        before = np.repeat(total[first] - hit[first], np.diff(np.r_[first, len(q)]))
-        cum = total - before
-        precision = np.where(hit > 0, cum / (r + 1), 0.0)
-        n_rel = np.bincount(gi, weights=(y > 0).astype("float64"), minlength=n_q)
-        ap = np.bincount(q, weights=precision, minlength=n_q)
-        has = n_rel > 0
-        return ap[has] / np.minimum(n_rel[has], k)
-    raise MetricError(f"unknown ranking metric {name!r}; known: {sorted(RANKING_METRICS)}")
+        return uniq, _ratio(dcg, np.where(n_rel > 0, idcg, 0.0))
+    hit = (rel > 0).astype("float64")
+    # Hits so far within the query at each top-k position (rows are grouped by query, in rank order).
+    total = np.cumsum(hit)
+    first = np.r_[0, np.flatnonzero(q[1:] != q[:-1]) + 1] if len(q) else np.empty(0, dtype="int64")
+    before = np.repeat(total[first] - hit[first], np.diff(np.r_[first, len(q)]))
+    precision = np.where(hit > 0, (total - before) / (r + 1), 0.0)
+    ap = np.bincount(q, weights=precision, minlength=n_q)
+    return uniq, _ratio(ap, np.minimum(n_rel, k))
+
+
+def query_values(y_true: np.ndarray, y_score: np.ndarray, groups: np.ndarray, name: str, k: int = 10) -> np.ndarray:
+    """Per-query ``ndcg_at_10`` or ``map_at_10`` of the queries with a relevant row (label > 0), in query order."""
+    values = per_query(y_true, y_score, groups, name, k)[1]
+    return values[~np.isnan(values)]
 
 
 def compute_metrics(
@@ -104,6 +201,8 @@ def compute_metrics(
         raise MetricError(f"unknown metric(s) {unknown}; the model spec's 'metrics' may use {sorted(KNOWN_METRICS)}")
     if len(y) == 0:
         raise MetricError("no rows to compute metrics on: the split is empty")
+    if len(p) != len(y):
+        raise MetricError(f"{len(p)} scores for {len(y)} labels")
     out: dict[str, float] = {}
     ranking = [n for n in names if n in RANKING_METRICS]
     if ranking:
@@ -115,12 +214,12 @@ def compute_metrics(
             if len(values) == 0:
                 raise MetricError("no query holds a relevant row: NDCG/MAP are undefined")
             out[name] = float(values.mean())
-    binary = [n for n in names if n in _BINARY]
+    binary = [n for n in names if n in BINARY_METRICS]
     if binary:
         if len(np.unique(y)) < 2:
             raise MetricError(
                 f"all {len(y)} labels are {int(y[0])}: ROC-AUC/PR-AUC are undefined; widen the split's days "
                 "(model spec 'windows') or check the labels"
             )
-        out |= {n: _BINARY[n](y, p) for n in binary}
+        out |= {n: float(v[0]) for n, v in binary_metrics(y, p, binary).items()}
     return {n: out[n] for n in names}
