@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from feature_repo.orders import order_declarations
 from feature_repo.parts import RepoPart, combine
+from feature_repo.ranking import ranking_declarations
 from feature_repo.users import user_declarations
 from pipelines.settings import Settings
 
@@ -16,4 +17,4 @@ from pipelines.settings import Settings
 def definitions(settings: Settings) -> RepoPart:
     """The project's Feast objects, reading feature partitions from ``settings.lake_uri``."""
     users = user_declarations(settings)
-    return combine(users, order_declarations(settings))
+    return combine(users, order_declarations(settings), ranking_declarations(settings, users))

@@ -177,8 +177,26 @@ def _score_users(base: str, spec: ModelSpec, console: Console) -> bool:
     return True
 
 
+def _rank_products(base: str, spec: ModelSpec, console: Console) -> bool:
+    request = {"user_id": 42}
+    console.print(f"$ curl -X POST {base}/v1/models/{spec.name}/rank -d '{{\"user_id\": 42}}'")
+    resp = httpx.post(f"{base}/v1/models/{spec.name}/rank", json=request, timeout=60)
+    if resp.status_code != 200:
+        console.print(f"[red]ranking failed ({resp.status_code}): {resp.text}[/red]")
+        return False
+    body = resp.json()
+    table = Table(title=f"{spec.name} v{body['version']}: top products for user 42 ({body['candidates']} candidates)")
+    table.add_column("rank")
+    table.add_column("product_id")
+    table.add_column("score")
+    for rank, p in enumerate(body["products"][:10], start=1):
+        table.add_row(str(rank), str(p["product_id"]), f"{p['score']:.3f}")
+    console.print(table)
+    return True
+
+
 def _serve_and_score(settings: Settings, specs: list[ModelSpec], console: Console) -> bool:
-    """Start `mlctl serve` and score users with every user model's champion over HTTP."""
+    """Start `mlctl serve`, score users with every user model and rank products with every ranking model."""
     port = _free_port(settings.serving_port)
     env = {**os.environ, "STOREFRONT_SERVING_PORT": str(port)}
     logfile = settings.home / "logs" / "serving.log"
@@ -194,8 +212,10 @@ def _serve_and_score(settings: Settings, specs: list[ModelSpec], console: Consol
             for spec in specs:
                 if spec.entity == "user":
                     ok = _score_users(base, spec, console) and ok
+                elif spec.entity == "user_product":
+                    ok = _rank_products(base, spec, console) and ok
                 else:
-                    console.print(f"{spec.name}: champion in MLflow; not served over HTTP yet (user models only)")
+                    console.print(f"{spec.name}: champion in MLflow; not served over HTTP yet")
             return ok
         finally:
             server.terminate()

@@ -373,30 +373,57 @@ def _view_freshness(
 
 
 # -- historical (point-in-time) reads ----------------------------------------------------------------------
+def _known_keys(settings: Settings, view: FeatureView, request: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``request`` whose keys have a row in the view's lake partitions of their ttl window.
+
+    Feast's file store sorts the joined rows by feature timestamp, and Dask fails on a partition whose timestamps
+    are all null (``Divisions calculation failed for non-numeric column '__event_timestamp'``): entity rows with
+    no feature row at all, common in sparse views (user x category, user x product), must not be sent. They get
+    NaN features, as Feast would give them.
+    """
+    stamps = pd.to_datetime(request[TIMESTAMP_COLUMN], utc=True)
+    ttl = view.ttl if view.ttl and view.ttl.total_seconds() > 0 else dt.timedelta(days=3650)
+    first, last = (stamps.min() - ttl).date(), stamps.max().date()
+    keys = view.join_keys
+    stored = Lake(settings).read_range(lake_table(view), first, last, columns=keys).drop_duplicates()
+    if stored.empty:
+        return request.iloc[0:0]
+    stored = stored.astype({k: request[k].dtype for k in keys})
+    known = request[keys].merge(stored, on=keys, how="left", indicator=True)["_merge"] == "both"
+    return request[known.to_numpy()]
+
+
 def _point_in_time(
-    store: FeatureStore, service: FeatureService, unique: pd.DataFrame, inputs: list[str], columns: list[str]
+    settings: Settings,
+    store: FeatureStore,
+    service: FeatureService,
+    unique: pd.DataFrame,
+    inputs: list[str],
+    columns: list[str],
 ) -> pd.DataFrame:
     """``unique`` with the service's features joined point in time (NaN where a view has no row).
 
     Feast's file store drops an entity row lacking a row in any one view of a request, so a service over several
     stored views (ranking: user, product, user x category, user x product) is joined one view at a time on that
-    view's keys and merged. A service with on-demand views is asked in one request: they read its stored view.
+    view's keys and merged, sending each view only the rows whose keys it holds (``_known_keys``). A service with
+    on-demand views is asked in one request: they read its stored view.
     """
     views = _service_views(store, service)
     projections = {p.name: p for p in service.feature_view_projections}
-    if len(views) <= 1 or len(projections) != len(views):
-        parts: list[tuple[FeatureService | list[str], list[str]]] = [(service, inputs)]
-    else:
-        parts = [
-            ([f"{v.name}:{f.name}" for f in projections[v.name].features], [*v.join_keys, TIMESTAMP_COLUMN])
-            for v in views
-        ]
     joined = unique
-    for features, on in parts:
-        request = unique[on].drop_duplicates(ignore_index=True)
-        got = store.get_historical_features(entity_df=request, features=features).to_df()
+    if len(views) <= 1 or len(projections) != len(views):
+        got = store.get_historical_features(entity_df=unique[inputs], features=service).to_df()
         got[TIMESTAMP_COLUMN] = pd.to_datetime(got[TIMESTAMP_COLUMN], utc=True).astype("datetime64[ns, UTC]")
-        names = [c for c in got.columns if c in columns and c not in joined.columns]
+        return joined.merge(got[[*inputs, *columns]].drop_duplicates(inputs), on=inputs, how="left")
+    for view in views:
+        on = [*view.join_keys, TIMESTAMP_COLUMN]
+        names = [f.name for f in projections[view.name].features]
+        request = _known_keys(settings, view, unique[on].drop_duplicates(ignore_index=True))
+        if request.empty:
+            joined = joined.assign(**{n: np.nan for n in names})
+            continue
+        got = store.get_historical_features(entity_df=request, features=[f"{view.name}:{n}" for n in names]).to_df()
+        got[TIMESTAMP_COLUMN] = pd.to_datetime(got[TIMESTAMP_COLUMN], utc=True).astype("datetime64[ns, UTC]")
         joined = joined.merge(got[[*on, *names]].drop_duplicates(on), on=on, how="left")
     return joined
 
@@ -434,7 +461,7 @@ def historical_features(settings: Settings, entity_df: pd.DataFrame, feature_ser
     if unique.empty:
         joined = unique.assign(**{c: pd.Series(dtype="float64") for c in columns})
     else:
-        joined = _point_in_time(store, service, unique, inputs, columns)
+        joined = _point_in_time(settings, store, service, unique, inputs, columns)
     dropped = int(joined[columns].isna().all(axis=1).sum())
     if dropped:
         log.info(

@@ -1,7 +1,8 @@
-"""FastAPI app: score users with each binary model's champion on Feast online features.
+"""FastAPI app: score users with each binary model's champion, and rank products for a user with each ranking
+model's champion, on Feast online features.
 
-Users without online features still get a score (every feature missing) with ``features_found: false``, so a
-caller can tell a cold-start score from a real one.
+Users (or products) without online features still get a score (every feature missing) with
+``features_found: false``, so a caller can tell a cold-start score from a real one.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from datetime import datetime
-from typing import Any
+from datetime import date, datetime
+from typing import Any, Literal
 
 import anyio
 import numpy as np
@@ -19,21 +20,27 @@ import pandas as pd
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
-from pipelines.serving.model_loader import ChampionModel, FeatureMismatchError, RefreshLoop
+from pipelines.features.candidates import catalogue_day, lake_candidates, lake_catalogue
+from pipelines.lake import Lake
+from pipelines.serving.model_loader import ChampionModel, FeatureMismatchError, LoadedModel, RefreshLoop
 from pipelines.settings import Settings
 from pipelines.specs import ModelSpec, load_specs
 
 log = logging.getLogger(__name__)
 
 MAX_USER_IDS = 1000
+MAX_PRODUCT_IDS = 1000
 # An id no real user has: the canary reads its (empty) online row through the same path as a request.
 CANARY_USER_ID = -1
+# Likewise for a ranking request's product and its category.
+CANARY_PRODUCT_ID = -1
 ENTITY_COLUMN = "user_id"
+RANK_KEYS = ["user_id", "product_id", "category_id"]
 
-# (settings, feature_service, user_ids) -> one row per user id with the service's feature columns; a user the
-# online store does not know comes back with all features missing. Same signature as
-# pipelines.features.store.online_features.
-FeatureReader = Callable[[Settings, str, list[int]], pd.DataFrame]
+# (settings, feature_service, user_ids or a frame of join keys) -> one row per requested entity, in request order,
+# with the service's feature columns; an entity the online store does not know comes back with all features
+# missing. Same signature as pipelines.features.store.online_features.
+FeatureReader = Callable[[Settings, str, list[int] | pd.DataFrame], pd.DataFrame]
 
 
 class PredictRequest(BaseModel):
@@ -50,6 +57,31 @@ class PredictResponse(BaseModel):
     model: str
     version: str
     predictions: list[Prediction]
+
+
+class RankRequest(BaseModel):
+    user_id: int = Field(description="The user to rank products for.")
+    product_ids: list[int] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_PRODUCT_IDS,
+        description="The candidate products; without them, candidates are drawn from the lake's newest days "
+        "as in training (the user's recent categories, popular products, recent carts).",
+    )
+
+
+class RankedProduct(BaseModel):
+    product_id: int
+    score: float
+    features_found: bool = Field(description="False when the online store had no features for this candidate.")
+
+
+class RankResponse(BaseModel):
+    model: str
+    version: str
+    user_id: int
+    candidates: Literal["request", "generated"] = Field(description="Where the candidate products came from.")
+    products: list[RankedProduct] = Field(description="The candidates, best first.")
 
 
 class RefusalInfo(BaseModel):
@@ -92,14 +124,45 @@ class FeastReader:
         self._store: Any = None
         self._lock = threading.Lock()
 
-    def __call__(self, settings: Settings, feature_service: str, user_ids: list[int]) -> pd.DataFrame:
+    def __call__(self, settings: Settings, feature_service: str, entities: list[int] | pd.DataFrame) -> pd.DataFrame:
         # Imported lazily: feast takes seconds to import and tests pass their own reader.
         from pipelines.features.store import feature_store, online_features
 
         with self._lock:  # building a store applies the definitions: do it once, not per request
             if self._store is None:
                 self._store = feature_store(settings)
-        return online_features(settings, feature_service, user_ids, store=self._store)
+        return online_features(settings, feature_service, entities, store=self._store)
+
+
+class LakeCandidates:
+    """Candidate rows (user_id, product_id, category_id) of a ranking request, from the lake.
+
+    Named products get their category from the newest ``features/product_stats`` partition (a product it does not
+    know gets category -1, so only its user features are found); without products, candidates are generated from
+    the newest events as in training. The catalogue is read once per feature day.
+    """
+
+    def __init__(self) -> None:
+        self._lake: Lake | None = None
+        self._catalogue: tuple[date, pd.Series] | None = None
+        self._lock = threading.Lock()
+
+    def _categories(self, lake: Lake) -> pd.Series:
+        with self._lock:
+            day = catalogue_day(lake)
+            if self._catalogue is None or self._catalogue[0] != day:
+                self._catalogue = (day, lake_catalogue(lake, day))
+            return self._catalogue[1]
+
+    def __call__(
+        self, settings: Settings, spec: ModelSpec, user_id: int, product_ids: list[int] | None
+    ) -> pd.DataFrame:
+        self._lake = self._lake or Lake(settings)
+        if product_ids is None:
+            return lake_candidates(self._lake, spec.candidates, [user_id])
+        products = pd.Series(product_ids, dtype="int64")
+        category = products.map(self._categories(self._lake)).fillna(-1).astype("int64")
+        return pd.DataFrame({"user_id": user_id, "product_id": products, "category_id": category})
 
 
 def _rows_for(frame: pd.DataFrame, user_ids: list[int], feature_service: str) -> pd.DataFrame:
@@ -114,19 +177,48 @@ def _rows_for(frame: pd.DataFrame, user_ids: list[int], feature_service: str) ->
     return frame.reset_index(drop=True)
 
 
+def _candidate_rows(frame: pd.DataFrame, asked: pd.DataFrame, feature_service: str) -> pd.DataFrame:
+    """Align the reader's rows to the asked candidates (by product when the reader returns keys, else by
+    position): the asked keys, then the features."""
+    if "product_id" in frame.columns:
+        features = frame.drop(columns=[c for c in RANK_KEYS if c in frame.columns and c != "product_id"])
+        features = features.drop_duplicates("product_id").set_index("product_id")
+        return asked.join(features, on="product_id").reset_index(drop=True)
+    if len(frame) != len(asked):
+        raise ValueError(
+            f"feature service {feature_service!r} returned {len(frame)} rows for {len(asked)} candidates "
+            "and no product_id column to align them"
+        )
+    return pd.concat([asked.reset_index(drop=True), frame.reset_index(drop=True)], axis=1)
+
+
+# (settings, ranking spec, user_id, product_ids or None) -> candidate rows user_id, product_id, category_id.
+CandidateSource = Callable[[Settings, ModelSpec, int, list[int] | None], pd.DataFrame]
+
+
 def create_app(
     settings: Settings,
     feature_reader: FeatureReader | None = None,
     specs: Mapping[str, ModelSpec] | None = None,
+    candidate_source: CandidateSource | None = None,
 ) -> FastAPI:
-    """The serving app for every spec in ``settings.models_dir`` (or ``specs``); binary user models are scored."""
+    """The serving app for every spec in ``settings.models_dir`` (or ``specs``): binary user models score users,
+    ranking models rank products for a user."""
     reader = feature_reader or FeastReader()
+    candidates_of = candidate_source or LakeCandidates()
     all_specs = dict(specs) if specs is not None else load_specs(settings.models_dir)
 
     def read_features(spec: ModelSpec, user_ids: list[int]) -> pd.DataFrame:
         return _rows_for(reader(settings, spec.feature_service, user_ids), user_ids, spec.feature_service)
 
+    def read_candidate_features(spec: ModelSpec, rows: pd.DataFrame) -> pd.DataFrame:
+        asked = rows[RANK_KEYS].reset_index(drop=True)
+        return _candidate_rows(reader(settings, spec.feature_service, asked), asked, spec.feature_service)
+
     def canary_for(spec: ModelSpec) -> Callable[[], pd.DataFrame]:
+        if spec.objective == "lambdarank":
+            row = pd.DataFrame({"user_id": [CANARY_USER_ID], "product_id": [CANARY_PRODUCT_ID], "category_id": [-1]})
+            return lambda: read_candidate_features(spec, row)
         return lambda: read_features(spec, [CANARY_USER_ID])
 
     holders = {
@@ -134,15 +226,20 @@ def create_app(
         for name, spec in all_specs.items()
         if spec.objective == "binary" and spec.entity == "user"
     }
+    rankers = {
+        name: ChampionModel(name, settings, canary_features=canary_for(spec), probabilities=False)
+        for name, spec in all_specs.items()
+        if spec.objective == "lambdarank"
+    }
 
     def refresh_all() -> None:
-        for holder in holders.values():
+        for holder in [*holders.values(), *rankers.values()]:
             holder.refresh()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await anyio.to_thread.run_sync(refresh_all)
-        loop = RefreshLoop(holders.values(), settings.serving_refresh_seconds)
+        loop = RefreshLoop([*holders.values(), *rankers.values()], settings.serving_refresh_seconds)
         loop.start()
         try:
             yield
@@ -152,7 +249,20 @@ def create_app(
     app = FastAPI(title="Storefront ML serving", lifespan=lifespan)
     app.state.settings = settings
     app.state.models = holders
+    app.state.rankers = rankers
     app.state.specs = all_specs
+
+    def serving(model: str, holder: ChampionModel) -> LoadedModel:
+        loaded = holder.current()
+        if loaded is None:
+            refusal = holder.status().last_refusal
+            if refusal is not None:
+                raise HTTPException(
+                    503,
+                    f"no servable champion for {model}: v{refusal.version} was refused ({refusal.reason})",
+                )
+            raise HTTPException(503, f"no champion for {model}; approve a version first")
+        return loaded
 
     def holder_for(model: str) -> tuple[ModelSpec, ChampionModel]:
         spec = all_specs.get(model)
@@ -169,19 +279,24 @@ def create_app(
             holder.refresh()
         return spec, holder
 
+    def ranker_for(model: str) -> tuple[ModelSpec, LoadedModel]:
+        spec = all_specs.get(model)
+        if spec is None:
+            raise HTTPException(404, f"unknown model {model!r}; known models: {sorted(all_specs)}")
+        holder = rankers.get(model)
+        if holder is None:
+            raise HTTPException(
+                404, f"model {model!r} has objective {spec.objective!r}; this route serves ranking models only"
+            )
+        if not holder.checked:
+            holder.refresh()
+        return spec, serving(model, holder)
+
     # Plain `def` endpoints run in FastAPI's thread pool: blocking feature reads don't stall the event loop.
     @app.post("/v1/models/{model}/predict", response_model=PredictResponse)
     def predict(model: str, request: PredictRequest) -> PredictResponse:
         spec, holder = holder_for(model)
-        loaded = holder.current()
-        if loaded is None:
-            refusal = holder.status().last_refusal
-            if refusal is not None:
-                raise HTTPException(
-                    503,
-                    f"no servable champion for {model}: v{refusal.version} was refused ({refusal.reason})",
-                )
-            raise HTTPException(503, f"no champion for {model}; approve a version first")
+        loaded = serving(model, holder)
         try:
             rows = read_features(spec, request.user_ids)
         except Exception as exc:
@@ -203,10 +318,47 @@ def create_app(
             ],
         )
 
+    @app.post("/v1/models/{model}/rank", response_model=RankResponse)
+    def rank(model: str, request: RankRequest) -> RankResponse:
+        spec, loaded = ranker_for(model)
+        source = "request" if request.product_ids is not None else "generated"
+        try:
+            rows = candidates_of(settings, spec, request.user_id, request.product_ids)
+        except Exception as exc:
+            log.exception("candidates unavailable for %s", model)
+            raise HTTPException(503, f"candidates unavailable for {model}: {exc}") from exc
+        if rows.empty:
+            return RankResponse(
+                model=model, version=loaded.version, user_id=request.user_id, candidates=source, products=[]
+            )
+        try:
+            features = read_candidate_features(spec, rows)
+        except Exception as exc:
+            log.exception("online feature read failed for %s", spec.feature_service)
+            raise HTTPException(
+                503, f"online features unavailable for feature service {spec.feature_service!r}: {exc}"
+            ) from exc
+        try:
+            scores = np.asarray(loaded.predict(features))
+        except FeatureMismatchError as exc:
+            raise HTTPException(503, str(exc)) from exc
+        found = ~features.loc[:, list(loaded.feature_names)].isna().all(axis=1).to_numpy()
+        product_ids = features["product_id"].to_numpy()
+        return RankResponse(
+            model=model,
+            version=loaded.version,
+            user_id=request.user_id,
+            candidates=source,
+            products=[
+                RankedProduct(product_id=int(product_ids[i]), score=float(scores[i]), features_found=bool(found[i]))
+                for i in np.argsort(-scores, kind="stable")
+            ],
+        )
+
     @app.get("/health", response_model=HealthResponse)
     def health() -> HealthResponse:
         models = {}
-        for name, holder in holders.items():
+        for name, holder in [*holders.items(), *rankers.items()]:
             st = holder.status()
             refusal = st.last_refusal
             models[name] = ModelHealth(
@@ -226,7 +378,8 @@ def create_app(
     def list_models() -> ModelsResponse:
         infos = []
         for name, spec in sorted(all_specs.items()):
-            loaded = holders[name].current() if name in holders else None
+            holder = holders.get(name) or rankers.get(name)
+            loaded = holder.current() if holder is not None else None
             infos.append(
                 ModelInfo(
                     name=name,

@@ -123,8 +123,9 @@ def load_version(settings: Settings, name: str, version: str) -> LoadedModel:
     )
 
 
-def check_canary(model: LoadedModel, canary_rows: pd.DataFrame | None = None) -> None:
-    """Score a row of zeros (and the given canary rows); binary scores must be finite probabilities."""
+def check_canary(model: LoadedModel, canary_rows: pd.DataFrame | None = None, probabilities: bool = True) -> None:
+    """Score a row of zeros (and the given canary rows); scores must be finite, and probabilities in [0, 1] for a
+    binary model (a ranker's scores are unbounded)."""
     frames = [pd.DataFrame([dict.fromkeys(model.feature_names, 0.0)])]
     if canary_rows is not None:
         frames.append(canary_rows)
@@ -135,10 +136,10 @@ def check_canary(model: LoadedModel, canary_rows: pd.DataFrame | None = None) ->
                 f"model {model.name} v{model.version} returned scores of shape {scores.shape} for "
                 f"{len(frame)} canary rows; expected one score per row (binary objective)"
             )
-        if not np.all(np.isfinite(scores)) or np.any((scores < 0) | (scores > 1)):
+        if not np.all(np.isfinite(scores)) or (probabilities and np.any((scores < 0) | (scores > 1))):
             raise CanaryError(
                 f"model {model.name} v{model.version} returned {scores.tolist()} for canary rows; "
-                "expected probabilities in [0, 1]"
+                f"expected {'probabilities in [0, 1]' if probabilities else 'finite scores'}"
             )
 
 
@@ -150,8 +151,10 @@ class ChampionModel:
         name: str,
         settings: Settings,
         canary_features: CanaryFeatures | None = None,
+        probabilities: bool = True,
     ) -> None:
         self.name = name
+        self._probabilities = probabilities
         self._settings = settings
         self._canary_features = canary_features
         self._current: LoadedModel | None = None
@@ -201,7 +204,7 @@ class ChampionModel:
                 self._record_error(f"could not read canary features for {self.name} v{version}: {exc}")
                 return current
             try:
-                check_canary(candidate, canary_rows)
+                check_canary(candidate, canary_rows, self._probabilities)
             except Exception as exc:
                 self._refuse(version, f"failed the canary: {exc}")
                 return current

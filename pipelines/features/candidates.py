@@ -1,0 +1,141 @@
+"""Ranking candidates: which products are scored for a user at an as-of time.
+
+A request is one user at ``as_of(ds)``; its candidates are the most popular products of the user's most viewed
+categories, the overall most popular products and the products the user carted recently (``CandidateSpec`` says
+how many of each). Only events before the as-of time are read, so the same function serves training (past days)
+and serving (the lake's newest days). Training asks for the users who had a session on the day: they are the ones
+a shop would rank for, and keep the volume of rows small.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+
+from pipelines.data import schemas
+from pipelines.features.product_features import PRODUCT_STATS_TABLE
+from pipelines.lake import Lake
+from pipelines.specs import CandidateSpec
+
+KEYS = ["user_id", "product_id"]
+COLUMNS = ["user_id", "product_id", "category_id"]
+EVENT_COLUMNS = ["event_time", "user_id", "event_type", "product_id", "category_id"]
+
+
+class CandidateError(ValueError):
+    """The events cannot give candidates (missing columns, no events before the as-of time)."""
+
+
+def history_days(spec: CandidateSpec) -> int:
+    """Days of events (ending with the as-of day) candidate generation reads."""
+    return max(spec.recent_days, spec.popularity_days)
+
+
+def _window(events: pd.DataFrame, ds: dt.date, days: int) -> pd.DataFrame:
+    """Events of the ``days`` days ending with ``ds`` (``[as_of(ds) - days, as_of(ds))``)."""
+    end = pd.Timestamp(schemas.as_of(ds))
+    t = pd.to_datetime(events["event_time"], utc=True)
+    return events[(t >= end - pd.Timedelta(days=days)) & (t < end)]
+
+
+def popular_products(events: pd.DataFrame, ds: dt.date, days: int) -> pd.DataFrame:
+    """Products by views in the ``days`` days ending with ``ds``, most viewed first (ties: lower id first):
+    product_id, category_id, views."""
+    views = _window(events, ds, days)
+    views = views[views["event_type"] == "view"]
+    counts = views.groupby(["product_id", "category_id"], sort=False).size().rename("views").reset_index()
+    counts = counts.sort_values(["views", "product_id"], ascending=[False, True], kind="stable", ignore_index=True)
+    return counts.astype({"product_id": "int64", "category_id": "int64", "views": "int64"})
+
+
+def request_users(events: pd.DataFrame, ds: dt.date) -> np.ndarray:
+    """Users with a session (any event) on day ``ds``, sorted."""
+    return np.sort(_window(events, ds, 1)["user_id"].astype("int64").unique())
+
+
+def _top_per_group(frame: pd.DataFrame, group: str, k: int) -> pd.DataFrame:
+    """The first ``k`` rows of each ``group`` in the frame's order."""
+    return frame[frame.groupby(group, sort=False).cumcount() < k]
+
+
+def generate_candidates(
+    events: pd.DataFrame, spec: CandidateSpec, ds: dt.date, user_ids: np.ndarray | list[int]
+) -> pd.DataFrame:
+    """Candidates of each user in ``user_ids`` at ``as_of(ds)``: user_id, product_id, category_id.
+
+    ``events`` must hold (at least) the ``history_days(spec)`` days ending with ``ds``; later events are
+    ignored. Each (user, product) appears once, in the order: recently carted, recent categories' popular
+    products (the user's most viewed category first), overall popular products. A user without recent views
+    gets the overall popular products (and their carts).
+    """
+    missing = [c for c in EVENT_COLUMNS if c not in events.columns]
+    if missing:
+        raise CandidateError(f"events lack column(s) {missing} needed for candidates; see pipelines/data/schemas.py")
+    users = pd.Index(np.unique(np.asarray(user_ids, dtype="int64")), name="user_id")
+    # A real log may miss a product's category: such events cannot place a product in a category.
+    events = events.dropna(subset=["product_id", "category_id"])
+    if users.empty:
+        return pd.DataFrame({c: pd.Series(dtype="int64") for c in COLUMNS})
+    recent = _window(events, ds, spec.recent_days)
+    recent = recent[recent["user_id"].astype("int64").isin(users)]
+    popular = popular_products(events, ds, spec.popularity_days)
+
+    carted = recent.loc[recent["event_type"] == "cart", ["user_id", "product_id", "category_id", "event_time"]]
+    carted = carted.sort_values(["user_id", "event_time"], ascending=[True, False], kind="stable")[COLUMNS]
+
+    viewed = recent[recent["event_type"] == "view"]
+    by_category = viewed.groupby(["user_id", "category_id"], sort=False).size().rename("n").reset_index()
+    by_category = by_category.sort_values(["user_id", "n", "category_id"], ascending=[True, False, True])
+    top_categories = _top_per_group(by_category, "user_id", spec.categories)
+    top_categories = top_categories.assign(rank=top_categories.groupby("user_id").cumcount())
+    per_category = _top_per_group(popular, "category_id", spec.per_category)[["category_id", "product_id"]]
+    per_category = per_category.assign(position=np.arange(len(per_category)))
+    from_categories = top_categories.merge(per_category, on="category_id")
+    from_categories = from_categories.sort_values(["user_id", "rank", "position"], kind="stable")[COLUMNS]
+
+    overall = popular.head(spec.popular)[["product_id", "category_id"]]
+    from_popular = pd.DataFrame(
+        {
+            "user_id": np.repeat(users.to_numpy(), len(overall)),
+            "product_id": np.tile(overall["product_id"].to_numpy(), len(users)),
+            "category_id": np.tile(overall["category_id"].to_numpy(), len(users)),
+        }
+    )
+    out = pd.concat([carted, from_categories, from_popular], ignore_index=True).astype("int64")
+    out = out.drop_duplicates(KEYS, keep="first")
+    # Stable per user: the source order above is kept within each user.
+    return out.sort_values("user_id", kind="stable", ignore_index=True)
+
+
+def lake_candidates(
+    lake: Lake, spec: CandidateSpec, user_ids: list[int] | np.ndarray, ds: dt.date | None = None
+) -> pd.DataFrame:
+    """Candidates at ``as_of(ds)`` read from the lake's events (``ds`` defaults to the newest events day):
+    what serving ranks when a request names no products."""
+    days = lake.partitions("events")
+    if not days:
+        raise CandidateError(f"{lake.uri('events')}: no events partition to draw candidates from")
+    ds = ds or days[-1]
+    events = lake.read_range("events", ds - dt.timedelta(days=history_days(spec) - 1), ds, columns=EVENT_COLUMNS)
+    if events.empty:
+        raise CandidateError(f"{lake.uri('events')}: no events in the {history_days(spec)} days up to {ds}")
+    return generate_candidates(events, spec, ds, user_ids)
+
+
+def catalogue_day(lake: Lake) -> dt.date:
+    """The newest day of ``features/product_stats``: the catalogue serving looks categories up in."""
+    days = lake.partitions(PRODUCT_STATS_TABLE)
+    if not days:
+        raise CandidateError(
+            f"{lake.uri(PRODUCT_STATS_TABLE)}: no partition; build the ranking features first (daily features DAG)"
+        )
+    return days[-1]
+
+
+def lake_catalogue(lake: Lake, ds: dt.date) -> pd.Series:
+    """The category of each product (indexed by product_id) in ``features/product_stats`` of ``ds``: what joins a
+    product a request names to the user x category features."""
+    catalogue = lake.read(PRODUCT_STATS_TABLE, ds, columns=["product_id", "category_id"])
+    return catalogue.set_index("product_id")["category_id"]
