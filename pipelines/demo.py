@@ -233,7 +233,7 @@ def _summary(settings: Settings, specs: list[ModelSpec], started: float, console
 
     table = Table(title="Champions on their out-of-time test rows (best: Bayes-optimal on the same rows)")
     for column in ("model", "champion", "metric", "value", "best", "gap", "baseline", "approved by"):
-        table.add_column(column, no_wrap=True)
+        table.add_column(column, overflow="fold")
     ok = True
     for spec in specs:
         champion = get_champion(settings, spec.name)
