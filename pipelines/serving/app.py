@@ -264,32 +264,26 @@ def create_app(
             raise HTTPException(503, f"no champion for {model}; approve a version first")
         return loaded
 
-    def holder_for(model: str) -> tuple[ModelSpec, ChampionModel]:
+    def holder_in(pool: dict[str, ChampionModel], model: str, serves: str) -> tuple[ModelSpec, ChampionModel]:
+        """The model's spec and champion holder from ``pool``; 404 naming the model when it is not served here."""
         spec = all_specs.get(model)
         if spec is None:
             raise HTTPException(404, f"unknown model {model!r}; known models: {sorted(all_specs)}")
-        holder = holders.get(model)
+        holder = pool.get(model)
         if holder is None:
             raise HTTPException(
                 404,
-                f"model {model!r} ({spec.objective}, entity {spec.entity}) is not served here: this route scores "
-                "binary user models",
+                f"model {model!r} ({spec.objective}, entity {spec.entity}) is not served here: this route {serves}",
             )
         if not holder.checked:  # the app was started without its lifespan (e.g. mounted elsewhere)
             holder.refresh()
         return spec, holder
 
+    def holder_for(model: str) -> tuple[ModelSpec, ChampionModel]:
+        return holder_in(holders, model, "scores binary user models")
+
     def ranker_for(model: str) -> tuple[ModelSpec, LoadedModel]:
-        spec = all_specs.get(model)
-        if spec is None:
-            raise HTTPException(404, f"unknown model {model!r}; known models: {sorted(all_specs)}")
-        holder = rankers.get(model)
-        if holder is None:
-            raise HTTPException(
-                404, f"model {model!r} has objective {spec.objective!r}; this route serves ranking models only"
-            )
-        if not holder.checked:
-            holder.refresh()
+        spec, holder = holder_in(rankers, model, "serves ranking models only")
         return spec, serving(model, holder)
 
     # Plain `def` endpoints run in FastAPI's thread pool: blocking feature reads don't stall the event loop.
