@@ -20,7 +20,7 @@ import pandas as pd
 
 from pipelines.evaluation.baseline import baseline_scores, describe_baseline
 from pipelines.evaluation.bootstrap import CONFIDENCE, N_BOOTSTRAP, Estimate, compare, resample_counts, units_of
-from pipelines.evaluation.metrics import PROBABILITY_METRICS
+from pipelines.evaluation.metrics import PROBABILITY_METRICS, undefined_metrics
 from pipelines.evaluation.slices import SLICE_PREFIX, ordered_values, slice_frame
 from pipelines.registry.registry import connect, get_champion, get_version, load_booster
 from pipelines.settings import Settings
@@ -50,7 +50,9 @@ class Evaluation:
     ``overall``: scorer (candidate, champion, baseline, oracle; absent when unavailable) -> metric -> estimate.
     ``differences``: other scorer -> metric -> estimate of ``candidate - other`` on the same resamples.
     ``slices``: one entry per slice value: ``slice``, ``value``, ``rows`` (queries for ranking), ``positives``
-    (rows with label > 0), ``metrics`` and ``differences`` shaped as the overall ones.
+    (rows with label > 0), ``metrics`` and ``differences`` shaped as the overall ones, and ``undefined``.
+    ``undefined``: metric -> why it could not be computed on these rows (e.g. "no positives (all 412 labels are
+    0)"); such a metric is absent from ``overall`` / ``metrics``, for every scorer alike.
     """
 
     model: str
@@ -67,6 +69,7 @@ class Evaluation:
     overall: Estimates = field(default_factory=dict)
     slices: list[dict[str, Any]] = field(default_factory=list)
     differences: Estimates = field(default_factory=dict)
+    undefined: dict[str, str] = field(default_factory=dict)
     baseline: str | None = None  # the spec's baseline in words
     n_bootstrap: int = N_BOOTSTRAP
     confidence: float = CONFIDENCE
@@ -170,6 +173,7 @@ def evaluate_scores(
                     "positives": int((y[idx] > 0).sum()),
                     "metrics": metrics,
                     "differences": diffs,
+                    "undefined": undefined_metrics(y[idx], evaluation_metrics(spec)),
                 }
             )
 
@@ -192,6 +196,7 @@ def evaluate_scores(
         overall=overall,
         slices=slices,
         differences=differences,
+        undefined=undefined_metrics(y, evaluation_metrics(spec)),
         baseline=describe_baseline(spec) if "baseline" in available else None,
         n_bootstrap=n_bootstrap,
     )

@@ -3,6 +3,11 @@
 Floors always apply. Against a champion: bounded regression overall and in every slice large enough to judge.
 Without a champion there is no rubber stamp: the candidate must beat the spec's baseline on the main metric (a
 spec without a baseline gets the floors only, and the summary says so).
+
+A metric that cannot be computed (one class in a slice or in the whole test split, see
+:func:`pipelines.evaluation.metrics.undefined_metrics`) is never counted as a pass: in a slice its check is listed
+as not gated with the reason; on the whole test split the gate fails with an ``evaluable`` check, because a split
+with one class cannot tell a good model from a bad one.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ GATE_ARTIFACT = "gate.json"
 # Model-version tag values are 5,000 characters in MLflow's SQL stores; the full verdict is the run's gate.json.
 MAX_TAG = 5000
 
-Kind = Literal["floor", "regression", "slice_regression", "baseline"]
+Kind = Literal["floor", "regression", "slice_regression", "baseline", "evaluable"]
 
 
 @dataclass
@@ -37,11 +42,17 @@ class GateCheck:
     slice: str | None = None  # "name=value", None overall
     champion_value: float | None = None
     baseline_value: float | None = None
+    reason: str | None = None  # why the check could not be computed (kind "evaluable")
 
     def describe(self, champion: str = "the champion") -> str:
         """The check in one clause, e.g. "roc_auc in slice category=3 dropped 0.0510 against champion v1 ..."."""
         where = f" in slice {self.slice}" if self.slice else ""
         lower = self.metric in LOWER_IS_BETTER
+        if self.kind == "evaluable":
+            return (
+                f"{self.metric}{where} cannot be computed on the test split: {self.reason}; nothing can be judged "
+                "(check the test days' labels: `mlctl check`, the spec's label delay and 'windows.test_days')"
+            )
         if self.value is None:
             return f"{self.metric}{where} could not be computed on the evaluation rows ({self.kind} check)"
         if self.threshold is None:
@@ -109,13 +120,19 @@ def _slice_checks(spec: ModelSpec, evaluation: Evaluation) -> tuple[list[GateChe
     unit = "queries" if evaluation.queries is not None else "rows"
     for entry in evaluation.slices:
         name = f"{entry['slice']}={entry['value']}"
+        undefined = entry.get("undefined") or {}
+        metrics = [m for m in gate.slice_max_regression if m not in undefined]
+        # One class in the slice: name that reason rather than "too small", which would hide it.
+        not_gated += [f"{name} ({m} not gated: {undefined[m]})" for m in gate.slice_max_regression if m in undefined]
+        if not metrics:
+            continue
         if entry["rows"] < gate.min_slice_rows or entry["positives"] < gate.min_slice_positives:
             not_gated.append(f"{name} (too small: {entry['rows']} {unit}, {entry['positives']} positives)")
             continue
-        metrics = entry["metrics"]
-        for metric, allowed in gate.slice_max_regression.items():
-            value = metrics.get("candidate", {}).get(metric, {}).get("value")
-            ref = metrics.get("champion", {}).get(metric, {}).get("value")
+        for metric in metrics:
+            allowed = gate.slice_max_regression[metric]
+            value = entry["metrics"].get("candidate", {}).get(metric, {}).get("value")
+            ref = entry["metrics"].get("champion", {}).get(metric, {}).get("value")
             if ref is None:
                 not_gated.append(f"{name} ({metric} undefined for the champion there)")
                 continue
@@ -123,24 +140,53 @@ def _slice_checks(spec: ModelSpec, evaluation: Evaluation) -> tuple[list[GateChe
     return checks, not_gated
 
 
+def _evaluable_check(spec: ModelSpec, evaluation: Evaluation) -> GateCheck | None:
+    """A failing check when the whole test split cannot judge the model (a metric undefined there: one class)."""
+    undefined = evaluation.undefined
+    if not undefined:
+        return None
+    metric = spec.main_metric if spec.main_metric in undefined else sorted(undefined)[0]
+    others = sorted(set(undefined) - {metric})
+    reason = undefined[metric] + (f"; also undefined: {', '.join(others)}" if others else "")
+    return GateCheck(metric, "evaluable", None, None, False, reason=reason)
+
+
 def apply_gate(spec: ModelSpec, evaluation: Evaluation) -> GateDecision:
-    """Check the evaluation against ``spec.gate``; every check is kept, the summary names each failed one."""
-    gate = spec.gate
+    """Check the evaluation against ``spec.gate``; every check is kept, the summary names each failed one.
+
+    Checks of metrics undefined on the test split are listed as not gated, and one ``evaluable`` check fails the
+    gate in their place.
+    """
+    gate, undefined = spec.gate, evaluation.undefined
     candidate, champion = evaluation.candidate, evaluation.champion
-    checks = [_check(m, "floor", candidate.get(m), None, float(f)) for m, f in gate.floors.items()]
     not_gated: list[str] = []
+
+    def computable(metric: str, what: str) -> bool:
+        if metric in undefined:
+            not_gated.append(f"{metric} {what} (not computable on the test split: {undefined[metric]})")
+        return metric not in undefined
+
+    checks = [
+        _check(m, "floor", candidate.get(m), None, float(f)) for m, f in gate.floors.items() if computable(m, "floor")
+    ]
     if champion is not None:
         for metric, allowed in gate.max_regression.items():
-            ref = champion.get(metric)
-            checks.append(_check(metric, "regression", candidate.get(metric), ref, allowed, champion_value=ref))
-        slice_checks, not_gated = _slice_checks(spec, evaluation)
+            if computable(metric, "regression"):
+                ref = champion.get(metric)
+                checks.append(_check(metric, "regression", candidate.get(metric), ref, allowed, champion_value=ref))
+        slice_checks, slice_not_gated = _slice_checks(spec, evaluation)
         checks += slice_checks
+        not_gated += slice_not_gated
     elif spec.baseline is not None and gate.min_lift_over_baseline is not None:
         # No champion: the candidate must beat the baseline; a baseline that could not be scored fails the check.
         metric = spec.main_metric
-        ref = (evaluation.point("baseline") or {}).get(metric)
-        lift = gate.min_lift_over_baseline
-        checks.append(_check(metric, "baseline", candidate.get(metric), ref, lift, baseline_value=ref))
+        if computable(metric, "baseline check"):
+            ref = (evaluation.point("baseline") or {}).get(metric)
+            lift = gate.min_lift_over_baseline
+            checks.append(_check(metric, "baseline", candidate.get(metric), ref, lift, baseline_value=ref))
+    evaluable = _evaluable_check(spec, evaluation)
+    if evaluable is not None:
+        checks.insert(0, evaluable)
     passed = all(c.passed for c in checks)
     return GateDecision(passed, checks, _summary(spec, evaluation, checks, passed, not_gated), not_gated)
 

@@ -6,6 +6,12 @@ calibration error over 10 equal-width bins) and recall_at_1pct_fpr (the largest 
 of the negatives score above the threshold). Ranking: ndcg_at_10 and map_at_10 are computed per query (request)
 and averaged over the queries that hold at least one relevant row (label > 0): without one, NDCG and AP are
 undefined, so such queries are left out, as LightGBM and TREC do.
+
+One class only (a quiet slice, a test split whose labels have not arrived): ROC-AUC, PR-AUC and recall at 1% FPR
+need both classes and are undefined (NaN, with the reason from :func:`undefined_metrics`); log loss and calibration
+error are defined with one class (they measure the probabilities against the labels row by row). A ranking metric
+is undefined only when no query at all holds a relevant row. Nothing here raises on one-class labels: whether an
+undefined metric blocks a model is the gate's decision.
 """
 
 from __future__ import annotations
@@ -27,11 +33,15 @@ __all__ = [
     "per_query",
     "query_values",
     "recall_at_fpr",
+    "undefined_metrics",
 ]
 
 KNOWN_METRICS = BINARY_METRICS | RANKING_METRICS
 # Metrics that read scores as probabilities: meaningless for a raw feature used as a score.
 PROBABILITY_METRICS = frozenset({"log_loss", "calibration_error"})
+# Metrics that compare positives with negatives: undefined unless both classes are present.
+TWO_CLASS_METRICS = frozenset({"roc_auc", "pr_auc", "recall_at_1pct_fpr"})
+NO_POSITIVES, NO_NEGATIVES, NO_RELEVANT = "no positives", "no negatives", "no query has a relevant row"
 CALIBRATION_BINS = 10
 MAX_FPR = 0.01
 _EPS = 1e-15
@@ -95,6 +105,9 @@ def _ranked_metrics(
     resample; tied scores form one threshold, as in scikit-learn.
     """
     positive = y > 0
+    if positive.all() or not positive.any():
+        # One class: nothing to rank against (and no positive row to read a recall from).
+        return {n: np.full(len(w), np.nan) for n in names}
     pos_idx = np.flatnonzero(positive)[np.argsort(-s[positive], kind="stable")]
     neg_idx = np.flatnonzero(~positive)[np.argsort(-s[~positive], kind="stable")]
     pos_desc, neg_desc = -s[pos_idx], -s[neg_idx]  # ascending, for searchsorted
@@ -188,11 +201,33 @@ def query_values(y_true: np.ndarray, y_score: np.ndarray, groups: np.ndarray, na
     return values[~np.isnan(values)]
 
 
+def undefined_metrics(y_true: Iterable[float], names: Iterable[str]) -> dict[str, str]:
+    """``metric -> why it cannot be computed`` on these labels (one class, no relevant row); defined ones are absent.
+
+    Definedness depends on the labels only, so it is the same for every scorer on the same rows.
+    """
+    y = np.asarray(y_true, dtype="float64")
+    positives = int((y > 0).sum())
+    out: dict[str, str] = {}
+    for name in names:
+        if name in TWO_CLASS_METRICS and positives == 0:
+            out[name] = f"{NO_POSITIVES} (all {len(y)} labels are 0)"
+        elif name in TWO_CLASS_METRICS and positives == len(y):
+            out[name] = f"{NO_NEGATIVES} (all {len(y)} labels are positive)"
+        elif name in RANKING_METRICS and positives == 0:
+            out[name] = f"{NO_RELEVANT} (all {len(y)} candidates have relevance 0)"
+    return out
+
+
 def compute_metrics(
     y_true: Iterable[float], y_score: Iterable[float], names: Iterable[str], groups: Iterable | None = None
 ) -> dict[str, float]:
     """Each named metric of scores ``y_score`` against labels ``y_true`` (0/1, or graded relevance with
-    ``groups``, the query of each row, for ranking metrics)."""
+    ``groups``, the query of each row, for ranking metrics).
+
+    A metric undefined on these labels (see :func:`undefined_metrics`) is NaN: a one-class split is reported, not
+    raised; the gate refuses a model whose main metric could not be computed.
+    """
     y = np.asarray(y_true, dtype="float64")
     p = np.asarray(y_score, dtype="float64")
     names = list(dict.fromkeys(names))
@@ -211,15 +246,8 @@ def compute_metrics(
         g = np.asarray(groups)
         for name in ranking:
             values = query_values(y, p, g, name)
-            if len(values) == 0:
-                raise MetricError("no query holds a relevant row: NDCG/MAP are undefined")
-            out[name] = float(values.mean())
+            out[name] = float(values.mean()) if len(values) else float("nan")
     binary = [n for n in names if n in BINARY_METRICS]
     if binary:
-        if len(np.unique(y)) < 2:
-            raise MetricError(
-                f"all {len(y)} labels are {int(y[0])}: ROC-AUC/PR-AUC are undefined; widen the split's days "
-                "(model spec 'windows') or check the labels"
-            )
         out |= {n: float(v[0]) for n, v in binary_metrics(y, p, binary).items()}
     return {n: out[n] for n in names}

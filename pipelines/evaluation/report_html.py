@@ -177,6 +177,9 @@ def metrics_html(inputs: ReportInputs) -> str:
         rows.append(f"<tr><td class='l'>{label}<span class='ci'>{direction}</span></td>{cells}</tr>")
     missing = [SCORER_NAMES[s] for s in ("champion", "baseline", "oracle") if s not in ev.overall]
     note = f"<p class='small'>Not available for this version: {_e(', '.join(missing))}.</p>" if missing else ""
+    if ev.undefined:
+        undefined = "; ".join(f"{m}: {reason}" for m, reason in ev.undefined.items())
+        note += f"<p class='note'>Not computable on the test rows: {_e(undefined)}.</p>"
     oracle = (
         "; Bayes-optimal scores with the simulator's ground truth, the best any model can do on these rows"
         if "oracle" in ev.overall
@@ -217,8 +220,12 @@ def slices_html(inputs: ReportInputs) -> str:
             ci = f"<span class='ci'>[{est.low:.4f}, {est.high:.4f}]</span>" if est and est.low is not None else ""
             delta = f" ({_delta(m, est, champ.get(m))})" if has_champion else ""
             cells.append(f"<td>{_num(est.value if est else None)}{delta}{ci}</td>")
+        # Metrics the gate checks per slice that one class there leaves undefined: say so, whatever else held.
+        why = sorted({reason.split(" (")[0] for m, reason in s.undefined.items() if m in gate.slice_max_regression})
         if key in failed:
             status = "<span class='bad'>FAILED: " + _e(", ".join(failed[key])) + "</span>"
+        elif why and has_champion:
+            status = "<span class='muted'>not gated: " + _e(", ".join(why)) + "</span>"
         elif key in checked:
             status = "<span class='ok'>passed</span>"
         elif not has_champion:

@@ -63,6 +63,7 @@ class SliceRow:
     rows: int  # queries for ranking models
     positives: int
     metrics: dict[str, dict[str, Estimate]]  # scorer -> metric -> estimate
+    undefined: dict[str, str] = field(default_factory=dict)  # metric -> why it could not be computed here
 
 
 @dataclass
@@ -78,6 +79,7 @@ class EvaluationView:
     label_rate: float
     overall: dict[str, dict[str, Estimate]]  # scorer (candidate, champion, baseline, oracle) -> metric -> estimate
     slices: list[SliceRow] = field(default_factory=list)
+    undefined: dict[str, str] = field(default_factory=dict)  # metric -> why it could not be computed overall
 
 
 @dataclass
@@ -109,7 +111,14 @@ def read_evaluation(raw: dict[str, Any]) -> EvaluationView:
     """
     ev = Evaluation.from_dict(raw)
     slices = [
-        SliceRow(str(s["slice"]), str(s["value"]), int(s["rows"]), int(s["positives"]), _by_scorer(s["metrics"]))
+        SliceRow(
+            str(s["slice"]),
+            str(s["value"]),
+            int(s["rows"]),
+            int(s["positives"]),
+            _by_scorer(s["metrics"]),
+            dict(s.get("undefined") or {}),
+        )
         for s in ev.slices
     ]
     return EvaluationView(
@@ -122,6 +131,7 @@ def read_evaluation(raw: dict[str, Any]) -> EvaluationView:
         label_rate=ev.label_rate,
         overall=_by_scorer(ev.overall),
         slices=slices,
+        undefined=dict(ev.undefined),
     )
 
 
