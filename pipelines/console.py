@@ -10,6 +10,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from pipelines.stack.supervisor import StackStatus
+    from pipelines.training.readiness import Readiness
 
 
 def progress_bar(out: Console) -> Progress:
@@ -51,4 +52,15 @@ def validation_table(summary: dict) -> Table:
         crit = f"[red]{row['critical']}[/red] {' '.join(row['critical_days'])}" if row["critical"] else "0"
         quarantined = f"[red]{', '.join(row['quarantined'])}[/red]" if row["quarantined"] else ""
         table.add_row(name, str(row["passed"]), warn, crit, quarantined)
+    return table
+
+
+def readiness_table(result: Readiness) -> Table:
+    """`mlctl check`: each need of the spec, what the lake holds, and what to do about a gap."""
+    table = Table(title=f"{result.model} for logical date {result.logical_date}")
+    for column in ("needs", "spec", "lake", "", "what to do"):
+        table.add_column(column)
+    for need in result.needs:
+        mark = "[green]ok[/green]" if need.ok else "[red]no[/red]"
+        table.add_row(need.what, need.needed, need.found, mark, need.hint)
     return table
