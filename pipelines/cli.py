@@ -212,6 +212,31 @@ def report(
         webbrowser.open(page.resolve().as_uri())
 
 
+@app.command()
+def check(
+    model: Annotated[str, typer.Argument(help="Model name (a spec in models/)")],
+    date: Annotated[str, typer.Option("--date", help="Logical date YYYY-MM-DD of the training run")],
+) -> None:
+    """What a training run of MODEL for --date needs against what the lake holds; exits 0 when it can run."""
+    from pipelines.console import readiness_table
+    from pipelines.lake import Lake
+    from pipelines.specs import SpecError, load_spec
+    from pipelines.training.readiness import check_readiness
+
+    settings = _settings()
+    try:
+        spec = load_spec(settings.models_dir / f"{model}.yaml")
+        result = check_readiness(Lake(settings), spec, date)
+    except (SpecError, ValueError) as exc:
+        _fail(str(exc))
+    console.print(readiness_table(result))
+    colour = "green" if result.ready else "red"
+    console.print(f"[{colour}]{'ready' if result.ready else 'not ready'}:[/{colour}] ", end="")
+    console.print(result.verdict, soft_wrap=True, markup=False, highlight=False)
+    if not result.ready:
+        raise typer.Exit(code=1)
+
+
 @app.command("validate-specs")
 def validate_specs() -> None:
     """Check every model spec in models/: its form, and that its feature service and reviewers exist."""
