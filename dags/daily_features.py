@@ -1,16 +1,24 @@
-"""Daily features: extract -> validate -> features -> materialize, one run per logical date."""
+"""Daily features: extract -> validate -> features (one task per family) -> materialize, one run per complete day.
+
+Logical date D is the data interval [D, D+1): the scheduler starts it after D has ended and every task reads and
+writes the partition ds = D. A family whose input tables the day lacks is skipped with the reason in its log;
+materialize fails when no family ran, so such a day is never counted as done. With data_source=ingested the DAG
+schedules the span `mlctl ingest` landed.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 
-from airflow.sdk import Asset, dag, task
+from airflow.sdk import Asset, CronDataIntervalTimetable, dag, task
+from airflow.sdk.exceptions import AirflowSkipException
 
-from pipelines.features.families import families_in
+from pipelines.flows.daily_plan import FamilySkipped, feature_families, schedule_window
 from pipelines.settings import get_settings
 
 settings = get_settings()
-FAMILIES = families_in(settings.models_dir)
+FIRST_DAY, LAST_DAY = schedule_window(settings)
+FAMILIES = feature_families(settings)
 
 
 def flow():
@@ -24,11 +32,15 @@ def feature_asset(family: str) -> Asset:
     return Asset(f"storefront://features/{family}")
 
 
+def midnight(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+
+
 @dag(
     dag_id="daily_features",
-    schedule="@daily",
-    start_date=dt.datetime.combine(settings.start_date, dt.time(), tzinfo=dt.UTC),
-    end_date=dt.datetime.combine(settings.end_date, dt.time(), tzinfo=dt.UTC) if settings.end_date else None,
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+    start_date=midnight(FIRST_DAY),
+    end_date=midnight(LAST_DAY) if LAST_DAY else None,
     catchup=settings.airflow_catchup,
     max_active_runs=2,
     default_args={"retries": 1, "retry_delay": dt.timedelta(seconds=30)},
@@ -45,13 +57,22 @@ def daily_features():
         return flow().validate(get_settings(), ds)
 
     def family_task(family: str):
-        @task(task_id=f"features_{family}", outlets=[feature_asset(family)])
-        def features(ds: str | None = None) -> dict:
-            return flow().feature_family(get_settings(), ds, family)
+        asset = feature_asset(family)
+
+        @task(task_id=f"features_{family}", outlets=[asset])
+        def features(ds: str | None = None, outlet_events=None) -> dict:
+            try:
+                result = flow().feature_family(get_settings(), ds, family)
+            except FamilySkipped as skip:
+                raise AirflowSkipException(str(skip)) from skip
+            # Training DAGs scheduled on this asset read the day from the event.
+            outlet_events[asset].extra = {"ds": ds}
+            return result
 
         return features()
 
-    @task
+    # Runs after skipped families too; it fails itself when every family was skipped.
+    @task(trigger_rule="none_failed")
     def materialize(ds: str | None = None) -> dict:
         return flow().materialize(get_settings(), ds)
 

@@ -16,6 +16,8 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Dates that, unless set explicitly, follow the data (the span `mlctl ingest` landed).
+_DATA_DATES = frozenset({"start_date", "end_date"})
 
 
 class Settings(BaseSettings):
@@ -75,8 +77,15 @@ class Settings(BaseSettings):
     serving_refresh_seconds: float = 5.0
     # Data source of the daily extract: the simulator (embedded default), or days landed by `mlctl ingest`
     data_source: Literal["simulator", "ingested"] = "simulator"
-    start_date: dt.date = dt.date(2025, 1, 1)
-    end_date: dt.date | None = Field(default=None, description="Last day the daily DAG schedules (None: open).")
+    start_date: dt.date = Field(
+        default=dt.date(2025, 1, 1),
+        description="First day the DAGs schedule; with data_source=ingested, unless set, the first landed day.",
+    )
+    end_date: dt.date | None = Field(
+        default=None,
+        description="Last day the daily DAG schedules (None: open); with data_source=ingested, unless set, the "
+        "last landed day.",
+    )
     sim_seed: int = 7
     sim_users: int = 5000
     # Model specs (tests point this at small specs)
@@ -123,6 +132,15 @@ class Settings(BaseSettings):
         self.feast_online_store = self.feast_online_store or "redis"
 
     @property
+    def start_date_explicit(self) -> bool:
+        """Whether start_date was set (environment, .env or argument) rather than left to its default."""
+        return "start_date" in self.model_fields_set
+
+    @property
+    def end_date_explicit(self) -> bool:
+        return "end_date" in self.model_fields_set
+
+    @property
     def lake_is_s3(self) -> bool:
         return self.lake_uri.startswith("s3://")
 
@@ -156,6 +174,9 @@ class Settings(BaseSettings):
         env: dict[str, str] = {}
         for name, value in self.model_dump().items():
             if value is None or name in {"aws_access_key_id", "aws_secret_access_key"}:
+                continue
+            # A date left to its default stays unset, so a child (a DAG file) can still follow the landed span.
+            if name in _DATA_DATES and name not in self.model_fields_set:
                 continue
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()

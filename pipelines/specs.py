@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipelines.usecases import USE_CASES
 
 # Metric names a spec may use, per objective (pipelines/evaluation/metrics.py computes them).
 BINARY_METRICS = frozenset({"roc_auc", "pr_auc", "log_loss", "calibration_error", "recall_at_1pct_fpr"})
 RANKING_METRICS = frozenset({"ndcg_at_10", "map_at_10"})
 LOWER_IS_BETTER = frozenset({"log_loss", "calibration_error"})
-ENTITIES = ("user", "order", "user_product")
-LABEL_KINDS = ("purchase_within", "chargeback", "ranking_relevance")
 # Columns of a training set that describe a row without being a model feature (used by slices) start with this.
 CONTEXT_PREFIX = "ctx_"
 
@@ -120,7 +120,7 @@ class CandidateSpec(_Strict):
 
 class ModelSpec(_Strict):
     name: str
-    entity: Literal["user", "order", "user_product"]
+    entity: str = Field(description="an entity kind declared in pipelines/usecases/ (user, order, user_product)")
     feature_service: str
     label: LabelSpec
     objective: Literal["binary", "lambdarank"] = "binary"
@@ -136,6 +136,13 @@ class ModelSpec(_Strict):
     online_freshness_hours: float = Field(48, gt=0)
     schedule: str | None = "@daily"
 
+    @field_validator("entity")
+    @classmethod
+    def _declared_entity(cls, entity: str) -> str:
+        if entity not in USE_CASES:
+            raise ValueError(f"{entity!r} has no use case; use one of {sorted(USE_CASES)} (pipelines/usecases/)")
+        return entity
+
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:
         known = RANKING_METRICS if self.objective == "lambdarank" else BINARY_METRICS
@@ -146,19 +153,21 @@ class ModelSpec(_Strict):
             raise ValueError(f"metric(s) {unknown} are not {self.objective} metrics; use {sorted(known)}")
         if self.main_metric not in self.metrics:
             raise ValueError(f"main_metric {self.main_metric!r} must be one of 'metrics' {self.metrics}")
+        case = USE_CASES[self.entity]
         ranking = self.objective == "lambdarank"
         if ranking != (self.label.kind == "ranking_relevance"):
             raise ValueError("objective 'lambdarank' goes with label kind 'ranking_relevance' (and only with it)")
-        if ranking != (self.entity == "user_product"):
-            raise ValueError("objective 'lambdarank' goes with entity 'user_product' (and only with it)")
+        if self.objective != case.objective:
+            raise ValueError(f"entity {self.entity!r} goes with objective {case.objective!r}")
+        if self.label.kind not in case.label_kinds:
+            owners = sorted(e for e, c in USE_CASES.items() if self.label.kind in c.label_kinds)
+            raise ValueError(f"label kind {self.label.kind!r} needs entity {' or '.join(map(repr, owners))}")
         if ranking and self.candidates is None:
             raise ValueError("a lambdarank model needs 'candidates' (how products are picked for a user)")
         if self.label.kind == "ranking_relevance" and not self.label.gains:
             raise ValueError("label kind 'ranking_relevance' needs 'label.gains' (event type -> grade)")
-        if self.label.kind == "chargeback" and (self.entity != "order" or self.label.delay_days < 1):
-            raise ValueError("label kind 'chargeback' needs entity 'order' and 'label.delay_days' >= 1")
-        if self.label.kind == "purchase_within" and self.entity != "user":
-            raise ValueError("label kind 'purchase_within' needs entity 'user'")
+        if self.label.kind == "chargeback" and self.label.delay_days < 1:
+            raise ValueError("label kind 'chargeback' needs 'label.delay_days' >= 1")
         names = [s.name for s in self.slices]
         if len(set(names)) != len(names):
             raise ValueError(f"slice names must be unique, got {names}")

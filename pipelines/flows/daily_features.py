@@ -1,25 +1,43 @@
 """The daily chain for one logical date: extract -> validate -> features (one step per family) -> materialize.
 
-Each step reads only its inputs for the date and replaces its one output atomically, so rerunning a day
-changes nothing and a failed day can simply be retried.
+A logical date D is the day D itself, processed once it has ended. Each step reads only its inputs for the day
+and replaces its one output atomically, so rerunning a day changes nothing and a failed day can simply be
+retried. A family whose input tables the day lacks is skipped with the reason (``FamilySkipped``, kept in the
+lake for ``mlctl status``); a day where no family could run fails.
 """
 
 from __future__ import annotations
 
-import importlib
+import datetime as dt
 
 from pipelines.data.extract import extract_day
+from pipelines.data.landed import day_timezone
 from pipelines.data.simulator import SimulationConfig
-from pipelines.features.families import FAMILY_STEPS, families_in
-from pipelines.features.store import materialize_day
-from pipelines.features.user_features import build_user_features, write_user_features
+from pipelines.flows.daily_plan import (
+    FamilySkipped,
+    NothingToProcess,
+    ensure_day_ended,
+    feature_families,
+    landed_window,
+    record_plan,
+    skipped_families,
+)
 from pipelines.lake import Lake, as_date
 from pipelines.settings import Settings
-from pipelines.validation.contracts import validate_with_contract
+from pipelines.usecases import family, raw_tables
 from pipelines.validation.daily import validate_day
-from pipelines.validation.quarantine import ValidationFailed, report_key
 
-FEATURE_TABLE = "features/user_behavior"
+__all__ = [
+    "FamilySkipped",
+    "MissingIngestedDay",
+    "NothingToProcess",
+    "extract",
+    "feature_families",
+    "feature_family",
+    "features",
+    "materialize",
+    "validate",
+]
 
 
 def simulation_config(settings: Settings) -> SimulationConfig:
@@ -27,69 +45,87 @@ def simulation_config(settings: Settings) -> SimulationConfig:
 
 
 class MissingIngestedDay(FileNotFoundError):
-    """The data source is ``ingested`` and the day has not been landed yet."""
+    """The data source is ``ingested`` and the day holds none of the tables the families or labels read."""
 
 
-INGESTED_TABLES = ("events", "users", "follows")
-
-
-def extract(settings: Settings, ds: str) -> dict:
-    """Land the day's raw partitions (events and dimension snapshots) in the lake.
-
-    With ``data_source=ingested`` the day was landed by ``mlctl ingest`` (a real log): check it is all there
-    and leave it as it is.
-    """
-    lake, day = Lake(settings), as_date(ds)
-    if settings.data_source == "simulator":
-        return extract_day(lake, simulation_config(settings), day)
-    missing = [table for table in INGESTED_TABLES if not lake.exists(table, day)]
-    if missing:
-        raise MissingIngestedDay(
-            f"{day}: no {', '.join(missing)} partition in {settings.lake_uri}; land the day first with "
-            "`mlctl ingest --source FILE --mapping MAPPING --table events --derive-users`"
-        )
+def _landed_tables(lake: Lake, day: dt.date) -> dict:
     return {
-        table: {"rows": len(lake.read(table, day)), "uri": lake.partition_uri(table, day)} for table in INGESTED_TABLES
+        table: {"rows": len(lake.read(table, day)), "uri": lake.partition_uri(table, day)}
+        for table in raw_tables()
+        if lake.exists(table, day)
     }
 
 
-def validate(settings: Settings, ds: str) -> dict:
+def extract(settings: Settings, ds: str | dt.date, now: dt.datetime | None = None) -> dict:
+    """Land the day's raw partitions in the lake, once the day has ended.
+
+    With ``data_source=ingested`` the day was landed by ``mlctl ingest`` (a real log, any subset of events, users,
+    follows, orders and order labels): check that it holds at least one of them and leave it as it is.
+    """
+    lake, day = Lake(settings), as_date(ds)
+    ensure_day_ended(day, now, day_timezone(lake) if settings.data_source == "ingested" else "UTC")
+    if settings.data_source == "simulator":
+        return extract_day(lake, simulation_config(settings), day)
+    landed = _landed_tables(lake, day)
+    if not landed:
+        span = landed_window(lake)
+        where = (
+            f"mlctl ingest landed {span[0]} .. {span[1]}"
+            + (f"; {day} is outside that span" if not span[0] <= day <= span[1] else "")
+            if span
+            else "nothing was ingested yet"
+        )
+        raise MissingIngestedDay(
+            f"{day}: none of the tables {', '.join(raw_tables())} has a partition in {settings.lake_uri} ({where}); "
+            "run days of the landed span, or land the day first with "
+            "`mlctl ingest --source FILE --mapping MAPPING --table events --derive-users`"
+        )
+    return landed
+
+
+def validate(settings: Settings, ds: str | dt.date) -> dict:
     """Validate every table of the day, dimensions first; a critical failure quarantines that partition and
     raises (stopping the chain), warnings are returned per table and kept in each partition's report."""
     return validate_day(Lake(settings), as_date(ds), settings.expectations_dir)
 
 
-def feature_families(settings: Settings) -> list[str]:
-    """The feature families the model specs in ``settings.models_dir`` need."""
-    return families_in(settings.models_dir)
+def feature_family(settings: Settings, ds: str | dt.date, name: str) -> dict:
+    """Build and publish one family's tables of the day; ``FamilySkipped`` when the day lacks its inputs."""
+    step, lake, day = family(name), Lake(settings), as_date(ds)
+    skipped = record_plan(lake, day, feature_families(settings))
+    if name in skipped:
+        raise FamilySkipped(name, skipped[name])
+    return step.build(settings, day)
 
 
-def feature_family(settings: Settings, ds: str, family: str) -> dict:
-    """Build and publish one family's tables of the day (see pipelines/features/families.py)."""
-    if family not in FAMILY_STEPS:
-        raise ValueError(f"unknown feature family {family!r}; known: {sorted(FAMILY_STEPS)}")
-    module, function = FAMILY_STEPS[family].split(":")
-    return getattr(importlib.import_module(module), function)(settings, ds)
+def features(settings: Settings, ds: str | dt.date) -> dict:
+    """Every family the specs read, in order, as the DAG runs them (skipped ones say why); fails when none ran."""
+    results: dict[str, dict] = {}
+    for name in feature_families(settings):
+        try:
+            results[name] = feature_family(settings, ds, name)
+        except FamilySkipped as skip:
+            results[name] = {"skipped": skip.reason}
+    _require_something_built(settings, as_date(ds))
+    return results
 
 
-def features(settings: Settings, ds: str) -> dict:
-    """Every feature family the specs need, in order (what the DAG runs as one task per family)."""
-    return {family: feature_family(settings, ds, family) for family in feature_families(settings)}
+def _require_something_built(settings: Settings, day: dt.date) -> None:
+    families = feature_families(settings)
+    skipped = skipped_families(Lake(settings), day)
+    if families and all(name in skipped for name in families):
+        reasons = "; ".join(f"{name}: {why}" for name, why in skipped.items())
+        raise NothingToProcess(
+            f"{day}: no feature family could run, so the day is not done ({reasons}); land the tables the models "
+            f"in {settings.models_dir} need, or keep only the specs this source can feed"
+        )
 
 
-def user_behavior_features(settings: Settings, ds: str) -> dict:
-    """Compute the day's user features, check them, and publish them to the offline store."""
-    lake, day = Lake(settings), as_date(ds)
-    frame = build_user_features(lake, day)
-    # The frame is checked before it is published: a failure leaves the previous partition (if any) in place.
-    report = validate_with_contract(lake, frame, FEATURE_TABLE, day, settings.expectations_dir, suite="user_features")
-    lake.write_json(report_key(FEATURE_TABLE, day), report.to_dict())
-    if report.critical_failures:
-        raise ValidationFailed(report)
-    uri = write_user_features(lake, day, frame)
-    return {"rows": len(frame), "uri": uri, "warnings": [c.describe() for c in report.warnings]}
+def materialize(settings: Settings, ds: str | dt.date) -> dict:
+    """Load the day's features into the online store (fails when every family was skipped)."""
+    # Imported here: Feast takes seconds to import and only this step needs it.
+    from pipelines.features.store import materialize_day
 
-
-def materialize(settings: Settings, ds: str) -> dict:
-    """Load the day's features into the online store."""
-    return {"rows": materialize_day(settings, as_date(ds))}
+    day = as_date(ds)
+    _require_something_built(settings, day)
+    return {"rows": materialize_day(settings, day)}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import importlib
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -18,6 +17,7 @@ import pandas as pd
 from pipelines.lake import Lake, as_date
 from pipelines.settings import Settings
 from pipelines.specs import CONTEXT_PREFIX, ModelSpec
+from pipelines.usecases import UnknownUseCase, use_case
 
 TIMESTAMP_COLUMN = "event_timestamp"
 LABEL_COLUMN = "label"
@@ -25,20 +25,6 @@ SPLIT_COLUMN = "split"
 # Ranking: the request a candidate row belongs to (one user at one as-of time); rows of a request are contiguous.
 GROUP_COLUMN = "query_id"
 SPLITS = ("train", "validation", "test")
-# Entity of a model spec -> its key columns, and the module building its rows: ``build_frame(settings, lake, spec,
-# splits, logical_date) -> DataFrame`` and ``oracle_scores(settings, lake, spec, frame) -> ndarray | None``.
-ENTITY_KEYS: dict[str, tuple[str, ...]] = {
-    "user": ("user_id",),
-    "order": ("order_id",),
-    "user_product": ("user_id", "product_id"),
-}
-ROW_BUILDERS: dict[str, str] = {
-    "user": "pipelines.training.rows_user",
-    "order": "pipelines.training.rows_order",
-    "user_product": "pipelines.training.rows_ranking",
-}
-
-
 class TrainingSetError(ValueError):
     """A training set cannot be built or read as asked (missing inputs, lost rows, bad columns)."""
 
@@ -79,12 +65,11 @@ def split_days(spec: ModelSpec, logical_date: dt.date) -> SplitDays:
 
 
 def entity_keys(spec: ModelSpec) -> tuple[str, ...]:
-    if spec.entity not in ENTITY_KEYS:
-        raise TrainingSetError(
-            f"model spec {spec.name!r}: entity {spec.entity!r} has no training-set support; "
-            f"known: {sorted(ENTITY_KEYS)}"
-        )
-    return ENTITY_KEYS[spec.entity]
+    """The key columns of the spec's entity (pipelines/usecases/)."""
+    try:
+        return use_case(spec.entity).keys
+    except UnknownUseCase as exc:
+        raise TrainingSetError(f"model spec {spec.name!r}: {exc}") from exc
 
 
 def _utc_us(values: pd.Series) -> pd.Series:
@@ -260,15 +245,11 @@ def load_training_set(lake: Lake, spec: ModelSpec, logical_date: dt.date) -> Tra
     )
 
 
-def _rows_module(spec: ModelSpec):
-    entity_keys(spec)
-    return importlib.import_module(ROW_BUILDERS[spec.entity])
-
-
 def build_training_set(settings: Settings, lake: Lake, spec: ModelSpec, logical_date: dt.date) -> TrainingSet:
     """The spec's entity rows x labels x Feast point-in-time features for ``logical_date``, written to the lake."""
     logical_date = as_date(logical_date)
-    frame = _rows_module(spec).build_frame(settings, lake, spec, split_days(spec, logical_date), logical_date)
+    entity_keys(spec)
+    frame = use_case(spec.entity).build_rows(settings, lake, spec, split_days(spec, logical_date), logical_date)
     return save_training_set(lake, spec, logical_date, frame)
 
 
@@ -277,4 +258,5 @@ def oracle_scores(settings: Settings, lake: Lake, spec: ModelSpec, frame: pd.Dat
 
     None when the data is not simulated or the truth is not in the lake.
     """
-    return _rows_module(spec).oracle_scores(settings, lake, spec, frame)
+    entity_keys(spec)
+    return use_case(spec.entity).oracle(settings, lake, spec, frame)
