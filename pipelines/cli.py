@@ -285,14 +285,17 @@ def ingest(
     mapping: Annotated[Path, typer.Option("--mapping", help="YAML mapping onto canonical tables (mappings/)")],
     table: Annotated[str, typer.Option("--table", help="Canonical table: events or orders")] = "events",
     derive_users: Annotated[
-        bool, typer.Option("--derive-users", help="Also write users/follows from the events (logs without them)")
+        bool,
+        typer.Option("--derive-users", help="Also write users/follows snapshots from the events or orders"),
     ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", help="One table row per day written")] = False,
 ) -> None:
     """Land a real file as daily partitions of the lake (each day in the file replaces that day's partition)."""
     from rich.table import Table
 
     from pipelines.data.adapters import IngestError
     from pipelines.data.ingest import ingest as run_ingest
+    from pipelines.data.ingest import summary_lines
 
     stages = {"read": "reading", "map": "mapping and checking", "write": "writing partitions"}
     try:
@@ -304,23 +307,25 @@ def ingest(
                     bars[stage] = progress.add_task(f"{stages.get(stage, stage)} {source.name}", total=total)
                 progress.update(bars[stage], completed=done, total=total)
 
-            report = run_ingest(_settings(), source, mapping, table, on_progress=on_progress)
+            report = run_ingest(_settings(), source, mapping, table, derive_users=derive_users, on_progress=on_progress)
     except IngestError as exc:
         _fail(f"{exc}\nnothing was written to the lake")
-    days = Table(title=f"{source} -> lake ({report.rows_written} of {report.rows_read} rows)")
-    for column in ("table", "day", "rows", "partition"):
+    days = Table(title=f"{source} -> lake")
+    columns = ("table", "day", "rows", "partition") if verbose else ("table", "first day", "last day", "days", "rows")
+    for column in (*columns, "replaced"):
         days.add_column(column)
     for name, per_day in report.days.items():
-        for day, rows in per_day.items():
-            replaced = " (replaced)" if day in report.replaced[name] else ""
-            days.add_row(name, f"{day}{replaced}", str(rows), report.uris[name][day])
+        replaced = set(report.replaced[name])
+        if verbose:
+            for day, rows in per_day.items():
+                days.add_row(name, str(day), f"{rows:,}", report.uris[name][day], "yes" if day in replaced else "")
+        elif per_day:
+            first, last = min(per_day), max(per_day)
+            rows = sum(per_day.values())
+            days.add_row(name, str(first), str(last), f"{len(per_day):,}", f"{rows:,}", f"{len(replaced):,} days")
     console.print(days)
-    if derive_users and table == "events":
-        from pipelines.data.derived_dimensions import derive_users_and_follows
-        from pipelines.lake import Lake
-
-        users = derive_users_and_follows(Lake(_settings()), sorted(report.days.get("events", {})))
-        console.print(f"users derived from the events: {', '.join(f'{d} {n}' for d, n in users.items())}")
+    for line in summary_lines(report):
+        console.print(line)
     for note in report.notes:
         console.print(f"note: {note}")
     for drop in report.drops[:20]:

@@ -11,12 +11,14 @@ import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from pipelines.data.landed import day_timezone
 from pipelines.settings import Settings
 
 PARTITION_FILE = "data.parquet"
@@ -65,6 +67,12 @@ class Lake:
             self.fs = pafs.LocalFileSystem()
             self.root = uri.rstrip("/")
             self.fs.create_dir(self.root, recursive=True)
+
+    @cached_property
+    def day_zone(self) -> str:
+        """The IANA zone the lake's days are cut in (``ingest/span.json``; "UTC" when nothing says otherwise).
+        Read once per Lake: day bounds are asked for in loops."""
+        return day_timezone(self)
 
     # -- paths -------------------------------------------------------------------------------------------
     def uri(self, *parts: str) -> str:

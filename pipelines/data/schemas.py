@@ -1,13 +1,14 @@
 """Canonical tables of the lake (see DESIGN.md, "Data") and the platform's time conventions.
 
-Time convention: the partition ``ds=D`` holds what happened during day D (UTC). Features computed from it are
-stamped ``as_of(D) = D+1 00:00 UTC``; a purchase-intent label for that as-of time asks whether the user
-purchased during ``[as_of(D), as_of(D) + 7 days)``.
+Time convention: the partition ``ds=D`` holds what happened during day D (UTC, or the zone an ingest cut the
+days in: ``Lake.day_zone``). Features computed from it are stamped ``as_of(D)``, 00:00 of D+1 in that zone; a
+purchase-intent label for that as-of time asks whether the user purchased during ``[as_of(D), as_of(D) + 7 days)``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import zoneinfo
 
 import pyarrow as pa
 
@@ -113,6 +114,17 @@ TABLES: dict[str, pa.Schema] = {
 LABEL_WINDOW = dt.timedelta(days=7)
 
 
-def as_of(ds: dt.date) -> dt.datetime:
-    """The as-of time of day ``ds``: the end of that day, 00:00 UTC of the next one."""
-    return dt.datetime.combine(ds + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+def day_start(ds: dt.date, zone: str = "UTC") -> dt.datetime:
+    """The instant day ``ds`` begins: 00:00 local time in ``zone`` (the lake's ``Lake.day_zone``), in UTC.
+
+    Every day bound of the platform goes through here, so a source whose days are cut in its own zone (a mapping's
+    ``day_timezone:``) is read with the same bounds it was partitioned with."""
+    if zone == "UTC":
+        return dt.datetime.combine(ds, dt.time(), tzinfo=dt.UTC)
+    local = dt.datetime.combine(ds, dt.time(), tzinfo=zoneinfo.ZoneInfo(zone))
+    return local.astimezone(dt.UTC)
+
+
+def as_of(ds: dt.date, zone: str = "UTC") -> dt.datetime:
+    """The as-of time of day ``ds``: the end of that day, i.e. the start of the next one (00:00 UTC by default)."""
+    return day_start(ds + dt.timedelta(days=1), zone)

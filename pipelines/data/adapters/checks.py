@@ -70,11 +70,16 @@ def check_table(
                 f"{table}.{rules.id_column} {ids.iloc[first]!r} repeats {locator} {earlier} with other values",
                 "ids must be unique: fix the source, or derive the id from more columns (hash: [...])",
             )
-    _check_times(frame, rules.time_column, now, fail, path)
+    _check_times(frame, rules.time_column, now, fail, path, mapping.day_timezone)
 
 
 def _check_times(
-    frame: pd.DataFrame, column: str, now: dt.datetime, fail: Callable[..., SourceRuleError], path: Path
+    frame: pd.DataFrame,
+    column: str,
+    now: dt.datetime,
+    fail: Callable[..., SourceRuleError],
+    path: Path,
+    zone: str,
 ) -> None:
     times = frame[column]
     old = (times < OLDEST).fillna(False).to_numpy(dtype=bool)
@@ -91,11 +96,13 @@ def _check_times(
     claimed = _DAY_IN_PATH.findall(path.resolve().as_posix())
     if claimed:
         day = dt.date.fromisoformat(claimed[-1])
-        other = (times.dt.date != day).to_numpy()
+        # The path's day is a day of the source's own calendar (the mapping's day_timezone), as partitions are.
+        local = times.dt.tz_convert(zone).dt.date
+        other = (local != day).to_numpy()
         if other.any():
             raise fail(
                 other,
                 column,
-                f"the path claims ds={day} but this row is from {times[other].iloc[0].date()}",
+                f"the path claims ds={day} but this row is from {local[other].iloc[0]} ({zone})",
                 "the file holds another day's rows: find the right file, or rename it if the path is wrong",
             )

@@ -16,6 +16,7 @@ import pyarrow as pa
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipelines.data.adapters.contracts import EXPECTATIONS_DIR, check_contract_overrides
 from pipelines.data.adapters.errors import MappingError
 from pipelines.data.adapters.targets import target_schema
 
@@ -89,6 +90,10 @@ class Mapping(_Strict):
     null_values: list[str] = Field(default_factory=lambda: [""], description="texts read as null")
     ignore_columns: list[str] = Field(default_factory=list, description="source columns deliberately not used")
     timezone: str | None = Field(None, description="IANA zone of naive timestamps, e.g. UTC or Asia/Shanghai")
+    day_timezone: str = Field("UTC", description="IANA zone whose midnights cut the source's days (partitions)")
+    contracts: dict[str, dict[str, dict[str, Any]]] = Field(
+        default_factory=dict, description="per table, volume/drift keys overriding expectations/<table>.json"
+    )
     tables: dict[str, dict[str, ColumnSpec]] = Field(min_length=1)
 
     @field_validator("tables", mode="before")
@@ -113,7 +118,7 @@ class Mapping(_Strict):
             raise ValueError("expected a Python codec name such as utf-8, latin-1 or cp1252") from exc
         return raw
 
-    @field_validator("timezone")
+    @field_validator("timezone", "day_timezone")
     @classmethod
     def _known_zone(cls, raw: str | None) -> str | None:
         return _check_zone(raw)
@@ -177,6 +182,7 @@ def load_mapping(path: Path) -> Mapping:
             hint = f"the keys allowed there are {', '.join(model.model_fields)}"
         raise MappingError(path, f"key '{key}': {err['msg']}{more}", hint) from exc
     _check_tables(path, mapping)
+    check_contract_overrides(path, mapping.contracts, EXPECTATIONS_DIR)
     return mapping
 
 
