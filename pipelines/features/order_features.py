@@ -4,6 +4,12 @@ One row per order of day ``ds``, stamped ``event_timestamp = purchase_time``, co
 30 days before ``ds`` and the orders of ``ds`` placed strictly earlier (never the order itself, never a later
 one), and from the chargebacks of those orders that had arrived before it (never its own label). Written to
 ``features/order_risk/ds=...``, which Feast's ``order_risk`` feature view reads.
+
+Missing is missing: an order whose device (IP) is unknown (null or blank, e.g. a source mapped with
+``ip_address: {constant: null}``) shares that key with nobody. It never counts towards another order's device
+(IP) features, and its own device (IP) features are NaN, not 0. Zero would say "a device never seen before", which
+is itself a strong fraud signal; NaN lets LightGBM learn a separate branch for "unknown" (and a source without any
+IP gives an all-NaN column that the trees simply never split on, and no drift).
 """
 
 from __future__ import annotations
@@ -68,8 +74,35 @@ FEATURE_COLUMNS: list[str] = [
     "device_chargebacks_30d",
     "ip_chargebacks_30d",
 ]
-# Features that are NaN when nothing is known (no earlier order of the user): LightGBM reads NaN as "missing".
-NULLABLE_FEATURES = frozenset({"user_mean_value_30d"})
+# Features of the order's device / IP: NaN when the order's device / IP is unknown (see the module's docstring).
+DEVICE_FEATURES = frozenset(
+    {
+        "user_device_orders_30d",
+        "user_device_age_hours",
+        "device_orders_1h",
+        "device_orders_24h",
+        "device_orders_7d",
+        "device_accounts_30d",
+        "device_new_account_orders_30d",
+        "device_chargebacks_30d",
+    }
+)
+IP_FEATURES = frozenset(
+    {
+        "user_ip_orders_30d",
+        "user_ip_age_hours",
+        "ip_orders_1h",
+        "ip_orders_24h",
+        "ip_orders_7d",
+        "ip_accounts_30d",
+        "ip_new_account_orders_30d",
+        "ip_new_device_orders_30d",
+        "ip_chargebacks_30d",
+    }
+)
+# Features that are NaN when nothing is known (no earlier order of the user, an unknown device or IP): LightGBM
+# reads NaN as "missing".
+NULLABLE_FEATURES = frozenset({"user_mean_value_30d"}) | DEVICE_FEATURES | IP_FEATURES
 
 ORDER_FEATURES_SCHEMA = pa.schema(
     [
@@ -112,6 +145,17 @@ def _epoch_us(values: pd.Series) -> np.ndarray:
     return pd.to_datetime(values, utc=True).dt.as_unit("us").astype("int64").to_numpy()
 
 
+def _keys(values: pd.Series) -> np.ndarray:
+    """Sharing keys (device, IP) as text; None where the key is unknown (null or blank)."""
+    text = values.astype("string").str.strip()
+    return text.where(text.notna() & (text != ""), None).astype(object).to_numpy()
+
+
+def _known(frame: pd.DataFrame, by: list[str]) -> np.ndarray:
+    """Rows whose every key in ``by`` is known."""
+    return frame[by].notna().all(axis=1).to_numpy()
+
+
 def _codes(values: pd.Series, vocabulary: np.ndarray) -> np.ndarray:
     """Position of each value in ``vocabulary``; -1 for a value outside it (a real log's own channel names)."""
     index = pd.Index(vocabulary)
@@ -124,16 +168,19 @@ def _prior_sums(
     """For each target row, the sum of ``history[weight]`` over rows with the same ``by`` values and a time in
     ``[t - window, t)`` (``None``: every earlier row), per window. Strictly earlier: a row never counts itself.
 
-    Cumulative sums per group, looked up with an as-of join just before ``t`` and just before ``t - window``.
+    Rows with an unknown key in ``by`` share it with nobody: they are left out of the history, and a target row
+    with one gets NaN. Cumulative sums per group, looked up with an as-of join just before ``t`` and just before
+    ``t - window``.
     """
-    hist = history[[*by, "t", weight]].sort_values("t", kind="stable")
+    hist = history.loc[_known(history, by), [*by, "t", weight]].sort_values("t", kind="stable")
     hist = hist.assign(cum=hist.groupby(by, sort=False)[weight].cumsum())[[*by, "t", "cum"]]
     hist = hist.drop_duplicates([*by, "t"], keep="last")  # rows at the same time: the sum after all of them
+    rows = np.flatnonzero(_known(targets, by))
 
     def cum_before(times: np.ndarray) -> np.ndarray:
-        asked = targets[by].assign(t=times, row=np.arange(len(targets))).sort_values("t", kind="stable")
+        asked = targets.iloc[rows][by].assign(t=times[rows], row=rows).sort_values("t", kind="stable")
         got = pd.merge_asof(asked, hist, on="t", by=by, allow_exact_matches=False, direction="backward")
-        out = np.zeros(len(targets), dtype="float64")
+        out = np.full(len(targets), np.nan)
         out[got["row"].to_numpy()] = got["cum"].fillna(0.0).to_numpy(dtype="float64")
         return out
 
@@ -164,11 +211,12 @@ def _hours_since_last(history: pd.DataFrame, targets: pd.DataFrame, by: list[str
 
 
 def _hours_since_first(history: pd.DataFrame, targets: pd.DataFrame, by: list[str]) -> np.ndarray:
-    """Hours since the earliest earlier row with the same ``by`` values (0 when none: it is new now)."""
-    first = history.groupby(by, sort=False)["t"].min().rename("first").reset_index()
+    """Hours since the earliest earlier row with the same ``by`` values (0 when none: it is new now; NaN when a
+    key of the target row is unknown)."""
+    first = history[_known(history, by)].groupby(by, sort=False)["t"].min().rename("first").reset_index()
     got = targets[[*by, "t"]].merge(first, on=by, how="left")["first"].to_numpy(dtype="float64")
     t = targets["t"].to_numpy(dtype="float64")
-    return np.where(got < t, (t - got) / _HOUR_US, 0.0)
+    return np.where(_known(targets, by), np.where(got < t, (t - got) / _HOUR_US, 0.0), np.nan)
 
 
 def compute_order_features(orders: pd.DataFrame, labels: pd.DataFrame, ds: dt.date) -> pd.DataFrame:
@@ -187,8 +235,8 @@ def compute_order_features(orders: pd.DataFrame, labels: pd.DataFrame, ds: dt.da
         {
             "order_id": orders["order_id"].astype(str).to_numpy()[keep],
             "user": orders["user_id"].astype("int64").to_numpy()[keep],
-            "device": orders["device_id"].astype(str).to_numpy()[keep],
-            "ip": orders["ip_address"].astype(str).to_numpy()[keep],
+            "device": _keys(orders["device_id"])[keep],
+            "ip": _keys(orders["ip_address"])[keep],
             "t": t[keep],
             "signup": _epoch_us(orders["signup_time"])[keep],
             "value": orders["purchase_value"].astype("float64").to_numpy()[keep],
@@ -199,8 +247,9 @@ def compute_order_features(orders: pd.DataFrame, labels: pd.DataFrame, ds: dt.da
     )
     frame["one"] = 1.0
     frame["new_account"] = ((frame["t"] - frame["signup"]) < NEW_ACCOUNT_HOURS * _HOUR_US).astype("float64")
-    # Whether the order's device had not been used by its account before (within the history read).
-    frame["new_device"] = _first_occurrence(frame, ["user", "device"])
+    # Whether the order's device had not been used by its account before (within the history read); an unknown
+    # device is not known to be new.
+    frame["new_device"] = _first_occurrence(frame, ["user", "device"]) * _known(frame, ["device"])
     today = (frame["t"] >= day_start).to_numpy()
     targets = frame[today].reset_index(drop=True)
 

@@ -8,14 +8,20 @@ row counts and values), so they run with the lake at hand and append their Check
 from __future__ import annotations
 
 import datetime as dt
+import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from pipelines.validation.drift import check_drift
+from pipelines.validation.referential import check_references
 from pipelines.validation.report import CheckResult, ValidationReport
+from pipelines.validation.runner import validate_frame
 from pipelines.validation.suites import SEVERITIES, SuiteError, suite_path
+from pipelines.validation.volume import check_volume
 
 
 @dataclass(frozen=True)
@@ -84,8 +90,6 @@ COLUMN_KINDS = ("string", "int", "float", "bool", "timestamp")
 
 def load_contract(expectations_dir: Path, suite: str) -> Contract:
     """Read the contract part of ``<expectations_dir>/<suite>.json``; malformed entries name file and key."""
-    import json
-
     path = suite_path(expectations_dir, suite)
     if not path.is_file():
         raise SuiteError(f"{path}: no expectation suite {suite!r}")
@@ -177,10 +181,6 @@ def _is_kind(series: pd.Series, kind: str) -> bool:
 
 def run_contract_checks(lake, table: str, ds: dt.date, df: pd.DataFrame, contract: Contract) -> list[CheckResult]:
     """All of a contract's checks on partition ``ds`` of lake table ``table`` (``lake`` reads its history)."""
-    from pipelines.validation.drift import check_drift
-    from pipelines.validation.referential import check_references
-    from pipelines.validation.volume import check_volume
-
     checks = check_column_types(df, contract)
     checks += check_references(lake, ds, df, contract.references)
     if contract.volume:
@@ -194,10 +194,6 @@ def validate_with_contract(
     lake, df: pd.DataFrame, table: str, ds: dt.date, expectations_dir: Path, suite: str | None = None
 ) -> ValidationReport:
     """The suite's GX expectations on ``df`` plus its contract checks against the lake's other partitions."""
-    import time
-
-    from pipelines.validation.runner import validate_frame
-
     report = validate_frame(df, table, ds, expectations_dir, suite=suite)
     started = time.perf_counter()
     report.checks += run_contract_checks(lake, table, ds, df, load_contract(expectations_dir, suite or table))

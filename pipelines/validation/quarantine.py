@@ -7,7 +7,9 @@ from pathlib import Path
 
 from pipelines.lake import Lake, PartitionNotFound, as_date
 from pipelines.validation.contracts import validate_with_contract
-from pipelines.validation.report import ValidationReport
+from pipelines.validation.report import ValidationReport, report_key
+
+__all__ = ["ValidationFailed", "report_key", "validate_partition"]  # report_key: kept importable from here
 
 
 class ValidationFailed(Exception):
@@ -16,11 +18,6 @@ class ValidationFailed(Exception):
     def __init__(self, report: ValidationReport) -> None:
         super().__init__(report.summary())
         self.report = report
-
-
-def report_key(table: str, ds: dt.date) -> str:
-    """Where the report of ``table`` / ``ds`` lives inside the lake."""
-    return f"validation/{table}/ds={as_date(ds).isoformat()}/report.json"
 
 
 def validate_partition(

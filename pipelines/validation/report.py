@@ -10,6 +10,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipelines.lake import as_date
+
+
+def report_key(table: str, ds: dt.date | str) -> str:
+    """Where the validation report of ``table`` / ``ds`` lives inside the lake (next to nothing else: the data
+    may be quarantined, the report stays)."""
+    return f"validation/{table}/ds={as_date(ds).isoformat()}/report.json"
+
 
 @dataclass
 class CheckResult:

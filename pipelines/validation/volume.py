@@ -8,7 +8,7 @@ import statistics
 import pyarrow.parquet as pq
 
 from pipelines.lake import Lake
-from pipelines.validation.report import CheckResult
+from pipelines.validation.report import CheckResult, report_key
 
 # MAD * 1.4826 estimates the standard deviation of normal data.
 MAD_TO_SIGMA = 1.4826
@@ -20,8 +20,6 @@ def history_counts(lake: Lake, table: str, ds: dt.date, window_days: int) -> dic
 
     A validated day's count comes from its report (no data read); otherwise from the parquet footer.
     """
-    from pipelines.validation.quarantine import report_key
-
     counts: dict[str, int] = {}
     for i in range(1, window_days + 1):
         day = ds - dt.timedelta(days=i)
