@@ -12,9 +12,14 @@ from pipelines.settings import Settings
 from pipelines.usecases import USE_CASES
 
 
-def definitions(settings: Settings) -> RepoPart:
-    """The project's Feast objects, reading feature partitions from ``settings.lake_uri``."""
+def parts_by_entity(settings: Settings) -> dict[str, RepoPart]:
+    """Each use case's Feast objects, by entity, declared in registration order."""
     declared: dict[str, RepoPart] = {}
     for entity, case in USE_CASES.items():
         declared[entity] = case.feast(settings, declared)
-    return combine(*declared.values())
+    return declared
+
+
+def definitions(settings: Settings) -> RepoPart:
+    """The project's Feast objects, reading feature partitions from ``settings.lake_uri``."""
+    return combine(*parts_by_entity(settings).values())

@@ -27,6 +27,7 @@ from pipelines.orchestration.airflow_env import configure_airflow
 from pipelines.orchestration.runs import run_in_process
 from pipelines.settings import Settings
 from pipelines.specs import ModelSpec, load_specs
+from pipelines.usecases import use_case
 
 REVIEWER_COMMENT = "Gate passed and the report looks sound; approving for the demo."
 
@@ -195,6 +196,10 @@ def _rank_products(base: str, spec: ModelSpec, console: Console) -> bool:
     return True
 
 
+# What the demo shows of each serving kind (pipelines/usecases/: UseCase.serving).
+_SERVING_CALLS = {"score": _score_users, "rank": _rank_products}
+
+
 def _serve_and_score(settings: Settings, specs: list[ModelSpec], console: Console) -> bool:
     """Start `mlctl serve`, score users with every user model and rank products with every ranking model."""
     port = _free_port(settings.serving_port)
@@ -210,12 +215,11 @@ def _serve_and_score(settings: Settings, specs: list[ModelSpec], console: Consol
                 return False
             ok = True
             for spec in specs:
-                if spec.entity == "user":
-                    ok = _score_users(base, spec, console) and ok
-                elif spec.entity == "user_product":
-                    ok = _rank_products(base, spec, console) and ok
-                else:
+                call = _SERVING_CALLS.get(use_case(spec.entity).serving)
+                if call is None:
                     console.print(f"{spec.name}: champion in MLflow; not served over HTTP yet")
+                else:
+                    ok = call(base, spec, console) and ok
             return ok
         finally:
             server.terminate()

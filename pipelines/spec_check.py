@@ -1,4 +1,5 @@
-"""``mlctl validate-specs``: every model spec parses, and what it names exists (feature service, reviewer logins)."""
+"""``mlctl validate-specs``: every model spec parses, and what it names exists: a feature service its entity's use
+case declares (pipelines/usecases/), reviewer logins."""
 
 from __future__ import annotations
 
@@ -22,9 +23,10 @@ class SpecCheck:
 
 def check_specs(settings: Settings) -> list[SpecCheck]:
     """One check per ``models/*.yaml``; a bad file does not hide the others' problems."""
-    from feature_repo.definitions import definitions  # Feast is slow to import; only this check needs it
+    from feature_repo.definitions import parts_by_entity  # Feast is slow to import; only this check needs it
 
-    services = {s.name for s in definitions(settings).services}
+    parts = parts_by_entity(settings)
+    services = {s.name: entity for entity, part in parts.items() for s in part.services}
     logins = {entry.split(":")[0] for entry in settings.airflow_users.split(",") if entry}
     paths = sorted(settings.models_dir.glob("*.yaml"))
     if not paths:
@@ -43,6 +45,12 @@ def check_specs(settings: Settings) -> list[SpecCheck]:
             check.problems.append(
                 f"{path}: key 'feature_service': {spec.feature_service!r} is not declared in feature_repo/ "
                 f"(declared: {sorted(services)})"
+            )
+        elif services[spec.feature_service] != spec.entity:
+            check.problems.append(
+                f"{path}: key 'feature_service': {spec.feature_service!r} serves entity "
+                f"{services[spec.feature_service]!r}, but the spec's entity is {spec.entity!r}; name a service of "
+                f"the {spec.entity!r} use case ({sorted(s.name for s in parts[spec.entity].services)})"
             )
         unknown = [r for r in spec.reviewers if r not in logins]
         if unknown:

@@ -191,7 +191,7 @@ def test_unknown_model_is_404(client: TestClient) -> None:
 
 def test_ranking_model_is_not_served_by_the_binary_route(settings: Settings, registry: MlflowClient) -> None:
     spec = load_specs(settings.models_dir)[MODEL]
-    ranking = spec.model_copy(update={"name": "product_ranking", "objective": "lambdarank"})
+    ranking = spec.model_copy(update={"name": "product_ranking", "objective": "lambdarank", "entity": "user_product"})
     app = create_app(settings, feature_reader=dict_reader, specs={MODEL: spec, "product_ranking": ranking})
     with TestClient(app) as client:
         response = predict(client, [1], model="product_ranking")

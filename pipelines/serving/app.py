@@ -25,6 +25,7 @@ from pipelines.lake import Lake
 from pipelines.serving.model_loader import ChampionModel, FeatureMismatchError, LoadedModel, RefreshLoop
 from pipelines.settings import Settings
 from pipelines.specs import ModelSpec, load_specs
+from pipelines.usecases import use_case
 
 log = logging.getLogger(__name__)
 
@@ -216,20 +217,22 @@ def create_app(
         return _candidate_rows(reader(settings, spec.feature_service, asked), asked, spec.feature_service)
 
     def canary_for(spec: ModelSpec) -> Callable[[], pd.DataFrame]:
-        if spec.objective == "lambdarank":
+        if use_case(spec.entity).serving == "rank":
             row = pd.DataFrame({"user_id": [CANARY_USER_ID], "product_id": [CANARY_PRODUCT_ID], "category_id": [-1]})
             return lambda: read_candidate_features(spec, row)
         return lambda: read_features(spec, [CANARY_USER_ID])
 
+    # How each model is served is its use case's (pipelines/usecases/): scored by id, ranked, or not served.
+    served_as = {name: use_case(spec.entity).serving for name, spec in all_specs.items()}
     holders = {
         name: ChampionModel(name, settings, canary_features=canary_for(spec))
         for name, spec in all_specs.items()
-        if spec.objective == "binary" and spec.entity == "user"
+        if served_as[name] == "score"
     }
     rankers = {
         name: ChampionModel(name, settings, canary_features=canary_for(spec), probabilities=False)
         for name, spec in all_specs.items()
-        if spec.objective == "lambdarank"
+        if served_as[name] == "rank"
     }
 
     def refresh_all() -> None:
