@@ -342,6 +342,24 @@ CASES: list[tuple[str, Callable[[Path], Files], type[IngestError], list[str]]] =
         ["key 'timezone'", "IANA"],
     ),
     (
+        "mapping names an unknown day time zone",
+        _mapping(("header: true", "header: true\nday_timezone: Asia/Peking")),
+        MappingError,
+        ["key 'day_timezone'", "IANA"],
+    ),
+    (
+        "mapping cuts days in another zone than the lake",  # issue 10 item 9b
+        _mapping(("header: true", "header: true\nday_timezone: Asia/Shanghai")),
+        MappingError,
+        ["variant.yaml", "key 'day_timezone'", "cut in UTC (ingest/span.json)", "fresh one"],
+    ),
+    (
+        "mapping overrides an unknown contract key",  # issue 10 item 10
+        _mapping(("header: true", "header: true\ncontracts:\n  events:\n    volume: {colapse_drop: 0.97}")),
+        MappingError,
+        ["variant.yaml", "key 'contracts.events.volume.colapse_drop'", "collapse_drop"],
+    ),
+    (
         "mapping constant of the wrong type",
         _mapping(("merchant_id: {constant: null}", "merchant_id: {constant: x}")),
         MappingError,

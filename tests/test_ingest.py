@@ -217,3 +217,93 @@ def test_the_daily_chain_runs_on_an_ingested_log(tmp_path) -> None:
     users = sorted(before["user_id"].unique().tolist())[:2]
     online = online_features(settings, "purchase_intent", users)
     assert (online["views_7d"] + online["purchases_7d"] + online["carts_7d"] > 0).all()
+
+
+def _taobao_log(path: Path, rows: list[tuple[int, str, dt.datetime]]) -> Path:
+    path.write_text(
+        "".join(f"{user},{10 + i},20,{kind},{int(t.timestamp())}\n" for i, (user, kind, t) in enumerate(rows))
+    )
+    return path
+
+
+def test_derive_users_keeps_a_user_whose_first_event_is_followed_by_a_gap(settings: Settings, lake: Lake) -> None:
+    """issue 10 item 9a: user 1 is seen on the 25th only, the log has no events on the 26th; the 27th's snapshot
+    (and the gap day's) still holds user 1."""
+    log = _taobao_log(
+        settings.home / "gap.csv",
+        [
+            (1, "pv", dt.datetime(2017, 11, 25, 9, tzinfo=dt.UTC)),
+            (2, "pv", dt.datetime(2017, 11, 27, 9, tzinfo=dt.UTC)),
+        ],
+    )
+
+    report = ingest(settings, log, MAPPINGS / "taobao_style.yaml", "events", derive_users=True)
+
+    gap, last = dt.date(2017, 11, 26), dt.date(2017, 11, 27)
+    assert lake.partitions("events") == [dt.date(2017, 11, 25), last]
+    assert report.derived_users == {dt.date(2017, 11, 25): 1, gap: 1, last: 2}
+    assert set(lake.read("users", gap)["user_id"]) == {1}, "the gap day gets the snapshot carried forward"
+    assert set(lake.read("users", last)["user_id"]) == {1, 2}
+    assert lake.partitions("follows") == [dt.date(2017, 11, 25), gap, last]
+    assert lake.read_json("ingest/span.json")["tables"]["users"] == {
+        "first": "2017-11-25",
+        "last": "2017-11-27",
+        "days": 3,
+    }
+
+
+def test_a_later_file_derives_from_the_snapshot_before_it(settings: Settings, lake: Lake) -> None:
+    """issue 10 item 9a: a second file after a gap of days starts from the latest snapshot, keeping its users."""
+    first = _taobao_log(settings.home / "a.csv", [(1, "pv", dt.datetime(2017, 11, 25, 9, tzinfo=dt.UTC))])
+    ingest(settings, first, MAPPINGS / "taobao_style.yaml", "events", derive_users=True)
+    second = _taobao_log(settings.home / "b.csv", [(2, "pv", dt.datetime(2017, 11, 28, 9, tzinfo=dt.UTC))])
+
+    report = ingest(settings, second, MAPPINGS / "taobao_style.yaml", "events", derive_users=True)
+
+    assert sorted(report.derived_users) == [dt.date(2017, 11, d) for d in (26, 27, 28)]
+    assert set(lake.read("users", dt.date(2017, 11, 28))["user_id"]) == {1, 2}
+
+
+def test_an_orders_only_source_derives_its_users_and_passes_the_orders_reference(
+    settings: Settings, lake: Lake
+) -> None:
+    """issue 10 item 5: --table orders --derive-users writes users from the orders (signup time, sex, age of
+    the file) for every day, so the orders -> users reference holds and the order chain can start."""
+    from pipelines.validation.quarantine import validate_partition
+
+    report = ingest(
+        settings, DATA / "fraud_ecommerce.csv", MAPPINGS / "fraud_ecommerce.yaml", "orders", derive_users=True
+    )
+
+    days = [dt.date(2015, 3, d) for d in range(1, 6)]
+    assert sorted(report.derived_users) == days and report.derived_users[days[-1]] == 8
+    assert lake.partitions("users") == days and lake.partitions("follows") == days
+    assert len(lake.read("follows", days[0])) == 0, "no social graph in an orders file"
+    users = lake.read("users", days[-1]).set_index("user_id")
+    assert users.loc[1000, "sex"] == "M" and users.loc[1000, "age"] == 52
+    assert users.loc[1000, "signup_time"] == pd.Timestamp("2015-03-01 15:59:06", tz="UTC")
+    for day in days:
+        orders = lake.read("orders", day)
+        assert set(orders["user_id"]) <= set(lake.read("users", day)["user_id"])
+        checked = validate_partition(lake, "orders", day, settings.expectations_dir)
+        reference = next(c for c in checked.checks if c.expectation == "expect_column_values_to_exist_in_table")
+        assert reference.success and reference.observed["reference"] == f"users ds={day}"
+        assert validate_partition(lake, "users", day, settings.expectations_dir).success
+
+
+def test_mlctl_ingest_derives_users_for_an_orders_file(settings: Settings, lake: Lake) -> None:
+    """issue 10 item 5: the command a user types for an orders-only source."""
+    from pipelines.cli import app
+
+    args = [
+        "ingest",
+        "--source",
+        str(DATA / "fraud_ecommerce.csv"),
+        "--mapping",
+        str(MAPPINGS / "fraud_ecommerce.yaml"),
+    ]
+    result = CliRunner().invoke(app, [*args, "--table", "orders", "--derive-users"], env=settings.environment())
+
+    assert result.exit_code == 0, result.output
+    assert "users derived from the orders: 8 users by 2015-03-05" in " ".join(result.output.split())
+    assert lake.partitions("users")[-1] == dt.date(2015, 3, 5)
