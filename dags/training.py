@@ -1,14 +1,23 @@
-"""Training DAGs, one per model spec in models/: training set -> train -> evaluate -> gate -> approval -> promote."""
+"""Training DAGs, one per model spec in models/: check -> training set -> train -> evaluate -> gate -> approval ->
+promote.
+
+Schedule (the spec's ``schedule``): ``features`` (default) runs after the daily features the model reads were
+refreshed (Airflow Assets; the run trains for the day the asset events name), a cron string runs on that cron,
+``null`` only when triggered (`mlctl run train_MODEL --date D`). The first task checks the lake holds the history
+the spec needs and skips the run with the reason when it does not, so a fresh stack never fails training.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk.exceptions import AirflowSkipException
 
 from pipelines.settings import get_settings
-from pipelines.specs import ModelSpec, load_specs
+from pipelines.specs import FEATURES_SCHEDULE, ModelSpec, load_specs
+from pipelines.usecases import families_for
 
 settings = get_settings()
 
@@ -25,7 +34,7 @@ A new candidate of **{name}** passed the gate and waits for a reviewer.
 
 - model: {name}
 - version: {{{{ ti.xcom_pull(task_ids='train')['version'] }}}}
-- logical date: {{{{ ds }}}}
+- day trained for: {{{{ ti.xcom_pull(task_ids='check')['ds'] }}}}
 - gate: {{{{ ti.xcom_pull(task_ids='gate')['summary'] }}}}
 - reviewer's report (curves, slices, calibration, feature importance, verdict):
   {{{{ ti.xcom_pull(task_ids='gate')['report'] }}}}
@@ -51,10 +60,20 @@ class RecordedApprovalOperator(ApprovalOperator):
         return super().execute_complete(context, event)
 
 
+def training_schedule(spec: ModelSpec) -> list[Asset] | str | None:
+    """The spec's schedule in Airflow's terms; STOREFRONT_TRAINING_SCHEDULES=false turns every one off (tests)."""
+    if not settings.training_schedules or spec.schedule is None:
+        return None
+    if spec.schedule == FEATURES_SCHEDULE:
+        # The same URIs as dags/daily_features.py's outlets: a run once every family the model reads was refreshed.
+        return [Asset(f"storefront://features/{family}") for family in families_for([spec])]
+    return spec.schedule
+
+
 def build_training_dag(spec: ModelSpec):
     @dag(
         dag_id=f"train_{spec.name}",
-        schedule=spec.schedule if settings.training_schedules else None,
+        schedule=training_schedule(spec),
         start_date=dt.datetime.combine(settings.start_date, dt.time(), tzinfo=dt.UTC),
         catchup=False,
         max_active_runs=1,
@@ -63,20 +82,31 @@ def build_training_dag(spec: ModelSpec):
     )
     def training_dag():
         @task
-        def training_set(ds: str | None = None) -> dict:
-            return flow().training_set(get_settings(), spec, ds)
+        def check(dag_run=None, triggering_asset_events=None) -> dict:
+            from pipelines.training.readiness import HistoryTooShort
+
+            extras = [event.extra for events in (triggering_asset_events or {}).values() for event in events]
+            day = flow().run_day(getattr(dag_run, "logical_date", None), extras)
+            try:
+                return flow().check(get_settings(), spec, day)
+            except HistoryTooShort as short:
+                raise AirflowSkipException(str(short)) from short
 
         @task
-        def train(ds: str | None = None) -> dict:
-            return flow().train(get_settings(), spec, ds)
+        def training_set(checked: dict) -> dict:
+            return flow().training_set(get_settings(), spec, checked["ds"])
 
         @task
-        def evaluate(trained: dict, ds: str | None = None) -> dict:
-            return flow().evaluate(get_settings(), spec, ds, trained["version"])
+        def train(checked: dict) -> dict:
+            return flow().train(get_settings(), spec, checked["ds"])
+
+        @task
+        def evaluate(checked: dict, trained: dict) -> dict:
+            return flow().evaluate(get_settings(), spec, checked["ds"], trained["version"])
 
         @task.short_circuit
-        def gate(trained: dict, evaluation: dict) -> dict | bool:
-            decision = flow().gate(get_settings(), spec, trained["version"], evaluation)
+        def gate(checked: dict, trained: dict, evaluation: dict) -> dict | bool:
+            decision = flow().gate(get_settings(), spec, checked["ds"], trained["version"], evaluation)
             return decision if decision["passed"] else False
 
         approval = RecordedApprovalOperator(
@@ -90,22 +120,24 @@ def build_training_dag(spec: ModelSpec):
         )
 
         @task
-        def promote(trained: dict, answer: dict, ds: str | None = None) -> dict:
-            return flow().promote(get_settings(), spec, ds, trained["version"], answer)
+        def promote(checked: dict, trained: dict, answer: dict) -> dict:
+            return flow().promote(get_settings(), spec, checked["ds"], trained["version"], answer)
 
-        @task(trigger_rule="none_failed")
-        def record_review(trained: dict, ti=None) -> dict:
+        # Runs after a reviewer's rejection (promote skipped), not when the check skipped the whole run.
+        @task(trigger_rule="none_failed_min_one_success")
+        def record_review(checked: dict, trained: dict, ti=None) -> dict:
             answer = ti.xcom_pull(task_ids="approval", key="answer")
-            return flow().record_review(get_settings(), spec, trained["version"], answer)
+            return flow().record_review(get_settings(), spec, checked["ds"], trained["version"], answer)
 
-        built = training_set()
-        trained = train()
+        checked = check()
+        built = training_set(checked)
+        trained = train(checked)
         built >> trained
-        evaluation = evaluate(trained)
-        decision = gate(trained, evaluation)
+        evaluation = evaluate(checked, trained)
+        decision = gate(checked, trained, evaluation)
         decision >> approval
-        promoted = promote(trained, approval.output)
-        promoted >> record_review(trained)
+        promoted = promote(checked, trained, approval.output)
+        promoted >> record_review(checked, trained)
 
     return training_dag()
 

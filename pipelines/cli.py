@@ -31,12 +31,43 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=1)
 
 
-@app.command()
+def _print_outcomes(settings: Settings, title: str, outcomes: list) -> int:
+    """One line per run (gate verdict, families, or the failing task's error); returns the exit code."""
+    from pipelines.lake import Lake
+    from pipelines.orchestration.outcomes import exit_code, summarize_run
+
+    lake = Lake(settings)
+    summaries = [
+        summarize_run(
+            lake, o.dag_id, o.logical_date, o.state, o.tasks, lambda t, o=o: o.errors.get(t.task_id), o.log_path
+        )
+        for o in outcomes
+    ]
+    rows = [(s.logical_date, s.state) for s in summaries]
+    lines = [
+        "already done (--rerun runs it again)" if o.skipped else s.line
+        for s, o in zip(summaries, outcomes, strict=True)
+    ]
+    console.print(runs_table(title, rows, lines))
+    return exit_code(summaries)
+
+
+RUN_HELP = """Run one DAG for one logical date and follow it until it ends.
+
+Prints one line with the outcome: for a training run the gate verdict (promoted, waiting for approval with the
+command that answers it, rejected with the failed checks, or skipped with the reason); for daily_features the
+families that ran and those skipped. Airflow's log goes to a file whose path is printed.
+
+Exit codes: 0 the run succeeded (or was skipped, or waits for approval); 1 the run failed (the failing task and its
+error are printed); 2 the gate rejected the candidate.
+"""
+
+
+@app.command(help=RUN_HELP)
 def run(
     dag_id: Annotated[str, typer.Argument(help="DAG id, e.g. daily_features or train_purchase_intent")],
     date: Annotated[str, typer.Option("--date", help="Logical date YYYY-MM-DD")],
 ) -> None:
-    """Run one DAG for one logical date and follow it until it ends."""
     from pipelines.orchestration import runs
 
     settings = _settings()
@@ -45,21 +76,27 @@ def run(
         from pipelines.orchestration.airflow_client import AirflowAPIError, AirflowClient
 
         try:
+            client = AirflowClient(settings)
+            training = dag_id.startswith("train_")
             with console.status(f"{dag_id} {day}: triggered, waiting for the scheduler") as spinner:
                 outcome = runs.trigger_and_follow(
-                    AirflowClient(settings),
+                    client,
                     dag_id,
                     day,
                     on_poll=lambda r: spinner.update(f"{dag_id} {day}: {r['state']} ({r['dag_run_id']})"),
+                    stop_when=(lambda r: runs.waiting_for_review(client, dag_id, r["dag_run_id"]))
+                    if training
+                    else None,
                 )
+            outcome = runs.stack_task_details(client, outcome, settings.home / "logs")
         except AirflowAPIError as exc:
             _fail(str(exc))
     else:
-        console.print(f"running {dag_id} for {day} in-process (local profile)")
-        outcome = runs.run_in_process(settings, dag_id, [day])[0]
-    console.print(runs_table(dag_id, [(outcome.logical_date, outcome.state)]))
-    if outcome.state != "success":
-        raise typer.Exit(code=1)
+        logfile = settings.home / "logs" / f"{dag_id}.log"
+        console.print(f"running {dag_id} for {day} in-process (local profile); Airflow's log: {logfile}")
+        with console.status(f"{dag_id} {day}: running"):
+            outcome = runs.run_in_process(settings, dag_id, [day], logfile=logfile)[0]
+    raise typer.Exit(code=_print_outcomes(settings, dag_id, [outcome]))
 
 
 @app.command()
@@ -69,7 +106,7 @@ def backfill(
     end: Annotated[str, typer.Option("--to", help="Last logical date YYYY-MM-DD (inclusive)")],
     rerun: Annotated[bool, typer.Option(help="Also rerun days that already succeeded")] = False,
 ) -> None:
-    """Backfill a DAG over a date range and show every run's state."""
+    """Backfill a DAG over a date range: one line per run with its outcome. Exit codes as `mlctl run`'s (0, 1, 2)."""
     from pipelines.orchestration import runs
 
     settings = _settings()
@@ -81,13 +118,14 @@ def backfill(
         from pipelines.orchestration.airflow_client import AirflowAPIError
 
         try:
-            rows = _backfill_on_stack(settings, dag, days, rerun)
+            outcomes = _backfill_on_stack(settings, dag, days, rerun)
         except AirflowAPIError as exc:
             _fail(str(exc))
     else:
         logfile = settings.home / "logs" / f"{dag}.log"
+        console.print(f"Airflow's log: {logfile}")
         with progress_bar(console) as progress:
-            bar = progress.add_task(f"{dag} (logs: {logfile})", total=len(days))
+            bar = progress.add_task(f"{dag}", total=len(days))
             outcomes = runs.run_in_process(
                 settings,
                 dag,
@@ -96,15 +134,17 @@ def backfill(
                 logfile=logfile,
                 on_done=lambda o: progress.advance(bar),
             )
-        rows = [(o.logical_date, o.state + (" (already done)" if o.skipped else "")) for o in outcomes]
-    console.print(runs_table(f"backfill of {dag}", rows))
-    if any(not state.startswith("success") for _, state in rows) or len(rows) < len(days):
-        raise typer.Exit(code=1)
+    code = _print_outcomes(settings, f"backfill of {dag}", outcomes)
+    if code == 0 and len(outcomes) < len(days):
+        code = 1
+    if len(outcomes) < len(days):
+        console.print(f"stopped after {len(outcomes)} of {len(days)} days")
+    raise typer.Exit(code=code)
 
 
-def _backfill_on_stack(settings: Settings, dag: str, days: list[dt.date], rerun: bool) -> list[tuple[str, str]]:
+def _backfill_on_stack(settings: Settings, dag: str, days: list[dt.date], rerun: bool) -> list:
     from pipelines.orchestration.airflow_client import AirflowClient
-    from pipelines.orchestration.runs import FINISHED, logical_datetime
+    from pipelines.orchestration.runs import FINISHED, RunOutcome, logical_datetime, stack_task_details
 
     client = AirflowClient(settings)
     first, last = logical_datetime(days[0]).isoformat(), logical_datetime(days[-1]).isoformat()
@@ -118,7 +158,8 @@ def _backfill_on_stack(settings: Settings, dag: str, days: list[dt.date], rerun:
             if client.backfill(created["id"]).get("completed_at") and all(r["state"] in FINISHED for r in found):
                 break
             time.sleep(2)
-    return [(r["logical_date"][:10], r["state"]) for r in found]
+    outcomes = [RunOutcome(dag, r["logical_date"][:10], r["state"], r["dag_run_id"]) for r in found]
+    return [stack_task_details(client, o, settings.home / "logs") for o in outcomes]
 
 
 def _answer(model: str, version: str, reviewer: str, comment: str, option: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -19,13 +20,19 @@ def progress_bar(out: Console) -> Progress:
     )
 
 
-def runs_table(title: str, rows: list[tuple[str, str]]) -> Table:
+def runs_table(title: str, rows: list[tuple[str, str]], outcomes: list[str] | None = None) -> Table:
+    """Runs by logical date with their state and, when given, each run's outcome in a line."""
     table = Table(title=title)
     table.add_column("logical date")
     table.add_column("state")
-    for day, state in rows:
-        colour = {"success": "green", "failed": "red"}.get(state, "yellow")
-        table.add_row(day, f"[{colour}]{state}[/{colour}]")
+    if outcomes is not None:
+        table.add_column("outcome")
+    for i, (day, state) in enumerate(rows):
+        colour = {"success": "green", "failed": "red"}.get(state.split(" ")[0], "yellow")
+        cells = [day, f"[{colour}]{state}[/{colour}]"]
+        if outcomes is not None:
+            cells.append(escape(outcomes[i]))  # error messages hold [brackets] that are not markup
+        table.add_row(*cells)
     return table
 
 

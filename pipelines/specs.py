@@ -20,6 +20,8 @@ from pipelines.usecases import USE_CASES
 BINARY_METRICS = frozenset({"roc_auc", "pr_auc", "log_loss", "calibration_error", "recall_at_1pct_fpr"})
 RANKING_METRICS = frozenset({"ndcg_at_10", "map_at_10"})
 LOWER_IS_BETTER = frozenset({"log_loss", "calibration_error"})
+# A training DAG scheduled on the daily features it reads (their Assets), instead of a cron string or manual (null).
+FEATURES_SCHEDULE = "features"
 # Columns of a training set that describe a row without being a model feature (used by slices) start with this.
 CONTEXT_PREFIX = "ctx_"
 
@@ -134,7 +136,10 @@ class ModelSpec(_Strict):
     candidates: CandidateSpec | None = None
     reviewers: list[str] = Field(min_length=1)
     online_freshness_hours: float = Field(48, gt=0)
-    schedule: str | None = "@daily"
+    schedule: str | None = Field(
+        FEATURES_SCHEDULE,
+        description="'features': after the daily features the model reads are refreshed; a cron string; null: manual",
+    )
 
     @field_validator("entity")
     @classmethod

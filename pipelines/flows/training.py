@@ -1,7 +1,9 @@
-"""The training chain of one model for one logical date: training set -> train -> evaluate -> gate -> promote.
+"""The training chain of one model for one day: check -> training set -> train -> evaluate -> gate -> promote.
 
 Human approval sits between the gate and promotion; it is Airflow's, so it lives in the DAG, and its answer
-reaches :func:`promote` and :func:`record_review` as the ApprovalOperator's return value.
+reaches :func:`promote` and :func:`record_review` as the ApprovalOperator's return value. Each step records how
+far the run got in ``runs/train_<model>/ds=D/outcome.json`` (see :mod:`pipelines.orchestration.outcomes`), which
+is what `mlctl run` prints.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pipelines.evaluation.gate import apply_gate, record_gate
 from pipelines.evaluation.report import build_report, report_link
 from pipelines.features.store import online_freshness
 from pipelines.lake import Lake, as_date
+from pipelines.orchestration.outcomes import record_training_outcome
 from pipelines.registry.approval import ApprovalRecord
 from pipelines.registry.promotion import promote as promote_version
 from pipelines.registry.promotion import record_rejection
@@ -25,7 +28,40 @@ from pipelines.registry.registry import get_champion
 from pipelines.settings import Settings
 from pipelines.specs import ModelSpec
 from pipelines.training.dataset import build_training_set, load_training_set, oracle_scores
+from pipelines.training.readiness import HistoryTooShort, require_ready
 from pipelines.training.train import train_model
+
+
+class NoRunDay(ValueError):
+    """A training run has neither a logical date nor a triggering asset event that names its day."""
+
+
+def run_day(logical_date: dt.datetime | dt.date | str | None, asset_extras: list[dict[str, Any]]) -> dt.date:
+    """The day a training run trains for: its logical date (a manual or cron run), else the newest ``ds`` of the
+    daily features' asset events that triggered it (asset-triggered runs have no logical date in Airflow 3)."""
+    if logical_date is not None:
+        return as_date(logical_date)
+    days = [as_date(extra["ds"]) for extra in asset_extras if extra and extra.get("ds")]
+    if not days:
+        raise NoRunDay(
+            "the run has no logical date and its triggering asset events carry no 'ds' in their extra; trigger it "
+            "with a date (`mlctl run train_MODEL --date YYYY-MM-DD`)"
+        )
+    return max(days)
+
+
+def check(settings: Settings, spec: ModelSpec, ds: str | dt.date) -> dict:
+    """The readiness check of the run's first task: the day and the verdict, or HistoryTooShort (the DAG skips)
+    / LabelDelayTooShort (the run fails). A rerun starts a fresh outcome document."""
+    lake = Lake(settings)
+    day = as_date(ds)
+    try:
+        readiness = require_ready(lake, spec, day)
+    except HistoryTooShort as short:
+        record_training_outcome(lake, spec.name, day, "skipped", reason=str(short))
+        raise
+    record_training_outcome(lake, spec.name, day, "checked", verdict=readiness.verdict)
+    return {"ds": day.isoformat(), "verdict": readiness.verdict}
 
 
 def training_set(settings: Settings, spec: ModelSpec, ds: str) -> dict:
@@ -47,24 +83,38 @@ def evaluate(settings: Settings, spec: ModelSpec, ds: str, version: str) -> dict
     return evaluate_candidate(settings, spec, version, ts, oracle_scores=oracle).to_dict()
 
 
-def gate(settings: Settings, spec: ModelSpec, version: str, evaluation: dict) -> dict:
+def gate(settings: Settings, spec: ModelSpec, ds: str, version: str, evaluation: dict) -> dict:
     """Apply the spec's thresholds to the evaluation, tag the version with the verdict and write the report.
 
     The reviewer's report is built whatever the verdict (a rejected candidate's report says why). A candidate
     that already is the champion (a rerun on the same data) needs no new approval: it is reported with
     ``already_champion`` and the DAG stops before the approval request.
     """
+    lake = Lake(settings)
     champion = get_champion(settings, spec.name)
     if champion is not None and champion.version == str(version):
+        record_training_outcome(lake, spec.name, ds, "already_champion", version=str(version))
         return {
             "passed": False,
             "already_champion": True,
             "summary": f"version {version} already is the champion",
         }
-    decision = apply_gate(spec, Evaluation.from_dict(evaluation))
+    evaluated = Evaluation.from_dict(evaluation)
+    decision = apply_gate(spec, evaluated)
     record_gate(settings, spec, version, decision)
     with tempfile.TemporaryDirectory(prefix="report-") as tmp:  # the run keeps it; nothing is left on the worker
         build_report(settings, spec, version, out_dir=Path(tmp))
+    champion_name = f"champion v{evaluated.champion_version}"
+    record_training_outcome(
+        lake,
+        spec.name,
+        ds,
+        "passed" if decision.passed else "rejected",
+        version=str(version),
+        summary=decision.summary,
+        failed_checks=[c.describe(champion_name) for c in decision.checks if not c.passed],
+        report=report_link(settings, spec.name, version),
+    )
     return {**decision.to_dict(), "already_champion": False, "report": report_link(settings, spec.name, version)}
 
 
@@ -82,16 +132,30 @@ def promote(settings: Settings, spec: ModelSpec, ds: str, version: str, approval
         max_age=dt.timedelta(hours=spec.online_freshness_hours),
         now=as_of(as_date(ds)),
     )
-    return _jsonable(promote_version(settings, spec, version, record, freshness))
+    promoted = _jsonable(promote_version(settings, spec, version, record, freshness))
+    outcome = "promoted" if record.decision == "approve" else "approval_rejected"
+    record_training_outcome(
+        Lake(settings), spec.name, ds, outcome, version=str(version), by=record.by, comment=record.comment
+    )
+    return promoted
 
 
-def record_review(settings: Settings, spec: ModelSpec, version: str, approval: dict[str, Any] | None) -> dict:
+def record_review(settings: Settings, spec: ModelSpec, ds: str, version: str, approval: dict[str, Any] | None) -> dict:
     """Keep a rejection (or a missing answer) on the version's tags; approvals were recorded by promote."""
     if not approval:
         return {"decision": "none"}
     record = ApprovalRecord.from_hitl(approval)
     if record.decision != "approve":
         record_rejection(settings, spec, version, record)
+        record_training_outcome(
+            Lake(settings),
+            spec.name,
+            ds,
+            "approval_rejected",
+            version=str(version),
+            by=record.by,
+            comment=record.comment,
+        )
     return _jsonable(record)
 
 

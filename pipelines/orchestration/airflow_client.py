@@ -124,6 +124,14 @@ class AirflowClient:
         path = f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances"
         return self.request("GET", path)["task_instances"]
 
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> list:
+        """One attempt's log: a list of structured messages (dicts with ``event``, ``error_detail``...)."""
+        run = urllib.parse.quote(run_id, safe="")
+        path = f"/dags/{dag_id}/dagRuns/{run}/taskInstances/{task_id}/logs/{try_number}"
+        data = self.request("GET", path, params={"full_content": True}, headers={"Accept": "application/json"})
+        content = (data or {}).get("content") or []
+        return content if isinstance(content, list) else str(content).splitlines()
+
     def create_backfill(
         self, dag_id: str, start: str, end: str, max_active_runs: int = 2, reprocess: str = "failed"
     ) -> dict:

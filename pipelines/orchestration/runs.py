@@ -13,15 +13,25 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.lake import as_date, date_range
 from pipelines.orchestration.airflow_client import AirflowAPIError, AirflowClient
 from pipelines.orchestration.airflow_env import configure_airflow, migrate_db
+from pipelines.orchestration.outcomes import (
+    TaskState,
+    exception_message,
+    log_text,
+    structured_log_error,
+    task_log_section,
+)
 from pipelines.settings import Settings
 
 FINISHED = {"success", "failed"}
+# States of the human-approval task while it waits for a reviewer (it defers to the triggerer on the stack).
+WAITING_FOR_REVIEW = {"deferred", "awaiting_input"}
+APPROVAL_TASK = "approval"
 
 
 class UnknownDag(LookupError):
@@ -35,6 +45,9 @@ class RunOutcome:
     state: str
     run_id: str = ""
     skipped: bool = False
+    tasks: list[TaskState] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)  # failed task -> its error message
+    log_path: str | None = None
 
 
 def logical_datetime(day: str | dt.date) -> dt.datetime:
@@ -110,10 +123,18 @@ def run_in_process(
         if day in done:
             outcome = RunOutcome(dag_id, day.isoformat(), "success", skipped=True)
         else:
+            start = logfile.stat().st_size if logfile is not None and logfile.exists() else 0
             with output_to(logfile):
                 run = dag.test(logical_date=logical_datetime(day))
             state = str(getattr(run.state, "value", run.state)) if run is not None else "failed"
             outcome = RunOutcome(dag_id, day.isoformat(), state, getattr(run, "run_id", ""))
+            if run is not None:
+                outcome.tasks = [
+                    TaskState(ti.task_id, _state(ti.state), ti.try_number) for ti in run.get_task_instances()
+                ]
+            if logfile is not None:
+                outcome.log_path = str(logfile)
+                outcome.errors = _errors_in_log(logfile, start, outcome.tasks)
         outcomes.append(outcome)
         if on_done:
             on_done(outcome)
@@ -122,17 +143,68 @@ def run_in_process(
     return outcomes
 
 
+def _state(state: object) -> str | None:
+    return None if state is None else str(getattr(state, "value", state))
+
+
+def _errors_in_log(logfile: Path, start: int, tasks: list[TaskState]) -> dict[str, str]:
+    """The error message of each failed task, out of the part of ``logfile`` this run wrote."""
+    failed = [t for t in tasks if t.state == "failed"]
+    if not failed:
+        return {}
+    with open(logfile, errors="replace") as src:
+        src.seek(start)
+        text = src.read()
+    errors = {}
+    for task in failed:
+        message = exception_message(task_log_section(text, task.task_id))
+        if message:
+            errors[task.task_id] = message
+    return errors
+
+
+def stack_task_details(client: AirflowClient, outcome: RunOutcome, log_dir: Path) -> RunOutcome:
+    """Fill ``outcome`` with its task states and, for each failed task, its error; the failed task's whole log
+    is written to ``log_dir`` (its path in ``outcome.log_path``)."""
+    if not outcome.run_id:
+        return outcome
+    instances = client.task_instances(outcome.dag_id, outcome.run_id)
+    outcome.tasks = [TaskState(ti["task_id"], ti.get("state"), int(ti.get("try_number") or 1)) for ti in instances]
+    for task in outcome.tasks:
+        if task.state != "failed":
+            continue
+        content = client.task_log(outcome.dag_id, outcome.run_id, task.task_id, task.try_number)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        path = log_dir / f"{outcome.dag_id}_{outcome.logical_date}_{task.task_id}_try{task.try_number}.log"
+        path.write_text(log_text(content))
+        outcome.log_path = outcome.log_path or str(path)
+        message = structured_log_error(content)
+        if message:
+            outcome.errors[task.task_id] = message
+    return outcome
+
+
+def waiting_for_review(client: AirflowClient, dag_id: str, run_id: str) -> bool:
+    """The run's approval task waits for a reviewer (the gate passed)."""
+    return any(
+        ti["task_id"] == APPROVAL_TASK and ti.get("state") in WAITING_FOR_REVIEW
+        for ti in client.task_instances(dag_id, run_id)
+    )
+
+
 def trigger_and_follow(
     client: AirflowClient,
     dag_id: str,
     day: dt.date,
     poll_seconds: float = 2.0,
     on_poll: Callable[[dict], None] | None = None,
+    stop_when: Callable[[dict], bool] | None = None,
 ) -> RunOutcome:
     """Trigger one run through the REST API and wait until it finishes (stack profile).
 
     When the date already has a run (scheduled, backfilled or triggered before), that run is cleared and runs
-    again, as on the local profile: one run per logical date, never a duplicate.
+    again, as on the local profile: one run per logical date, never a duplicate. ``stop_when(run)`` ends the
+    wait early (e.g. when a training run waits for a reviewer); the outcome then has the run's current state.
     """
     logical = logical_datetime(day).isoformat()
     try:
@@ -152,6 +224,8 @@ def trigger_and_follow(
         run = client.dag_run(dag_id, run["dag_run_id"])
         if on_poll:
             on_poll(run)
+        if stop_when is not None and run["state"] not in FINISHED and stop_when(run):
+            break
     return RunOutcome(dag_id, day.isoformat(), run["state"], run["dag_run_id"])
 
 
