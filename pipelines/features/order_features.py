@@ -21,6 +21,7 @@ import pandas as pd
 import pyarrow as pa
 
 from pipelines.data.orders import BROWSERS, SOURCES
+from pipelines.data.schemas import day_start as day_start_of
 from pipelines.lake import Lake, as_date
 from pipelines.settings import Settings
 from pipelines.validation.contracts import validate_with_contract
@@ -219,16 +220,17 @@ def _hours_since_first(history: pd.DataFrame, targets: pd.DataFrame, by: list[st
     return np.where(_known(targets, by), np.where(got < t, (t - got) / _HOUR_US, 0.0), np.nan)
 
 
-def compute_order_features(orders: pd.DataFrame, labels: pd.DataFrame, ds: dt.date) -> pd.DataFrame:
+def compute_order_features(orders: pd.DataFrame, labels: pd.DataFrame, ds: dt.date, zone: str = "UTC") -> pd.DataFrame:
     """Features of every order placed on ``ds``, from ``orders`` holding that day and the days before it and the
-    fraud ``labels`` (ORDER_LABELS) that arrived meanwhile.
+    fraud ``labels`` (ORDER_LABELS) that arrived meanwhile. The day runs from midnight to midnight in ``zone``
+    (the zone the lake's days are cut in), which also gives ``hour_of_day`` its local hour.
 
     Orders after ``ds`` (if any) are ignored; so are orders older than ``HISTORY_DAYS`` before ``ds``. A chargeback
     counts for an order only if it arrived strictly before the order was placed.
     """
     _require(orders, "orders", ORDER_COLUMNS)
     _require(labels, "order_labels", LABEL_COLUMNS)
-    day_start = int(np.datetime64(ds.isoformat(), "us").astype("int64"))
+    day_start = int(_epoch_us(pd.Series([day_start_of(ds, zone)]))[0])
     t = _epoch_us(orders["purchase_time"])
     keep = (t >= day_start - HISTORY_DAYS * _DAY_US) & (t < day_start + _DAY_US)
     frame = pd.DataFrame(
@@ -317,7 +319,7 @@ def build_order_features(lake: Lake, ds: dt.date) -> pd.DataFrame:
     )
     orders = pd.concat([earlier, today], ignore_index=True) if len(earlier) else today
     labels = lake.read_range("order_labels", ds - dt.timedelta(days=HISTORY_DAYS), ds, columns=LABEL_COLUMNS)
-    return compute_order_features(orders, labels, ds)
+    return compute_order_features(orders, labels, ds, lake.day_zone)
 
 
 def write_order_features(lake: Lake, ds: dt.date, df: pd.DataFrame) -> str:
@@ -325,9 +327,10 @@ def write_order_features(lake: Lake, ds: dt.date, df: pd.DataFrame) -> str:
     columns = [f.name for f in ORDER_FEATURES_SCHEMA]
     _require(df, ORDER_FEATURES_TABLE, columns)
     stamps = pd.to_datetime(df[TIMESTAMP_COLUMN], utc=True)
-    start = pd.Timestamp(ds, tz="UTC")
-    if len(df) and not ((stamps >= start) & (stamps < start + pd.Timedelta(days=1))).all():
-        raise OrderFeatureError(f"{ORDER_FEATURES_TABLE} ds={ds}: every {TIMESTAMP_COLUMN} must fall on {ds} (UTC)")
+    zone = lake.day_zone
+    start, end = pd.Timestamp(day_start_of(ds, zone)), pd.Timestamp(day_start_of(ds + dt.timedelta(days=1), zone))
+    if len(df) and not ((stamps >= start) & (stamps < end)).all():
+        raise OrderFeatureError(f"{ORDER_FEATURES_TABLE} ds={ds}: every {TIMESTAMP_COLUMN} must fall on {ds} ({zone})")
     if df[ENTITY_COLUMN].duplicated().any():
         raise OrderFeatureError(f"{ORDER_FEATURES_TABLE} ds={ds}: duplicate {ENTITY_COLUMN} values")
     return lake.write(ORDER_FEATURES_TABLE, ds, df[columns], schema=ORDER_FEATURES_SCHEMA)

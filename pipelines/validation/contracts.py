@@ -3,10 +3,19 @@
 A suite's ``meta`` may hold ``column_types``, ``references``, ``volume`` and ``drift`` (see docs/data.md, "Data
 contracts"). They need more than the partition itself (the dimension tables of the day, the previous days'
 row counts and values), so they run with the lake at hand and append their CheckResults to the GX report.
+
+A source tunes the ``volume`` and ``drift`` thresholds of a table without editing the suite: ``mlctl ingest`` writes
+a mapping's ``contracts:`` key to the lake as ``contracts/overrides.json``,
+``{"<table>": {"volume": {...}, "drift": {..., "columns": [{"column": ..., ...}]}}}`` (keys as in the suite's
+meta), and every validation merges it over the suite's meta (:func:`load_contract_overrides`,
+:func:`apply_overrides`). ``<table>`` is the suite's name (``order_risk``) or the lake table's
+(``features/order_risk``).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import datetime as dt
 import json
 import time
@@ -16,6 +25,8 @@ from typing import Any
 
 import pandas as pd
 
+from pipelines.data.landed import OVERRIDES_KEY
+from pipelines.lake import Lake
 from pipelines.validation.drift import check_drift
 from pipelines.validation.referential import check_references
 from pipelines.validation.report import CheckResult, ValidationReport
@@ -86,10 +97,107 @@ class Contract:
 
 
 COLUMN_KINDS = ("string", "int", "float", "bool", "timestamp")
+Overrides = dict[str, dict[str, dict[str, Any]]]  # table -> section (volume | drift) -> key -> value
+# What a source may tune: the fields of each rule (the drift columns by name, one DriftColumn each).
+TUNABLE: dict[str, dict[str, Any]] = {
+    "volume": {f.name: f.default for f in dataclasses.fields(VolumeRule)},
+    "drift": {f.name: f.default for f in dataclasses.fields(DriftRule) if f.name != "columns"},
+}
+TUNABLE_COLUMN = {f.name: f.default for f in dataclasses.fields(DriftColumn) if f.name not in ("column", "kind")}
 
 
-def load_contract(expectations_dir: Path, suite: str) -> Contract:
-    """Read the contract part of ``<expectations_dir>/<suite>.json``; malformed entries name file and key."""
+class ContractOverrideError(SuiteError):
+    """``contracts/overrides.json`` names a section, key or drift column that the table's contract does not have."""
+
+
+def load_contract_overrides(lake: Lake) -> Overrides:
+    """The per-table volume/drift overrides of the source (``contracts/overrides.json``); ``{}`` when none.
+
+    Only the shape is checked here; each table's keys are checked against its suite by :func:`apply_overrides`.
+    """
+    raw = lake.read_json(OVERRIDES_KEY)
+    if raw is None:
+        return {}
+    where = lake.uri(OVERRIDES_KEY)
+    if not isinstance(raw, dict):
+        raise ContractOverrideError(f"{where}: expected {{table: {{volume: {{...}}, drift: {{...}}}}}}, got {raw!r}")
+    for table, sections in raw.items():
+        if not isinstance(sections, dict) or not all(isinstance(v, dict) for v in sections.values()):
+            raise ContractOverrideError(
+                f"{where}: table {table!r}: expected {{volume: {{...}}, drift: {{...}}}}, got {sections!r}; "
+                "fix the mapping's 'contracts:' key and ingest again"
+            )
+    return raw
+
+
+def apply_overrides(meta: dict[str, Any], overrides: Overrides, table: str) -> dict[str, Any]:
+    """A copy of a suite's ``meta`` with ``overrides[table]`` merged into its ``volume`` and ``drift`` sections.
+
+    Keys not named keep the suite's value. An unknown section, key or drift column, a section the suite does
+    not declare, or a value of the wrong type raises :class:`ContractOverrideError` naming the table and key.
+    """
+    out = copy.deepcopy(meta)
+    for section, keys in (overrides.get(table) or {}).items():
+        where = f"{OVERRIDES_KEY}: {table}.{section}"
+        if section not in TUNABLE:
+            raise ContractOverrideError(f"{where}: not a contract section; a source can tune {' and '.join(TUNABLE)}")
+        base = out.get(section)
+        if not base:
+            raise ContractOverrideError(
+                f"{where}: the suite of {table!r} declares no {section} contract to tune; remove the key from the "
+                f"mapping's 'contracts:' or add meta.{section} to the suite"
+            )
+        for key, value in keys.items():
+            if section == "drift" and key == "columns":
+                base["columns"] = _merged_columns(base.get("columns") or [], value, f"{where}.columns")
+                continue
+            if key not in TUNABLE[section]:
+                raise ContractOverrideError(
+                    f"{where}.{key}: unknown key; the keys of a {section} contract are "
+                    f"{', '.join(sorted([*TUNABLE[section], *(['columns'] if section == 'drift' else [])]))}"
+                )
+            base[key] = _typed(value, TUNABLE[section][key], f"{where}.{key}")
+    return out
+
+
+def _merged_columns(declared: list[dict[str, Any]], value: Any, where: str) -> list[dict[str, Any]]:
+    by_name = {c.get("column"): dict(c) for c in declared}
+    if not isinstance(value, list):
+        raise ContractOverrideError(f"{where}: expected a list of {{column: NAME, threshold: ...}}, got {value!r}")
+    for entry in value:
+        name = entry.get("column") if isinstance(entry, dict) else None
+        if name not in by_name:
+            raise ContractOverrideError(
+                f"{where}: {entry!r} names no drift column of the suite; its drift columns are "
+                f"{', '.join(str(n) for n in by_name) or 'none'}"
+            )
+        for key, item in entry.items():
+            if key == "column":
+                continue
+            if key not in TUNABLE_COLUMN:
+                raise ContractOverrideError(
+                    f"{where}.{name}.{key}: unknown key; a drift column can tune {', '.join(sorted(TUNABLE_COLUMN))}"
+                )
+            by_name[name][key] = _typed(item, TUNABLE_COLUMN[key], f"{where}.{name}.{key}")
+    return list(by_name.values())
+
+
+def _typed(value: Any, default: Any, where: str) -> Any:
+    """``value`` if it has the type of the rule's default (text, or a number), else a ContractOverrideError."""
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ContractOverrideError(f"{where}: expected text (e.g. {default!r}), got {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ContractOverrideError(f"{where}: expected a number >= 0 (e.g. {default!r}), got {value!r}")
+    return value
+
+
+def load_contract(
+    expectations_dir: Path, suite: str, overrides: Overrides | None = None, table: str | None = None
+) -> Contract:
+    """Read the contract part of ``<expectations_dir>/<suite>.json``, with the source's ``overrides`` for the
+    suite's name and then the lake table's name (``table``) merged in; malformed entries name file and key."""
     path = suite_path(expectations_dir, suite)
     if not path.is_file():
         raise SuiteError(f"{path}: no expectation suite {suite!r}")
@@ -97,6 +205,8 @@ def load_contract(expectations_dir: Path, suite: str) -> Contract:
         meta = json.loads(path.read_text()).get("meta") or {}
     except json.JSONDecodeError as exc:
         raise SuiteError(f"{path}: not valid JSON: {exc}") from exc
+    for name in dict.fromkeys([suite, table or suite]):
+        meta = apply_overrides(meta, overrides or {}, name)
     where = f"{path}: meta"
     types = dict(meta.get("column_types") or {})
     for column, kind in types.items():
@@ -179,7 +289,7 @@ def _is_kind(series: pd.Series, kind: str) -> bool:
     return False
 
 
-def run_contract_checks(lake, table: str, ds: dt.date, df: pd.DataFrame, contract: Contract) -> list[CheckResult]:
+def run_contract_checks(lake: Lake, table: str, ds: dt.date, df: pd.DataFrame, contract: Contract) -> list[CheckResult]:
     """All of a contract's checks on partition ``ds`` of lake table ``table`` (``lake`` reads its history)."""
     checks = check_column_types(df, contract)
     checks += check_references(lake, ds, df, contract.references)
@@ -191,12 +301,14 @@ def run_contract_checks(lake, table: str, ds: dt.date, df: pd.DataFrame, contrac
 
 
 def validate_with_contract(
-    lake, df: pd.DataFrame, table: str, ds: dt.date, expectations_dir: Path, suite: str | None = None
+    lake: Lake, df: pd.DataFrame, table: str, ds: dt.date, expectations_dir: Path, suite: str | None = None
 ) -> ValidationReport:
-    """The suite's GX expectations on ``df`` plus its contract checks against the lake's other partitions."""
-    report = validate_frame(df, table, ds, expectations_dir, suite=suite)
+    """The suite's GX expectations on ``df`` plus its contract checks against the lake's other partitions, with
+    the source's contract overrides (``contracts/overrides.json``) applied."""
+    report = validate_frame(df, table, ds, expectations_dir, suite=suite, zone=lake.day_zone)
     started = time.perf_counter()
-    report.checks += run_contract_checks(lake, table, ds, df, load_contract(expectations_dir, suite or table))
+    contract = load_contract(expectations_dir, suite or table, load_contract_overrides(lake), table)
+    report.checks += run_contract_checks(lake, table, ds, df, contract)
     report.success = not report.critical_failures
     report.duration_seconds = round(report.duration_seconds + time.perf_counter() - started, 4)
     return report

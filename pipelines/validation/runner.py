@@ -29,12 +29,12 @@ _PLUMBING_KWARGS = {"batch_id", "column", "result_format", "catch_exceptions", "
 
 
 def validate_frame(
-    df: pd.DataFrame, table: str, ds: dt.date, expectations_dir: Path, suite: str | None = None
+    df: pd.DataFrame, table: str, ds: dt.date, expectations_dir: Path, suite: str | None = None, zone: str = "UTC"
 ) -> ValidationReport:
     """Validate ``df``, the partition ``ds`` of ``table``, with ``<expectations_dir>/<suite or table>.json``.
 
     ``suite`` names the suite when it differs from the lake table (``features/user_behavior`` ->
-    ``user_features``).
+    ``user_features``); ``zone`` is the zone the lake's days are cut in (the day bounds of the suite parameters).
     """
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"validate_frame({table!r}) needs a pandas DataFrame, got {type(df).__name__}")
@@ -48,7 +48,7 @@ def validate_frame(
     started = time.perf_counter()
     result = definition.run(
         batch_parameters={"dataframe": df},
-        expectation_parameters=day_parameters(ds),
+        expectation_parameters=day_parameters(ds, zone=zone),
         result_format=result_format,
     )
     checks = [_check_result(r, df, id_column) for r in result.results]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.data.schemas import as_of
+from pipelines.data.schemas import as_of, day_start
 
 if TYPE_CHECKING:
     import great_expectations as gx
@@ -25,12 +25,13 @@ class SuiteError(ValueError):
     """A suite file is missing or malformed; the message names the file and the offending expectation."""
 
 
-def day_parameters(ds: dt.date, now: dt.datetime | None = None) -> dict[str, dt.datetime]:
-    """Values of the suite parameters for partition ``ds``: the day is ``[ds_start, ds_end)`` in UTC; ``now``
-    (the validation's wall-clock time) bounds timestamps of today's partition, which cannot be in the future."""
+def day_parameters(ds: dt.date, now: dt.datetime | None = None, zone: str = "UTC") -> dict[str, dt.datetime]:
+    """Values of the suite parameters for partition ``ds``: the day is ``[ds_start, ds_end)``, from midnight to
+    midnight in ``zone`` (the zone the lake's days are cut in, ``Lake.day_zone``); ``now`` (the validation's
+    wall-clock time) bounds timestamps of today's partition, which cannot be in the future."""
     return {
-        "ds_start": dt.datetime.combine(ds, dt.time(), tzinfo=dt.UTC),
-        "ds_end": as_of(ds),
+        "ds_start": day_start(ds, zone),
+        "ds_end": as_of(ds, zone),
         "now": now or dt.datetime.now(dt.UTC),
     }
 

@@ -44,6 +44,8 @@ def check_volume(lake: Lake, table: str, ds: dt.date, n_rows: int, rule) -> Chec
             "window_days": rule.window_days,
             "mad_k": rule.mad_k,
             "min_relative_change": rule.min_relative_change,
+            "collapse_drop": rule.collapse_drop,
+            "collapse_severity": rule.collapse_severity,
         },
     )
     if len(counts) < rule.min_history:
