@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from pathlib import Path
+
 import pytest
 
+from pipelines.flows.daily_plan import skipped_families
+from pipelines.settings import PROJECT_ROOT, Settings, get_settings
 from tests.airflow_support import AirflowWorld, make_world
+from tests.test_daily_data_allows import BEHAVIOUR, DAYS, land
 
 # Airflow configures itself once per process: these run in their own pytest process (see Makefile).
 pytestmark = pytest.mark.airflow
@@ -59,6 +65,16 @@ def test_training_chain_has_gate_approval_and_promotion(dagbag) -> None:
     assert [u["id"] for u in approval.assigned_users] == ["alice", "bob"]
 
 
+def test_training_checks_first_and_follows_the_daily_features(dagbag) -> None:
+    """issue 10 item 11: a training DAG runs after the daily features it reads (their Asset), not on a cron, and
+    its first task is the readiness check."""
+    dag = dagbag.get_dag("train_purchase_intent")
+    assert dag.get_task("check").upstream_task_ids == set()
+    assert "training_set" in dag.get_task("check").downstream_task_ids
+    assert type(dag.timetable).__name__ == "AssetTriggeredTimetable"
+    assert "storefront://features/user_behavior" in repr(dag.timetable.asset_condition)
+
+
 def test_a_malformed_spec_fails_at_dag_parse_time_naming_file_and_key(
     world: AirflowWorld, monkeypatch: pytest.MonkeyPatch, tmp_path
 ) -> None:
@@ -79,3 +95,112 @@ def test_a_malformed_spec_fails_at_dag_parse_time_naming_file_and_key(
     assert f"{bad}: key 'objective': Input should be 'binary' or 'lambdarank'" in errors
     # Feature production for the other models goes on.
     assert "daily_features" in bag.dag_ids
+
+
+def test_daily_features_processes_complete_days(dagbag) -> None:
+    """issue 10 item 11: logical date D is the data interval [D, D+1), so the scheduler starts it after D ended."""
+    from airflow.serialization.encoders import coerce_to_core_timetable
+    from airflow.timetables.base import TimeRestriction
+
+    dag = dagbag.get_dag("daily_features")
+    day = dt.datetime(2026, 12, 6, tzinfo=dt.UTC)
+    timetable = coerce_to_core_timetable(dag.timetable)
+    info = timetable.next_dagrun_info(
+        last_automated_data_interval=None, restriction=TimeRestriction(earliest=day, latest=None, catchup=True)
+    )
+    assert info.logical_date == day
+    assert (info.data_interval.start, info.data_interval.end) == (day, day + dt.timedelta(days=1))
+    assert info.run_after == day + dt.timedelta(days=1)
+    # Materialize runs after skipped families (and fails itself when none ran).
+    assert dag.get_task("materialize").trigger_rule == "none_failed"
+
+
+@pytest.fixture
+def ingested_env(world: AirflowWorld, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """The test world's Airflow with an ingested lake and the shipped specs (three feature families)."""
+    settings = get_settings(home=tmp_path / ".storefront", data_source="ingested", num_threads=1)
+    for key, value in world.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("STOREFRONT_START_DATE", raising=False)
+    monkeypatch.setenv("STOREFRONT_DATA_SOURCE", "ingested")
+    monkeypatch.setenv("STOREFRONT_MODELS_DIR", str(PROJECT_ROOT / "models"))
+    for name in ("lake_uri", "feast_registry", "feast_online_path"):
+        monkeypatch.setenv(f"STOREFRONT_{name.upper()}", str(getattr(settings, name)))
+    return settings
+
+
+def _daily_dag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
+    assert bag.import_errors == {}
+    return bag.get_dag("daily_features")
+
+
+def _states(run) -> dict[str, str]:
+    return {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+
+
+def test_an_ingested_dag_schedules_the_landed_span(ingested_env: Settings) -> None:
+    """issue 10 item 1: the start date follows the data, so a backfill over the landed days runs every day."""
+    land(ingested_env, BEHAVIOUR)
+    dag = _daily_dag()
+    assert (dag.start_date.date(), dag.end_date.date()) == (DAYS[0], DAYS[1])
+    assert [t.start_date.date() for t in dag.tasks] == [DAYS[0]] * len(dag.tasks)
+
+
+def test_a_behaviour_only_day_skips_order_features_and_publishes_its_assets(ingested_env: Settings) -> None:
+    """issue 10 item 2: the run succeeds with order_risk skipped (reason in the lake); the family tasks' asset
+    events carry the day, for the training DAGs scheduled on them."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    from pipelines.orchestration.runs import logical_datetime
+
+    lake = land(ingested_env, BEHAVIOUR)
+    run = _daily_dag().test(logical_date=logical_datetime(DAYS[1]))
+
+    states = _states(run)
+    assert states["features_order_risk"] == "skipped"
+    assert states["features_user_behavior"] == states["features_ranking"] == states["materialize"] == "success"
+    assert str(run.state) == "success"
+    assert "no orders partition for 2025-03-02" in skipped_families(lake, DAYS[1])["order_risk"]
+    with create_session() as session:
+        extras = {
+            uri: extra
+            for uri, extra in session.query(AssetModel.uri, AssetEvent.extra)
+            .join(AssetEvent, AssetEvent.asset_id == AssetModel.id)
+            .filter(AssetEvent.source_run_id == run.run_id)
+        }
+    assert extras == {
+        "storefront://features/user_behavior": {"ds": "2025-03-02"},
+        "storefront://features/ranking": {"ds": "2025-03-02"},
+    }
+
+
+def test_a_day_without_data_fails_the_run(ingested_env: Settings) -> None:
+    """issue 10 items 1 and 2: a day outside the landed span is a failed run, never an empty success."""
+    from pipelines.orchestration.runs import logical_datetime
+
+    land(ingested_env, BEHAVIOUR)
+    day = DAYS[0] - dt.timedelta(days=1)
+    land(ingested_env, ("order_labels",), days=[day])  # widens the span; holds nothing a family reads
+    run = _daily_dag().test(logical_date=logical_datetime(day))
+    states = _states(run)
+    assert str(run.state) == "failed"
+    assert states["materialize"] == "failed"
+    assert {states[f"features_{f}"] for f in ("user_behavior", "order_risk", "ranking")} == {"skipped"}
+
+
+def test_running_today_is_refused(world: AirflowWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    """issue 10 item 11: `mlctl run daily_features --date <today>` fails at extract; nothing is landed."""
+    from pipelines.lake import Lake
+    from pipelines.orchestration.runs import logical_datetime
+
+    for key, value in world.env.items():
+        monkeypatch.setenv(key, value)
+    today = dt.datetime.now(dt.UTC).date()
+    run = _daily_dag().test(logical_date=logical_datetime(today))
+    states = _states(run)
+    assert str(run.state) == "failed" and states["extract"] == "failed"
+    assert not Lake(world.settings).exists("events", today)
