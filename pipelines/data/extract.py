@@ -10,6 +10,12 @@ import pandas as pd
 from pipelines.data import orders, schemas, simulator
 from pipelines.data.simulator import SimulationConfig
 from pipelines.lake import Lake
+from pipelines.settings import Settings
+
+
+def simulation_config(settings: Settings) -> SimulationConfig:
+    """The simulated world of ``settings`` (seed, users, first day)."""
+    return SimulationConfig(seed=settings.sim_seed, n_users=settings.sim_users, start=settings.start_date)
 
 
 def day_tables(config: SimulationConfig, ds: dt.date) -> dict[str, pd.DataFrame]:

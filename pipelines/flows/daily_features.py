@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from pipelines.data.extract import extract_day
+from pipelines.data.extract import extract_day, simulation_config
 from pipelines.data.landed import day_timezone
-from pipelines.data.simulator import SimulationConfig
 from pipelines.flows.daily_plan import (
     FamilySkipped,
     NothingToProcess,
@@ -38,10 +37,6 @@ __all__ = [
     "materialize",
     "validate",
 ]
-
-
-def simulation_config(settings: Settings) -> SimulationConfig:
-    return SimulationConfig(seed=settings.sim_seed, n_users=settings.sim_users, start=settings.start_date)
 
 
 class MissingIngestedDay(FileNotFoundError):

@@ -162,7 +162,7 @@ def build_frame(
 def oracle_scores(settings: Settings, lake: Lake, spec: ModelSpec, frame: pd.DataFrame) -> np.ndarray | None:
     """The simulator's expected NDCG gain E[2^relevance - 1] of each row (None when the data is not simulated or
     the spec's gains are not the simulated cart/purchase events)."""
-    from pipelines.flows.daily_features import simulation_config
+    from pipelines.data.extract import simulation_config
     from pipelines.training.ranking_truth import SUPPORTED_EVENTS, expected_gain
 
     if settings.data_source != "simulator" or frame.empty or not set(spec.label.gains) <= set(SUPPORTED_EVENTS):
