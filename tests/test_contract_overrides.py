@@ -104,7 +104,8 @@ def test_a_feature_tables_drop_after_a_burst_is_a_warning_and_tunable(settings: 
     assert not judged.success and judged.severity == "warning", "a feature table's collapse is not critical"
     assert "collapse: 21 rows against a median of 230" in judged.note
 
-    lake.write_json(OVERRIDES_KEY, {FEATURE_TABLE: {"volume": {"collapse_drop": 0.95, "min_relative_change": 0.95}}})
+    # What docs/data.md shows in a mapping's contracts: (ingest writes it under the suite's name).
+    lake.write_json(OVERRIDES_KEY, {FEATURE_SUITE: {"volume": {"collapse_drop": 0.95, "min_relative_change": 0.95}}})
     tuned = load_contract(settings.expectations_dir, FEATURE_SUITE, load_contract_overrides(lake), FEATURE_TABLE)
     judged = check_volume(lake, FEATURE_TABLE, day, 21, tuned.volume)
     assert judged.success and judged.expected["collapse_drop"] == 0.95
