@@ -39,20 +39,27 @@ def derive_users_and_follows(lake: Lake, days: list[dt.date], source_table: str 
     # Source days without a snapshot (landed without --derive-users) are derived too, or their users go missing.
     first = min([*days, *(d for d in present if d not in snapshots)])
     earlier = [d for d in snapshots if d < first]
-    users = lake.read("users", max(earlier)) if earlier else _users(pd.DataFrame(columns=schemas.USERS.names))
+    users = _users(lake.read("users", max(earlier)) if earlier else pd.DataFrame(columns=schemas.USERS.names))
     # Gap days after the base snapshot are filled, unless the base predates this source (another source's users,
     # carried along but not written for days this source never covered).
     start = max(earlier) + dt.timedelta(days=1) if earlier and present and max(earlier) >= present[0] else first
     last = max([*days, *present])
-    written: dict[dt.date, int] = {}
+    # Each user once, with the day first seen (the base snapshot's users before all): a day's snapshot is then
+    # one filter, instead of a growing frame concatenated day after day.
+    found = [users.assign(first_day=start - dt.timedelta(days=1))]
     have = set(present)
     for day in date_range(start, last):
         if day in have:
             seen = _seen(lake.read(source_table, day, columns=SOURCE_COLUMNS[source_table]), source_table)
-            users = _users(pd.concat([users, seen[~seen["user_id"].isin(users["user_id"])]], ignore_index=True))
-        lake.write("users", day, users.sort_values("user_id", ignore_index=True), schema=schemas.USERS)
+            found.append(_users(seen).assign(first_day=day))
+    everyone = pd.concat(found, ignore_index=True).drop_duplicates("user_id", keep="first")
+    everyone = everyone.sort_values("user_id", ignore_index=True)
+    written: dict[dt.date, int] = {}
+    for day in date_range(start, last):
+        snapshot = everyone[everyone["first_day"] <= day].drop(columns="first_day").reset_index(drop=True)
+        lake.write("users", day, snapshot, schema=schemas.USERS)
         lake.write("follows", day, _no_follows(), schema=schemas.FOLLOWS)
-        written[day] = len(users)
+        written[day] = len(snapshot)
     return written
 
 
