@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from pipelines.data import schemas
@@ -111,3 +112,22 @@ def test_an_unknown_day_zone_is_refused(settings: Settings, tmp_path: Path) -> N
 
     with pytest.raises(MappingError, match="key 'day_timezone'.*IANA"):
         ingest(settings, log, mapping, "events")
+
+
+def test_user_features_of_a_local_day_are_stamped_at_its_local_end(
+    settings: Settings, lake: Lake, tmp_path: Path
+) -> None:
+    """issue 10 item 9b: features of day D are as of the end of D in the source's zone (16:00 UTC in Shanghai),
+    so a point-in-time join never hands them to a request made during the rest of the UTC day."""
+    from pipelines.features.user_features import TIMESTAMP_COLUMN, build_user_features, write_user_features
+
+    log, mapping = _files(tmp_path)
+    ingest(settings, log, mapping, "events", derive_users=True)
+
+    features = build_user_features(lake, NOV26)
+
+    assert set(features[TIMESTAMP_COLUMN]) == {pd.Timestamp("2017-11-26 16:00", tz="UTC")}
+    by_user = features.set_index("user_id")
+    assert by_user.loc[1, "views_1d"] == 1 and by_user.loc[2, "purchases_1d"] == 0
+    write_user_features(lake, NOV26, features)
+    assert lake.exists("features/user_behavior", NOV26)

@@ -233,9 +233,12 @@ def summary_lines(report: IngestReport) -> list[str]:
             f"labels arrive {delay['median']:g} days after purchase (median; longest {delay['max']:g}): "
             "a spec's label.delay_days must cover it"
         )
-    for name, row in (report.span.get("tables") or {}).items():
-        if name in report.days or (report.derived_users and name in DERIVED_TABLES):
-            lines.append(f"lake now holds {name} {row['first']} .. {row['last']} ({row['days']:,} days)")
+    held = [
+        f"{name} {row['first']} .. {row['last']} ({row['days']:,} {_days(row['days'])})"
+        for name, row in (report.span.get("tables") or {}).items()
+    ]
+    if held:
+        lines.append(f"the lake now holds (ingest/span.json): {'; '.join(held)}")
     return lines
 
 
