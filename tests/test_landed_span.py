@@ -132,6 +132,13 @@ def test_a_mapping_sets_contract_thresholds_per_table_merged_in_the_lake(
             "events": {"drift": {"columns": [{"column": "price", "threshold": 0.5}]}},
         }
     )
+    # The validation reads them over the suites' values.
+    from pipelines.validation.contracts import load_contract, load_contract_overrides
+
+    tuned = load_contract(settings.expectations_dir, "user_features", load_contract_overrides(lake))
+    assert tuned.volume is not None and (tuned.volume.collapse_drop, tuned.volume.min_history) == (0.97, 10)
+    drift = load_contract(settings.expectations_dir, "events", load_contract_overrides(lake)).drift
+    assert drift is not None and {c.column: c.threshold for c in drift.columns}["price"] == 0.5
 
 
 @pytest.mark.parametrize(
@@ -144,6 +151,10 @@ def test_a_mapping_sets_contract_thresholds_per_table_merged_in_the_lake(
         ("  events:\n    volumes: {mad_k: 8}\n", ["contracts.events.volumes", "volume or drift"]),
         ("  follows:\n    drift: {bins: 5}\n", ["contracts.follows.drift", "declares no drift"]),
         ("  events:\n    drift: {columns: [{column: brand}]}\n", ["contracts.events.drift.columns.0", "price"]),
+        (
+            "  events:\n    drift: {columns: [{column: price, kind: categorical}]}\n",
+            ["contracts.events.drift.columns.0.kind", "method, threshold, severity"],
+        ),
     ],
 )
 def test_unknown_contract_keys_are_refused_naming_the_key(

@@ -87,6 +87,8 @@ def _check_drift_columns(path: Path, where: str, value: Any, declared: list[dict
                 f"key '{here}': expected {{column: NAME, ...}} naming a drift column of the suite",
                 f"the drift columns are {', '.join(by_name) or 'none'}",
             )
+        # A column's kind is what it is, not a threshold: only how it is judged can be tuned.
+        tunable = {k: v for k, v in by_name[entry["column"]].items() if k not in ("column", "kind")}
         for key, item in entry.items():
             if key != "column":
-                _check_value(path, f"{here}.{key}", item, by_name[entry["column"]])
+                _check_value(path, f"{here}.{key}", item, tunable)
