@@ -10,7 +10,15 @@ import pyarrow.fs as pafs
 from pipelines.lake import Lake, as_date
 from pipelines.validation.daily import DAILY_TABLES
 
-FEATURE_TABLES = ("features/user_behavior",)
+# Every feature table whose family validates it before publishing (pipelines/features/*): a warning there (e.g. a
+# volume collapse after a burst, a warning since it is derived) shows in `mlctl status` like a raw table's.
+FEATURE_TABLES = (
+    "features/user_behavior",
+    "features/order_risk",
+    "features/product_stats",
+    "features/user_category",
+    "features/user_product",
+)
 
 
 def validation_summary(lake: Lake, days: int = 7, tables: tuple[str, ...] | None = None) -> dict[str, Any]:
