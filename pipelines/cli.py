@@ -43,7 +43,7 @@ def _print_outcomes(settings: Settings, title: str, outcomes: list) -> int:
         )
         for o in outcomes
     ]
-    rows = [(s.logical_date, s.state) for s in summaries]
+    rows = [(s.logical_date, s.verdict) for s in summaries]
     lines = [
         "already done (--rerun runs it again)" if o.skipped else s.line
         for s, o in zip(summaries, outcomes, strict=True)

@@ -28,7 +28,7 @@ def runs_table(title: str, rows: list[tuple[str, str]], outcomes: list[str] | No
     if outcomes is not None:
         table.add_column("outcome")
     for i, (day, state) in enumerate(rows):
-        colour = {"success": "green", "failed": "red"}.get(state.split(" ")[0], "yellow")
+        colour = {"success": "green", "failed": "red", "rejected": "red"}.get(state, "yellow")
         cells = [day, f"[{colour}]{state}[/{colour}]"]
         if outcomes is not None:
             cells.append(escape(outcomes[i]))  # error messages hold [brackets] that are not markup

@@ -10,6 +10,7 @@ import datetime as dt
 import hashlib
 import json
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -46,10 +47,13 @@ def _digest(lake: Lake, table: str, day: dt.date) -> str:
     return hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).values.tobytes()).hexdigest()
 
 
-def _train(world: AirflowWorld, model: str, day: dt.date, answer: str | None, reviewer: str = "alice") -> str | None:
+def _train(
+    world: AirflowWorld, model: str, day: dt.date, answer: str | None, reviewer: str = "alice", expect: int = 0
+) -> str | None:
     """Run a training DAG; answer its approval request (if one comes) through `mlctl approve|reject`.
 
-    Returns the version the request was about (None when no approval was requested).
+    Returns the version the request was about (None when no approval was requested). ``expect``: the exit code
+    of `mlctl run` (2 when the gate rejects).
     """
     log = world.settings.home / f"train_{model}_{day}.log"
     proc = world.popen_mlctl("run", f"train_{model}", "--date", str(day), log=log)
@@ -65,7 +69,7 @@ def _train(world: AirflowWorld, model: str, day: dt.date, answer: str | None, re
             assert result.returncode == 0, result.stdout + result.stderr
             break
         time.sleep(1)
-    assert proc.wait(timeout=600) == 0, log.read_text()[-5000:]
+    assert proc.wait(timeout=600) == expect, log.read_text()[-5000:]
     if answer is not None:
         assert pending, f"no approval was requested; log:\n{log.read_text()[-5000:]}"
     return version
@@ -111,9 +115,44 @@ def test_failing_validation_quarantines_and_stops_the_chain(airflow_env: Airflow
     assert "teleport" in json.dumps(report)
 
 
-def test_gate_failure_never_moves_the_alias(world: AirflowWorld) -> None:
-    _train(world, "purchase_intent_strict", END, answer=None)
+def test_gate_failure_never_moves_the_alias(world: AirflowWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    """issue 10 item 4: `mlctl run` prints the gate's verdict with the failed checks and exits 2."""
+    monkeypatch.setenv("COLUMNS", "400")
+    _train(world, "purchase_intent_strict", END, answer=None, expect=2)
     assert get_champion(world.settings, "purchase_intent_strict") is None
+    printed = (world.settings.home / f"train_purchase_intent_strict_{END}.log").read_text()
+    assert "gate rejected version 1: roc_auc" in printed and "is below the floor 0.999" in printed
+    assert "Traceback" not in printed and "logs/train_purchase_intent_strict.log" in printed
+
+
+def test_training_on_a_short_history_is_skipped_with_the_reason(
+    world: AirflowWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """issue 10 items 3 and 11: the training DAG's first task checks the history and skips the run, saying why."""
+    monkeypatch.setenv("COLUMNS", "400")
+    result = world.mlctl("run", "train_purchase_intent_strict", "--date", str(START + dt.timedelta(days=3)))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "skipped: purchase_intent_strict cannot train for" in result.stdout
+    assert "Backfill more days" in result.stdout or "windows" in result.stdout
+
+
+def test_a_failed_task_prints_its_error_and_the_log_path(world: AirflowWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    """issue 10 item 4: a failed run names the failing task and its error line, prints the log path, exits 1."""
+    monkeypatch.setenv("COLUMNS", "400")
+    lake = Lake(world.settings)
+    day = START + dt.timedelta(days=2)
+    partition = Path(lake.partition_uri("features/user_behavior", day))
+    kept = partition.read_bytes()
+    try:
+        partition.write_bytes(b"not parquet")
+        result = world.mlctl("run", "train_purchase_intent_strict", "--date", str(END))
+    finally:
+        partition.write_bytes(kept)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "task training_set failed:" in result.stdout
+    assert "Parquet" in result.stdout or "parquet" in result.stdout
+    assert "Traceback" not in result.stdout and "[DAG TEST]" not in result.stdout
+    assert "log: " in result.stdout and "logs/train_purchase_intent_strict.log" in result.stdout
 
 
 def test_approved_candidate_becomes_champion_and_is_served(airflow_env: AirflowWorld) -> None:

@@ -96,7 +96,7 @@ def test_a_rejected_gate_prints_the_failed_checks_and_exits_2(lake: Lake) -> Non
         failed_checks=["pr_auc 0.0812 is below the floor 0.2"],
     )
     summary = _summary(lake)
-    assert summary.exit_code == EXIT_REJECTED
+    assert summary.exit_code == EXIT_REJECTED and summary.verdict == "rejected"
     assert summary.line == "gate rejected version 3: pr_auc 0.0812 is below the floor 0.2"
 
 

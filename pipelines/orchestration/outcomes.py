@@ -46,6 +46,11 @@ class RunSummary:
     exit_code: int
     failed_task: str | None = None
     error: str | None = None
+    verdict: str = ""  # what the CLI shows as the run's state: Airflow's, or rejected / skipped / waiting
+
+    def __post_init__(self) -> None:
+        if not self.verdict:
+            object.__setattr__(self, "verdict", self.state)
 
 
 def training_outcome_key(model: str, day: str | dt.date) -> str:
@@ -189,10 +194,11 @@ def summarize_run(
         return RunSummary(dag_id, logical_date, state, text, EXIT_FAILED, task.task_id if task else None, error)
     if dag_id.startswith(TRAINING_PREFIX):
         model = dag_id.removeprefix(TRAINING_PREFIX)
-        line, code = describe_training(model, lake.read_json(training_outcome_key(model, logical_date)))
-        if state not in {"success", "failed"} and code == EXIT_OK and "waiting for approval" not in line:
-            line = f"{state}: {line}"
-        return RunSummary(dag_id, logical_date, state, line, code)
+        outcome = lake.read_json(training_outcome_key(model, logical_date)) or {}
+        line, code = describe_training(model, outcome)
+        kind = outcome.get("outcome")
+        verdict = {"rejected": "rejected", "skipped": "skipped", "passed": "waiting for approval"}.get(kind, state)
+        return RunSummary(dag_id, logical_date, state, line, code, verdict=verdict)
     if dag_id == "daily_features":
         skipped = skipped_families(lake, as_date(logical_date))
         return RunSummary(dag_id, logical_date, state, describe_daily(skipped, tasks), EXIT_OK)
