@@ -296,7 +296,9 @@ def validate_specs() -> None:
 
 @app.command()
 def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False) -> None:
-    """Champions with their metrics and approval records, and the last runs of every DAG."""
+    """Per model: champion, main metric against the best achievable and the baseline, approval, what is waiting;
+    the last runs of every DAG (with skipped families); data contracts. --json keeps every logged metric."""
+    from pipelines.console import dag_runs_table, model_table
     from pipelines.status import collect_status
 
     report = collect_status(_settings())
@@ -304,16 +306,12 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
         typer.echo(json.dumps(report, indent=2, default=str))
         return
     for name, model in report["models"].items():
-        champ = model.get("champion")
-        if not champ:
-            console.print(f"[bold]{name}[/bold]: no champion yet")
-            continue
-        approval = champ.get("approval") or {}
-        metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(champ.get("metrics", {}).items()))
-        console.print(f"[bold]{name}[/bold]: champion v{champ['version']} ({metrics})")
-        console.print(f"  approved by {approval.get('by')} at {approval.get('at')}: {approval.get('comment')!r}")
-    for dag_id, dag_runs in report["dags"].items():
-        console.print(runs_table(dag_id, [(r["logical_date"], r["state"]) for r in dag_runs]))
+        console.print(model_table(name, model["summary"]))
+    if report.get("airflow_error"):
+        console.print("[red]Airflow unreachable:[/red] ", end="")
+        console.print(report["airflow_error"], markup=False, highlight=False)
+    else:
+        console.print(dag_runs_table(report["dags"]))
     if report.get("validation"):
         console.print(validation_table(report["validation"]))
     elif report.get("validation_error"):

@@ -71,3 +71,47 @@ def readiness_table(result: Readiness) -> Table:
         mark = "[green]ok[/green]" if need.ok else "[red]no[/red]"
         table.add_row(need.what, need.needed, need.found, mark, need.hint)
     return table
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def model_table(name: str, summary: dict) -> Table:
+    """`mlctl status`: one model's champion, its main metric against the best achievable and the baseline, its
+    approval record and what is waiting."""
+    table = Table(title=name, show_header=False, title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    champ = summary.get("champion")
+    metric = summary.get("main_metric", "")
+    if champ:
+        table.add_row("champion", f"version {champ['version']}")
+        against = [f"best achievable {_number(champ['best_achievable'])}" if champ.get("best_achievable") else ""]
+        against.append(f"baseline {_number(champ['baseline'])}" if champ.get("baseline") is not None else "")
+        context = ", ".join(a for a in against if a)
+        table.add_row(metric, _number(champ.get("value")) + (f" ({context})" if context else ""))
+        approved = f"{champ.get('approved_by') or '?'} at {champ.get('approved_at') or '?'}"
+        table.add_row("approved by", approved + (f": {champ['comment']!r}" if champ.get("comment") else ""))
+    else:
+        table.add_row("champion", "[yellow]none[/yellow]")
+    waiting = summary.get("waiting")
+    table.add_row("waiting", escape(waiting) if waiting else "nothing")
+    return table
+
+
+def dag_runs_table(dags: dict[str, list[dict]]) -> Table:
+    """`mlctl status`: the last runs of each DAG on one line, with the feature families a daily run skipped."""
+    table = Table(title="last runs (newest first)")
+    for column in ("DAG", "runs", "skipped families"):
+        table.add_column(column)
+    for dag_id, runs in dags.items():
+        cells = []
+        for r in runs:
+            colour = {"success": "green", "failed": "red"}.get(r["state"], "yellow")
+            cells.append(f"{r['logical_date'] or '(asset)'} [{colour}]{r['state']}[/{colour}]")
+        skipped = sorted(
+            {f"{family} ({r['logical_date']}: {why})" for r in runs for family, why in (r.get("skipped") or {}).items()}
+        )
+        table.add_row(dag_id, ", ".join(cells) or "no runs yet", escape("; ".join(skipped)))
+    return table

@@ -1,15 +1,18 @@
-"""What `mlctl status` reports: per model the champion, its metrics and approval record; per DAG its last runs;
-per table the validation outcome of the latest days and the partitions in quarantine."""
+"""What `mlctl status` reports: per model the champion, its main metric against the best achievable and the
+baseline, its approval record and what is waiting (a candidate to approve, a rejected one, no champion); per DAG
+its last runs (daily runs with the families they skipped); per table the validation outcome of the latest days
+and the partitions in quarantine. ``--json`` keeps everything, the terminal gets the summary."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pipelines.lake import Lake
+from pipelines.flows.daily_plan import skipped_families
+from pipelines.lake import Lake, as_date
 from pipelines.orchestration.airflow_client import AirflowAPIError, AirflowClient
-from pipelines.registry.registry import get_champion
+from pipelines.registry.registry import ModelVersionInfo, get_champion, list_versions
 from pipelines.settings import Settings
-from pipelines.specs import load_specs
+from pipelines.specs import ModelSpec, load_specs
 from pipelines.validation.summary import validation_summary
 
 DAILY_DAGS = ("daily_features",)
@@ -19,10 +22,15 @@ def collect_status(settings: Settings, runs_per_dag: int = 5, validation_days: i
     """Champions, last DAG runs, and the validation outcome of the latest days per table (``validation``:
     see :func:`pipelines.validation.summary.validation_summary`)."""
     specs = load_specs(settings.models_dir)
+    lake = Lake(settings)
     models: dict[str, Any] = {}
-    for name in specs:
+    for name, spec in specs.items():
         champion = get_champion(settings, name)
-        models[name] = {"champion": champion.to_dict() if champion else None}
+        versions = list_versions(settings, name)
+        models[name] = {
+            "champion": champion.to_dict() if champion else None,
+            "summary": model_summary(spec, champion, versions[-1] if versions else None),
+        }
     dags: dict[str, list[dict]] = {}
     try:
         client = AirflowClient(settings)
@@ -38,6 +46,7 @@ def collect_status(settings: Settings, runs_per_dag: int = 5, validation_days: i
                     "state": r["state"],
                     "start_date": r.get("start_date"),
                     "end_date": r.get("end_date"),
+                    "skipped": _skipped(lake, dag_id, (r.get("logical_date") or "")[:10]),
                 }
                 for r in found
             ]
@@ -46,7 +55,7 @@ def collect_status(settings: Settings, runs_per_dag: int = 5, validation_days: i
         airflow_error = str(exc)
     validation, validation_error = None, None
     try:
-        validation = validation_summary(Lake(settings), days=validation_days)
+        validation = validation_summary(lake, days=validation_days)
     except OSError as exc:  # the lake (S3 on the stack profile) unreachable: say so, report the rest
         validation_error = str(exc)
     return {
@@ -57,3 +66,57 @@ def collect_status(settings: Settings, runs_per_dag: int = 5, validation_days: i
         "validation": validation,
         "validation_error": validation_error,
     }
+
+
+def _skipped(lake: Lake, dag_id: str, day: str) -> dict[str, str]:
+    """The families a daily run skipped, with the reason ({} for other DAGs or when none was)."""
+    if dag_id not in DAILY_DAGS or not day:
+        return {}
+    try:
+        return skipped_families(lake, as_date(day))
+    except OSError:
+        return {}
+
+
+def _metric(info: ModelVersionInfo, scorer: str, metric: str) -> float | None:
+    """A version's evaluation metric (``eval_<scorer>_<metric>``, logged by the evaluation step)."""
+    return info.metrics.get(f"eval_{scorer}_{metric}")
+
+
+def model_summary(spec: ModelSpec, champion: ModelVersionInfo | None, latest: ModelVersionInfo | None) -> dict:
+    """What a person wants to know about one model: its champion, how good it is, and what waits for someone."""
+    main = spec.main_metric
+    summary: dict[str, Any] = {"main_metric": main, "champion": None, "waiting": ""}
+    if champion is not None:
+        approval = champion.approval or {}
+        summary["champion"] = {
+            "version": champion.version,
+            "value": _metric(champion, "candidate", main),
+            "best_achievable": _metric(champion, "bayes_optimal", main),
+            "baseline": _metric(champion, "baseline", main),
+            "approved_by": approval.get("by"),
+            "approved_at": approval.get("at"),
+            "comment": approval.get("comment"),
+        }
+    if latest is not None and (champion is None or int(latest.version) > int(champion.version)):
+        gate = latest.tags.get("gate.status")
+        approval = latest.approval or {}
+        if approval.get("status") == "rejected":
+            who = approval.get("by") or "a reviewer"
+            summary["waiting"] = f"candidate v{latest.version} rejected by {who}: {approval.get('comment') or ''}"
+        elif gate == "failed":
+            summary["waiting"] = (
+                f"candidate v{latest.version} rejected by the gate: {latest.tags.get('gate.summary', '')}"
+            )
+        elif gate == "passed":
+            summary["waiting"] = (
+                f"candidate v{latest.version} waits for approval: "
+                f"mlctl approve {spec.name} {latest.version} --as REVIEWER --comment '...'"
+            )
+        else:
+            summary["waiting"] = f"candidate v{latest.version} not gated yet (its training run did not finish)"
+    if champion is None and not summary["waiting"]:
+        summary["waiting"] = f"no champion yet: train it with `mlctl run train_{spec.name} --date YYYY-MM-DD`"
+    elif champion is None:
+        summary["waiting"] = f"no champion yet; {summary['waiting']}"
+    return summary
