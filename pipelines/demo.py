@@ -89,7 +89,7 @@ def _train_and_approve(settings: Settings, spec: ModelSpec, end: dt.date, consol
         client = AirflowClient(settings)
         request = _wait_for_approval_request(client, spec, training, console)
         if request is None:
-            ok = training.wait() == 0
+            ok = training.wait() in (0, 2)  # 2: the gate rejected the candidate (`mlctl run --help`)
             console.print(
                 "No approval was requested: the gate stopped the candidate or it is already the champion "
                 f"(see `mlctl status` and {logfile})."

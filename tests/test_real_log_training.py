@@ -74,7 +74,7 @@ def test_a_mapped_log_of_several_weeks_trains_and_evaluates(mlflow_settings: Set
     model, baseline = (evaluation["overall"][s]["roc_auc"]["value"] for s in ("candidate", "baseline"))
     assert model > 0.65 and model > baseline, evaluation["overall"]
     assert "oracle" not in evaluation["overall"], "a real log has no Bayes-optimal truth"
-    decision = training.gate(settings, spec, trained["version"], evaluation)
+    decision = training.gate(settings, spec, str(days[-1]), trained["version"], evaluation)
     assert any(c["kind"] == "baseline" and c["passed"] for c in decision["checks"]), decision["summary"]
     page = Path(decision["report"].split()[0].removeprefix("file://"))
     html = page.read_text() if page.exists() else ""
