@@ -58,9 +58,33 @@ Prints one line with the outcome: for a training run the gate verdict (promoted,
 command that answers it, rejected with the failed checks, or skipped with the reason); for daily_features the
 families that ran and those skipped. Airflow's log goes to a file whose path is printed.
 
-Exit codes: 0 the run succeeded (or was skipped, or waits for approval); 1 the run failed (the failing task and its
+A training run whose gate passed waits for a reviewer: the command that answers is printed and the run is
+followed until the answer (Ctrl-C stops following; the run goes on in Airflow).
+
+Exit codes: 0 the run succeeded (or was skipped); 1 the run failed (the failing task and its
 error are printed); 2 the gate rejected the candidate.
 """
+
+
+def _approval_announcer(settings: Settings, client, dag_id: str, day: dt.date):
+    """On the stack: once a training run's approval task waits, print the verdict and the command that answers
+    it (the run is followed on until the reviewer answers; Ctrl-C stops following, not the run)."""
+    from pipelines.lake import Lake
+    from pipelines.orchestration import runs
+    from pipelines.orchestration.outcomes import TRAINING_PREFIX, describe_training, training_outcome_key
+
+    announced: list[str] = []
+
+    def check(run: dict) -> None:
+        if announced or not dag_id.startswith(TRAINING_PREFIX) or run["state"] in runs.FINISHED:
+            return
+        if runs.waiting_for_review(client, dag_id, run["dag_run_id"]):
+            model = dag_id.removeprefix(TRAINING_PREFIX)
+            line, _ = describe_training(model, Lake(settings).read_json(training_outcome_key(model, day)))
+            announced.append(line)
+            console.print(f"{dag_id} {day}: {line}", markup=False, highlight=False)
+
+    return check
 
 
 @app.command(help=RUN_HELP)
@@ -77,23 +101,25 @@ def run(
 
         try:
             client = AirflowClient(settings)
-            training = dag_id.startswith("train_")
+            waiting = _approval_announcer(settings, client, dag_id, day)
             with console.status(f"{dag_id} {day}: triggered, waiting for the scheduler") as spinner:
-                outcome = runs.trigger_and_follow(
-                    client,
-                    dag_id,
-                    day,
-                    on_poll=lambda r: spinner.update(f"{dag_id} {day}: {r['state']} ({r['dag_run_id']})"),
-                    stop_when=(lambda r: runs.waiting_for_review(client, dag_id, r["dag_run_id"]))
-                    if training
-                    else None,
-                )
+
+                def on_poll(r: dict) -> None:
+                    spinner.update(f"{dag_id} {day}: {r['state']} ({r['dag_run_id']})")
+                    waiting(r)
+
+                outcome = runs.trigger_and_follow(client, dag_id, day, on_poll=on_poll)
             outcome = runs.stack_task_details(client, outcome, settings.home / "logs")
         except AirflowAPIError as exc:
             _fail(str(exc))
+        except KeyboardInterrupt:
+            console.print(f"stopped following {dag_id} {day}; the run goes on in Airflow (`mlctl status`)")
+            raise typer.Exit(code=130) from None
     else:
         logfile = settings.home / "logs" / f"{dag_id}.log"
         console.print(f"running {dag_id} for {day} in-process (local profile); Airflow's log: {logfile}")
+        if dag_id.startswith("train_"):
+            console.print("if the gate passes, the run waits for a reviewer: `mlctl approvals` shows the request")
         with console.status(f"{dag_id} {day}: running"):
             outcome = runs.run_in_process(settings, dag_id, [day], logfile=logfile)[0]
     raise typer.Exit(code=_print_outcomes(settings, dag_id, [outcome]))

@@ -198,13 +198,11 @@ def trigger_and_follow(
     day: dt.date,
     poll_seconds: float = 2.0,
     on_poll: Callable[[dict], None] | None = None,
-    stop_when: Callable[[dict], bool] | None = None,
 ) -> RunOutcome:
     """Trigger one run through the REST API and wait until it finishes (stack profile).
 
     When the date already has a run (scheduled, backfilled or triggered before), that run is cleared and runs
-    again, as on the local profile: one run per logical date, never a duplicate. ``stop_when(run)`` ends the
-    wait early (e.g. when a training run waits for a reviewer); the outcome then has the run's current state.
+    again, as on the local profile: one run per logical date, never a duplicate.
     """
     logical = logical_datetime(day).isoformat()
     try:
@@ -224,8 +222,6 @@ def trigger_and_follow(
         run = client.dag_run(dag_id, run["dag_run_id"])
         if on_poll:
             on_poll(run)
-        if stop_when is not None and run["state"] not in FINISHED and stop_when(run):
-            break
     return RunOutcome(dag_id, day.isoformat(), run["state"], run["dag_run_id"])
 
 
