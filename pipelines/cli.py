@@ -39,7 +39,13 @@ def _print_outcomes(settings: Settings, title: str, outcomes: list) -> int:
     lake = Lake(settings)
     summaries = [
         summarize_run(
-            lake, o.dag_id, o.logical_date, o.state, o.tasks, lambda t, o=o: o.errors.get(t.task_id), o.log_path
+            lake,
+            o.dag_id,
+            o.logical_date,
+            o.state,
+            None if o.skipped else o.tasks,
+            lambda t, o=o: o.errors.get(t.task_id),
+            o.log_path,
         )
         for o in outcomes
     ]

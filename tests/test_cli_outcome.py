@@ -155,3 +155,12 @@ def test_asset_triggered_runs_train_for_the_newest_day_the_events_name() -> None
     assert run_day(dt.datetime(2017, 12, 1, tzinfo=dt.UTC), extras) == dt.date(2017, 12, 1)
     with pytest.raises(NoRunDay, match="mlctl run train_MODEL --date"):
         run_day(None, [{}])
+
+
+def test_a_daily_run_in_which_no_task_ran_is_not_a_day_done(lake: Lake) -> None:
+    """issue 10 item 1: a run that processed nothing is reported as such and fails the command (exit 1)."""
+    tasks = [TaskState("extract", None), TaskState("features_user_behavior", None)]
+    summary = summarize_run(lake, "daily_features", DAY, "success", tasks, lambda t: None)
+    assert summary.exit_code == EXIT_FAILED and summary.verdict == "nothing ran"
+    already_done = summarize_run(lake, "daily_features", DAY, "success", None, lambda t: None)
+    assert already_done.exit_code == EXIT_OK

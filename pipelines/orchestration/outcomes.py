@@ -178,13 +178,19 @@ def summarize_run(
     dag_id: str,
     logical_date: str,
     state: str,
-    tasks: list[TaskState],
+    tasks: list[TaskState] | None,
     error_of: Callable[[TaskState], str | None],
     log_path: str | None = None,
 ) -> RunSummary:
-    """One run in a line: the failing task and its error, else the gate verdict (training) or the families."""
+    """One run in a line: the failing task and its error, else the gate verdict (training) or the families.
+
+    ``tasks`` None: the run's tasks are not known (a day already done); a daily run whose known tasks all did
+    nothing is reported as a failure, never as a day done.
+    """
+    tasks = list(tasks) if tasks is not None else None
+    known = tasks or []
     if state == "failed":
-        failed = [t for t in tasks if t.state == "failed"]
+        failed = [t for t in known if t.state == "failed"]
         task = failed[0] if failed else None
         error = error_of(task) if task else None
         where = f"task {task.task_id} failed" if task else "the run failed"
@@ -200,8 +206,11 @@ def summarize_run(
         verdict = {"rejected": "rejected", "skipped": "skipped", "passed": "waiting for approval"}.get(kind, state)
         return RunSummary(dag_id, logical_date, state, line, code, verdict=verdict)
     if dag_id == "daily_features":
+        if tasks is not None and state == "success" and not any(t.state == "success" for t in tasks):
+            line = "no task ran for this date: nothing was processed (is the date inside the DAG's schedule?)"
+            return RunSummary(dag_id, logical_date, state, line, EXIT_FAILED, verdict="nothing ran")
         skipped = skipped_families(lake, as_date(logical_date))
-        return RunSummary(dag_id, logical_date, state, describe_daily(skipped, tasks), EXIT_OK)
+        return RunSummary(dag_id, logical_date, state, describe_daily(skipped, known), EXIT_OK)
     return RunSummary(dag_id, logical_date, state, state, EXIT_OK if state == "success" else EXIT_FAILED)
 
 
