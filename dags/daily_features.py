@@ -11,9 +11,9 @@ from __future__ import annotations
 import datetime as dt
 
 from airflow.sdk import Asset, CronDataIntervalTimetable, dag, task
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from pipelines.flows.daily_plan import FamilySkipped, feature_families, schedule_window
+from pipelines.flows.daily_plan import NOT_RETRYABLE, FamilySkipped, feature_families, schedule_window
 from pipelines.settings import get_settings
 
 settings = get_settings()
@@ -26,6 +26,14 @@ def flow():
     from pipelines.flows import daily_features
 
     return daily_features
+
+
+def once(step, *args) -> dict:
+    """Run a step; a day that has not ended, holds no data, or feeds no family fails without retries."""
+    try:
+        return step(get_settings(), *args)
+    except NOT_RETRYABLE as exc:
+        raise AirflowFailException(str(exc)) from exc
 
 
 def feature_asset(family: str) -> Asset:
@@ -50,7 +58,7 @@ def midnight(day: dt.date) -> dt.datetime:
 def daily_features():
     @task
     def extract(ds: str | None = None) -> dict:
-        return flow().extract(get_settings(), ds)
+        return once(flow().extract, ds)
 
     @task
     def validate(ds: str | None = None) -> dict:
@@ -74,11 +82,12 @@ def daily_features():
     # Runs after skipped families too; it fails itself when every family was skipped.
     @task(trigger_rule="none_failed")
     def materialize(ds: str | None = None) -> dict:
-        return flow().materialize(get_settings(), ds)
+        return once(flow().materialize, ds)
 
     validated = validate()
     extract() >> validated
     materialized = materialize()
+    validated >> materialized
     for family in FAMILIES:
         validated >> family_task(family) >> materialized
 

@@ -14,6 +14,7 @@ from pipelines.data.extract import extract_day, simulation_config
 from pipelines.data.landed import day_timezone
 from pipelines.flows.daily_plan import (
     FamilySkipped,
+    MissingIngestedDay,
     NothingToProcess,
     ensure_day_ended,
     feature_families,
@@ -37,10 +38,6 @@ __all__ = [
     "materialize",
     "validate",
 ]
-
-
-class MissingIngestedDay(FileNotFoundError):
-    """The data source is ``ingested`` and the day holds none of the tables the families or labels read."""
 
 
 def _landed_tables(lake: Lake, day: dt.date) -> dict:

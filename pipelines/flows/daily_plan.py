@@ -37,6 +37,14 @@ class NothingToProcess(RuntimeError):
     """The day holds no data any feature family can use: the run fails rather than count as done."""
 
 
+class MissingIngestedDay(FileNotFoundError):
+    """The data source is ``ingested`` and the day holds none of the tables the families or labels read."""
+
+
+# Failures a retry cannot mend (the day is what it is): the DAG fails them at once instead of retrying.
+NOT_RETRYABLE = (DayNotEnded, NothingToProcess, MissingIngestedDay)
+
+
 def feature_families(settings: Settings) -> list[str]:
     """The feature families the parsable model specs in ``settings.models_dir`` read.
 
