@@ -71,6 +71,7 @@ class StepResult:
     command: Command
     exit_code: int | None  # None: did not finish (the part timed out while it ran)
     output: str
+    seconds: int | None  # wall-clock seconds it took (None: did not finish)
 
 
 @dataclass
@@ -80,6 +81,10 @@ class PartRun:
     output: str
     seconds: float
     timed_out: bool
+
+    def timings(self) -> str:
+        """One line per command: seconds and the command (for the test's report of where time goes)."""
+        return "\n".join(f"{s.seconds if s.seconds is not None else '?':>5} s  {s.command.text}" for s in self.steps)
 
     def output_of(self, fragment: str) -> str:
         """What the first command containing ``fragment`` printed (the page's commands are unique enough)."""
@@ -204,7 +209,7 @@ def _script(commands: list[Command]) -> str:
     for i, command in enumerate(commands):
         out.append(f"printf '\\n{_MARK} start {i}\\n'")
         out.append(command.text)
-        out.append(f"__rc=$?; printf '\\n{_MARK} end {i} %s\\n' \"$__rc\"")
+        out.append(f'__rc=$?; printf \'\\n{_MARK} end {i} %s %s\\n\' "$__rc" "$SECONDS"')
         out.append(f'[ "$__rc" -eq {command.expected_exit} ] || exit 97')
     out.append(f"printf '\\n{_MARK} done\\n'")
     return "\n".join(out) + "\n"
@@ -212,17 +217,20 @@ def _script(commands: list[Command]) -> str:
 
 def _split(output: str, commands: list[Command]) -> list[StepResult]:
     steps: list[StepResult] = []
-    pattern = re.compile(rf"^{_MARK} (start|end) (\d+)(?: (\d+))?$", re.MULTILINE)
-    current, begun = None, 0
+    pattern = re.compile(rf"^{_MARK} (start|end) (\d+)(?: (\d+) (\d+))?$", re.MULTILINE)
+    current, begun, clock = None, 0, 0
     for mark in pattern.finditer(output):
         kind, index = mark.group(1), int(mark.group(2))
         if kind == "start":
             current, begun = index, mark.end()
         elif current == index:
-            steps.append(StepResult(commands[index], int(mark.group(3)), output[begun : mark.start()].strip("\n")))
+            seconds = int(mark.group(4)) - clock
+            clock = int(mark.group(4))
+            text = output[begun : mark.start()].strip("\n")
+            steps.append(StepResult(commands[index], int(mark.group(3)), text, seconds))
             current = None
     if current is not None:
-        steps.append(StepResult(commands[current], None, output[begun:].strip("\n")))
+        steps.append(StepResult(commands[current], None, output[begun:].strip("\n"), None))
     return steps
 
 
