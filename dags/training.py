@@ -4,7 +4,8 @@ promote.
 Schedule (the spec's ``schedule``): ``features`` (default) runs after the daily features the model reads were
 refreshed (Airflow Assets; the run trains for the day the asset events name), a cron string runs on that cron,
 ``null`` only when triggered (`mlctl run train_MODEL --date D`). The first task checks the lake holds the history
-the spec needs and skips the run with the reason when it does not, so a fresh stack never fails training.
+the spec needs and skips the run with the reason when it does not, so a fresh stack never fails training; runs
+triggered only by a backfill's asset events are skipped too (train a backfilled day with `mlctl run`).
 """
 
 from __future__ import annotations
@@ -85,12 +86,12 @@ def build_training_dag(spec: ModelSpec):
         def check(dag_run=None, triggering_asset_events=None) -> dict:
             from pipelines.training.readiness import HistoryTooShort
 
-            extras = [event.extra for events in (triggering_asset_events or {}).values() for event in events]
-            day = flow().run_day(getattr(dag_run, "logical_date", None), extras)
+            events = [event for found in (triggering_asset_events or {}).values() for event in found]
+            day = flow().run_day(getattr(dag_run, "logical_date", None), [event.extra for event in events])
             try:
-                return flow().check(get_settings(), spec, day)
-            except HistoryTooShort as short:
-                raise AirflowSkipException(str(short)) from short
+                return flow().check(get_settings(), spec, day, [event.source_run_id for event in events])
+            except (HistoryTooShort, flow().TriggeredByBackfill) as skip:
+                raise AirflowSkipException(str(skip)) from skip
 
         @task
         def training_set(checked: dict) -> dict:

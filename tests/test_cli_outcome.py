@@ -9,7 +9,7 @@ import pytest
 from rich.console import Console
 
 from pipelines.console import runs_table
-from pipelines.flows.training import NoRunDay, run_day
+from pipelines.flows.training import NoRunDay, TriggeredByBackfill, check, run_day
 from pipelines.lake import Lake
 from pipelines.orchestration.outcomes import (
     EXIT_FAILED,
@@ -23,6 +23,8 @@ from pipelines.orchestration.outcomes import (
     summarize_run,
     task_log_section,
 )
+from pipelines.settings import PROJECT_ROOT, Settings
+from pipelines.specs import load_spec
 
 DAY = "2017-12-03"
 
@@ -164,3 +166,14 @@ def test_a_daily_run_in_which_no_task_ran_is_not_a_day_done(lake: Lake) -> None:
     assert summary.exit_code == EXIT_FAILED and summary.verdict == "nothing ran"
     already_done = summarize_run(lake, "daily_features", DAY, "success", None, lambda t: None)
     assert already_done.exit_code == EXIT_OK
+
+
+def test_a_run_triggered_only_by_a_backfill_is_skipped_with_the_reason(settings: Settings) -> None:
+    """issue 10 item 11: a backfill of the daily features emits one asset event per day; training follows the
+    scheduled daily runs and says how to train a backfilled day."""
+    spec = load_spec(PROJECT_ROOT / "models" / "purchase_intent.yaml")
+    backfill = ["backfill__2017-12-02T00:00:00+00:00", "backfill__2017-12-03T00:00:00+00:00"]
+    with pytest.raises(TriggeredByBackfill, match="mlctl run train_purchase_intent --date 2017-12-03"):
+        check(settings, spec, DAY, backfill)
+    summary = summarize_run(Lake(settings), "train_purchase_intent", DAY, "success", [], lambda t: None)
+    assert summary.verdict == "skipped" and "triggered by a backfill" in summary.line

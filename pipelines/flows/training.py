@@ -31,6 +31,13 @@ from pipelines.training.dataset import build_training_set, load_training_set, or
 from pipelines.training.readiness import HistoryTooShort, require_ready
 from pipelines.training.train import train_model
 
+# Run ids of Airflow backfill runs start with this (DagRunType.BACKFILL_JOB).
+BACKFILL_RUN_PREFIX = "backfill__"
+
+
+class TriggeredByBackfill(Exception):  # noqa: N818 - an outcome, not an error: the DAG skips the run
+    """Every asset event that triggered the run came from a backfill of the daily features."""
+
 
 class NoRunDay(ValueError):
     """A training run has neither a logical date nor a triggering asset event that names its day."""
@@ -50,11 +57,23 @@ def run_day(logical_date: dt.datetime | dt.date | str | None, asset_extras: list
     return max(days)
 
 
-def check(settings: Settings, spec: ModelSpec, ds: str | dt.date) -> dict:
+def check(settings: Settings, spec: ModelSpec, ds: str | dt.date, source_runs: list[str | None] | None = None) -> dict:
     """The readiness check of the run's first task: the day and the verdict, or HistoryTooShort (the DAG skips)
-    / LabelDelayTooShort (the run fails). A rerun starts a fresh outcome document."""
+    / LabelDelayTooShort (the run fails). A rerun starts a fresh outcome document.
+
+    ``source_runs``: the daily runs whose asset events triggered this run. When all are backfill runs the run is
+    skipped (TriggeredByBackfill): a backfill of N days would otherwise queue training after every day of it;
+    train for a backfilled day with `mlctl run train_MODEL --date D`.
+    """
     lake = Lake(settings)
     day = as_date(ds)
+    if source_runs and all((run or "").startswith(BACKFILL_RUN_PREFIX) for run in source_runs):
+        reason = (
+            f"triggered by a backfill of the daily features (up to {day}); training follows the scheduled daily "
+            f"runs: train for a backfilled day with `mlctl run train_{spec.name} --date {day}`"
+        )
+        record_training_outcome(lake, spec.name, day, "skipped", reason=reason)
+        raise TriggeredByBackfill(reason)
     try:
         readiness = require_ready(lake, spec, day)
     except HistoryTooShort as short:
