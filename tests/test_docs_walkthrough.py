@@ -1,11 +1,11 @@
 """docs/data.md, "Your own data, step by step", runs as written (issue 10, "docs/data.md as a script").
 
-Every bash block of the section runs as it stands, in order, in a stand-in for a fresh clone, with no environment
-variable the page does not set (tests/walkthrough_support.py). The files the page calls "your own" are written
-first: a behaviour log in the REES46 layout and an orders file in the "Fraud ecommerce" layout
-(tests/samples.py); the REES46 sample is the shared one. Beyond each command's exit code and the outputs the page
-shows, the tests check what a user would look at afterwards: the champions in the registry, a prediction and a
-ranking over HTTP.
+Every bash block of the section runs as it stands in a stand-in for a fresh clone, each part in a bash of its own
+with its commands in order, and no environment variable the page does not set (tests/walkthrough_support.py).
+The files the page calls "your own" are written first: a behaviour log in the REES46 layout and an orders file in
+the "Fraud ecommerce" layout (tests/samples.py); the REES46 sample is the shared one. Beyond each command's exit
+code and the outputs the page shows, the tests check what a user would look at afterwards: the champions in the
+registry, a prediction and a ranking over HTTP.
 """
 
 from __future__ import annotations
