@@ -128,6 +128,8 @@ def test_user_features_of_a_local_day_are_stamped_at_its_local_end(
 
     assert set(features[TIMESTAMP_COLUMN]) == {pd.Timestamp("2017-11-26 16:00", tz="UTC")}
     by_user = features.set_index("user_id")
-    assert by_user.loc[1, "views_1d"] == 1 and by_user.loc[2, "purchases_1d"] == 0
+    assert by_user.loc[1, "views_1d"] == 1 and by_user.loc[2, "purchases_7d"] == 0, "the 27th's buy is not in"
+    # User 2's last event of the day, 23:30 Shanghai time, is half an hour before the as-of time.
+    assert by_user.loc[2, "days_since_last_event"] == pytest.approx(0.5 / 24)
     write_user_features(lake, NOV26, features)
     assert lake.exists("features/user_behavior", NOV26)

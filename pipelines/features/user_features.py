@@ -83,13 +83,14 @@ def _require(df: pd.DataFrame, table: str, columns: list[str]) -> None:
 
 
 def compute_user_features(
-    events: pd.DataFrame, users: pd.DataFrame, follows: pd.DataFrame, ds: dt.date
+    events: pd.DataFrame, users: pd.DataFrame, follows: pd.DataFrame, ds: dt.date, zone: str = "UTC"
 ) -> pd.DataFrame:
-    """Features of every user known at ``as_of(ds)`` from in-memory tables (the pure core of the step)."""
+    """Features of every user known at ``as_of(ds)`` from in-memory tables (the pure core of the step); ``zone``
+    is the lake's day zone (``Lake.day_zone``), where day ``ds`` ends."""
     _require(events, "events", _EVENT_COLUMNS)
     _require(users, "users", ["user_id", "signup_time"])
     _require(follows, "follows", ["follower_id", "followee_id", "created_at"])
-    as_of = pd.Timestamp(schemas.as_of(ds))
+    as_of = pd.Timestamp(schemas.as_of(ds, zone))
 
     known = users.loc[pd.to_datetime(users["signup_time"], utc=True) < as_of, "user_id"]
     user_ids = pd.Index(np.sort(known.astype("int64").unique()), name=ENTITY_COLUMN)
@@ -183,17 +184,16 @@ def build_user_features(lake: Lake, ds: dt.date) -> pd.DataFrame:
     events = pd.concat(frames, ignore_index=True) if frames else events_today
     users = lake.read("users", ds, columns=["user_id", "signup_time"])
     follows = lake.read("follows", ds, columns=["follower_id", "followee_id", "created_at"])
-    return compute_user_features(events, users, follows, ds)
+    return compute_user_features(events, users, follows, ds, lake.day_zone)
 
 
 def write_user_features(lake: Lake, ds: dt.date, df: pd.DataFrame) -> str:
     """Publish the day's features as partition ``features/user_behavior/ds=...`` (atomic; reruns replace)."""
     _require(df, USER_FEATURES_TABLE, [f.name for f in USER_FEATURES_SCHEMA])
     stamps = pd.to_datetime(df[TIMESTAMP_COLUMN], utc=True)
-    if len(df) and not (stamps == pd.Timestamp(schemas.as_of(ds))).all():
-        raise FeatureInputError(
-            f"{USER_FEATURES_TABLE} ds={ds}: every {TIMESTAMP_COLUMN} must be as_of(ds)={schemas.as_of(ds)}"
-        )
+    as_of = schemas.as_of(ds, lake.day_zone)
+    if len(df) and not (stamps == pd.Timestamp(as_of)).all():
+        raise FeatureInputError(f"{USER_FEATURES_TABLE} ds={ds}: every {TIMESTAMP_COLUMN} must be as_of(ds)={as_of}")
     if df[ENTITY_COLUMN].duplicated().any():
         raise FeatureInputError(f"{USER_FEATURES_TABLE} ds={ds}: duplicate {ENTITY_COLUMN} values")
     columns = [f.name for f in USER_FEATURES_SCHEMA]
