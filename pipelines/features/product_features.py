@@ -230,11 +230,14 @@ def compute_user_product(ev: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
     return _stamped(frame, as_of, keys, USER_PRODUCT_FEATURES)
 
 
-def compute_ranking_features(events: pd.DataFrame, products: pd.DataFrame, ds: dt.date) -> dict[str, pd.DataFrame]:
+def compute_ranking_features(
+    events: pd.DataFrame, products: pd.DataFrame, ds: dt.date, zone: str = "UTC"
+) -> dict[str, pd.DataFrame]:
     """The three tables of ``ds`` from in-memory events (at least the HISTORY_DAYS days up to ``ds``) and the
-    catalogue; events at or after ``as_of(ds)`` are ignored (the pure core of the daily step)."""
+    catalogue; events at or after ``as_of(ds)`` (the end of ``ds`` in the lake's day ``zone``) are ignored (the
+    pure core of the daily step)."""
     _require(events, "events", EVENT_COLUMNS)
-    as_of = pd.Timestamp(schemas.as_of(ds))
+    as_of = pd.Timestamp(schemas.as_of(ds, zone))
     ev = _ages(events, as_of)
     return {
         PRODUCT_STATS_TABLE: compute_product_stats(ev, products, as_of),
@@ -263,16 +266,17 @@ def build_ranking_features(lake: Lake, ds: dt.date) -> dict[str, pd.DataFrame]:
     earlier = lake.read_range("events", ds - dt.timedelta(days=HISTORY_DAYS), ds - dt.timedelta(days=1), columns)
     events = pd.concat([earlier, today], ignore_index=True) if len(earlier) else today
     products = lake.read("products", ds) if lake.exists("products", ds) else catalogue_from_events(events)
-    return compute_ranking_features(events, products, ds)
+    return compute_ranking_features(events, products, ds, lake.day_zone)
 
 
-def check_table(table: str, ds: dt.date, df: pd.DataFrame) -> None:
+def check_table(table: str, ds: dt.date, df: pd.DataFrame, zone: str = "UTC") -> None:
     """The rules every partition of a ranking table meets before it is written (columns, stamps, unique keys)."""
     _, keys, _ = TABLES[table]
     _require(df, table, [f.name for f in table_schema(table)])
     stamps = pd.to_datetime(df[TIMESTAMP_COLUMN], utc=True)
-    if len(df) and not (stamps == pd.Timestamp(schemas.as_of(ds))).all():
-        raise RankingFeatureError(f"{table} ds={ds}: every {TIMESTAMP_COLUMN} must be as_of(ds)={schemas.as_of(ds)}")
+    as_of = schemas.as_of(ds, zone)
+    if len(df) and not (stamps == pd.Timestamp(as_of)).all():
+        raise RankingFeatureError(f"{table} ds={ds}: every {TIMESTAMP_COLUMN} must be as_of(ds)={as_of}")
     if df.duplicated(keys).any():
         raise RankingFeatureError(f"{table} ds={ds}: duplicate {keys} rows")
 
@@ -281,7 +285,7 @@ def write_ranking_features(lake: Lake, ds: dt.date, tables: dict[str, pd.DataFra
     """Publish each table's partition of ``ds`` (each write atomic; reruns replace). Checks all tables first, so
     a broken one leaves every table of the day as it was."""
     for table, df in tables.items():
-        check_table(table, ds, df)
+        check_table(table, ds, df, lake.day_zone)
     return {
         table: lake.write(table, ds, df[[f.name for f in table_schema(table)]], schema=table_schema(table))
         for table, df in tables.items()
