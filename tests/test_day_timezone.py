@@ -133,3 +133,18 @@ def test_user_features_of_a_local_day_are_stamped_at_its_local_end(
     assert by_user.loc[2, "days_since_last_event"] == pytest.approx(0.5 / 24)
     write_user_features(lake, NOV26, features)
     assert lake.exists("features/user_behavior", NOV26)
+
+
+def test_a_local_day_materializes_and_serves_in_a_zone_behind_utc(settings: Settings, lake: Lake, tmp_path: Path):
+    """issue 10 item 9b: in New York the end of day D is D+1 05:00 UTC; the online store still gets the day."""
+    from pipelines.features.store import materialize_day, online_features
+    from pipelines.features.user_features import build_user_features, write_user_features
+
+    log, mapping = _files(tmp_path, zone="America/New_York")
+    report = ingest(settings, log, mapping, "events", derive_users=True)
+    day = max(report.days["events"])
+    write_user_features(lake, day, build_user_features(lake, day))
+
+    assert materialize_day(settings, day) == len(lake.read("features/user_behavior", day))
+    online = online_features(settings, "purchase_intent", [2])
+    assert online.loc[0, "views_7d"] + online.loc[0, "purchases_7d"] >= 1

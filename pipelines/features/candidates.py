@@ -33,26 +33,26 @@ def history_days(spec: CandidateSpec) -> int:
     return max(spec.recent_days, spec.popularity_days)
 
 
-def _window(events: pd.DataFrame, ds: dt.date, days: int) -> pd.DataFrame:
-    """Events of the ``days`` days ending with ``ds`` (``[as_of(ds) - days, as_of(ds))``)."""
-    end = pd.Timestamp(schemas.as_of(ds))
+def _window(events: pd.DataFrame, ds: dt.date, days: int, zone: str = "UTC") -> pd.DataFrame:
+    """Events of the ``days`` days ending with ``ds`` (``[as_of(ds) - days, as_of(ds))``, days of ``zone``)."""
+    end = pd.Timestamp(schemas.as_of(ds, zone))
     t = pd.to_datetime(events["event_time"], utc=True)
     return events[(t >= end - pd.Timedelta(days=days)) & (t < end)]
 
 
-def popular_products(events: pd.DataFrame, ds: dt.date, days: int) -> pd.DataFrame:
+def popular_products(events: pd.DataFrame, ds: dt.date, days: int, zone: str = "UTC") -> pd.DataFrame:
     """Products by views in the ``days`` days ending with ``ds``, most viewed first (ties: lower id first):
     product_id, category_id, views."""
-    views = _window(events, ds, days)
+    views = _window(events, ds, days, zone)
     views = views[views["event_type"] == "view"]
     counts = views.groupby(["product_id", "category_id"], sort=False).size().rename("views").reset_index()
     counts = counts.sort_values(["views", "product_id"], ascending=[False, True], kind="stable", ignore_index=True)
     return counts.astype({"product_id": "int64", "category_id": "int64", "views": "int64"})
 
 
-def request_users(events: pd.DataFrame, ds: dt.date) -> np.ndarray:
-    """Users with a session (any event) on day ``ds``, sorted."""
-    return np.sort(_window(events, ds, 1)["user_id"].astype("int64").unique())
+def request_users(events: pd.DataFrame, ds: dt.date, zone: str = "UTC") -> np.ndarray:
+    """Users with a session (any event) on day ``ds`` (a day of ``zone``), sorted."""
+    return np.sort(_window(events, ds, 1, zone)["user_id"].astype("int64").unique())
 
 
 def _top_per_group(frame: pd.DataFrame, group: str, k: int) -> pd.DataFrame:
@@ -61,9 +61,10 @@ def _top_per_group(frame: pd.DataFrame, group: str, k: int) -> pd.DataFrame:
 
 
 def generate_candidates(
-    events: pd.DataFrame, spec: CandidateSpec, ds: dt.date, user_ids: np.ndarray | list[int]
+    events: pd.DataFrame, spec: CandidateSpec, ds: dt.date, user_ids: np.ndarray | list[int], zone: str = "UTC"
 ) -> pd.DataFrame:
-    """Candidates of each user in ``user_ids`` at ``as_of(ds)``: user_id, product_id, category_id.
+    """Candidates of each user in ``user_ids`` at ``as_of(ds)`` (``zone``: the lake's day zone): user_id,
+    product_id, category_id.
 
     ``events`` must hold (at least) the ``history_days(spec)`` days ending with ``ds``; later events are
     ignored. Each (user, product) appears once, in the order: recently carted, recent categories' popular
@@ -78,9 +79,9 @@ def generate_candidates(
     events = events.dropna(subset=["product_id", "category_id"])
     if users.empty:
         return pd.DataFrame({c: pd.Series(dtype="int64") for c in COLUMNS})
-    recent = _window(events, ds, spec.recent_days)
+    recent = _window(events, ds, spec.recent_days, zone)
     recent = recent[recent["user_id"].astype("int64").isin(users)]
-    popular = popular_products(events, ds, spec.popularity_days)
+    popular = popular_products(events, ds, spec.popularity_days, zone)
 
     carted = recent.loc[recent["event_type"] == "cart", ["user_id", "product_id", "category_id", "event_time"]]
     carted = carted.sort_values(["user_id", "event_time"], ascending=[True, False], kind="stable")[COLUMNS]
@@ -121,7 +122,7 @@ def lake_candidates(
     events = lake.read_range("events", ds - dt.timedelta(days=history_days(spec) - 1), ds, columns=EVENT_COLUMNS)
     if events.empty:
         raise CandidateError(f"{lake.uri('events')}: no events in the {history_days(spec)} days up to {ds}")
-    return generate_candidates(events, spec, ds, user_ids)
+    return generate_candidates(events, spec, ds, user_ids, lake.day_zone)
 
 
 def catalogue_day(lake: Lake) -> dt.date:

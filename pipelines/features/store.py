@@ -194,8 +194,9 @@ def materialize_day(settings: Settings, ds: dt.date, store: FeatureStore | None 
             "the day's features first (the daily features DAG's features step)"
         )
     store = store or feature_store(settings)
-    as_of = schemas.as_of(ds)
-    start = dt.datetime.combine(ds, dt.time(), tzinfo=dt.UTC)
+    # The day's bounds in the lake's day zone: the views are stamped there (a source cut at Shanghai midnight).
+    as_of = schemas.as_of(ds, lake.day_zone)
+    start = schemas.day_start(ds, lake.day_zone)
     chosen, rows = [], 0
     for name, table in present.items():
         view = store.get_feature_view(name)
