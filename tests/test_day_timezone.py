@@ -148,3 +148,21 @@ def test_a_local_day_materializes_and_serves_in_a_zone_behind_utc(settings: Sett
     assert materialize_day(settings, day) == len(lake.read("features/user_behavior", day))
     online = online_features(settings, "purchase_intent", [2])
     assert online.loc[0, "views_7d"] + online.loc[0, "purchases_7d"] >= 1
+
+
+def test_purchase_labels_count_windows_from_the_local_end_of_day() -> None:
+    """issue 10 item 9b: a buy at 01:00 Shanghai time on the 27th is inside the 1-day window of the 26th."""
+    from pipelines.data.labels import purchase_labels
+
+    buy = pd.DataFrame(
+        {"user_id": [2], "event_type": ["purchase"], "event_time": [pd.Timestamp("2017-11-26 17:00", tz="UTC")]}
+    )
+
+    labels = purchase_labels(buy, [dt.date(2017, 11, 25), NOV26], [2], window_days=1, zone=SHANGHAI)
+
+    assert labels["label"].tolist() == [0, 1]
+    assert labels["as_of"].tolist() == [
+        pd.Timestamp(schemas.as_of(d, SHANGHAI)) for d in (dt.date(2017, 11, 25), NOV26)
+    ]
+    in_utc = purchase_labels(buy, [dt.date(2017, 11, 25), NOV26], [2], window_days=1)
+    assert in_utc["label"].tolist() == [1, 0], "in UTC the buy is on the 26th: the window of the 25th, as before"

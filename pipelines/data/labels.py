@@ -21,9 +21,10 @@ def purchase_labels(
     user_ids: Iterable[int],
     window_days: int = 7,
     event_type: str = "purchase",
+    zone: str = "UTC",
 ) -> pd.DataFrame:
     """One row per (user, as-of day): ``label`` = 1 if the user has a ``event_type`` event in
-    ``[as_of(D), as_of(D) + window_days)``, else 0.
+    ``[as_of(D), as_of(D) + window_days)``, else 0; days are those of the lake's day ``zone``.
 
     ``events`` needs ``user_id``, ``event_type`` and a UTC ``event_time``; the caller is responsible for passing
     every event of the label windows (see :func:`pipelines.data.truth.best_achievable` for a checked use).
@@ -39,14 +40,14 @@ def purchase_labels(
     grid = pd.DataFrame(
         {
             "user_id": np.tile(users, len(days)),
-            "as_of": pd.DatetimeIndex([schemas.as_of(d) for d in days]).as_unit("ns").repeat(len(users)),
+            "as_of": pd.DatetimeIndex([schemas.as_of(d, zone) for d in days]).as_unit("ns").repeat(len(users)),
         }
     )
     if grid.empty:
         return grid.assign(label=np.empty(0, dtype="int8"))
 
     buys = events.loc[events["event_type"] == event_type, ["user_id", "event_time"]]
-    times = pd.to_datetime(buys["event_time"], utc=True).dt.tz_localize(None)
+    times = pd.to_datetime(buys["event_time"], utc=True).dt.tz_convert(zone).dt.tz_localize(None)
     # A purchase on calendar day P is inside the window of as-of day D exactly when D+1 <= P <= D+window.
     buy_days = pd.DataFrame(
         {"user_id": buys["user_id"].astype("int64").to_numpy(), "day": times.dt.floor("D").to_numpy()}
@@ -63,7 +64,7 @@ def purchase_labels(
             ),
         }
     )
-    hits["as_of"] = pd.to_datetime(hits["as_of"]).dt.tz_localize("UTC").dt.as_unit("ns")
+    hits["as_of"] = pd.to_datetime(hits["as_of"]).dt.tz_localize(zone).dt.tz_convert("UTC").dt.as_unit("ns")
     hits = hits.drop_duplicates().assign(label=np.int8(1))
     out = grid.merge(hits, on=["user_id", "as_of"], how="left")
     out["label"] = out["label"].fillna(0).astype("int8")

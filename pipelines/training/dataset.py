@@ -138,8 +138,10 @@ def assemble_training_frame(
     splits: SplitDays,
     keys: str | list[str] | tuple[str, ...],
     split_by: Literal["as_of", "event_day"] = "as_of",
+    zone: str = "UTC",
 ) -> pd.DataFrame:
-    """Join labels onto the point-in-time features of every entity row and mark each row's split.
+    """Join labels onto the point-in-time features of every entity row and mark each row's split (days of the
+    lake's day ``zone``, ``Lake.day_zone``).
 
     ``entity_df`` [keys, event_timestamp, optional query_id and ``ctx_*`` columns] is what was asked for;
     ``labels`` [keys, as_of, label] must label every entity row and ``features`` (the point-in-time join,
@@ -178,10 +180,10 @@ def assemble_training_frame(
     if not_numeric:
         raise TrainingSetError(f"feature column(s) {not_numeric} are not numeric; LightGBM needs numbers")
     if split_by == "as_of":
-        # as_of(D) = D+1 00:00 UTC, so the as-of day of a row is its timestamp minus one day.
-        day = (frame[TIMESTAMP_COLUMN] - pd.Timedelta(days=1)).dt.date
+        # as_of(D) = D+1 00:00 (of the zone), so the as-of day of a row is its local timestamp minus one day.
+        day = (frame[TIMESTAMP_COLUMN].dt.tz_convert(zone) - pd.Timedelta(days=1)).dt.date
     else:
-        day = frame[TIMESTAMP_COLUMN].dt.date
+        day = frame[TIMESTAMP_COLUMN].dt.tz_convert(zone).dt.date
     split = day.map({d: splits.split_of(d) for d in splits.days})
     if split.isna().any():
         raise TrainingSetError(f"entity rows on days outside the splits: {sorted(set(day[split.isna()]))[:5]}")

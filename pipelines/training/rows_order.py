@@ -64,7 +64,7 @@ def chargeback_labels(lake: Lake, rows: pd.DataFrame, first_day: dt.date, logica
     chargeback arriving later is not known to this run, exactly as it would not be in production.
     """
     arrived = lake.read_range("order_labels", first_day, logical_date, columns=["order_id", "is_fraud", "label_time"])
-    by_end = pd.to_datetime(arrived["label_time"], utc=True) < pd.Timestamp(schemas.as_of(logical_date))
+    by_end = pd.to_datetime(arrived["label_time"], utc=True) < pd.Timestamp(schemas.as_of(logical_date, lake.day_zone))
     charged = set(arrived.loc[by_end & (arrived["is_fraud"].astype("int64") == 1), "order_id"].astype(str))
     return pd.DataFrame(
         {
@@ -90,7 +90,7 @@ def build_frame(
     # keeps it for slices).
     features = joined.drop(columns=REQUEST_FIELDS)
     rows = rows.drop(columns=REQUEST_FIELDS)
-    return assemble_training_frame(rows, labels, features, splits, KEY, split_by="event_day")
+    return assemble_training_frame(rows, labels, features, splits, KEY, split_by="event_day", zone=lake.day_zone)
 
 
 def oracle_scores(settings: Settings, lake: Lake, spec: ModelSpec, frame: pd.DataFrame) -> np.ndarray | None:

@@ -32,7 +32,9 @@ def entity_rows(lake: Lake, days: list[dt.date]) -> pd.DataFrame:
             "run the features pipeline for those days (or backfill) before training"
         )
     frames = [
-        lake.read(USER_FEATURES_TABLE, d, columns=[KEY]).assign(**{TIMESTAMP_COLUMN: pd.Timestamp(schemas.as_of(d))})
+        lake.read(USER_FEATURES_TABLE, d, columns=[KEY]).assign(
+            **{TIMESTAMP_COLUMN: pd.Timestamp(schemas.as_of(d, lake.day_zone))}
+        )
         for d in days
     ]
     rows = pd.concat(frames, ignore_index=True).drop_duplicates()
@@ -48,14 +50,16 @@ def context_columns(lake: Lake, rows: pd.DataFrame, days: list[dt.date], events:
     out = rows.assign(ctx_days_since_signup=age.to_numpy(dtype="float64"))
 
     views = events[events["event_type"] == "view"]
-    event_day = pd.to_datetime(views["event_time"], utc=True).dt.date
+    event_day = pd.to_datetime(views["event_time"], utc=True).dt.tz_convert(lake.day_zone).dt.date
     tops = []
     for day in days:
         window = views[(event_day > day - dt.timedelta(days=WINDOW_DAYS)) & (event_day <= day)]
         counts = window.groupby([KEY, "category_id"]).size().rename("n").reset_index()
         top = counts.sort_values(["n", "category_id"], ascending=[False, True]).drop_duplicates(KEY)
         tops.append(
-            top.assign(**{TIMESTAMP_COLUMN: pd.Timestamp(schemas.as_of(day))})[[KEY, TIMESTAMP_COLUMN, "category_id"]]
+            top.assign(**{TIMESTAMP_COLUMN: pd.Timestamp(schemas.as_of(day, lake.day_zone))})[
+                [KEY, TIMESTAMP_COLUMN, "category_id"]
+            ]
         )
     top = pd.concat(tops, ignore_index=True)
     top[TIMESTAMP_COLUMN] = pd.to_datetime(top[TIMESTAMP_COLUMN], utc=True).dt.as_unit("us")
@@ -76,7 +80,8 @@ def build_frame(
     first = splits.days[0] - dt.timedelta(days=WINDOW_DAYS - 1)
     columns = ["user_id", "event_type", "event_time", "category_id"]
     events = lake.read_range("events", first, logical_date, columns=columns)
-    label_events = events[pd.to_datetime(events["event_time"], utc=True) >= pd.Timestamp(schemas.as_of(splits.days[0]))]
+    first_as_of = pd.Timestamp(schemas.as_of(splits.days[0], lake.day_zone))
+    label_events = events[pd.to_datetime(events["event_time"], utc=True) >= first_as_of]
     if label_events.empty:
         raise TrainingSetError(f"{lake.uri('events')}: no events between {splits.days[0]} and {logical_date}")
     labels = purchase_labels(
@@ -85,10 +90,11 @@ def build_frame(
         rows[KEY].unique().tolist(),
         window_days=spec.label.window_days,
         event_type=spec.label.event_type,
+        zone=lake.day_zone,
     )
     rows = context_columns(lake, rows, splits.days, events)
     features = historical_features(settings, rows[[KEY, TIMESTAMP_COLUMN]], spec.feature_service)
-    return assemble_training_frame(rows, labels, features, splits, KEY)
+    return assemble_training_frame(rows, labels, features, splits, KEY, zone=lake.day_zone)
 
 
 def oracle_scores(settings: Settings, lake: Lake, spec: ModelSpec, frame: pd.DataFrame) -> np.ndarray | None:
