@@ -41,17 +41,18 @@ FEATURE_TABLES = (USER_FEATURES_TABLE, PRODUCT_STATS_TABLE, USER_CATEGORY_TABLE,
 ACTIVITY_DAYS = 7
 
 
-def _as_of(day: dt.date) -> pd.Timestamp:
-    return pd.Timestamp(schemas.as_of(day)).as_unit("us")
+def _as_of(day: dt.date, zone: str = "UTC") -> pd.Timestamp:
+    return pd.Timestamp(schemas.as_of(day, zone)).as_unit("us")
 
 
-def request_rows(events: pd.DataFrame, spec: ModelSpec, days: list[dt.date]) -> pd.DataFrame:
-    """Candidates of every user with a session on each day: user_id, product_id, category_id, event_timestamp."""
+def request_rows(events: pd.DataFrame, spec: ModelSpec, days: list[dt.date], zone: str = "UTC") -> pd.DataFrame:
+    """Candidates of every user with a session on each day (days of the lake's ``zone``): user_id, product_id,
+    category_id, event_timestamp."""
     frames = []
     for day in days:
-        users = request_users(events, day)
-        rows = generate_candidates(events, spec.candidates, day, users)
-        frames.append(rows.assign(**{TIMESTAMP_COLUMN: _as_of(day)}))
+        users = request_users(events, day, zone)
+        rows = generate_candidates(events, spec.candidates, day, users, zone)
+        frames.append(rows.assign(**{TIMESTAMP_COLUMN: _as_of(day, zone)}))
     rows = pd.concat(frames, ignore_index=True)
     rows[TIMESTAMP_COLUMN] = pd.to_datetime(rows[TIMESTAMP_COLUMN], utc=True).dt.as_unit("us")
     return rows
@@ -132,7 +133,7 @@ def labelled_requests(lake: Lake, spec: ModelSpec, splits: SplitDays, logical_da
     events = lake.read_range("events", first, logical_date, columns=EVENT_COLUMNS)
     if events.empty:
         raise TrainingSetError(f"{lake.uri('events')}: no events between {first} and {logical_date}")
-    rows = request_rows(events, spec, days)
+    rows = request_rows(events, spec, days, lake.day_zone)
     labels = relevance_labels(events, rows, spec.label.window_days, spec.label.gains)
     rows = answered_queries(rows, labels)
     if rows.empty:
@@ -156,7 +157,7 @@ def build_frame(
     features = historical_features(settings, asked, spec.feature_service).drop(columns="category_id")
     labels = rows[[*KEYS, TIMESTAMP_COLUMN, LABEL_COLUMN]].rename(columns={TIMESTAMP_COLUMN: "as_of"})
     entity = rows.drop(columns=["category_id", LABEL_COLUMN])
-    return assemble_training_frame(entity, labels, features, splits, KEYS)
+    return assemble_training_frame(entity, labels, features, splits, KEYS, zone=lake.day_zone)
 
 
 def oracle_scores(settings: Settings, lake: Lake, spec: ModelSpec, frame: pd.DataFrame) -> np.ndarray | None:
