@@ -149,7 +149,7 @@ def promote(settings: Settings, spec: ModelSpec, ds: str, version: str, approval
         spec.feature_service,
         sample_user_ids=None,
         max_age=dt.timedelta(hours=spec.online_freshness_hours),
-        now=as_of(as_date(ds)),
+        now=as_of(as_date(ds), Lake(settings).day_zone),
     )
     promoted = _jsonable(promote_version(settings, spec, version, record, freshness))
     outcome = "promoted" if record.decision == "approve" else "approval_rejected"
