@@ -49,7 +49,10 @@ def test_nine_day_log_is_too_short_for_the_shipped_windows_and_says_what_would_f
     assert result.latest_fitting_date is None
     # 9 days of features, newest labelled as-of day 7 days before the last day: 2 days, too few for 3 splits.
     assert result.suggested_windows is None
-    assert "cannot train for 2017-12-03" in result.verdict and "Backfill more days" in result.verdict
+    assert "cannot train for 2017-12-03" in result.verdict
+    # Backfilling cannot help: the lake holds every day there is, fewer than even 1/1/1 windows and the label need.
+    assert "The lake holds 9 day(s) of data (2017-11-25 .. 2017-12-03)" in result.verdict
+    assert "need 10 days including the 7-day label window: land a longer log" in result.verdict
     with pytest.raises(HistoryTooShort, match="purchase_intent cannot train"):
         require_ready(lake, PURCHASE_INTENT, days[-1])
 

@@ -105,13 +105,28 @@ def test_a_day_no_family_can_use_is_never_done(tmp_path: Path) -> None:
     """issue 10 item 2: when every family is skipped the run fails (features and materialize) instead of
     succeeding with nothing built."""
     settings = ingested(tmp_path)
-    lake = land(settings, ("order_labels",))
+    lake = land(settings, ("users",))
 
     with pytest.raises(NothingToProcess, match="no feature family could run, so the day is not done"):
         daily_features.features(settings, DAYS[1])
     assert sorted(skipped_families(lake, DAYS[1])) == ["order_risk", "ranking", "user_behavior"]
     with pytest.raises(NothingToProcess, match="2025-03-02"):
         daily_features.materialize(settings, DAYS[1])
+
+
+def test_a_day_holding_only_late_labels_is_done(tmp_path: Path) -> None:
+    """issue 10 item 5: chargebacks keep arriving after an orders file's last order (its landed span ends with
+    days of labels only); such a day validates its labels and is done, so a scheduled run over the span does not
+    fail on it."""
+    settings = ingested(tmp_path)
+    lake = land(settings, ("order_labels",))
+
+    assert daily_features.validate(settings, DAYS[1])["order_labels"]["rows"] > 0
+    results = daily_features.features(settings, DAYS[1])
+
+    assert sorted(skipped_families(lake, DAYS[1])) == ["order_risk", "ranking", "user_behavior"]
+    assert all("skipped" in result for result in results.values())
+    assert daily_features.materialize(settings, DAYS[1]) == {"rows": 0}
 
 
 def test_a_day_in_progress_is_refused(tmp_path: Path) -> None:
@@ -150,3 +165,24 @@ def test_the_schedule_follows_the_landed_span(tmp_path: Path, monkeypatch: pytes
     child = get_settings()
     assert schedule_window(child) == (dt.date(2025, 3, 2), DAYS[1])
     assert child.environment()["STOREFRONT_START_DATE"] == "2025-03-02"
+
+
+def test_promotion_judges_freshness_at_the_newest_day_the_features_could_be_built(tmp_path: Path) -> None:
+    """issue 10 item 5: an orders file ends 30 days before its last labels; a run dated by the labels judges the
+    online features at the file's last order day, not at the run's date (which no feature can reach)."""
+    from pipelines.flows.training import data_time
+    from pipelines.specs import load_spec
+
+    settings = ingested(tmp_path)
+    lake = land(settings, ORDERS)
+    late_labels = dt.date(2025, 4, 1)
+    lake.write("order_labels", late_labels, lake.read("order_labels", DAYS[1]), schema=schemas.ORDER_LABELS)
+    spec = load_spec(settings.models_dir / "order_fraud.yaml")
+
+    assert data_time(lake, spec, late_labels) == schemas.as_of(DAYS[1])
+    # A live source: the run's own day is the newest input day.
+    assert data_time(lake, spec, DAYS[1]) == schemas.as_of(DAYS[1])
+    # Input landed but never built still counts: the newest landed orders day decides.
+    lake.write("orders", DAYS[1] + dt.timedelta(days=1), lake.read("orders", DAYS[1]), schema=schemas.ORDERS)
+    lake.write("users", DAYS[1] + dt.timedelta(days=1), lake.read("users", DAYS[1]), schema=schemas.USERS)
+    assert data_time(lake, spec, late_labels) == schemas.as_of(DAYS[1] + dt.timedelta(days=1))

@@ -18,6 +18,7 @@ from pipelines.flows.daily_plan import (
     NothingToProcess,
     ensure_day_ended,
     feature_families,
+    label_only_tables,
     landed_window,
     record_plan,
     skipped_families,
@@ -103,8 +104,12 @@ def features(settings: Settings, ds: str | dt.date) -> dict:
 
 
 def _require_something_built(settings: Settings, day: dt.date) -> None:
-    families = feature_families(settings)
-    skipped = skipped_families(Lake(settings), day)
+    """Fail a day on which nothing ran. A day holding only late labels (chargebacks arriving after the last
+    order of a file) is done once they are validated: later training runs read them from the lake."""
+    families, lake = feature_families(settings), Lake(settings)
+    skipped = skipped_families(lake, day)
+    if any(lake.exists(table, day) for table in label_only_tables(settings)):
+        return
     if families and all(name in skipped for name in families):
         reasons = "; ".join(f"{name}: {why}" for name, why in skipped.items())
         raise NothingToProcess(
@@ -120,4 +125,7 @@ def materialize(settings: Settings, ds: str | dt.date) -> dict:
 
     day = as_date(ds)
     _require_something_built(settings, day)
+    families = feature_families(settings)
+    if families and all(name in skipped_families(Lake(settings), day) for name in families):
+        return {"rows": 0}  # a day of late labels only: no feature of the day to load
     return {"rows": materialize_day(settings, day)}

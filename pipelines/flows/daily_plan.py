@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from pipelines.specs import SpecError, load_spec
-from pipelines.usecases import FAMILIES, families_for
+from pipelines.usecases import FAMILIES, families_for, use_case
 
 if TYPE_CHECKING:
     from pipelines.lake import Lake
@@ -45,8 +45,8 @@ class MissingIngestedDay(FileNotFoundError):
 NOT_RETRYABLE = (DayNotEnded, NothingToProcess, MissingIngestedDay)
 
 
-def feature_families(settings: Settings) -> list[str]:
-    """The feature families the parsable model specs in ``settings.models_dir`` read.
+def _parsable_specs(settings: Settings) -> list:
+    """The model specs in ``settings.models_dir`` that parse.
 
     A malformed spec must not stop feature production for the other models: the training DAG file reports it
     (as a DAG import error), and so does ``mlctl validate-specs``.
@@ -57,7 +57,20 @@ def feature_families(settings: Settings) -> list[str]:
             specs.append(load_spec(path))
         except SpecError:
             continue
-    return families_for(specs)
+    return specs
+
+
+def feature_families(settings: Settings) -> list[str]:
+    """The feature families the parsable model specs in ``settings.models_dir`` read."""
+    return families_for(_parsable_specs(settings))
+
+
+def label_only_tables(settings: Settings) -> tuple[str, ...]:
+    """Raw tables the specs' labels read that no feature family reads (``order_labels``): a day holding only
+    those still has work (validating labels that arrive after the last order), though no family runs."""
+    inputs = {t for f in FAMILIES.values() for t in f.input_tables}
+    tables = [t for spec in _parsable_specs(settings) for t in use_case(spec.entity).label_tables if t not in inputs]
+    return tuple(dict.fromkeys(tables))
 
 
 def skipped_key(day: dt.date) -> str:

@@ -30,6 +30,7 @@ from pipelines.specs import ModelSpec
 from pipelines.training.dataset import build_training_set, load_training_set, oracle_scores
 from pipelines.training.readiness import HistoryTooShort, require_ready
 from pipelines.training.train import train_model
+from pipelines.usecases import FAMILIES, use_case
 
 # Run ids of Airflow backfill runs start with this (DagRunType.BACKFILL_JOB).
 BACKFILL_RUN_PREFIX = "backfill__"
@@ -137,19 +138,36 @@ def gate(settings: Settings, spec: ModelSpec, ds: str, version: str, evaluation:
     return {**decision.to_dict(), "already_champion": False, "report": report_link(settings, spec.name, version)}
 
 
+def data_time(lake: Lake, spec: ModelSpec, day: dt.date) -> dt.datetime:
+    """The end of the newest day up to ``day`` whose raw data the model's features read.
+
+    On a live source that is ``day`` itself. A file of the past ends before the labels of its last rows have
+    arrived (orders whose chargebacks take 30 days), so a run dated by its labels finds no newer input than the
+    file's last day: features of that day are as fresh as the data allows. Input landed but not materialized
+    still shows as stale.
+    """
+    newest = []
+    for name in use_case(spec.entity).families:
+        # The newest day on which the family could run: every one of its input tables has a partition.
+        runnable = set.intersection(*({d for d in lake.partitions(t) if d <= day} for t in FAMILIES[name].input_tables))
+        newest.append(max(runnable, default=day))
+    return as_of(min(newest, default=day), lake.day_zone)
+
+
 def promote(settings: Settings, spec: ModelSpec, ds: str, version: str, approval: dict[str, Any]) -> dict:
     """Move the champion alias after checking the online store is fresh for the model's feature service.
 
-    Freshness is judged at the run's data time, the as-of time of its logical date, so a backfill of past
-    dates judges the features those dates had (for today's run it is the present).
+    Freshness is judged at the run's data time (:func:`data_time`), so a backfill of past dates judges the
+    features those dates had (for today's run it is the present).
     """
     record = ApprovalRecord.from_hitl(approval)
+    lake = Lake(settings)
     freshness = online_freshness(
         settings,
         spec.feature_service,
         sample_user_ids=None,
         max_age=dt.timedelta(hours=spec.online_freshness_hours),
-        now=as_of(as_date(ds), Lake(settings).day_zone),
+        now=data_time(lake, spec, as_date(ds)),
     )
     promoted = _jsonable(promote_version(settings, spec, version, record, freshness))
     outcome = "promoted" if record.decision == "approve" else "approval_rejected"

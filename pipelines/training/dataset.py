@@ -25,6 +25,8 @@ SPLIT_COLUMN = "split"
 # Ranking: the request a candidate row belongs to (one user at one as-of time); rows of a request are contiguous.
 GROUP_COLUMN = "query_id"
 SPLITS = ("train", "validation", "test")
+
+
 class TrainingSetError(ValueError):
     """A training set cannot be built or read as asked (missing inputs, lost rows, bad columns)."""
 

@@ -65,6 +65,7 @@ class Readiness:
     latest_fitting_date: dt.date | None = None
     suggested_windows: WindowFit | None = None
     label_delay_ok: bool = True
+    data_span: tuple[dt.date, dt.date] | None = None  # first day every raw table holds .. the newest label day
     verdict: str = field(default="")
 
     @property
@@ -202,6 +203,8 @@ def check_readiness(lake: Lake, spec: ModelSpec, logical_date: str | dt.date) ->
         needs.append(delay)
 
     result = Readiness(spec.name, day, needs, label_delay_ok=delay is None or delay.ok)
+    if raw_first is not None and label_last is not None and raw_first <= label_last:
+        result.data_span = (raw_first, label_last)
     result.latest_fitting_date = latest_fitting_date(spec, feature_days, label_last)
     if label_last is not None and feature_days:
         newest = min(label_last, max(feature_days) + dt.timedelta(days=spec.label.maturity_days))
@@ -232,9 +235,23 @@ def _verdict(spec: ModelSpec, result: Readiness) -> str:
             f"(train/validation/test days); windows {s.train_days}/{s.validation_days}/{s.test_days} would fit at "
             f"{s.logical_date} (set them under 'windows' in models/{spec.name}.yaml), or backfill more days."
         )
+    elif result.data_span is not None and _span_days(result.data_span) < 3 + spec.label.maturity_days:
+        first, last = result.data_span
+        kind = "delay" if spec.label.kind == "chargeback" else "window"
+        text += (
+            f" The lake holds {_span_days(result.data_span)} day(s) of data ({first} .. {last}); even the smallest "
+            f"windows (1/1/1 days) need {3 + spec.label.maturity_days} days including the "
+            f"{spec.label.maturity_days}-day label {kind}: land a longer log"
+            + ("." if kind == "delay" else " or predict a shorter horizon ('label.window_days').")
+        )
     else:
-        text += " Backfill more days of daily_features first."
+        hints = list(dict.fromkeys(n.hint for n in failed if n.hint))
+        text += f" {'; '.join(hints)}." if hints else " Backfill more days of daily_features first."
     return text
+
+
+def _span_days(span: tuple[dt.date, dt.date]) -> int:
+    return (span[1] - span[0]).days + 1
 
 
 def require_ready(lake: Lake, spec: ModelSpec, logical_date: str | dt.date) -> Readiness:
