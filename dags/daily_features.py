@@ -2,8 +2,8 @@
 
 Logical date D is the data interval [D, D+1): the scheduler starts it after D has ended and every task reads and
 writes the partition ds = D. A family whose input tables the day lacks is skipped with the reason in its log;
-materialize fails when no family ran, so such a day is never counted as done. With data_source=ingested the DAG
-schedules the span `mlctl ingest` landed.
+materialize fails when no family ran, so such a day is never counted as done (unless it holds late labels only,
+which validate checks). With data_source=ingested the DAG schedules the span `mlctl ingest` landed.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def daily_features():
 
         return features()
 
-    # Runs after skipped families too; it fails itself when every family was skipped.
+    # Runs after skipped families too; it fails itself when every family was skipped (and no late label landed).
     @task(trigger_rule="none_failed")
     def materialize(ds: str | None = None) -> dict:
         return once(flow().materialize, ds)

@@ -16,11 +16,15 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Asset, Param, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
 
+from pipelines.flows.daily_plan import schedule_window
 from pipelines.settings import get_settings
 from pipelines.specs import FEATURES_SCHEDULE, ModelSpec, load_specs
 from pipelines.usecases import families_for
 
 settings = get_settings()
+# The days the daily features cover (with an ingested source, the landed span): a run for a date before the start
+# date would have no task to run (a 2017 log against the default 2025 start).
+FIRST_DAY, _ = schedule_window(settings)
 
 
 def flow():
@@ -75,7 +79,7 @@ def build_training_dag(spec: ModelSpec):
     @dag(
         dag_id=f"train_{spec.name}",
         schedule=training_schedule(spec),
-        start_date=dt.datetime.combine(settings.start_date, dt.time(), tzinfo=dt.UTC),
+        start_date=dt.datetime.combine(FIRST_DAY, dt.time(), tzinfo=dt.UTC),
         catchup=False,
         max_active_runs=1,
         tags=["training", spec.name],

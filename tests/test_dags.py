@@ -147,6 +147,11 @@ def test_an_ingested_dag_schedules_the_landed_span(ingested_env: Settings) -> No
     dag = _daily_dag()
     assert (dag.start_date.date(), dag.end_date.date()) == (DAYS[0], DAYS[1])
     assert [t.start_date.date() for t in dag.tasks] == [DAYS[0]] * len(dag.tasks)
+    # Training runs for a day of the log have tasks to run too (a log of the past against the default start date).
+    from airflow.dag_processing.dagbag import DagBag
+
+    training = DagBag(dag_folder=str(PROJECT_ROOT / "dags")).get_dag("train_purchase_intent")
+    assert training.start_date.date() == DAYS[0]
 
 
 def test_a_behaviour_only_day_skips_order_features_and_publishes_its_assets(ingested_env: Settings) -> None:
@@ -184,7 +189,7 @@ def test_a_day_without_data_fails_the_run(ingested_env: Settings) -> None:
 
     land(ingested_env, BEHAVIOUR)
     day = DAYS[0] - dt.timedelta(days=1)
-    land(ingested_env, ("order_labels",), days=[day])  # widens the span; holds nothing a family reads
+    land(ingested_env, ("users",), days=[day])  # widens the span; no family can run on users alone
     run = _daily_dag().test(logical_date=logical_datetime(day))
     states = _states(run)
     assert str(run.state) == "failed"
