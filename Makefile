@@ -18,12 +18,20 @@ install: .venv/.synced
 demo: install
 	$(UV) run --frozen --no-sync mlctl demo
 
-# Three pytest processes: Airflow configures itself once per process, so its in-process tests get their own;
-# the integration tests bring up the real stack (PostgreSQL, Redis, S3, MLflow server, Airflow) and also run
-# alone with `make test-integration`.
+# Four pytest processes: Airflow configures itself once per process, so its in-process tests get their own; the
+# docs/data.md walkthrough (commands in child processes, mostly one core busy) runs beside them, its output shown
+# when both are done; the integration tests bring up the real stack (PostgreSQL, Redis, S3, MLflow server,
+# Airflow) and also run alone with `make test-integration`.
+WALKTHROUGH_LOG := .storefront/walkthrough-tests.log
 test: install
-	$(UV) run --frozen --no-sync pytest -q -p no:cacheprovider -m "not airflow and not integration"
-	$(UV) run --frozen --no-sync pytest -q -p no:cacheprovider -m airflow
+	$(UV) run --frozen --no-sync pytest -q -p no:cacheprovider -m "not airflow and not integration and not walkthrough"
+	@mkdir -p $(dir $(WALKTHROUGH_LOG)); \
+	$(UV) run --frozen --no-sync pytest -q -p no:cacheprovider -m walkthrough > $(WALKTHROUGH_LOG) 2>&1 & walk=$$!; \
+	$(UV) run --frozen --no-sync pytest -q -p no:cacheprovider -m airflow; airflow=$$?; \
+	wait $$walk; walked=$$?; \
+	echo "--- docs/data.md walkthrough tests (ran beside the Airflow tests; log: $(WALKTHROUGH_LOG)):"; \
+	cat $(WALKTHROUGH_LOG); \
+	test $$airflow -eq 0 && test $$walked -eq 0
 	$(UV) run --frozen --no-sync pytest -q -p no:cacheprovider -m integration
 
 test-integration: install

@@ -22,8 +22,9 @@ from pipelines.settings import PROJECT_ROOT, Settings, get_settings
 from tests.samples import FraudFileConfig, write_fraud_orders, write_rees46_log
 from tests.walkthrough_support import Command, Part, PartRun, check_part, fresh_clone, parse_walkthrough, run_part
 
-# The training runs go through Airflow (mlctl in child processes) like tests/test_chain_e2e.py: with them.
-pytestmark = pytest.mark.airflow
+# Every command runs in a child process (mlctl, Airflow in-process there): `make test` runs this file in a pytest
+# process of its own, beside the in-process Airflow tests.
+pytestmark = pytest.mark.walkthrough
 
 DOC = PROJECT_ROOT / "docs" / "data.md"
 SECTION = "Your own data, step by step"
@@ -33,7 +34,7 @@ EVENTS_START, EVENTS_DAYS, EVENTS_USERS = dt.date(2025, 1, 1), 24, 2000
 # Shoppers who act on their carts and pause after buying: the nonlinear signal a model finds beyond the
 # recency-frequency baseline on 24 days (with the simulator's defaults, 11 train days tie with that baseline).
 EVENTS_STORY = {"purchase_cart": 1.8, "purchase_satiation": -2.5}
-ORDERS = FraudFileConfig(start=dt.date(2025, 1, 1), days=40, orders_per_day=70.0)
+ORDERS = FraudFileConfig(start=dt.date(2025, 1, 1), days=25, orders_per_day=112.0)
 
 
 @pytest.fixture(scope="module")
