@@ -22,6 +22,7 @@ from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 from feature_repo.definitions import definitions
 from feature_repo.parts import RepoPart, lake_table
 from pipelines.data import schemas
+from pipelines.features.point_in_time import historical_join, service_plan
 from pipelines.features.user_features import ENTITY_COLUMN, TIMESTAMP_COLUMN
 from pipelines.lake import Lake
 from pipelines.settings import Settings
@@ -374,74 +375,25 @@ def _view_freshness(
 
 
 # -- historical (point-in-time) reads ----------------------------------------------------------------------
-def _known_keys(settings: Settings, view: FeatureView, request: pd.DataFrame) -> pd.DataFrame:
-    """The rows of ``request`` whose keys have a row in the view's lake partitions of their ttl window.
-
-    Feast's file store sorts the joined rows by feature timestamp, and Dask fails on a partition whose timestamps
-    are all null (``Divisions calculation failed for non-numeric column '__event_timestamp'``): entity rows with
-    no feature row at all, common in sparse views (user x category, user x product), must not be sent. They get
-    NaN features, as Feast would give them.
-    """
-    stamps = pd.to_datetime(request[TIMESTAMP_COLUMN], utc=True)
-    ttl = view.ttl if view.ttl and view.ttl.total_seconds() > 0 else dt.timedelta(days=3650)
-    first, last = (stamps.min() - ttl).date(), stamps.max().date()
-    keys = view.join_keys
-    stored = Lake(settings).read_range(lake_table(view), first, last, columns=keys).drop_duplicates()
-    if stored.empty:
-        return request.iloc[0:0]
-    stored = stored.astype({k: request[k].dtype for k in keys})
-    known = request[keys].merge(stored, on=keys, how="left", indicator=True)["_merge"] == "both"
-    return request[known.to_numpy()]
-
-
-def _point_in_time(
-    settings: Settings,
-    store: FeatureStore,
-    service: FeatureService,
-    unique: pd.DataFrame,
-    inputs: list[str],
-    columns: list[str],
-) -> pd.DataFrame:
-    """``unique`` with the service's features joined point in time (NaN where a view has no row).
-
-    Feast's file store drops an entity row lacking a row in any one view of a request, so a service over several
-    stored views (ranking: user, product, user x category, user x product) is joined one view at a time on that
-    view's keys and merged, sending each view only the rows whose keys it holds (``_known_keys``). A service with
-    on-demand views is asked in one request: they read its stored view.
-    """
-    views = _service_views(store, service)
-    projections = {p.name: p for p in service.feature_view_projections}
-    joined = unique
-    if len(views) <= 1 or len(projections) != len(views):
-        got = store.get_historical_features(entity_df=unique[inputs], features=service).to_df()
-        got[TIMESTAMP_COLUMN] = pd.to_datetime(got[TIMESTAMP_COLUMN], utc=True).astype("datetime64[ns, UTC]")
-        return joined.merge(got[[*inputs, *columns]].drop_duplicates(inputs), on=inputs, how="left")
-    for view in views:
-        on = [*view.join_keys, TIMESTAMP_COLUMN]
-        names = [f.name for f in projections[view.name].features]
-        request = _known_keys(settings, view, unique[on].drop_duplicates(ignore_index=True))
-        if request.empty:
-            joined = joined.assign(**{n: np.nan for n in names})
-            continue
-        got = store.get_historical_features(entity_df=request, features=[f"{view.name}:{n}" for n in names]).to_df()
-        got[TIMESTAMP_COLUMN] = pd.to_datetime(got[TIMESTAMP_COLUMN], utc=True).astype("datetime64[ns, UTC]")
-        joined = joined.merge(got[[*on, *names]].drop_duplicates(on), on=on, how="left")
-    return joined
-
-
 def historical_features(settings: Settings, entity_df: pd.DataFrame, feature_service: str) -> pd.DataFrame:
     """Point-in-time features for each row of ``entity_df`` (the service's join keys, ``event_timestamp``, the
     request fields of its on-demand views, any other columns).
 
     Each row gets the newest feature row per view with ``event_timestamp <=`` its own, not older than the view's
-    ttl. Every input row is kept, in input order with its index and extra columns (labels). Rows for which no
-    such feature row exists get NaN features: Feast's file store drops those rows (STACK_NOTES), so the request
-    is deduplicated, joined by Feast and merged back onto the input, and the row count is checked.
+    ttl, read straight from the lake's partitions (:mod:`pipelines.features.point_in_time`: the same values as
+    Feast's ``get_historical_features``, tested against it). Every input row is kept, in input order with its
+    index and extra columns (labels); rows for which no such feature row exists get NaN features, where Feast's
+    file store would drop them (STACK_NOTES).
     """
-    store = feature_store(settings)
-    service = _service(store, feature_service)
-    columns = _service_features(service)
-    keys, request = _service_inputs(store, service)
+    repo = definitions(settings)
+    services = {s.name: s for s in repo.services}
+    if feature_service not in services:
+        raise FeatureStoreError(
+            f"feature service {feature_service!r} is not defined in feature_repo/definitions.py "
+            f"(known: {sorted(services)})"
+        )
+    plan = service_plan(repo, services[feature_service])
+    keys, request = list(plan.keys), list(plan.request)
     inputs = [*keys, TIMESTAMP_COLUMN, *request]
     missing_cols = [c for c in inputs if c not in entity_df.columns]
     if missing_cols:
@@ -449,32 +401,20 @@ def historical_features(settings: Settings, entity_df: pd.DataFrame, feature_ser
             f"entity_df lacks column(s) {missing_cols}; feature service {feature_service!r} needs join keys "
             f"{keys}, {TIMESTAMP_COLUMN} and request fields {request}"
         )
-    clash = [c for c in columns if c in entity_df.columns]
+    clash = [c for c in plan.features if c in entity_df.columns]
     if clash:
         raise FeatureStoreError(f"entity_df already has feature column(s) {clash}; drop them before the join")
 
     asked = pd.DataFrame({c: entity_df[c].to_numpy() for c in inputs})
-    for key in keys:
-        if pd.api.types.is_integer_dtype(asked[key]):
-            asked[key] = asked[key].astype("int64")
-    asked[TIMESTAMP_COLUMN] = pd.to_datetime(asked[TIMESTAMP_COLUMN], utc=True).astype("datetime64[ns, UTC]")
-    unique = asked.drop_duplicates(ignore_index=True)
-    if unique.empty:
-        joined = unique.assign(**{c: pd.Series(dtype="float64") for c in columns})
-    else:
-        joined = _point_in_time(settings, store, service, unique, inputs, columns)
-    dropped = int(joined[columns].isna().all(axis=1).sum())
-    if dropped:
-        log.info(
-            "feast: %d of %d entity rows had no feature row in the ttl window; kept with NaN", dropped, len(unique)
-        )
-
-    merged = asked.merge(joined, on=inputs, how="left", validate="many_to_one")
-    if len(merged) != len(entity_df):
+    joined = historical_join(Lake(settings), plan, asked)
+    unmatched = int(joined.isna().all(axis=1).sum()) if len(joined.columns) else 0
+    if unmatched:
+        log.info("%d of %d entity rows had no feature row in the ttl window; kept with NaN", unmatched, len(asked))
+    if len(joined) != len(entity_df):
         raise FeatureStoreError(
-            f"historical join returned {len(merged)} rows for {len(entity_df)} entity rows; this is a bug"
+            f"historical join returned {len(joined)} rows for {len(entity_df)} entity rows; this is a bug"
         )
     out = entity_df.copy()
-    for column in columns:
-        out[column] = merged[column].astype("float64").to_numpy()
+    for column in plan.features:
+        out[column] = joined[column].to_numpy()
     return out
