@@ -92,6 +92,15 @@ class Settings(BaseSettings):
     models_dir: Path = PROJECT_ROOT / "models"
     # Compute
     num_threads: int = 2
+    compute: Literal["pandas", "dask"] = Field(
+        default="pandas", description="Engine of user features, training sets and training (docs/deploy.md)."
+    )
+    dask_scheduler: str = Field(
+        default="", description="Dask scheduler address (tcp://host:8786); empty = a LocalCluster in this process."
+    )
+    dask_workers: int = Field(default=2, description="LocalCluster worker processes (one thread each).")
+    dask_worker_memory: str = Field(default="3GiB", description="LocalCluster memory limit per worker.")
+    dask_partitions: int = Field(default=0, description="Hash partitions of the entity key; 0 = 4 per worker.")
 
     @model_validator(mode="after")
     def _fill_profile_defaults(self) -> Settings:

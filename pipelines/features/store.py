@@ -21,8 +21,9 @@ from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 
 from feature_repo.definitions import definitions
 from feature_repo.parts import RepoPart, lake_table
+from pipelines.compute.engine import point_in_time
 from pipelines.data import schemas
-from pipelines.features.point_in_time import historical_join, service_plan
+from pipelines.features.point_in_time import service_plan
 from pipelines.features.user_features import ENTITY_COLUMN, TIMESTAMP_COLUMN
 from pipelines.lake import Lake
 from pipelines.settings import Settings
@@ -406,7 +407,7 @@ def historical_features(settings: Settings, entity_df: pd.DataFrame, feature_ser
         raise FeatureStoreError(f"entity_df already has feature column(s) {clash}; drop them before the join")
 
     asked = pd.DataFrame({c: entity_df[c].to_numpy() for c in inputs})
-    joined = historical_join(Lake(settings), plan, asked)
+    joined = point_in_time(settings, Lake(settings), plan, asked)
     unmatched = int(joined.isna().all(axis=1).sum()) if len(joined.columns) else 0
     if unmatched:
         log.info("%d of %d entity rows had no feature row in the ttl window; kept with NaN", unmatched, len(asked))

@@ -20,6 +20,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from mlflow.models import infer_signature
 
+from pipelines.compute.engine import fit_on_engine
 from pipelines.evaluation.metrics import compute_metrics
 from pipelines.lake import Lake
 from pipelines.registry.registry import connect, ensure_experiment, list_versions
@@ -84,16 +85,21 @@ def config_digest(spec: ModelSpec, feature_columns: list[str]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def fit_booster(spec: ModelSpec, training_set: TrainingSet, num_threads: int) -> tuple[lgb.Booster, dict[str, Any]]:
-    """Fit on the train split, early-stopping on the validation split's first metric (the main one).
-
-    Returns the booster and every parameter that shaped it (booster params and the loop's), for logging.
-    """
+def check_splits(training_set: TrainingSet) -> None:
+    """Training needs both classes in the train and validation splits."""
     for name in ("train", "validation"):
         if training_set.row_counts[name] == 0:
             raise TrainingError(f"training set {training_set.uri}: the {name} split is empty")
         if len(set(training_set.labels(name))) < 2:
             raise TrainingError(f"training set {training_set.uri}: the {name} split has a single label class")
+
+
+def fit_booster(spec: ModelSpec, training_set: TrainingSet, num_threads: int) -> tuple[lgb.Booster, dict[str, Any]]:
+    """Fit on the train split, early-stopping on the validation split's first metric (the main one).
+
+    Returns the booster and every parameter that shaped it (booster params and the loop's), for logging.
+    """
+    check_splits(training_set)
     params, rounds, patience = lightgbm_params(spec, num_threads)
     cols = training_set.feature_columns
     train = lgb.Dataset(
@@ -198,7 +204,7 @@ def train_model(settings: Settings, spec: ModelSpec, training_set: TrainingSet) 
         return TrainResult(existing.run_id, existing.version, metrics, reused=True)
 
     experiment_id = ensure_experiment(settings, spec.name)
-    booster, params = fit_booster(spec, training_set, settings.num_threads)
+    booster, params = fit_on_engine(settings, spec, training_set)
     metrics = split_metrics(spec, booster, training_set, settings.num_threads)
     metrics["best_iteration"] = float(booster.best_iteration or booster.current_iteration())
     metrics |= bayes_optimal_metrics(settings, spec, training_set)

@@ -27,13 +27,14 @@ USER_BEHAVIOR_TABLE = "features/user_behavior"
 
 def build_user_behavior(settings: Settings, day: dt.date) -> dict:
     """Compute the day's user features, check them, and publish them to the offline store."""
-    from pipelines.features.user_features import build_user_features, write_user_features
+    from pipelines.compute.engine import user_features
+    from pipelines.features.user_features import write_user_features
     from pipelines.lake import Lake
     from pipelines.validation.contracts import validate_with_contract
     from pipelines.validation.quarantine import ValidationFailed, report_key
 
     lake = Lake(settings)
-    frame = build_user_features(lake, day)
+    frame = user_features(settings, lake, day)
     # The frame is checked before it is published: a failure leaves the previous partition (if any) in place.
     report = validate_with_contract(
         lake, frame, USER_BEHAVIOR_TABLE, day, settings.expectations_dir, suite="user_features"

@@ -1,0 +1,66 @@
+"""LightGBM training on the Dask cluster (``lightgbm.dask``, data-parallel): the same booster parameters and
+rounds as ``fit_booster``, with early stopping's best iteration found on the validation split afterwards
+(``lightgbm.dask`` does not support early-stopping callbacks: workers evaluate only their own rows).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dask.dataframe as dd
+import lightgbm as lgb
+import numpy as np
+from distributed import Client
+from lightgbm.dask import DaskLGBMClassifier
+
+from pipelines.evaluation.metrics import compute_metrics
+from pipelines.specs import ModelSpec
+from pipelines.training.dataset import GROUP_COLUMN, LABEL_COLUMN, TrainingSet
+from pipelines.training.train import TrainingError, check_splits, lightgbm_params
+
+_ROWS_PER_PARTITION = 100_000
+
+
+def best_iteration(
+    spec: ModelSpec, booster: lgb.Booster, training_set: TrainingSet, patience: int, num_threads: int
+) -> int:
+    """The iteration early stopping would keep: the best main metric on the validation split, stopping after
+    ``patience`` rounds without improvement (as ``lgb.early_stopping(first_metric_only=True)``)."""
+    frame = training_set.split("validation")
+    features, labels = frame[training_set.feature_columns], frame[LABEL_COLUMN].to_numpy()
+    groups = frame[GROUP_COLUMN].to_numpy() if GROUP_COLUMN in frame.columns else None
+    raw = np.zeros(len(frame))
+    best, best_score = 0, -np.inf
+    for i in range(booster.current_iteration()):
+        # One tree at a time: the running sum is the raw score after i + 1 rounds (rank metrics need no link).
+        raw += booster.predict(features, start_iteration=i, num_iteration=1, raw_score=True, num_threads=num_threads)
+        score = compute_metrics(labels, raw, [spec.main_metric], groups=groups)[spec.main_metric]
+        if score > best_score:
+            best, best_score = i + 1, score
+        elif i + 1 - best >= patience:
+            break
+    return best
+
+
+def fit_booster_dask(
+    client: Client, spec: ModelSpec, training_set: TrainingSet, num_threads: int
+) -> tuple[lgb.Booster, dict[str, Any]]:
+    """``fit_booster`` on the cluster: returns the booster (its ``best_iteration`` set) and the params."""
+    if spec.objective != "binary":
+        raise TrainingError(
+            f"model {spec.name}: objective {spec.objective!r} has no Dask training path yet "
+            "(only binary models); train it with STOREFRONT_COMPUTE=pandas"
+        )
+    check_splits(training_set)
+    params, rounds, patience = lightgbm_params(spec, num_threads)
+    # Each worker uses its own thread count; the loop's rounds are the estimator's.
+    booster_params = {k: v for k, v in params.items() if k != "num_threads"}
+    train = training_set.split("train")
+    chunks = max(1, len(train) // _ROWS_PER_PARTITION + 1, len(client.nthreads()))
+    features = dd.from_pandas(train[training_set.feature_columns], npartitions=chunks)
+    labels = dd.from_pandas(train[LABEL_COLUMN], npartitions=chunks)
+    model = DaskLGBMClassifier(client=client, n_estimators=rounds, **booster_params)
+    model.fit(features, labels)
+    booster = model.booster_
+    booster.best_iteration = best_iteration(spec, booster, training_set, patience, num_threads)
+    return booster, params | {"num_boost_round": rounds, "early_stopping_rounds": patience, "compute": "dask"}
