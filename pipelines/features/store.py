@@ -23,6 +23,7 @@ from feature_repo.definitions import definitions
 from feature_repo.parts import RepoPart, lake_table
 from pipelines.compute.engine import point_in_time
 from pipelines.data import schemas
+from pipelines.features.online_write import write_view
 from pipelines.features.point_in_time import service_plan
 from pipelines.features.user_features import ENTITY_COLUMN, TIMESTAMP_COLUMN
 from pipelines.lake import Lake
@@ -181,10 +182,11 @@ def _service_inputs(store: FeatureStore, service: FeatureService) -> tuple[list[
 def materialize_day(settings: Settings, ds: dt.date, store: FeatureStore | None = None) -> int:
     """Load day ``ds``'s rows of every feature view whose lake partition exists into the online store.
 
-    The window is ``[ds 00:00, as_of(ds)]`` (daily views stamp ``as_of(ds)``, per-event views stamp times within
-    the day). Returns rows read from the partitions. Idempotent: a rerun writes the same values again. A view
-    already materialized past this day is skipped, so a backfill never replaces newer online features with
-    older ones.
+    Reads only the day's partition of each view and keeps its rows in ``[ds 00:00, as_of(ds)]`` (daily views
+    stamp ``as_of(ds)``, per-event views stamp times within the day), then writes them in Feast's own online
+    layout (``online_write``) and records the window in the registry as Feast's ``materialize`` would. Returns rows
+    read from the partitions. Idempotent: a rerun writes the same values again. A view already materialized past
+    this day is skipped, so a backfill never replaces newer online features with older ones.
     """
     lake = Lake(settings)
     repo = definitions(settings)
@@ -199,17 +201,20 @@ def materialize_day(settings: Settings, ds: dt.date, store: FeatureStore | None 
     # The day's bounds in the lake's day zone: the views are stamped there (a source cut at Shanghai midnight).
     as_of = schemas.as_of(ds, lake.day_zone)
     start = schemas.day_start(ds, lake.day_zone)
-    chosen, rows = [], 0
+    rows = 0
     for name, table in present.items():
         view = store.get_feature_view(name)
         newest = max((end for _, end in view.materialization_intervals), default=None)
         if newest is not None and newest > as_of:
             log.warning("feast: skip materializing %s for ds=%s, the online store already holds %s", name, ds, newest)
             continue
-        chosen.append(name)
-        rows += len(lake.read(table, ds, columns=[view.join_keys[0]]))
-    if chosen:
-        store.materialize(start_date=start, end_date=as_of, feature_views=chosen)
+        frame = lake.read(table, ds)
+        rows += len(frame)
+        stamps = pd.to_datetime(frame[view.batch_source.timestamp_field], utc=True)
+        in_window = frame[(stamps >= start) & (stamps <= as_of)]
+        written = write_view(store, view, in_window, settings.feast_online_write_batch_size)
+        store.registry.apply_materialization(view, store.project, start, as_of, commit=True)
+        log.info("feast: materialized %s for ds=%s: %d of %d rows written", name, ds, written, len(frame))
     return rows
 
 

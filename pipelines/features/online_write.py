@@ -1,0 +1,361 @@
+"""Write a frame of one feature view's rows into Feast's online store, byte for byte in Feast's own layout.
+
+Feast 0.67 (entity key serialization v3) reads what this writes: Redis hashes or SQLite rows. The bytes are built
+per batch with numpy instead of one protobuf object per value, which is where stock materialization spends its time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+import struct
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from feast import FeatureStore, FeatureView
+from feast.infra.online_stores.helpers import _mmh3, compute_table_id, compute_versioned_name, extract_text_and_num
+from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig, RedisType
+from feast.infra.online_stores.sqlite import SqliteOnlineStore, SqliteOnlineStoreConfig
+from feast.protos.feast.types.Value_pb2 import ValueType as KeyType
+from feast.type_map import python_values_to_proto_values
+from feast.value_type import ValueType
+from google.protobuf.timestamp_pb2 import Timestamp
+
+DEFAULT_BATCH_ROWS = 10_000
+_DOUBLE_TAG = b"\x29"  # ValueProto field 5 (double_val), wire type 1 (64-bit)
+_CRLF = b"\r\n"
+
+
+class OnlineWriteError(RuntimeError):
+    """The frame or the online store cannot be written in Feast's layout (missing column, unsupported store)."""
+
+
+@dataclass(frozen=True)
+class _Cells:
+    """One piece of every row's bytes: ``matrix[i, :lengths[i]]`` is row i's piece (all of it if lengths is None)."""
+
+    matrix: np.ndarray  # uint8, shape (rows, width) or (1, width) for a piece every row shares
+    lengths: np.ndarray | None = None
+
+    @classmethod
+    def constant(cls, data: bytes) -> _Cells:
+        return cls(np.frombuffer(data, dtype=np.uint8).reshape(1, -1))
+
+    @classmethod
+    def padded(cls, values: list[bytes]) -> _Cells:
+        lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+        width = int(lengths.max(initial=0))
+        matrix = np.zeros((len(values), width), dtype=np.uint8)
+        matrix[np.arange(width) < lengths[:, None]] = np.frombuffer(b"".join(values), dtype=np.uint8)
+        return cls(matrix, lengths)
+
+    def take(self, rows: np.ndarray) -> _Cells:
+        """The pieces of the rows selected by an index or boolean array."""
+        return _Cells(self.matrix[rows], None if self.lengths is None else self.lengths[rows])
+
+    def row_lengths(self, rows: int) -> np.ndarray:
+        return np.full(rows, self.matrix.shape[1]) if self.lengths is None else self.lengths
+
+
+def _join(pieces: list[_Cells], rows: int) -> tuple[bytes, np.ndarray]:
+    """Every row's pieces concatenated, rows one after another, and the byte length of each row."""
+    width = sum(p.matrix.shape[1] for p in pieces)
+    out = np.empty((rows, width), dtype=np.uint8)
+    keep = np.ones((rows, width), dtype=bool)
+    at = 0
+    for piece in pieces:
+        w = piece.matrix.shape[1]
+        out[:, at : at + w] = piece.matrix
+        if piece.lengths is not None:
+            keep[:, at : at + w] = np.arange(w) < piece.lengths[:, None]
+        at += w
+    lengths = sum((p.row_lengths(rows) for p in pieces), start=np.zeros(rows, dtype=np.int64))
+    return out[keep].tobytes(), lengths
+
+
+def _split(data: bytes, lengths: np.ndarray) -> list[bytes]:
+    ends = np.cumsum(lengths).tolist()
+    return [data[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+
+
+# -- Feast's value and key encodings --------------------------------------------------------------------------
+def _values(column: pd.Series, value_type: ValueType) -> _Cells:
+    """Serialized ValueProtos of a feature column; a missing value is an empty ValueProto (zero bytes), as in Feast."""
+    if value_type == ValueType.DOUBLE:
+        values = pd.to_numeric(column, errors="coerce").to_numpy(dtype="<f8", na_value=np.nan)
+        matrix = np.empty((len(values), 9), dtype=np.uint8)
+        matrix[:, 0] = _DOUBLE_TAG[0]
+        matrix[:, 1:] = values.view(np.uint8).reshape(-1, 8)
+        return _Cells(matrix, np.where(np.isnan(values), 0, 9))
+    # Other types are rare here: let Feast build their protos, then lay the bytes out like the fast path's.
+    protos = python_values_to_proto_values(column.to_numpy(dtype=object), value_type)
+    return _Cells.padded([p.SerializeToString() for p in protos])
+
+
+def _value_texts(column: pd.Series, value_type: ValueType) -> list[str | None]:
+    """The SQLite store's ``value_text`` column: ``str`` of the value, None when missing."""
+    if value_type == ValueType.DOUBLE:
+        values = pd.to_numeric(column, errors="coerce").to_numpy(dtype="<f8", na_value=np.nan)
+        return [None if v != v else str(v) for v in values.tolist()]
+    protos = python_values_to_proto_values(column.to_numpy(dtype=object), value_type)
+    return [extract_text_and_num(p, False)[0] for p in protos]
+
+
+def _entity_keys(frame: pd.DataFrame, join_keys: dict[str, ValueType], view: str) -> list[_Cells]:
+    """Feast's ``serialize_entity_key`` (v3) of every row: key count, sorted key names, then typed values."""
+    names = sorted(join_keys)
+    head = [struct.pack("<I", len(names))]
+    for name in names:
+        encoded = name.encode("utf8")
+        head += [struct.pack("<II", KeyType.STRING, len(encoded)), encoded]
+    pieces = [_Cells.constant(b"".join(head))]
+    for name in names:
+        kind = join_keys[name]
+        if kind == ValueType.INT64:
+            values = frame[name].to_numpy(dtype="<i8")
+            pieces += [
+                _Cells.constant(struct.pack("<II", KeyType.INT64, 8)),
+                _Cells(values.view(np.uint8).reshape(-1, 8)),
+            ]
+        elif kind == ValueType.STRING:
+            encoded = [str(v).encode("utf8") for v in frame[name].tolist()]
+            sizes = np.fromiter(map(len, encoded), dtype="<u4", count=len(encoded))
+            pieces += [
+                _Cells.constant(struct.pack("<I", KeyType.STRING)),
+                _Cells(sizes.view(np.uint8).reshape(-1, 4)),
+                _Cells.padded(encoded),
+            ]
+        else:
+            raise OnlineWriteError(
+                f"feature view {view!r}: join key {name!r} has type {kind.name}; the fast online writer handles "
+                "INT64 and STRING keys: declare the entity with one of those or materialize this view with Feast"
+            )
+    return pieces
+
+
+@dataclass(frozen=True)
+class _Stamps:
+    """Event times of the rows as Feast stores them, formatted once per distinct instant."""
+
+    nanos: np.ndarray  # int64 nanoseconds since the epoch, UTC
+    codes: np.ndarray  # index of each row's instant in ``instants``
+    instants: list[dt.datetime]  # distinct instants, aware UTC, microsecond precision as Feast keeps them
+
+    @classmethod
+    def of(cls, column: pd.Series) -> _Stamps:
+        # Feast keeps microseconds (datetime), so equal instants are equal to the microsecond.
+        micros = pd.to_datetime(column, utc=True).dt.tz_localize(None).to_numpy(dtype="datetime64[us]")
+        unique, codes = np.unique(micros, return_inverse=True)
+        instants = [pd.Timestamp(u).tz_localize("UTC").to_pydatetime() for u in unique]
+        return cls(micros.astype("int64") * 1000, codes.reshape(-1), instants)
+
+    def protos(self) -> list[bytes]:
+        out = []
+        for instant in self.instants:
+            stamp = Timestamp()
+            stamp.FromDatetime(instant)
+            out.append(stamp.SerializeToString())
+        return out
+
+    def sqlite_values(self) -> list[int]:
+        """Per row, what Feast's SQLite store keeps: its sqlite3 adapter turns the naive-UTC datetime it is given
+        into ``int(datetime.timestamp())`` (whole seconds, the naive time read in the machine's zone)."""
+        distinct = [int(instant.replace(tzinfo=None).timestamp()) for instant in self.instants]
+        return [distinct[c] for c in self.codes.tolist()]
+
+
+# -- the frame Feast would write ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _View:
+    name: str  # as stored (with a version suffix when the registry versions online views)
+    join_keys: dict[str, ValueType]
+    features: dict[str, ValueType]
+    timestamp: str
+    created: str | None
+
+
+def _view(store: FeatureStore, view: FeatureView) -> _View:
+    if view.batch_source is None:
+        raise OnlineWriteError(f"feature view {view.name!r} has no batch source: nothing to materialize")
+    return _View(
+        name=compute_versioned_name(view, store.config.registry.enable_online_feature_view_versioning),
+        join_keys={e.name: e.dtype.to_value_type() for e in view.entity_columns},
+        features={f.name: f.dtype.to_value_type() for f in view.features},
+        timestamp=view.batch_source.timestamp_field,
+        created=view.batch_source.created_timestamp_column or None,
+    )
+
+
+def latest_per_key(frame: pd.DataFrame, view: FeatureView) -> pd.DataFrame:
+    """One row per entity key, the newest (as Feast's materialization keeps; ties: the first in the frame)."""
+    source = view.batch_source
+    frame = frame.rename(columns=source.field_mapping) if source is not None and source.field_mapping else frame
+    keys = [e.name for e in view.entity_columns]
+    order = [c for c in (source.timestamp_field, source.created_timestamp_column) if c]
+    missing = [c for c in [*keys, *order, *(f.name for f in view.features)] if c not in frame.columns]
+    if missing:
+        raise OnlineWriteError(
+            f"feature view {view.name!r}: the frame lacks column(s) {missing} (has {list(frame.columns)}); "
+            "rebuild the view's lake partition with its feature family"
+        )
+    newest_first = frame.sort_values(order, ascending=False, kind="stable")
+    return newest_first.drop_duplicates(keys, keep="first").sort_index()
+
+
+def write_view(
+    store: FeatureStore, view: FeatureView, frame: pd.DataFrame, batch_rows: int = DEFAULT_BATCH_ROWS
+) -> int:
+    """Write ``frame`` (the view's rows, as read from its source) into ``store``'s online store; returns rows written.
+
+    Same result as Feast materializing these rows: the newest row per key; on Redis a row not newer than the stored
+    one is skipped and the key's ttl is set when ``key_ttl_seconds`` is; on SQLite every row is upserted.
+    """
+    layout = _view(store, view)
+    rows = latest_per_key(frame, view)
+    online = store.config.online_store
+    if isinstance(online, RedisOnlineStoreConfig):
+        writer = _redis_writer(store, layout)
+    elif isinstance(online, SqliteOnlineStoreConfig):
+        writer = _sqlite_writer(store, layout, view)
+    else:
+        raise OnlineWriteError(
+            f"online store type {online.type!r} is not supported by the fast writer (redis, sqlite); "
+            "materialize with FeatureStore.materialize instead"
+        )
+    step = max(1, batch_rows)
+    with writer as write:
+        return sum(write(rows.iloc[start : start + step]) for start in range(0, len(rows), step))
+
+
+# -- Redis: one hash per entity key, fields mmh3("view:feature") and "_ts:view" ------------------------------
+def _bulk(cells: _Cells, rows: int) -> list[_Cells]:
+    """A RESP bulk string of each row's piece: ``$<length>\\r\\n<bytes>\\r\\n``."""
+    lengths = cells.row_lengths(rows)
+    sizes, inverse = np.unique(lengths, return_inverse=True)
+    headers = _Cells.padded([b"$%d\r\n" % n for n in sizes.tolist()])
+    return [headers.take(inverse.reshape(-1)), cells, _Cells.constant(_CRLF)]
+
+
+def _bulk_constant(data: bytes) -> _Cells:
+    return _Cells.constant(b"$%d\r\n%s\r\n" % (len(data), data))
+
+
+def _command(name: bytes, args: int) -> _Cells:
+    return _Cells.constant(b"*%d\r\n" % (args + 1) + b"$%d\r\n%s\r\n" % (len(name), name))
+
+
+@contextmanager
+def _redis_writer(store: FeatureStore, layout: _View) -> Iterator[Callable[[pd.DataFrame], int]]:
+    config = store.config.online_store
+    if config.redis_type == RedisType.redis_cluster:
+        raise OnlineWriteError(
+            "the fast writer pipelines raw commands to one Redis server; a Redis Cluster online store needs "
+            "FeatureStore.materialize"
+        )
+    # Feast's own client, so the connection string means exactly what it means to Feast's reader.
+    client = RedisOnlineStore()._get_client(config)
+    project = store.config.project.encode("utf8")
+    ts_field = f"_ts:{layout.name}".encode()
+    fields = [_mmh3(f"{layout.name}:{name}") for name in layout.features]
+    ttl = config.key_ttl_seconds
+
+    def write(frame: pd.DataFrame) -> int:
+        rows = len(frame)
+        if not rows:
+            return 0
+        key = _join([*_entity_keys(frame, layout.join_keys, layout.name), _Cells.constant(project)], rows)
+        key_cells = _Cells.padded(_split(*key))
+        stamps = _Stamps.of(frame[layout.timestamp])
+        # Feast reads the stored event time first and skips rows that are not newer.
+        hmget = [_command(b"HMGET", 2), *_bulk(key_cells, rows), _bulk_constant(ts_field)]
+        stored = _pipeline(client, _join(hmget, rows)[0], rows)
+        fresh = stamps.nanos > _stored_nanos([reply[0] for reply in stored])
+        if not fresh.any():
+            return 0
+        frame, key_cells = frame[fresh], key_cells.take(fresh)
+        rows = len(frame)
+        hset = [_command(b"HSET", 3 + 2 * len(fields)), *_bulk(key_cells, rows), _bulk_constant(ts_field)]
+        hset += _bulk(_Cells.padded(stamps.protos()).take(stamps.codes[fresh]), rows)
+        for field, (name, kind) in zip(fields, layout.features.items(), strict=True):
+            hset += [_bulk_constant(field), *_bulk(_values(frame[name], kind), rows)]
+        per_row = 1
+        if ttl:
+            hset += [_command(b"EXPIRE", 2), *_bulk(key_cells, rows), _bulk_constant(str(int(ttl)).encode())]
+            per_row = 2
+        _pipeline(client, _join(hset, rows)[0], rows * per_row)
+        return rows
+
+    with closing(client):
+        yield write
+
+
+def _stored_nanos(replies: list[bytes | None]) -> np.ndarray:
+    """Nanoseconds of stored ``_ts`` Timestamps (0 where none), parsing each distinct value once."""
+    parsed: dict[bytes, int] = {}
+    out = np.zeros(len(replies), dtype=np.int64)
+    for i, raw in enumerate(replies):
+        if raw is None:
+            continue
+        if raw not in parsed:
+            stamp = Timestamp()
+            stamp.ParseFromString(raw)
+            parsed[raw] = stamp.seconds * 1_000_000_000 + stamp.nanos
+        out[i] = parsed[raw]
+    return out
+
+
+def _pipeline(client, commands: bytes, replies: int) -> list:
+    """Send pre-encoded commands on one connection and read their replies (an error reply raises)."""
+    connection = client.connection_pool.get_connection()
+    try:
+        connection.send_packed_command([commands], check_health=False)
+        return [connection.read_response() for _ in range(replies)]
+    except BaseException:
+        connection.disconnect()  # unread replies would otherwise answer the next command
+        raise
+    finally:
+        client.connection_pool.release(connection)
+
+
+# -- SQLite: table <project>_<view>, one row per (entity key, feature) --------------------------------------
+@contextmanager
+def _sqlite_writer(store: FeatureStore, layout: _View, view: FeatureView) -> Iterator[Callable[[pd.DataFrame], int]]:
+    config = store.config
+    if config.online_store.vector_enabled or getattr(config.online_store, "enable_openai_compatible_store", False):
+        raise OnlineWriteError(
+            "the fast writer writes Feast's plain SQLite layout; with vector_enabled or "
+            "enable_openai_compatible_store set, materialize with FeatureStore.materialize"
+        )
+    table = compute_table_id(config.project, view, config.registry.enable_online_feature_view_versioning)
+    path = SqliteOnlineStore._get_db_path(config)
+    connection = sqlite3.connect(path)
+    if connection.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone() is None:
+        connection.close()
+        raise OnlineWriteError(
+            f"{path}: no table {table!r}; apply the feature definitions first (feature_store(settings) or feast apply)"
+        )
+    columns = "entity_key, feature_name, value, value_text, event_ts, created_ts"
+    upsert = (
+        f'INSERT INTO "{table}" ({columns}) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(entity_key, feature_name) DO '
+        "UPDATE SET value = excluded.value, value_text = excluded.value_text, event_ts = excluded.event_ts, "
+        "created_ts = excluded.created_ts"
+    )
+
+    def write(frame: pd.DataFrame) -> int:
+        rows = len(frame)
+        keys = _split(*_join(_entity_keys(frame, layout.join_keys, layout.name), rows))
+        stamps = _Stamps.of(frame[layout.timestamp])
+        event_ts = stamps.sqlite_values()
+        created = _Stamps.of(frame[layout.created]).sqlite_values() if layout.created else [None] * rows
+        with connection:
+            for name, kind in layout.features.items():
+                values = _split(*_join([_values(frame[name], kind)], rows))
+                texts = _value_texts(frame[name], kind)
+                connection.executemany(upsert, zip(keys, [name] * rows, values, texts, event_ts, created, strict=True))
+        return rows
+
+    with closing(connection):
+        yield write
