@@ -37,6 +37,15 @@ class Settings(BaseSettings):
     airflow_username: str = "engineer"
     airflow_password: SecretStr = SecretStr("")
     airflow_parallelism: int = 4
+    airflow_executor: Literal["LocalExecutor", "CeleryExecutor"] = Field(
+        default="LocalExecutor",
+        description="Stack: LocalExecutor (scheduler forks tasks) or CeleryExecutor (`celery worker` processes).",
+    )
+    celery_broker_url: SecretStr = Field(
+        default=SecretStr("amqp://127.0.0.1:5672//"),
+        description="CeleryExecutor's broker (RabbitMQ; with no user in the URL, RabbitMQ's loopback guest user).",
+    )
+    celery_worker_concurrency: int = Field(default=2, description="Task slots of the stack's Celery worker.")
     airflow_remote_log_folder: str = Field(default="", description="Task logs in object storage (stack: S3).")
     airflow_catchup: bool = Field(
         default=True, description="Scheduler runs every missed day since start_date (False: only the newest)."
@@ -139,6 +148,9 @@ class Settings(BaseSettings):
         self.mlflow_artifacts_destination = self.mlflow_artifacts_destination or "s3://storefront/mlflow"
         self.feast_registry = self.feast_registry or f"{pg}/storefront_feast"
         self.feast_online_store = self.feast_online_store or "redis"
+        if self.compute == "dask" and not self.dask_scheduler:
+            # The stack starts its own scheduler and worker processes on loopback (pipelines/stack/services.py).
+            self.dask_scheduler = "tcp://127.0.0.1:8786"
 
     @property
     def start_date_explicit(self) -> bool:
@@ -148,6 +160,11 @@ class Settings(BaseSettings):
     @property
     def end_date_explicit(self) -> bool:
         return "end_date" in self.model_fields_set
+
+    @property
+    def celery_queue(self) -> str:
+        """The Celery queue of this stack's tasks: stacks sharing one broker never take each other's tasks."""
+        return f"storefront_{self.feast_project}"
 
     @property
     def lake_is_s3(self) -> bool:

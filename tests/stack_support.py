@@ -72,8 +72,9 @@ class StackWorld:
         return subprocess.Popen([mlctl, *args], env=self.env, cwd=self.workdir, stdout=sink, stderr=subprocess.STDOUT)
 
 
-def stack_settings(root: Path) -> tuple[Settings, dict[str, str]]:
-    """Settings of a private stack under ``root`` and the environment that selects them in child processes."""
+def stack_settings(root: Path, **overrides: object) -> tuple[Settings, dict[str, str]]:
+    """Settings of a private stack under ``root`` (``overrides`` win) and the environment that selects them in child
+    processes."""
     suffix = secrets.token_hex(4)
     s3, mlflow, airflow, serving = free_ports(4)
     models = root / "models"
@@ -109,6 +110,7 @@ def stack_settings(root: Path) -> tuple[Settings, dict[str, str]]:
         sim_users=600,
         num_threads=1,
         **credentials,
+        **overrides,
     )
     env = {**os.environ, **settings.environment(), **credentials}
     return settings, env
@@ -131,10 +133,10 @@ def drop_stack_data(settings: Settings) -> None:
 
 
 @contextlib.contextmanager
-def start_world(root: Path) -> Iterator[StackWorld]:
+def start_world(root: Path, **overrides: object) -> Iterator[StackWorld]:
     """``mlctl stack up`` on a private stack; on exit ``mlctl stack down`` and drop what it created."""
     require_services()
-    settings, env = stack_settings(root)
+    settings, env = stack_settings(root, **overrides)
     workdir = root / "workdir"
     workdir.mkdir()
     world = StackWorld(settings, env, workdir)

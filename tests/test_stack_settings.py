@@ -12,7 +12,7 @@ from pipelines.orchestration.airflow_env import airflow_environment
 from pipelines.settings import Settings, get_settings
 from pipelines.stack.envfile import write_env_file
 from pipelines.stack.resources import StackError, buckets, s3_credentials
-from pipelines.stack.services import InternalPorts, services
+from pipelines.stack.services import InternalPorts, environment, services
 
 
 def test_stack_profile_points_every_store_at_a_service(tmp_path: Path) -> None:
@@ -65,3 +65,31 @@ def test_init_writes_a_private_env_file_once(tmp_path: Path, monkeypatch: pytest
     settings = get_settings(home=tmp_path / ".storefront")
     assert settings.profile == "stack" and settings.aws_secret_access_key is not None
     assert s3_credentials(settings)[1] in text
+
+
+def test_the_celery_executor_adds_a_worker_on_its_own_queue_and_dask_its_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    settings = get_settings(profile="stack", home=tmp_path, airflow_executor="CeleryExecutor", compute="dask")
+    assert settings.dask_scheduler == "tcp://127.0.0.1:8786"
+    internal = InternalPorts.pick(list(range(40000, 40000 + InternalPorts.COUNT)))
+    found = {s.name: s.argv for s in services(settings, internal)}
+    worker = found["celery-worker"]
+    assert worker[1:3] == ["celery", "worker"] and worker[worker.index("--queues") + 1] == "storefront_storefront"
+    assert found["dask-scheduler"][1:2] == ["scheduler"] and "8786" in found["dask-scheduler"]
+    assert found["dask-workers"][2] == "tcp://127.0.0.1:8786" and "--nworkers" in found["dask-workers"]
+    env = environment(settings, internal, "id")
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert env["AIRFLOW__OPERATORS__DEFAULT_QUEUE"] == "storefront_storefront"
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"] == f"db+{settings.airflow_db_uri}"
+    # The stack's own processes compute on its Dask scheduler: tasks read it from the environment.
+    plain = {s.name for s in services(get_settings(profile="stack", home=tmp_path), internal)}
+    assert not plain & {"celery-worker", "dask-scheduler", "dask-workers"}
+
+
+def test_a_remote_dask_scheduler_is_used_not_started(tmp_path: Path) -> None:
+    settings = get_settings(profile="stack", home=tmp_path, compute="dask", dask_scheduler="tcp://dask.prod:8786")
+    internal = InternalPorts.pick(list(range(40000, 40000 + InternalPorts.COUNT)))
+    assert not {s.name for s in services(settings, internal)} & {"dask-scheduler", "dask-workers"}

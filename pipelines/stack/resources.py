@@ -79,6 +79,22 @@ def check_redis(settings: Settings) -> None:
         ) from exc
 
 
+def check_celery_broker(settings: Settings) -> None:
+    """Fail clearly when the CeleryExecutor's broker does not answer."""
+    if settings.airflow_executor != "CeleryExecutor":
+        return
+    from kombu import Connection
+
+    try:
+        with Connection(settings.celery_broker_url.get_secret_value(), connect_timeout=3) as conn:
+            conn.ensure_connection(max_retries=1)
+    except Exception as exc:  # noqa: BLE001 - kombu raises transport-specific errors
+        raise StackError(
+            f"the Celery broker (STOREFRONT_CELERY_BROKER_URL, host {conn.hostname}) does not answer: "
+            f"{type(exc).__name__}; start RabbitMQ or point the setting at a running broker"
+        ) from exc
+
+
 def s3_credentials(settings: Settings) -> tuple[str, str]:
     """The S3 access key pair, from the environment (or .env) only."""
     if not (settings.aws_access_key_id and settings.aws_secret_access_key):

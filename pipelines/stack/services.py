@@ -105,10 +105,45 @@ def services(settings: Settings, internal: InternalPorts) -> list[Service]:
         )
     )
     found += [Service(name, [_bin("airflow"), name]) for name in AIRFLOW_COMPONENTS]
+    if settings.airflow_executor == "CeleryExecutor":
+        queue = settings.celery_queue
+        worker = [_bin("airflow"), "celery", "worker", "--queues", queue, "--celery-hostname", f"{queue}@%h"]
+        found.append(Service("celery-worker", [*worker, "--concurrency", str(settings.celery_worker_concurrency)]))
+    found += _dask_services(settings)
     found.append(
         Service("serving", [_bin("mlctl"), "serve"], f"http://{settings.serving_host}:{settings.serving_port}")
     )
     return found
+
+
+def runs_own_dask(settings: Settings) -> bool:
+    """The stack starts a Dask scheduler and workers when computation is on Dask at a loopback address."""
+    return settings.compute == "dask" and host_port(settings.dask_scheduler, 8786)[0] in {"127.0.0.1", "localhost"}
+
+
+def _dask_services(settings: Settings) -> list[Service]:
+    if not runs_own_dask(settings):
+        return []
+    assert settings.stack_dir is not None
+    host, port = host_port(settings.dask_scheduler, 8786)
+    scheduler = [_bin("dask"), "scheduler", "--host", host, "--port", str(port), "--dashboard-address", f"{host}:0"]
+    worker = [
+        _bin("dask"),
+        "worker",
+        settings.dask_scheduler,
+        "--host",
+        host,
+        "--nworkers",
+        str(settings.dask_workers),
+        "--nthreads",
+        "1",
+        "--memory-limit",
+        settings.dask_worker_memory,
+        "--no-dashboard",
+        "--local-directory",
+        str(settings.stack_dir / "dask"),
+    ]
+    return [Service("dask-scheduler", scheduler), Service("dask-workers", worker)]
 
 
 def environment(settings: Settings, internal: InternalPorts, stack_id: str) -> dict[str, str]:
@@ -116,7 +151,7 @@ def environment(settings: Settings, internal: InternalPorts, stack_id: str) -> d
     key, secret = s3_credentials(settings)
     env = {
         **airflow_environment(settings),
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__EXECUTOR": settings.airflow_executor,
         "AIRFLOW__API__BASE_URL": settings.airflow_api_url,
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(internal.worker_log_server),
@@ -128,6 +163,13 @@ def environment(settings: Settings, internal: InternalPorts, stack_id: str) -> d
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         "STOREFRONT_STACK_ID": stack_id,
     }
+    if settings.airflow_executor == "CeleryExecutor":
+        env |= {
+            "AIRFLOW__CELERY__BROKER_URL": settings.celery_broker_url.get_secret_value(),
+            # Celery's database result backend on the Airflow metadata DB (SQLAlchemy URL behind "db+").
+            "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{settings.airflow_db_uri}",
+            "AIRFLOW__OPERATORS__DEFAULT_QUEUE": settings.celery_queue,
+        }
     if settings.s3_endpoint_url:
         env["MLFLOW_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
         env["AWS_ENDPOINT_URL_S3"] = settings.s3_endpoint_url
@@ -159,6 +201,40 @@ def health(settings: Settings) -> dict[str, str | None]:
         for name in AIRFLOW_COMPONENTS:
             status = (report.get(name.replace("-", "_")) or {}).get("status")
             found[name] = None if status == "healthy" else f"status {status or 'unknown'} (no recent heartbeat)"
+    if settings.airflow_executor == "CeleryExecutor":
+        found["celery-worker"] = _celery_worker_problem(settings)
+    if runs_own_dask(settings):
+        found.update(_dask_problems(settings))
     resp = _get(f"http://{settings.serving_host}:{settings.serving_port}/health")
     found["serving"] = None if resp is not None and resp.status_code < 500 else "no answer at /health"
     return found
+
+
+def _celery_worker_problem(settings: Settings) -> str | None:
+    """None when a worker serving this stack's queue answers a ping through the broker."""
+    from celery import Celery
+
+    app = Celery(broker=settings.celery_broker_url.get_secret_value())
+    try:
+        replies = app.control.ping(timeout=1.0)
+    except OSError as exc:
+        return f"broker does not answer: {exc}"
+    finally:
+        app.close()
+    mine = [name for reply in replies for name in reply if name.startswith(f"{settings.celery_queue}@")]
+    return None if mine else f"no worker of queue {settings.celery_queue} answers a ping"
+
+
+def _dask_problems(settings: Settings) -> dict[str, str | None]:
+    from distributed import Client
+
+    try:
+        with Client(settings.dask_scheduler, timeout=2) as client:
+            workers = len(client.scheduler_info().get("workers", {}))
+    except (OSError, TimeoutError) as exc:
+        return {"dask-scheduler": f"no answer at {settings.dask_scheduler}: {exc}", "dask-workers": "unknown"}
+    wanted = settings.dask_workers
+    return {
+        "dask-scheduler": None,
+        "dask-workers": None if workers >= wanted else f"{workers} of {wanted} workers connected",
+    }

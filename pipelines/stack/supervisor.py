@@ -23,7 +23,7 @@ from pipelines.settings import Settings
 from pipelines.stack import resources
 from pipelines.stack.ports import free_ports, host_port, port_is_free
 from pipelines.stack.resources import StackError
-from pipelines.stack.services import InternalPorts, environment, health, services
+from pipelines.stack.services import InternalPorts, environment, health, runs_own_dask, services
 
 STATE_FILE = "stack.json"
 
@@ -114,6 +114,8 @@ def _published_ports(settings: Settings) -> dict[str, tuple[str, int]]:
     }
     if settings.s3_endpoint_url:
         ports["s3"] = host_port(settings.s3_endpoint_url, 8333)
+    if runs_own_dask(settings):
+        ports["dask-scheduler"] = host_port(settings.dask_scheduler, 8786)
     return ports
 
 
@@ -123,10 +125,11 @@ def _preflight(settings: Settings) -> None:
         raise StackError(
             f"port taken: {', '.join(taken)}; stop what listens there (`ss -ltnp`) or choose other ports in the "
             "settings (STOREFRONT_S3_ENDPOINT_URL, STOREFRONT_MLFLOW_TRACKING_URI, STOREFRONT_AIRFLOW_API_URL, "
-            "STOREFRONT_SERVING_PORT)"
+            "STOREFRONT_SERVING_PORT, STOREFRONT_DASK_SCHEDULER)"
         )
     resources.s3_credentials(settings)
     resources.check_redis(settings)
+    resources.check_celery_broker(settings)
 
 
 def _tail(path: Path, lines: int = 25) -> str:
