@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from pipelines.data.orders import BROWSERS, SOURCES
 from pipelines.data.schemas import day_start as day_start_of
+from pipelines.features.inputs import FeatureInputError, require_columns
 from pipelines.lake import Lake, as_date
 from pipelines.settings import Settings
 from pipelines.validation.contracts import validate_with_contract
@@ -129,17 +130,8 @@ ORDER_COLUMNS = [
 LABEL_COLUMNS = ["order_id", "is_fraud", "label_time"]
 
 
-class OrderFeatureError(ValueError):
+class OrderFeatureError(FeatureInputError):
     """The orders lack a column the order features need, or a feature frame breaks the table's rules."""
-
-
-def _require(df: pd.DataFrame, table: str, columns: list[str]) -> None:
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise OrderFeatureError(
-            f"table '{table}' lacks column(s) {missing} needed for order features; "
-            "see pipelines/data/schemas.py (ORDERS) for its schema"
-        )
 
 
 def _epoch_us(values: pd.Series) -> np.ndarray:
@@ -228,8 +220,8 @@ def compute_order_features(orders: pd.DataFrame, labels: pd.DataFrame, ds: dt.da
     Orders after ``ds`` (if any) are ignored; so are orders older than ``HISTORY_DAYS`` before ``ds``. A chargeback
     counts for an order only if it arrived strictly before the order was placed.
     """
-    _require(orders, "orders", ORDER_COLUMNS)
-    _require(labels, "order_labels", LABEL_COLUMNS)
+    require_columns(orders, "orders", ORDER_COLUMNS, "order", OrderFeatureError)
+    require_columns(labels, "order_labels", LABEL_COLUMNS, "order", OrderFeatureError)
     day_start = int(_epoch_us(pd.Series([day_start_of(ds, zone)]))[0])
     t = _epoch_us(orders["purchase_time"])
     keep = (t >= day_start - HISTORY_DAYS * _DAY_US) & (t < day_start + _DAY_US)
@@ -312,7 +304,7 @@ def build_order_features(lake: Lake, ds: dt.date) -> pd.DataFrame:
     missing simply contribute no history, missing label days no chargebacks.
     """
     today = lake.read("orders", ds)
-    _require(today, "orders", ORDER_COLUMNS)
+    require_columns(today, "orders", ORDER_COLUMNS, "order", OrderFeatureError)
     today = today[ORDER_COLUMNS]
     earlier = lake.read_range(
         "orders", ds - dt.timedelta(days=HISTORY_DAYS), ds - dt.timedelta(days=1), columns=ORDER_COLUMNS
@@ -325,7 +317,7 @@ def build_order_features(lake: Lake, ds: dt.date) -> pd.DataFrame:
 def write_order_features(lake: Lake, ds: dt.date, df: pd.DataFrame) -> str:
     """Publish the day's features as partition ``features/order_risk/ds=...`` (atomic; reruns replace)."""
     columns = [f.name for f in ORDER_FEATURES_SCHEMA]
-    _require(df, ORDER_FEATURES_TABLE, columns)
+    require_columns(df, ORDER_FEATURES_TABLE, columns, "order", OrderFeatureError)
     stamps = pd.to_datetime(df[TIMESTAMP_COLUMN], utc=True)
     zone = lake.day_zone
     start, end = pd.Timestamp(day_start_of(ds, zone)), pd.Timestamp(day_start_of(ds + dt.timedelta(days=1), zone))

@@ -23,6 +23,7 @@ import pandas as pd
 import pyarrow as pa
 
 from pipelines.data import schemas
+from pipelines.features.inputs import FeatureInputError, require_columns
 from pipelines.lake import Lake, as_date
 from pipelines.settings import Settings
 from pipelines.validation.contracts import validate_with_contract
@@ -95,7 +96,7 @@ EVENT_COLUMNS = ["event_time", "user_id", "event_type", "product_id", "category_
 PRODUCT_COLUMNS = ["product_id", "category_id", "price"]
 
 
-class RankingFeatureError(ValueError):
+class RankingFeatureError(FeatureInputError):
     """An input lacks a column the ranking features need, or a feature frame breaks its table's rules."""
 
 
@@ -109,15 +110,6 @@ def table_schema(table: str) -> pa.Schema:
             *[(name, pa.float64()) for name in features],
         ]
     )
-
-
-def _require(df: pd.DataFrame, table: str, columns: list[str]) -> None:
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise RankingFeatureError(
-            f"table '{table}' lacks column(s) {missing} needed for ranking features; "
-            "see pipelines/data/schemas.py for its schema"
-        )
 
 
 def _stamped(frame: pd.DataFrame, as_of: pd.Timestamp, keys: list[str], features: list[str]) -> pd.DataFrame:
@@ -147,7 +139,7 @@ def _count(ev: pd.DataFrame, keys: list[str], event_type: str, days: int, name: 
 
 def compute_product_stats(ev: pd.DataFrame, products: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
     """One row per catalogue product: popularity counts, price and popularity within its category."""
-    _require(products, "products", PRODUCT_COLUMNS)
+    require_columns(products, "products", PRODUCT_COLUMNS, "ranking", RankingFeatureError)
     frame = products[PRODUCT_COLUMNS].drop_duplicates("product_id").set_index("product_id")
     for name, event_type, days in (
         ("product_views_1d", "view", 1),
@@ -236,7 +228,7 @@ def compute_ranking_features(
     """The three tables of ``ds`` from in-memory events (at least the HISTORY_DAYS days up to ``ds``) and the
     catalogue; events at or after ``as_of(ds)`` (the end of ``ds`` in the lake's day ``zone``) are ignored (the
     pure core of the daily step)."""
-    _require(events, "events", EVENT_COLUMNS)
+    require_columns(events, "events", EVENT_COLUMNS, "ranking", RankingFeatureError)
     as_of = pd.Timestamp(schemas.as_of(ds, zone))
     ev = _ages(events, as_of)
     return {
@@ -249,7 +241,7 @@ def compute_ranking_features(
 def catalogue_from_events(events: pd.DataFrame) -> pd.DataFrame:
     """Products as the events show them (category and price of each product's newest event): the catalogue of a
     real log that comes without a products table."""
-    _require(events, "events", [*EVENT_COLUMNS, "price"])
+    require_columns(events, "events", [*EVENT_COLUMNS, "price"], "ranking", RankingFeatureError)
     newest = events.sort_values("event_time", kind="stable").drop_duplicates("product_id", keep="last")
     newest = newest.dropna(subset=["product_id", "category_id"])
     return newest[PRODUCT_COLUMNS].astype({"product_id": "int64", "category_id": "int64", "price": "float64"})
@@ -272,7 +264,7 @@ def build_ranking_features(lake: Lake, ds: dt.date) -> dict[str, pd.DataFrame]:
 def check_table(table: str, ds: dt.date, df: pd.DataFrame, zone: str = "UTC") -> None:
     """The rules every partition of a ranking table meets before it is written (columns, stamps, unique keys)."""
     _, keys, _ = TABLES[table]
-    _require(df, table, [f.name for f in table_schema(table)])
+    require_columns(df, table, [f.name for f in table_schema(table)], "ranking", RankingFeatureError)
     stamps = pd.to_datetime(df[TIMESTAMP_COLUMN], utc=True)
     as_of = schemas.as_of(ds, zone)
     if len(df) and not (stamps == pd.Timestamp(as_of)).all():

@@ -13,6 +13,7 @@ import pandas as pd
 import pyarrow as pa
 
 from pipelines.data import schemas
+from pipelines.features.inputs import FeatureInputError, require_columns
 from pipelines.lake import Lake
 
 USER_FEATURES_TABLE = "features/user_behavior"
@@ -69,27 +70,14 @@ USER_FEATURES_SCHEMA = pa.schema(
 _EVENT_COLUMNS = ["event_time", "user_id", "session_id", "event_type", "product_id", "price"]
 
 
-class FeatureInputError(ValueError):
-    """An input table lacks a column the user features need."""
-
-
-def _require(df: pd.DataFrame, table: str, columns: list[str]) -> None:
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise FeatureInputError(
-            f"table '{table}' lacks column(s) {missing} needed for user features; "
-            f"see pipelines/data/schemas.py for its schema"
-        )
-
-
 def compute_user_features(
     events: pd.DataFrame, users: pd.DataFrame, follows: pd.DataFrame, ds: dt.date, zone: str = "UTC"
 ) -> pd.DataFrame:
     """Features of every user known at ``as_of(ds)`` from in-memory tables (the pure core of the step); ``zone``
     is the lake's day zone (``Lake.day_zone``), where day ``ds`` ends."""
-    _require(events, "events", _EVENT_COLUMNS)
-    _require(users, "users", ["user_id", "signup_time"])
-    _require(follows, "follows", ["follower_id", "followee_id", "created_at"])
+    require_columns(events, "events", _EVENT_COLUMNS, "user")
+    require_columns(users, "users", ["user_id", "signup_time"], "user")
+    require_columns(follows, "follows", ["follower_id", "followee_id", "created_at"], "user")
     as_of = pd.Timestamp(schemas.as_of(ds, zone))
 
     known = users.loc[pd.to_datetime(users["signup_time"], utc=True) < as_of, "user_id"]
@@ -189,7 +177,7 @@ def build_user_features(lake: Lake, ds: dt.date) -> pd.DataFrame:
 
 def write_user_features(lake: Lake, ds: dt.date, df: pd.DataFrame) -> str:
     """Publish the day's features as partition ``features/user_behavior/ds=...`` (atomic; reruns replace)."""
-    _require(df, USER_FEATURES_TABLE, [f.name for f in USER_FEATURES_SCHEMA])
+    require_columns(df, USER_FEATURES_TABLE, [f.name for f in USER_FEATURES_SCHEMA], "user")
     stamps = pd.to_datetime(df[TIMESTAMP_COLUMN], utc=True)
     as_of = schemas.as_of(ds, lake.day_zone)
     if len(df) and not (stamps == pd.Timestamp(as_of)).all():
