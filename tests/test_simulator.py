@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from pipelines.data import schemas, simulator
+from pipelines.data import intent_truth, schemas, simulator
 from pipelines.data.extract import day_tables
 from pipelines.data.simulator import SimulationConfig, SimulationError
 
@@ -26,13 +26,13 @@ def test_a_day_is_the_same_whether_or_not_earlier_days_were_simulated_in_this_pr
     day = DAYS[6]
     simulator.clear_cache()
     cold_events = simulator.simulate_day(SimulationConfig(**vars(CONFIG)), day)  # fresh config object too
-    cold_truth = simulator.purchase_truth(CONFIG, day)
+    cold_truth = intent_truth.purchase_truth(CONFIG, day)
     for d in DAYS:  # warm: the whole window, then the same day again
         simulator.simulate_day(CONFIG, d)
     pd.testing.assert_frame_equal(cold_events, simulator.simulate_day(CONFIG, day))
-    pd.testing.assert_frame_equal(cold_truth, simulator.purchase_truth(CONFIG, day))
+    pd.testing.assert_frame_equal(cold_truth, intent_truth.purchase_truth(CONFIG, day))
     simulator.clear_cache()
-    pd.testing.assert_frame_equal(cold_truth, simulator.purchase_truth(CONFIG, day))
+    pd.testing.assert_frame_equal(cold_truth, intent_truth.purchase_truth(CONFIG, day))
 
 
 def test_another_seed_gives_another_world():
@@ -100,7 +100,7 @@ def test_users_and_follows_are_snapshots_as_of_the_end_of_the_day():
 
 
 def test_truth_is_a_probability_per_signed_up_user():
-    truth = simulator.purchase_truth(CONFIG, DAYS[2])
+    truth = intent_truth.purchase_truth(CONFIG, DAYS[2])
     users = simulator.users_snapshot(CONFIG, DAYS[2])
     assert truth["user_id"].tolist() == users["user_id"].tolist()
     assert (truth["as_of"] == pd.Timestamp(schemas.as_of(DAYS[2]))).all()

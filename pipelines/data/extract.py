@@ -7,7 +7,7 @@ import datetime as dt
 
 import pandas as pd
 
-from pipelines.data import orders, schemas, simulator
+from pipelines.data import intent_truth, orders, schemas, simulator
 from pipelines.data.simulator import SimulationConfig
 from pipelines.lake import Lake
 from pipelines.settings import Settings
@@ -28,7 +28,7 @@ def day_tables(config: SimulationConfig, ds: dt.date) -> dict[str, pd.DataFrame]
     """
     events = simulator.simulate_day(config, ds)
     users = simulator.users_snapshot(config, ds)
-    truth = simulator.purchase_truth(config, ds)
+    truth = intent_truth.purchase_truth(config, ds)
     fraudsters = orders.fraud_accounts(config, ds)
     if len(fraudsters):
         users = pd.concat([users, fraudsters], ignore_index=True)

@@ -99,7 +99,7 @@ class SimulationConfig:
     purchase_social: float = 0.45
     purchase_logit_by_weekday: tuple[float, ...] = (0.0, -0.05, -0.05, 0.0, 0.1, 0.3, 0.2)
     extra_items_per_purchase: float = 0.3  # Poisson mean of items bought beyond the first
-    # Ground truth: Monte-Carlo replicas of the next days (Rao-Blackwellised, see purchase_truth).
+    # Ground truth: Monte-Carlo replicas of the next days (Rao-Blackwellised, see intent_truth.purchase_truth).
     truth_replicas: int = 200
 
     def day_index(self, ds: dt.date) -> int:
@@ -265,7 +265,8 @@ def _build_follows(
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Count-level dynamics, shared by the realised world (K=1) and the ground-truth replicas (K>1).
+# Count-level dynamics of the realised world (K=1) and of replicas (K>1, ranking truth); the purchase-intent
+# truth (intent_truth.py) samples the same story with its own block-wise code built on the same rates.
 # Carts are ring buffers indexed by the day an item was carted (slot = day % A), so a day's ageing is one
 # slot reset; draws touch only the (replica, user) rows that have something to draw, which keeps K=200 fast.
 # ---------------------------------------------------------------------------------------------------------
@@ -335,16 +336,26 @@ def _weekday(config: SimulationConfig, t: int) -> int:
     return (config.start + dt.timedelta(days=t)).weekday()
 
 
+def _session_rate(config: SimulationConfig, world: _Static, t: int) -> np.ndarray:
+    """Poisson mean of each user's sessions on day t (0 before signing up)."""
+    rate = config.sessions_per_day * world.theta**config.sessions_theta_power
+    return np.where(_active(world, t), rate * config.activity_by_weekday[_weekday(config, t)], 0.0)
+
+
+def _views_per_session(config: SimulationConfig, world: _Static) -> np.ndarray:
+    """Poisson mean of each user's views beyond the first in a session."""
+    return config.extra_views_per_session * world.theta**config.views_theta_power
+
+
 def _browse(
     config: SimulationConfig, world: _Static, t: int, k: int, rng: np.random.Generator, wishlists: bool
 ) -> _Browse:
     """Sessions ~ Poisson(rate * theta^power), views per session 1 + Poisson, carts/wishlists per view."""
-    rate = config.sessions_per_day * world.theta**config.sessions_theta_power
-    rate = np.where(_active(world, t), rate * config.activity_by_weekday[_weekday(config, t)], 0.0)
+    rate = _session_rate(config, world, t)
     sessions = rng.poisson(np.broadcast_to(rate, (k, len(rate)))).astype("int32")
     rows = np.flatnonzero(sessions)
     views = sessions.copy()
-    per_session = config.extra_views_per_session * world.theta**config.views_theta_power
+    per_session = _views_per_session(config, world)
     views.flat[rows] += rng.poisson(sessions.flat[rows] * per_session[rows % len(rate)])
     carts = np.zeros_like(sessions)
     carts.flat[rows] = rng.binomial(views.flat[rows], world.p_cart[rows % len(rate)])
@@ -393,14 +404,25 @@ def _hazard(
     social: np.ndarray,
 ) -> np.ndarray:
     logit = (
-        config.purchase_intercept
-        + config.purchase_logit_by_weekday[_weekday(config, t)]
-        + config.purchase_theta * world.log_theta
+        _static_logit(config, world, t)
         + config.purchase_cart * np.log1p(open_items)
-        + config.purchase_satiation * np.exp(-(t - last_buy) / config.satiation_days)
+        + _satiation(config, t - last_buy)
         + config.purchase_social * np.log1p(social)
     )
     return np.where(_active(world, t), 1.0 / (1.0 + np.exp(-logit)), 0.0)
+
+
+def _static_logit(config: SimulationConfig, world: _Static, t: int) -> np.ndarray:
+    """The part of the purchase logit on day t that depends only on the user: intercept, weekday, propensity."""
+    return (
+        config.purchase_intercept
+        + config.purchase_logit_by_weekday[_weekday(config, t)]
+        + config.purchase_theta * world.log_theta
+    )
+
+
+def _satiation(config: SimulationConfig, days_since_purchase: np.ndarray) -> np.ndarray:
+    return config.purchase_satiation * np.exp(-days_since_purchase / config.satiation_days)
 
 
 @dataclass
@@ -638,50 +660,6 @@ def purchased_items(config: SimulationConfig, ds: dt.date) -> pd.DataFrame:
     return pd.DataFrame(
         {"user_id": rec.bought_user.astype("int64") + 1, "product_id": rec.bought_product.astype("int64") + 1}
     )
-
-
-def purchase_truth(config: SimulationConfig, ds: dt.date) -> pd.DataFrame:
-    """P(purchase during ds+1..ds+7 | world state at the end of ds) for every user signed up by then.
-
-    Monte Carlo over ``config.truth_replicas`` replicas of the next 7 days with its own random stream (so it does
-    not depend on the realised future). The social layer simulates every user, purchases included, so followees'
-    purchases feed back through the follow graph; each user's own no-purchase path is simulated alongside and
-    the probability of not buying is the replica mean of prod(1 - daily hazard) on that path (a Rao-Blackwellised
-    estimator: much lower variance than counting replicas with a purchase). The only approximation is that a
-    user's own simulated purchases may echo back through mutual follows, a second-order effect.
-    """
-    t = config.day_index(ds)
-    world = _world(config)
-    if t not in world.truth:
-        world.truth[t] = _truth_probabilities(config, world.static, world.record(t).state, t)
-    signed_up = world.static.signup_day <= t
-    return pd.DataFrame(
-        {
-            "user_id": np.flatnonzero(signed_up).astype("int64") + 1,
-            "as_of": pd.Series(pd.Timestamp(schemas.as_of(ds)), index=range(int(signed_up.sum()))),
-            "p_purchase_7d": world.truth[t][signed_up],
-        }
-    )
-
-
-def _truth_probabilities(
-    config: SimulationConfig, world: _Static, end_state: _State, t: int, horizon: int = 7
-) -> np.ndarray:
-    k = config.truth_replicas
-    rng = np.random.default_rng([config.seed, _TRUTH, t])
-    state = end_state.replicate(k)
-    # Each user's own path as long as they have not bought: same browsing draws, no purchases, recency frozen.
-    shadow = state.cart.copy()
-    last_buy = state.last_buy.copy()
-    log_survival = np.zeros(last_buy.shape)
-    for day in range(t + 1, t + 1 + horizon):
-        draws = _step(config, world, state, day, rng, wishlists=False)
-        _abandon(shadow, day)
-        _remove(shadow, draws.browse.sessions, config.remove_rate, rng)
-        _add(shadow, day, draws.browse.carts)
-        hazard = _hazard(config, world, day, shadow.open, last_buy, draws.social)
-        log_survival += np.log1p(-np.minimum(hazard, 1 - 1e-12))
-    return 1.0 - np.exp(log_survival).mean(axis=0)
 
 
 # ---------------------------------------------------------------------------------------------------------
