@@ -56,6 +56,17 @@ class _Cells:
         """The pieces of the rows selected by an index or boolean array."""
         return _Cells(self.matrix[rows], None if self.lengths is None else self.lengths[rows])
 
+    def to_list(self) -> list[bytes]:
+        """Each row's piece as bytes."""
+        rows, width = self.matrix.shape
+        if width == 0:
+            return [b""] * rows
+        out = np.ascontiguousarray(self.matrix).view(f"V{width}").ravel().tolist()
+        if self.lengths is not None:
+            for i in np.flatnonzero(self.lengths != width).tolist():
+                out[i] = out[i][: self.lengths[i]]
+        return out
+
     def row_lengths(self, rows: int) -> np.ndarray:
         return np.full(rows, self.matrix.shape[1]) if self.lengths is None else self.lengths
 
@@ -76,7 +87,11 @@ def _join(pieces: list[_Cells], rows: int) -> tuple[bytes, np.ndarray]:
     return out[keep].tobytes(), lengths
 
 
-def _split(data: bytes, lengths: np.ndarray) -> list[bytes]:
+def _rows(pieces: list[_Cells], rows: int) -> list[bytes]:
+    """Every row's pieces concatenated, as one bytes object per row."""
+    if all(p.lengths is None for p in pieces):
+        return _Cells(np.hstack([np.broadcast_to(p.matrix, (rows, p.matrix.shape[1])) for p in pieces])).to_list()
+    data, lengths = _join(pieces, rows)
     ends = np.cumsum(lengths).tolist()
     return [data[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
 
@@ -99,7 +114,11 @@ def _value_texts(column: pd.Series, value_type: ValueType) -> list[str | None]:
     """The SQLite store's ``value_text`` column: ``str`` of the value, None when missing."""
     if value_type == ValueType.DOUBLE:
         values = pd.to_numeric(column, errors="coerce").to_numpy(dtype="<f8", na_value=np.nan)
-        return [None if v != v else str(v) for v in values.tolist()]
+        # str() per distinct value: counts and flags repeat a lot, and str(float) is the costly part.
+        # Distinct by bit pattern, so -0.0 keeps its own text ("-0.0") as in Feast.
+        distinct, inverse = np.unique(values.view(np.int64), return_inverse=True)
+        texts = np.array([None if v != v else str(v) for v in distinct.view(np.float64).tolist()], dtype=object)
+        return texts[inverse.reshape(-1)].tolist()
     protos = python_values_to_proto_values(column.to_numpy(dtype=object), value_type)
     return [extract_text_and_num(p, False)[0] for p in protos]
 
@@ -266,8 +285,8 @@ def _redis_writer(store: FeatureStore, layout: _View) -> Iterator[Callable[[pd.D
         rows = len(frame)
         if not rows:
             return 0
-        key = _join([*_entity_keys(frame, layout.join_keys, layout.name), _Cells.constant(project)], rows)
-        key_cells = _Cells.padded(_split(*key))
+        key = _rows([*_entity_keys(frame, layout.join_keys, layout.name), _Cells.constant(project)], rows)
+        key_cells = _Cells.padded(key)
         stamps = _Stamps.of(frame[layout.timestamp])
         # Feast reads the stored event time first and skips rows that are not newer.
         hmget = [_command(b"HMGET", 2), *_bulk(key_cells, rows), _bulk_constant(ts_field)]
@@ -331,31 +350,48 @@ def _sqlite_writer(store: FeatureStore, layout: _View, view: FeatureView) -> Ite
         )
     table = compute_table_id(config.project, view, config.registry.enable_online_feature_view_versioning)
     path = SqliteOnlineStore._get_db_path(config)
-    connection = sqlite3.connect(path)
-    if connection.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone() is None:
-        connection.close()
-        raise OnlineWriteError(
-            f"{path}: no table {table!r}; apply the feature definitions first (feature_store(settings) or feast apply)"
-        )
     columns = "entity_key, feature_name, value, value_text, event_ts, created_ts"
     upsert = (
         f'INSERT INTO "{table}" ({columns}) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(entity_key, feature_name) DO '
         "UPDATE SET value = excluded.value, value_text = excluded.value_text, event_ts = excluded.event_ts, "
         "created_ts = excluded.created_ts"
     )
+    names = sorted(layout.features)
 
     def write(frame: pd.DataFrame) -> int:
         rows = len(frame)
-        keys = _split(*_join(_entity_keys(frame, layout.join_keys, layout.name), rows))
-        stamps = _Stamps.of(frame[layout.timestamp])
-        event_ts = stamps.sqlite_values()
+        keys = np.array(_rows(_entity_keys(frame, layout.join_keys, layout.name), rows), dtype=object)
+        # Rows in primary-key order (entity key, feature name): the indexes are then walked, not jumped through.
+        order = np.array(sorted(range(rows), key=keys.__getitem__), dtype=np.int64)
+        frame, keys = frame.iloc[order], keys[order]
+        per_feature = len(names)
+        stamps = _Stamps.of(frame[layout.timestamp]).sqlite_values()
         created = _Stamps.of(frame[layout.created]).sqlite_values() if layout.created else [None] * rows
-        with connection:
-            for name, kind in layout.features.items():
-                values = _split(*_join([_values(frame[name], kind)], rows))
-                texts = _value_texts(frame[name], kind)
-                connection.executemany(upsert, zip(keys, [name] * rows, values, texts, event_ts, created, strict=True))
+        values = np.empty((rows, per_feature), dtype=object)
+        texts = np.empty((rows, per_feature), dtype=object)
+        for j, name in enumerate(names):
+            values[:, j] = _values(frame[name], layout.features[name]).to_list()
+            texts[:, j] = _value_texts(frame[name], layout.features[name])
+        connection.executemany(
+            upsert,
+            zip(
+                np.repeat(keys, per_feature).tolist(),
+                names * rows,
+                values.ravel().tolist(),
+                texts.ravel().tolist(),
+                np.repeat(np.array(stamps, dtype=object), per_feature).tolist(),
+                np.repeat(np.array(created, dtype=object), per_feature).tolist(),
+                strict=True,
+            ),
+        )
         return rows
 
-    with closing(connection):
-        yield write
+    # One transaction per view: readers see the whole day or none of it, and the file is synced once.
+    with closing(sqlite3.connect(path)) as connection:
+        if connection.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone() is None:
+            raise OnlineWriteError(
+                f"{path}: no table {table!r}; apply the feature definitions first (feature_store(settings) or "
+                "feast apply)"
+            )
+        with connection:
+            yield write

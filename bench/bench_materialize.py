@@ -1,0 +1,187 @@
+"""Materializing one day of ``user_behavior`` rows: the fast writer vs Feast's ``materialize`` vs raw redis-py.
+
+Run: `uv run python -m bench.bench_materialize [--rows N] [--no-stock]` (N defaults to 200,000; Redis at
+127.0.0.1:6379, own Feast projects, keys deleted afterwards). One table: rows/s per store and method and the ratio
+of each to the fast writer. "ours" is ``materialize_day`` (lake read, window filter, write, registry update);
+"stock" is ``FeatureStore.materialize`` with ``online_write_batch_size`` 10,000; "raw redis-py" is pipelined
+``HSET`` of the already serialized rows in batches of 10,000 (transport only, no encoding). A sample of keys is
+compared between stock and ours, so a fast but wrong writer shows up here too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sqlite3
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import redis
+
+from pipelines.data import schemas
+from pipelines.features.store import feature_store, materialize_day
+from pipelines.features.user_features import FEATURE_COLUMNS, write_user_features
+from pipelines.lake import Lake
+from pipelines.settings import Settings, get_settings
+
+DS = dt.date(2025, 3, 1)
+VIEW = "user_behavior"
+REDIS_URL = "127.0.0.1:6379"
+
+
+def _frame(rows: int) -> pd.DataFrame:
+    rng = np.random.default_rng(11)
+    frame = pd.DataFrame({"user_id": np.arange(1, rows + 1, dtype="int64")})
+    frame["event_timestamp"] = pd.Timestamp(schemas.as_of(DS)).as_unit("us")
+    for column in FEATURE_COLUMNS:
+        values = rng.gamma(2.0, 3.0, rows).round(3)
+        values[rng.random(rows) < 0.05] = np.nan  # missing values are part of the layout
+        frame[column] = values
+    return frame
+
+
+def _settings(home: Path, project: str, store: str) -> Settings:
+    online = {"feast_online_store": "redis", "redis_url": REDIS_URL} if store == "redis" else {}
+    return get_settings(
+        home=home,
+        num_threads=1,
+        feast_project=project,
+        feast_registry=str(home / "feast" / f"{project}.db"),
+        **online,
+    )
+
+
+def _rate(rows: int, seconds: float) -> float:
+    return rows / seconds if seconds > 0 else float("nan")
+
+
+def _timed(fn) -> float:
+    began = time.perf_counter()
+    fn()
+    return time.perf_counter() - began
+
+
+def _stock(settings: Settings) -> float:
+    store = feature_store(settings)
+    start, end = schemas.day_start(DS), schemas.as_of(DS)
+    return _timed(lambda: store.materialize(start_date=start, end_date=end, feature_views=[VIEW]))
+
+
+def _ours(settings: Settings) -> float:
+    store = feature_store(settings)
+    return _timed(lambda: materialize_day(settings, DS, store=store))
+
+
+def _redis_keys(client: redis.Redis, project: str) -> list[bytes]:
+    return list(client.scan_iter(match=f"*{project}", count=10_000))
+
+
+def _raw_redis(client: redis.Redis, written_by_ours: str, rows: int) -> float:
+    """Pipelined HSET of the rows ours wrote (read back untimed), into keys of a third project."""
+    target = f"bench_raw_{uuid.uuid4().hex[:8]}"
+    keys = _redis_keys(client, written_by_ours)
+    hashes = []
+    for start in range(0, len(keys), 10_000):
+        pipe = client.pipeline(transaction=False)
+        for key in keys[start : start + 10_000]:
+            pipe.hgetall(key)
+        hashes += pipe.execute()
+    renamed = [key[: -len(written_by_ours)] + target.encode() for key in keys]
+
+    def write() -> None:
+        for start in range(0, len(renamed), 10_000):
+            pipe = client.pipeline(transaction=False)
+            for key, mapping in zip(renamed[start : start + 10_000], hashes[start : start + 10_000], strict=True):
+                pipe.hset(key, mapping=mapping)
+            pipe.execute()
+
+    try:
+        return _timed(write)
+    finally:
+        _delete(client, target)
+
+
+def _delete(client: redis.Redis, project: str) -> None:
+    keys = _redis_keys(client, project)
+    for start in range(0, len(keys), 10_000):
+        client.delete(*keys[start : start + 10_000])
+
+
+def _same_redis(client: redis.Redis, stock: str, ours: str, sample: int = 2_000) -> bool:
+    keys = _redis_keys(client, stock)[:sample]
+    return bool(keys) and all(client.hgetall(k) == client.hgetall(k[: -len(stock)] + ours.encode()) for k in keys)
+
+
+def _same_sqlite(path: str, stock: str, ours: str) -> bool:
+    query = "SELECT entity_key, feature_name, value, value_text, event_ts, created_ts FROM {} ORDER BY 1, 2"
+    with sqlite3.connect(path) as db:
+        return (
+            db.execute(query.format(f"{stock}_{VIEW}")).fetchall()
+            == db.execute(query.format(f"{ours}_{VIEW}")).fetchall()
+        )
+
+
+def run(rows: int, stock: bool) -> list[dict]:
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench_materialize_") as tmp:
+        home = Path(tmp) / ".storefront"
+        write_user_features(Lake(_settings(home, "lake", "sqlite")), DS, _frame(rows))
+        for kind in ("redis", "sqlite"):
+            tag = uuid.uuid4().hex[:8]
+            stock_project, our_project = f"bench_stock_{tag}", f"bench_ours_{tag}"
+            ours_s = _settings(home, our_project, kind)
+            client = redis.Redis.from_url(f"redis://{REDIS_URL}") if kind == "redis" else None
+            try:
+                row = {"store": kind, "ours": _rate(rows, _ours(ours_s))}
+                if stock:
+                    row["stock"] = _rate(rows, _stock(_settings(home, stock_project, kind)))
+                    row["identical"] = (
+                        _same_redis(client, stock_project, our_project)
+                        if client
+                        else _same_sqlite(ours_s.feast_online_path, stock_project, our_project)
+                    )
+                if client:
+                    row["raw"] = _rate(rows, _raw_redis(client, our_project, rows))
+                results.append(row)
+            finally:
+                if client:
+                    _delete(client, stock_project)
+                    _delete(client, our_project)
+    return results
+
+
+def _table(rows: int, results: list[dict]) -> str:
+    def cell(value: float | None) -> str:
+        return "-" if value is None else f"{value:,.0f}"
+
+    def ratio(row: dict, key: str) -> str:
+        return "-" if row.get(key) is None else f"{row['ours'] / row[key]:.1f}x"
+
+    lines = [
+        f"materializing {rows:,} rows x {len(FEATURE_COLUMNS)} features of {VIEW} (rows/s; ratio = ours / other)",
+        f"{'store':<7} {'ours':>10} {'stock':>10} {'raw redis-py':>13} {'ours/stock':>11} {'ours/raw':>9} "
+        f"{'identical':>10}",
+    ]
+    for row in results:
+        identical = "-" if "identical" not in row else ("yes" if row["identical"] else "NO")
+        lines.append(
+            f"{row['store']:<7} {cell(row['ours']):>10} {cell(row.get('stock')):>10} {cell(row.get('raw')):>13} "
+            f"{ratio(row, 'stock'):>11} {ratio(row, 'raw'):>9} {identical:>10}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=200_000, help="rows of the day (users), default 200,000")
+    parser.add_argument("--no-stock", action="store_true", help="skip Feast's materialize (slow at 1M rows)")
+    args = parser.parse_args()
+    print(_table(args.rows, run(args.rows, stock=not args.no_stock)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""The fast online writer stores exactly what Feast's own ``materialize`` stores, on SQLite and on Redis.
+
+For every feature view of the repo, the same lake days go into project A through ``FeatureStore.materialize`` and
+into project B through ``materialize_day``; the stored bytes, Feast's online reads (values, missing values, event
+times), the registry's materialization intervals and the Redis key ttl must then be identical.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
+import pytest
+from feast import FeatureStore
+
+from feature_repo.definitions import definitions
+from feature_repo.parts import lake_table
+from pipelines.data import schemas
+from pipelines.features.online_write import OnlineWriteError, write_view
+from pipelines.features.store import materialize_day, repo_config
+from pipelines.lake import Lake
+from pipelines.settings import Settings, get_settings
+from tests.conftest import service_unavailable
+
+D1, D2 = dt.date(2025, 4, 1), dt.date(2025, 4, 2)
+KEY_TTL = 3_600
+REDIS = "127.0.0.1:6379"
+
+
+def _keys(view, day: dt.date, rng: np.random.Generator) -> pd.DataFrame:
+    """Keys of one day: day 2 keeps most of day 1's keys, drops some and adds new ones."""
+    offset = 0 if day == D1 else 5
+    n = 24
+    keys = {}
+    for column in view.join_keys:
+        if column == "order_id":
+            # Orders are per event; non-ASCII ids check the key's UTF-8 encoding.
+            keys[column] = [f"{day:%Y%m%d}-ordé-{i}" for i in range(n)]
+        else:
+            keys[column] = (np.arange(n) + offset + 1) * (1 if column == "user_id" else 7)
+    return pd.DataFrame(keys)
+
+
+def _view_frame(view, day: dt.date, zone: str) -> pd.DataFrame:
+    rng = np.random.default_rng(day.toordinal() + len(view.name))
+    frame = _keys(view, day, rng)
+    n = len(frame)
+    if view.name == "order_risk":
+        # Per-event rows: times within the day, with microseconds.
+        offsets = pd.to_timedelta(rng.integers(0, 86_400_000_000, n), unit="us")
+        frame["event_timestamp"] = pd.Timestamp(schemas.day_start(day, zone)) + offsets
+    else:
+        frame["event_timestamp"] = pd.Timestamp(schemas.as_of(day, zone))
+    frame["event_timestamp"] = frame["event_timestamp"].dt.as_unit("us")
+    for i, feature in enumerate(view.features):
+        values = rng.normal(0, 100, n).round(i % 4)
+        values[rng.random(n) < 0.2] = np.nan  # missing values are part of the layout
+        values[0] = [0.0, -0.0, 1e17, 1 / 3][i % 4]
+        frame[feature.name] = values
+    frame.loc[1, [f.name for f in view.features]] = np.nan  # a row with nothing known
+    return frame
+
+
+def _build_lake(settings: Settings) -> None:
+    lake = Lake(settings)
+    for view in definitions(settings).views:
+        for day in (D1, D2):
+            lake.write(lake_table(view), day, _view_frame(view, day, lake.day_zone))
+
+
+def _store(settings: Settings, key_ttl: int | None = None) -> FeatureStore:
+    config = repo_config(settings)
+    if key_ttl is not None:
+        config.online_store.key_ttl_seconds = key_ttl
+    store = FeatureStore(config=config)
+    store.apply(definitions(settings).objects)
+    return store
+
+
+def _stock_materialize(store: FeatureStore, settings: Settings, day: dt.date) -> None:
+    zone = Lake(settings).day_zone
+    store.materialize(start_date=schemas.day_start(day, zone), end_date=schemas.as_of(day, zone))
+
+
+def _entity_rows(settings: Settings, service: str) -> list[dict]:
+    """Every key of both days, plus one no store knows."""
+    lake, repo = Lake(settings), definitions(settings)
+    service_views = {s.name: s for s in repo.services}[service].feature_view_projections
+    views = [v for v in repo.views if v.name in {p.name for p in service_views}]
+    keys = list(dict.fromkeys(k for v in views for k in v.join_keys))
+    frames = [lake.read(lake_table(v), d) for v in views for d in (D1, D2)]
+    rows = pd.concat([f[[k for k in keys if k in f.columns]] for f in frames], ignore_index=True)
+    for key in keys:  # a view without this key pairs its rows with some key of another view
+        rows[key] = rows[key].fillna(rows[key].dropna().iloc[0]) if rows[key].notna().any() else 0
+    rows = rows[keys].drop_duplicates()
+    unknown = {k: ("no-such-order" if k == "order_id" else 987_654) for k in keys}
+    out = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in rows.to_dict("records")]
+    out.append(unknown)
+    if service == "order_fraud":
+        for i, row in enumerate(out):
+            row["purchase_value"] = 10.0 + i
+    return out
+
+
+def _online(store: FeatureStore, service: str, rows: list[dict]) -> list:
+    response = store.get_online_features(features=store.get_feature_service(service), entity_rows=rows)
+    return [
+        (name, list(vector.values), list(vector.statuses), list(vector.event_timestamps))
+        for name, vector in zip(response.proto.metadata.feature_names.val, response.proto.results, strict=True)
+    ]
+
+
+def _intervals(store: FeatureStore, settings: Settings) -> dict:
+    return {
+        v.name: store.registry.get_feature_view(v.name, store.project, allow_cache=False).materialization_intervals
+        for v in definitions(settings).views
+    }
+
+
+def _settings(tmp_path, project: str, **online) -> Settings:
+    home = tmp_path / ".storefront"  # one lake (and one SQLite file) for both projects
+    return get_settings(
+        home=home, num_threads=1, feast_project=project, feast_registry=str(home / f"{project}.db"), **online
+    )
+
+
+def _assert_same_reads(stock: FeatureStore, ours: FeatureStore, settings: Settings) -> None:
+    for service in ("purchase_intent", "order_fraud", "product_ranking"):
+        rows = _entity_rows(settings, service)
+        read = _online(ours, service, rows)
+        assert read == _online(stock, service, rows), f"{service}: Feast reads differ"
+        kinds = {value.WhichOneof("val") for _, values, _, _ in read for value in values}
+        assert {None, "double_val"} <= kinds, f"{service}: the rows should mix known and missing values"
+
+
+@pytest.fixture
+def projects(tmp_path) -> tuple[str, str]:
+    tag = uuid.uuid4().hex[:10]
+    return f"stock_{tag}", f"ours_{tag}"
+
+
+def test_sqlite_rows_and_reads_match_stock_materialize(tmp_path, projects):
+    stock_s, ours_s = (_settings(tmp_path, p) for p in projects)
+    _build_lake(stock_s)
+    stock, ours = _store(stock_s), _store(ours_s)
+
+    for day in (D1, D2):
+        _stock_materialize(stock, stock_s, day)
+        assert materialize_day(ours_s, day, store=ours) == 24 * len(stock.list_feature_views())
+
+    with sqlite3.connect(ours_s.feast_online_path) as db:
+        for view in definitions(ours_s).views:
+            query = f'SELECT entity_key, feature_name, value, value_text, event_ts, created_ts FROM "{{}}_{view.name}"'
+            ours_rows = set(db.execute(query.format(projects[1])).fetchall())
+            assert ours_rows == set(db.execute(query.format(projects[0])).fetchall()), view.name
+            keys = 48 if view.name == "order_risk" else 29  # day 1's keys that day 2 lacks stay online
+            assert len(ours_rows) == keys * len(view.features), view.name
+    _assert_same_reads(stock, ours, ours_s)
+    assert _intervals(ours, ours_s) == _intervals(stock, stock_s)
+
+
+@pytest.fixture
+def redis_client():
+    redis = pytest.importorskip("redis")
+    client = redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=1)
+    try:
+        client.ping()
+    except redis.exceptions.ConnectionError as exc:
+        service_unavailable(f"Redis at {REDIS}", str(exc))
+    return client
+
+
+def _redis_hashes(client, project: str) -> dict[bytes, dict[bytes, bytes]]:
+    """Every hash of a project, keyed by the entity part of its key (the project name is the key's suffix)."""
+    keys = list(client.scan_iter(match=f"*{project}", count=1_000))
+    return {k[: -len(project)]: client.hgetall(k) for k in keys}
+
+
+@pytest.fixture
+def redis_projects(redis_client, projects) -> Iterator[tuple[str, str]]:
+    yield projects
+    for project in projects:
+        keys = list(redis_client.scan_iter(match=f"*{project}", count=1_000))
+        if keys:
+            redis_client.delete(*keys)
+
+
+def test_redis_hashes_reads_and_ttl_match_stock_materialize(tmp_path, redis_client, redis_projects):
+    stock_s, ours_s = (_settings(tmp_path, p, feast_online_store="redis", redis_url=REDIS) for p in redis_projects)
+    _build_lake(stock_s)
+    stock, ours = _store(stock_s, key_ttl=KEY_TTL), _store(ours_s, key_ttl=KEY_TTL)
+
+    for day in (D1, D2):
+        _stock_materialize(stock, stock_s, day)
+        materialize_day(ours_s, day, store=ours)
+
+    stock_hashes = _redis_hashes(redis_client, redis_projects[0])
+    assert _redis_hashes(redis_client, redis_projects[1]) == stock_hashes
+    assert len(stock_hashes) > 100
+    for project in redis_projects:
+        ttls = {redis_client.ttl(k) for k in redis_client.scan_iter(match=f"*{project}", count=1_000)}
+        assert min(ttls) > 0 and max(ttls) <= KEY_TTL, f"{project}: every key expires after key_ttl_seconds"
+    _assert_same_reads(stock, ours, ours_s)
+    assert _intervals(ours, ours_s) == _intervals(stock, stock_s)
+
+
+def test_an_older_day_written_again_leaves_newer_redis_rows_as_feast_does(tmp_path, redis_client, redis_projects):
+    stock_s, ours_s = (_settings(tmp_path, p, feast_online_store="redis", redis_url=REDIS) for p in redis_projects)
+    _build_lake(stock_s)
+    stock, ours = _store(stock_s), _store(ours_s)
+    lake = Lake(ours_s)
+    _stock_materialize(stock, stock_s, D2)
+    materialize_day(ours_s, D2, store=ours)
+    after_d2 = _redis_hashes(redis_client, redis_projects[1])
+
+    _stock_materialize(stock, stock_s, D1)  # Feast skips a row older than the stored one
+    view = ours.get_feature_view("user_behavior")
+    written = write_view(ours, view, lake.read(lake_table(view), D1))
+
+    assert written == 5, "only day 1's keys that day 2 lacks are written"
+    ours_now = _redis_hashes(redis_client, redis_projects[1])
+    assert {k: v for k, v in ours_now.items() if k in after_d2} == after_d2
+    assert ours_now == {k: v for k, v in _redis_hashes(redis_client, redis_projects[0]).items() if k in ours_now}
+    assert all(redis_client.ttl(k) == -1 for k in redis_client.scan_iter(match=f"*{redis_projects[1]}"))
+
+
+def test_a_frame_missing_a_feature_column_fails_naming_it(tmp_path):
+    settings = _settings(tmp_path, "p")
+    _build_lake(settings)
+    store = _store(settings)
+    view = store.get_feature_view("user_behavior")
+    frame = Lake(settings).read(lake_table(view), D1).drop(columns=["views_7d"])
+
+    with pytest.raises(OnlineWriteError, match="user_behavior.*views_7d"):
+        write_view(store, view, frame)
