@@ -108,8 +108,7 @@ def service_plan(repo: RepoPart, service: FeatureService) -> ServicePlan:
 # -- the pure core -------------------------------------------------------------------------------------------
 def _utc_ns(values: pd.Series | np.ndarray) -> np.ndarray:
     """Instants as int64 nanoseconds since the epoch (naive values are UTC, as Feast reads them)."""
-    stamps = pd.to_datetime(pd.Series(values), utc=True)
-    return stamps.dt.as_unit("ns").to_numpy(dtype="datetime64[ns]").view("int64")
+    return pd.to_datetime(pd.Series(values), utc=True).array.as_unit("ns").asi8
 
 
 def _key_codes(entity: pd.DataFrame, rows: pd.DataFrame, keys: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -147,7 +146,10 @@ def newest_rows(
     row_packed = row_codes * width + np.searchsorted(stamps, row_ns) + 1
     entity_packed = entity_codes * width + np.searchsorted(stamps, entity_ns, side="right")
     order = np.argsort(row_packed, kind="stable")
-    found = np.searchsorted(row_packed[order], entity_packed, side="right") - 1
+    # Sorted queries walk the sorted rows in one direction: several times faster than random probes.
+    asked = np.argsort(entity_packed)
+    found = np.empty(len(entity_packed), dtype="int64")
+    found[asked] = np.searchsorted(row_packed[order], entity_packed[asked], side="right") - 1
     position = order[np.maximum(found, 0)]
     hit = (found >= 0) & (row_codes[position] == entity_codes)
     if ttl is not None:
@@ -162,21 +164,23 @@ def join_view(entity: pd.DataFrame, rows: pd.DataFrame, view: StoredView) -> pd.
     missing = [c for c in [*view.keys, view.timestamp, *view.reads] if c not in rows.columns]
     if missing:
         raise PointInTimeError(f"feature rows of view {view.name!r} ({view.table}) lack column(s) {missing}")
-    rows = rows[rows[view.timestamp].notna()]
+    stamped = rows[view.timestamp].notna().to_numpy()
+    if not stamped.all():  # Feast never matches a row without a timestamp
+        rows = rows[stamped]
     if rows.empty:
-        return pd.DataFrame({name: np.full(len(entity), np.nan) for name in view.reads})
+        return pd.DataFrame(np.full((len(entity), len(view.reads)), np.nan), columns=list(view.reads))
     entity_codes, row_codes = _key_codes(entity, rows, view.keys)
     position = newest_rows(
         entity_codes, _utc_ns(entity[TIMESTAMP_COLUMN]), row_codes, _utc_ns(rows[view.timestamp]), view.ttl
     )
     absent = position < 0
     take = np.where(absent, 0, position)
-    out = {}
-    for name in view.reads:
-        column = rows[name].to_numpy(dtype="float64", na_value=np.nan)[take]
-        column[absent] = np.nan
-        out[name] = column
-    return pd.DataFrame(out)
+    # Column-major, like a pandas float block: the frame below wraps it without a copy.
+    out = np.empty((len(entity), len(view.reads)), dtype="float64", order="F")
+    for i, name in enumerate(view.reads):
+        np.take(rows[name].to_numpy(dtype="float64", na_value=np.nan), take, out=out[:, i])
+    out[absent] = np.nan
+    return pd.DataFrame(out, columns=list(view.reads), copy=False)
 
 
 def on_demand_features(frame: pd.DataFrame, odfv: OnDemandFeatureView) -> pd.DataFrame:
@@ -197,15 +201,16 @@ def point_in_time_join(
     ``rows_of(view)`` gives a view's feature rows (e.g. ``lambda v: frames[v.name]``); it is called once per view,
     one view at a time, so only one view's rows need to be held at once.
     """
-    joined: dict[str, np.ndarray] = {}
-    for view in plan.views:
-        got = join_view(entity, rows_of(view), view)
-        joined |= {name: got[name].to_numpy() for name in view.reads}
+    frames = [join_view(entity, rows_of(view), view) for view in plan.views]
+    if not frames:
+        raise PointInTimeError(f"feature service {plan.name!r} reads no stored feature view")
+    joined = frames[0] if len(frames) == 1 else pd.concat(frames, axis=1, copy=False)
     for odfv in plan.on_demand:
-        inputs = pd.DataFrame(joined | {f: entity[f].to_numpy() for f in odfv.get_request_data_schema()})
-        computed = on_demand_features(inputs, odfv)
-        joined |= {c: computed[c].to_numpy(dtype="float64", na_value=np.nan) for c in computed.columns}
-    return pd.DataFrame({name: joined[name] for name in plan.features})
+        request = entity[list(odfv.get_request_data_schema())].reset_index(drop=True)
+        computed = on_demand_features(pd.concat([joined, request], axis=1, copy=False), odfv)
+        joined = pd.concat([joined, computed.astype("float64")], axis=1, copy=False)
+    features = list(plan.features)
+    return joined if list(joined.columns) == features else joined[features]
 
 
 # -- lake reading --------------------------------------------------------------------------------------------

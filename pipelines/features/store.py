@@ -411,7 +411,7 @@ def historical_features(settings: Settings, entity_df: pd.DataFrame, feature_ser
     if clash:
         raise FeatureStoreError(f"entity_df already has feature column(s) {clash}; drop them before the join")
 
-    asked = pd.DataFrame({c: entity_df[c].to_numpy() for c in inputs})
+    asked = entity_df[inputs].reset_index(drop=True)
     joined = point_in_time(settings, Lake(settings), plan, asked)
     unmatched = int(joined.isna().all(axis=1).sum()) if len(joined.columns) else 0
     if unmatched:
@@ -420,7 +420,4 @@ def historical_features(settings: Settings, entity_df: pd.DataFrame, feature_ser
         raise FeatureStoreError(
             f"historical join returned {len(joined)} rows for {len(entity_df)} entity rows; this is a bug"
         )
-    out = entity_df.copy()
-    for column in plan.features:
-        out[column] = joined[column].to_numpy()
-    return out
+    return pd.concat([entity_df, joined.set_axis(entity_df.index)], axis=1)
