@@ -110,6 +110,12 @@ class Lake:
             raise PartitionNotFound(f"{self.uri(table)}: no partition for ds={as_date(ds)}")
         return pq.read_table(path, filesystem=self.fs, columns=columns).to_pandas()
 
+    def row_count(self, table: str, ds: dt.date | str) -> int:
+        """Rows of a published partition, from its parquet footer (no data read)."""
+        if not self.exists(table, ds):
+            raise PartitionNotFound(f"{self.uri(table)}: no partition for ds={as_date(ds)}")
+        return pq.read_metadata(self._file(table, ds), filesystem=self.fs).num_rows
+
     def read_range(
         self, table: str, start: dt.date | str, end: dt.date | str, columns: list[str] | None = None
     ) -> pd.DataFrame:

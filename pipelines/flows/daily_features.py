@@ -43,7 +43,7 @@ __all__ = [
 
 def _landed_tables(lake: Lake, day: dt.date) -> dict:
     return {
-        table: {"rows": len(lake.read(table, day)), "uri": lake.partition_uri(table, day)}
+        table: {"rows": lake.row_count(table, day), "uri": lake.partition_uri(table, day)}
         for table in raw_tables()
         if lake.exists(table, day)
     }
@@ -99,23 +99,24 @@ def features(settings: Settings, ds: str | dt.date) -> dict:
             results[name] = feature_family(settings, ds, name)
         except FamilySkipped as skip:
             results[name] = {"skipped": skip.reason}
-    _require_something_built(settings, as_date(ds))
+    _families_built(settings, Lake(settings), as_date(ds))
     return results
 
 
-def _require_something_built(settings: Settings, day: dt.date) -> None:
-    """Fail a day on which nothing ran. A day holding only late labels (chargebacks arriving after the last
-    order of a file) is done once they are validated: later training runs read them from the lake."""
-    families, lake = feature_families(settings), Lake(settings)
-    skipped = skipped_families(lake, day)
+def _families_built(settings: Settings, lake: Lake, day: dt.date) -> bool:
+    """Whether a feature family ran on ``day``; a day on which none ran fails, unless it holds only late labels
+    (chargebacks arriving after the last order of a file): it is done once they are validated, as later
+    training runs read them from the lake."""
+    families, skipped = feature_families(settings), skipped_families(lake, day)
+    if not families or any(name not in skipped for name in families):
+        return True
     if any(lake.exists(table, day) for table in label_only_tables(settings)):
-        return
-    if families and all(name in skipped for name in families):
-        reasons = "; ".join(f"{name}: {why}" for name, why in skipped.items())
-        raise NothingToProcess(
-            f"{day}: no feature family could run, so the day is not done ({reasons}); land the tables the models "
-            f"in {settings.models_dir} need, or keep only the specs this source can feed"
-        )
+        return False
+    reasons = "; ".join(f"{name}: {why}" for name, why in skipped.items())
+    raise NothingToProcess(
+        f"{day}: no feature family could run, so the day is not done ({reasons}); land the tables the models "
+        f"in {settings.models_dir} need, or keep only the specs this source can feed"
+    )
 
 
 def materialize(settings: Settings, ds: str | dt.date) -> dict:
@@ -124,8 +125,6 @@ def materialize(settings: Settings, ds: str | dt.date) -> dict:
     from pipelines.features.store import materialize_day
 
     day = as_date(ds)
-    _require_something_built(settings, day)
-    families = feature_families(settings)
-    if families and all(name in skipped_families(Lake(settings), day) for name in families):
+    if not _families_built(settings, Lake(settings), day):
         return {"rows": 0}  # a day of late labels only: no feature of the day to load
     return {"rows": materialize_day(settings, day)}

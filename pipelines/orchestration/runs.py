@@ -92,6 +92,19 @@ def load_dag(settings: Settings, dag_id: str):
     return dag
 
 
+def ensure_migrated(settings: Settings) -> None:
+    """Bring the metadata DB to Airflow's schema head. A DB already there is checked in this process: the
+    ``airflow db migrate`` command would start a process importing all of Airflow (seconds) for every run."""
+    configure_airflow(settings)
+    from airflow.utils.db import check_migrations
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        check_migrations(timeout=1)
+    except (TimeoutError, SQLAlchemyError):  # behind Airflow's head, or no DB yet
+        migrate_db(settings)
+
+
 def succeeded_dates(settings: Settings, dag_id: str) -> set[dt.date]:
     """Logical dates whose latest run of ``dag_id`` succeeded (read from the metadata DB)."""
     configure_airflow(settings)
@@ -114,10 +127,10 @@ def run_in_process(
     on_done: Callable[[RunOutcome], None] | None = None,
 ) -> list[RunOutcome]:
     """Run ``dag_id`` once per day, in order, through ``dag.test``; stop at the first failed day."""
-    migrate_db(settings)
-    done = succeeded_dates(settings, dag_id) if skip_succeeded else set()
     outcomes: list[RunOutcome] = []
-    with output_to(logfile):
+    with output_to(logfile):  # Airflow logs from its first import on: keep them in the run's log
+        ensure_migrated(settings)
+        done = succeeded_dates(settings, dag_id) if skip_succeeded else set()
         dag = load_dag(settings, dag_id)
     for day in days:
         if day in done:
