@@ -1,5 +1,11 @@
-"""Simulator benchmark: 1,000,000 events against a raw numpy baseline, orders and fraud truth, seconds per simulated
-day and per ground-truth day, and the learnability check.
+"""Simulator benchmark: the daily extract at 50k, 250k and 1M events a day; with ``--learnability`` also 1,000,000
+events against a raw numpy baseline, orders and fraud truth, seconds per simulated and ground-truth day, and the
+learnability check.
+
+The scale table runs each world size in a fresh process (``--child``) that extracts day ``--day`` into a private
+lake, as the daily DAG's extract task does in a new worker (static world, replay from the first day, orders
+history and the 200-replica ground truth included), then the next day in the same process: extract seconds
+(wall and CPU: the machine may be shared), events/s and the process's peak RSS, side by side with the 60 s target.
 
 The speed check simulates a world large enough for ~1M events a day (static world, count-level replay and rendered
 events, i.e. the EVENTS tables as extract writes them) until 1,000,000 events are made, and generates the same
@@ -9,13 +15,19 @@ generative story.
 The learnability check trains LightGBM on plain pandas features of the simulated events (the feature list of
 models/purchase_intent.yaml) and compares its test ROC-AUC with the best achievable one (the truth table scored
 against the same labels).
-Run: ``.venv/bin/python -m bench.bench_simulator [--users 5000] [--days 35] [--events 1000000]``.
+Run: ``.venv/bin/python -m bench.bench_simulator [--users 380000] [--day 1]`` (one size) or
+``[--learnability --learn-users 5000 --days 35 --events 1000000]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
+import resource
+import subprocess
+import sys
+import tempfile
 import time
 
 import lightgbm as lgb
@@ -23,10 +35,16 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from pipelines.data import orders, simulator
+from pipelines.data import extract, intent_truth, orders, simulator
 from pipelines.data.labels import purchase_labels
 from pipelines.data.schemas import as_of
 from pipelines.data.truth import best_achievable_fraud
+from pipelines.lake import Lake
+from pipelines.settings import get_settings
+
+# ~2.6 events per user-day: these worlds make about 50k, 250k and 1M events a day.
+SCALE_USERS = (19_000, 95_000, 380_000)
+TARGET_S = 60.0  # issue 11: extract of a 1M-event day in under a minute
 
 TYPES = ("view", "cart", "purchase", "wishlist", "remove_from_cart")
 
@@ -154,16 +172,52 @@ def speed(n_events: int, seed: int) -> None:
     orders.clear_cache()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--users", type=int, default=5000)
-    parser.add_argument("--days", type=int, default=35)
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--events", type=int, default=1_000_000, help="events for the speed check (0: skip it)")
-    args = parser.parse_args()
+def extract_days(n_users: int, day: int, seed: int, threads: int) -> dict[str, float]:
+    """Extract day index ``day`` and the next one in this (fresh) process; seconds, events and peak RSS."""
+    config = simulator.SimulationConfig(n_users=n_users, seed=seed)
+    out: dict[str, float] = {"users": n_users}
+    with tempfile.TemporaryDirectory(prefix="bench-simulator-") as home:
+        lake = Lake(get_settings(home=home, num_threads=1))
+        for key, offset in (("first", 0), ("next", 1)):
+            t0, c0 = time.perf_counter(), time.process_time()
+            written = extract.extract_day(lake, config, config.start + dt.timedelta(days=day + offset), threads)
+            out[f"{key}_s"], out[f"{key}_cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
+            out[f"{key}_events"] = written["events"]["rows"]
+    out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KB on Linux
+    return out
+
+
+def scale_table(sizes: list[int], day: int, seed: int, threads: int) -> None:
+    """One fresh process per size (so peak RSS is that size's), then one table."""
+    rows = []
+    for n_users in sizes:
+        cmd = [sys.executable, "-m", "bench.bench_simulator", "--child", "--users", str(n_users), "--day", str(day)]
+        cmd += ["--seed", str(seed), "--threads", str(threads)]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    print(
+        f"Daily extract, day index {day} in a fresh process ('first': static world, replay, orders history and "
+        f"truth included), then day {day + 1} in the same process ('next'), {threads} truth thread(s); "
+        f"target {TARGET_S:.0f} s at 1M events. CPU seconds are the process's (all threads): wall exceeds them on "
+        "a shared machine"
+    )
+    print(
+        f"{'users':>8} {'events':>10} {'first s':>8} {'cpu s':>7} {'next s':>7} {'cpu s':>7} {'events/s':>9} "
+        f"{'s per 1M ev':>11} {'vs target':>9} {'peak RSS GB':>11}"
+    )
+    for r in rows:
+        per_million = r["next_s"] / r["next_events"] * 1e6
+        print(
+            f"{r['users']:>8,} {r['next_events']:>10,} {r['first_s']:>8.1f} {r['first_cpu_s']:>7.1f} "
+            f"{r['next_s']:>7.1f} {r['next_cpu_s']:>7.1f} {r['next_events'] / r['next_s']:>9,.0f} "
+            f"{per_million:>11.1f} {per_million / TARGET_S:>8.2f}x {r['peak_rss_gb']:>11.2f}"
+        )
+
+
+def learnability(args: argparse.Namespace) -> None:
     if args.events:
         speed(args.events, args.seed)
-    config = simulator.SimulationConfig(n_users=args.users, seed=args.seed)
+    config = simulator.SimulationConfig(n_users=args.learn_users, seed=args.seed)
     days = [config.start + dt.timedelta(days=i) for i in range(args.days)]
 
     t0 = time.perf_counter()
@@ -172,7 +226,7 @@ def main() -> None:
     sim_s = (time.perf_counter() - t0) / len(days)
     as_of_days = days[8:28]
     t0 = time.perf_counter()
-    truth = pd.concat([simulator.purchase_truth(config, d) for d in as_of_days], ignore_index=True)
+    truth = pd.concat([intent_truth.purchase_truth(config, d) for d in as_of_days], ignore_index=True)
     truth_s = (time.perf_counter() - t0) / len(as_of_days)
     print(f"events/day {len(events) / len(days):,.0f}; simulate {sim_s * 1000:.0f} ms/day; truth {truth_s:.2f} s/day")
     t0 = time.perf_counter()
@@ -225,6 +279,26 @@ def main() -> None:
     )
     imp = pd.Series(booster.feature_importance("gain"), index=cols).sort_values(ascending=False)
     print((imp / imp.sum()).round(3).head(12).to_string())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--users", type=int, nargs="+", default=list(SCALE_USERS), help="world sizes of the table")
+    parser.add_argument("--day", type=int, default=1, help="day index extracted first (0: carts start empty)")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=2, help="truth threads (settings.num_threads, default 2)")
+    parser.add_argument("--child", action="store_true", help="internal: measure one size, print JSON")
+    parser.add_argument("--learnability", action="store_true", help="also the speed and learnability checks")
+    parser.add_argument("--learn-users", type=int, default=5000)
+    parser.add_argument("--days", type=int, default=35)
+    parser.add_argument("--events", type=int, default=1_000_000, help="events for the speed check (0: skip it)")
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(extract_days(args.users[0], args.day, args.seed, args.threads)))
+        return
+    scale_table(args.users, args.day, args.seed, args.threads)
+    if args.learnability:
+        learnability(args)
 
 
 if __name__ == "__main__":

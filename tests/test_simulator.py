@@ -35,6 +35,14 @@ def test_a_day_is_the_same_whether_or_not_earlier_days_were_simulated_in_this_pr
     pd.testing.assert_frame_equal(cold_truth, intent_truth.purchase_truth(CONFIG, day))
 
 
+def test_the_truth_does_not_depend_on_how_many_threads_compute_it():
+    day = DAYS[3]
+    simulator.clear_cache()
+    one = intent_truth.purchase_truth(CONFIG, day, threads=1)
+    simulator.clear_cache()
+    pd.testing.assert_frame_equal(one, intent_truth.purchase_truth(CONFIG, day, threads=3))
+
+
 def test_another_seed_gives_another_world():
     other = simulator.simulate_day(SimulationConfig(**{**vars(CONFIG), "seed": 8}), DAYS[0])
     assert not other.equals(simulator.simulate_day(CONFIG, DAYS[0]))

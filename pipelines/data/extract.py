@@ -18,17 +18,18 @@ def simulation_config(settings: Settings) -> SimulationConfig:
     return SimulationConfig(seed=settings.sim_seed, n_users=settings.sim_users, start=settings.start_date)
 
 
-def day_tables(config: SimulationConfig, ds: dt.date) -> dict[str, pd.DataFrame]:
+def day_tables(config: SimulationConfig, ds: dt.date, threads: int = 1) -> dict[str, pd.DataFrame]:
     """Every table of partition ``ds``: what happened that day plus the dimensions as known at its end.
 
     ``orders`` are the orders placed that day, ``order_labels`` the fraud labels that arrived that day (for orders
     of earlier days). ``users`` includes the accounts fraudsters opened, which orders reference; they never browse
     or buy through events, so their purchase-intent truth is exactly 0 and they are kept in that table too (every
     user with a feature row has a truth row, and best_achievable scores the same rows a model is tested on).
+    ``threads`` run the ground truth's blocks of replicas; the tables do not depend on it.
     """
     events = simulator.simulate_day(config, ds)
     users = simulator.users_snapshot(config, ds)
-    truth = intent_truth.purchase_truth(config, ds)
+    truth = intent_truth.purchase_truth(config, ds, threads)
     fraudsters = orders.fraud_accounts(config, ds)
     if len(fraudsters):
         users = pd.concat([users, fraudsters], ignore_index=True)
@@ -55,13 +56,13 @@ def day_tables(config: SimulationConfig, ds: dt.date) -> dict[str, pd.DataFrame]
     }
 
 
-def extract_day(lake: Lake, config: SimulationConfig, ds: dt.date) -> dict[str, dict[str, object]]:
+def extract_day(lake: Lake, config: SimulationConfig, ds: dt.date, threads: int = 1) -> dict[str, dict[str, object]]:
     """Write the partition ``ds`` of every simulated table (atomic per table; a rerun replaces, never appends).
 
     Returns ``{table: {"rows": n, "uri": partition uri}}``.
     """
     written: dict[str, dict[str, object]] = {}
-    for table, frame in day_tables(config, ds).items():
+    for table, frame in day_tables(config, ds, threads).items():
         uri = lake.write(table, ds, frame, schema=schemas.TABLES[table])
         written[table] = {"rows": len(frame), "uri": uri}
     return written

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +35,7 @@ BLOCK = 10
 _INVERT_UP_TO = 8.0
 
 
-def purchase_truth(config: SimulationConfig, ds: dt.date) -> pd.DataFrame:
+def purchase_truth(config: SimulationConfig, ds: dt.date, threads: int = 1) -> pd.DataFrame:
     """P(purchase during ds+1..ds+7 | world state at the end of ds) for every user signed up by then.
 
     Monte Carlo over ``config.truth_replicas`` replicas of the next 7 days with its own random stream (so it does
@@ -42,12 +43,13 @@ def purchase_truth(config: SimulationConfig, ds: dt.date) -> pd.DataFrame:
     followees' purchases feed back through the follow graph. The estimator is Rao-Blackwellised: P(no purchase)
     is the replica mean of prod(1 - daily hazard) along each user's own no-purchase path (the replica's path until
     the user's first purchase there, then the same browsing without buying). The only approximation is that a
-    user's own simulated purchases may echo back through mutual follows, a second-order effect.
+    user's own simulated purchases may echo back through mutual follows, a second-order effect. Blocks of
+    replicas run on ``threads`` threads (numpy releases the GIL); the result does not depend on it.
     """
     t = config.day_index(ds)
     world = _world(config)
     if t not in world.truth:
-        world.truth[t] = truth_probabilities(config, world.static, world.record(t).state, t)
+        world.truth[t] = truth_probabilities(config, world.static, world.record(t).state, t, threads)
     signed_up = world.static.signup_day <= t
     return pd.DataFrame(
         {
@@ -58,21 +60,29 @@ def purchase_truth(config: SimulationConfig, ds: dt.date) -> pd.DataFrame:
     )
 
 
-def truth_probabilities(config: SimulationConfig, world: _Static, end_state: _State, t: int) -> np.ndarray:
+def truth_probabilities(
+    config: SimulationConfig, world: _Static, end_state: _State, t: int, threads: int = 1
+) -> np.ndarray:
     """P(purchase on t+1..t+HORIZON) per user index, from the realised ``end_state`` of day ``t`` (K=1)."""
     k = config.truth_replicas
     if k < 1:
         raise ValueError(f"SimulationConfig.truth_replicas must be >= 1, got {k}")
     days = [_Day.of(config, world, end_state, t, d) for d in range(t + 1, t + 1 + HORIZON)]
     followers = world.follow_matrix.T.tocsr()  # row v: the followers of v, who see v's purchases
-    survival = np.zeros(config.n_users)
-    for block, first in enumerate(range(0, k, BLOCK)):
+
+    def survival(block: int) -> np.ndarray:
+        """Sum over the block's replicas of each user's probability of not buying."""
+        first = block * BLOCK
         rng = np.random.default_rng([config.seed, _TRUTH, t, block])
         replicas = _Block(config, world, end_state, min(BLOCK, k - first), rng)
         for day in days:
             replicas.step(day, followers)
-        survival += np.exp(replicas.log_survival.astype("float64")).sum(axis=0)
-    return 1.0 - survival / k
+        return np.exp(replicas.log_survival.astype("float64")).sum(axis=0)
+
+    blocks = range(-(-k // BLOCK))
+    with ThreadPoolExecutor(max(threads, 1)) as pool:
+        total = sum(pool.map(survival, blocks), np.zeros(config.n_users))  # summed in block order
+    return 1.0 - total / k
 
 
 @dataclass
@@ -196,24 +206,23 @@ class _Block:
         first = rows[self.last_buy.ravel()[rows] == 0]
         items = self.items
         # A first purchase forks the row's no-purchase path from its cart as it is before buying.
-        self.bought_rows = np.r_[self.bought_rows, first]
+        self.bought_rows = np.concatenate([self.bought_rows, first])
         self.shadow_items = np.concatenate([self.shadow_items, items[first]])
-        self.shadow_open = np.r_[self.shadow_open, self.open.ravel()[first]]
+        self.shadow_open = np.concatenate([self.shadow_open, self.open.ravel()[first]])
 
         wanted = 1 + self.rng.poisson(config.extra_items_per_purchase, len(rows))
-        held = items[rows]
-        for age in range(slots):
-            slot = (d - age) % slots
-            take = np.minimum(held[:, slot], wanted).astype(held.dtype)
-            held[:, slot] -= take
-            wanted -= take
-        items[rows] = held
-        n_bought = np.maximum(self.open.ravel()[rows] - held.sum(axis=1), 1)  # an empty cart: the forced item
-        self.open.ravel()[rows] -= np.minimum(self.open.ravel()[rows], n_bought).astype(self.open.dtype)
+        newest_first = [(d - age) % slots for age in range(slots)]
+        held = items[rows][:, newest_first]
+        taken = np.minimum(np.cumsum(held, axis=1), wanted[:, None])
+        taken[:, 1:] -= taken[:, :-1].copy()
+        items[rows[:, None], newest_first] = held - taken
+        n_bought = taken.sum(axis=1)
+        self.open.ravel()[rows] -= n_bought.astype(self.open.dtype)
+        n_bought = np.maximum(n_bought, 1)  # an empty cart: one item is carted and bought at once
         self.last_buy.ravel()[rows] = d
         # Followers see these purchases from tomorrow on (horizon <= 7 days: none leaves their window).
         user = rows % self.n
-        start, count = followers.indptr[user], np.diff(followers.indptr)[user]
+        start, count = followers.indptr[user], followers.indptr[user + 1] - followers.indptr[user]
         edge = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count - start, count)
         seen = np.repeat(rows - user, count) + followers.indices[edge]
         np.add.at(self.social.ravel(), seen, np.repeat(n_bought, count).astype(self.social.dtype))
@@ -225,8 +234,9 @@ def _draw_uniformly(held: np.ndarray, counts: np.ndarray, rng: np.random.Generat
     drawn = np.zeros_like(held)
     # One item (most rows): the slot where a uniform pick among the row's items falls.
     one = np.flatnonzero(counts == 1)
-    pick = (rng.random(len(one)) * held[one].sum(axis=1)).astype("int64")
-    drawn[one, (np.cumsum(held[one], axis=1) <= pick[:, None]).sum(axis=1)] = 1
+    cumulative = np.cumsum(held[one], axis=1)
+    pick = (rng.random(len(one)) * cumulative[:, -1]).astype("int64")
+    drawn[one, (cumulative <= pick[:, None]).sum(axis=1)] = 1
     more = np.flatnonzero(counts > 1)
     held, left, rest = held[more], counts[more].astype("int64"), held[more].sum(axis=1, dtype="int64")
     for slot in range(held.shape[1] - 1):
@@ -261,12 +271,13 @@ def _invert(u: np.ndarray, first: np.ndarray, ratio: Callable[[np.ndarray, int],
 
 def _poisson(rng: np.random.Generator, mean: np.ndarray) -> np.ndarray:
     """Poisson(mean) counts."""
-    out = np.empty(len(mean), dtype="int64")
-    big = mean > _INVERT_UP_TO
-    out[big] = rng.poisson(mean[big])
-    m = mean[~big]
-    out[~big] = _invert(rng.random(len(m), dtype=np.float32), np.exp(-m.astype(np.float32)), lambda r, j: m[r] / j)
-    return out
+    big = np.flatnonzero(mean > _INVERT_UP_TO)
+    if len(big):
+        out = _poisson(rng, np.where(mean > _INVERT_UP_TO, 0, mean))
+        out[big] = rng.poisson(mean[big])
+        return out
+    first = np.exp(-mean.astype(np.float32))
+    return _invert(rng.random(len(mean), dtype=np.float32), first, lambda r, j: mean[r] / j)
 
 
 def _positive_poisson(rng: np.random.Generator, u: np.ndarray, mean: np.ndarray, p0: np.ndarray) -> np.ndarray:
@@ -285,14 +296,15 @@ def _positive_poisson(rng: np.random.Generator, u: np.ndarray, mean: np.ndarray,
 
 def _binomial(rng: np.random.Generator, trials: np.ndarray, p: np.ndarray | float) -> np.ndarray:
     """Binomial(trials, p) counts."""
-    p = np.broadcast_to(np.asarray(p, dtype="float64"), trials.shape)
-    out = np.empty(len(trials), dtype="int64")
-    big = trials * p > _INVERT_UP_TO
-    out[big] = rng.binomial(trials[big], p[big])
-    t, q = trials[~big], p[~big]
-    odds = q / (1 - q)
-    first = np.exp(t * np.log1p(-q).astype(np.float32))
-    out[~big] = _invert(
-        rng.random(len(t), dtype=np.float32), first, lambda r, j: odds[r] * np.maximum(t[r] - j + 1, 0) / j
+    p = np.broadcast_to(np.asarray(p, dtype=np.float32), trials.shape)
+    big = np.flatnonzero(trials * p > _INVERT_UP_TO)
+    if len(big):
+        out = _binomial(rng, np.where(trials * p > _INVERT_UP_TO, 0, trials), p)
+        out[big] = rng.binomial(trials[big], p[big])
+        return out
+    first = np.exp(trials * np.log1p(-p))
+    return _invert(
+        rng.random(len(trials), dtype=np.float32),
+        first,
+        lambda r, j: p[r] / (1 - p[r]) * np.maximum(trials[r] - j + 1, 0) / j,
     )
-    return out

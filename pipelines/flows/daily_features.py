@@ -58,7 +58,7 @@ def extract(settings: Settings, ds: str | dt.date, now: dt.datetime | None = Non
     lake, day = Lake(settings), as_date(ds)
     ensure_day_ended(day, now, day_timezone(lake) if settings.data_source == "ingested" else "UTC")
     if settings.data_source == "simulator":
-        return extract_day(lake, simulation_config(settings), day)
+        return extract_day(lake, simulation_config(settings), day, threads=settings.num_threads)
     landed = _landed_tables(lake, day)
     if not landed:
         span = landed_window(lake)
