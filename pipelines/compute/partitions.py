@@ -26,7 +26,8 @@ def with_part(frame: pd.DataFrame, key: str, parts: int) -> pd.DataFrame:
 
 def by_partition(frame: dd.DataFrame, parts: int) -> dd.DataFrame:
     """``frame`` (with a ``_part`` column) shuffled so that partition i holds exactly the rows of part i."""
-    return frame.set_index(PART, divisions=[*range(parts), parts - 1], sort=True)
+    # The task-based shuffle: with tens of partitions its graph is small, and it starts far faster than p2p.
+    return frame.set_index(PART, divisions=[*range(parts), parts - 1], sort=True, shuffle_method="tasks")
 
 
 def lake_frame(lake: Lake, table: str, days: list[dt.date], columns: list[str]) -> dd.DataFrame:

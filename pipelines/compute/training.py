@@ -10,6 +10,7 @@ from typing import Any
 import dask.dataframe as dd
 import lightgbm as lgb
 import numpy as np
+import pandas as pd
 from distributed import Client
 from lightgbm.dask import DaskLGBMClassifier
 
@@ -17,8 +18,6 @@ from pipelines.evaluation.metrics import compute_metrics
 from pipelines.specs import ModelSpec
 from pipelines.training.dataset import GROUP_COLUMN, LABEL_COLUMN, TrainingSet
 from pipelines.training.train import TrainingError, check_splits, lightgbm_params
-
-_ROWS_PER_PARTITION = 100_000
 
 
 def best_iteration(
@@ -42,6 +41,19 @@ def best_iteration(
     return best
 
 
+def _spread(client: Client, frame: pd.DataFrame, columns: list[str]) -> tuple[dd.DataFrame, dd.Series]:
+    """The rows dealt round-robin into one partition per worker, each placed on its worker: every worker bins
+    and trains on a like sample, and the same data gives the same model on every run (placement decides it)."""
+    workers = sorted(client.scheduler_info()["workers"])
+    chunks = [frame.iloc[i :: len(workers)] for i in range(len(workers))]
+    features = [client.scatter(c[columns], workers=[w]) for c, w in zip(chunks, workers, strict=True)]
+    labels = [client.scatter(c[LABEL_COLUMN], workers=[w]) for c, w in zip(chunks, workers, strict=True)]
+    return (
+        dd.from_delayed(features, meta=frame[columns].iloc[:0], verify_meta=False),
+        dd.from_delayed(labels, meta=frame[LABEL_COLUMN].iloc[:0], verify_meta=False),
+    )
+
+
 def fit_booster_dask(
     client: Client, spec: ModelSpec, training_set: TrainingSet, num_threads: int
 ) -> tuple[lgb.Booster, dict[str, Any]]:
@@ -55,10 +67,7 @@ def fit_booster_dask(
     params, rounds, patience = lightgbm_params(spec, num_threads)
     # Each worker uses its own thread count; the loop's rounds are the estimator's.
     booster_params = {k: v for k, v in params.items() if k != "num_threads"}
-    train = training_set.split("train")
-    chunks = max(1, len(train) // _ROWS_PER_PARTITION + 1, len(client.nthreads()))
-    features = dd.from_pandas(train[training_set.feature_columns], npartitions=chunks)
-    labels = dd.from_pandas(train[LABEL_COLUMN], npartitions=chunks)
+    features, labels = _spread(client, training_set.split("train"), training_set.feature_columns)
     model = DaskLGBMClassifier(client=client, n_estimators=rounds, **booster_params)
     model.fit(features, labels)
     booster = model.booster_
