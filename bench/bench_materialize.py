@@ -5,22 +5,31 @@ Run: `uv run python -m bench.bench_materialize [--rows N] [--no-stock]` (N defau
 of each to the fast writer. "ours" is ``materialize_day`` (lake read, window filter, write, registry update);
 "stock" is ``FeatureStore.materialize`` with ``online_write_batch_size`` 10,000; "raw redis-py" is pipelined
 ``HSET`` of the already serialized rows in batches of 10,000 (transport only, no encoding). A sample of keys is
-compared between stock and ours, so a fast but wrong writer shows up here too.
+compared between stock and ours, so a fast but wrong writer shows up here too, and ``feast serve`` over our project
+must answer ``/get-online-features`` with the same JSON as Feast's in-process read of the stock project ("served").
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
+import socket
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import redis
+import yaml
+from feast import FeatureStore
+from feast.feature_server import convert_response_to_dict
 
 from pipelines.data import schemas
 from pipelines.features.store import feature_store, materialize_day
@@ -125,6 +134,61 @@ def _same_sqlite(path: str, stock: str, ours: str) -> bool:
         )
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _served_same(settings: Settings, stock: FeatureStore, home: Path, users: list[int]) -> bool:
+    """``feast serve`` over our project answers exactly what Feast reads in-process from the stock project."""
+    online = feature_store(settings).config.online_store
+    repo = home / f"serve_{settings.feast_project}"
+    repo.mkdir()
+    config = {
+        "project": settings.feast_project,
+        "provider": "local",
+        "registry": {"registry_type": "file", "path": settings.feast_registry},
+        "online_store": (
+            {"type": "redis", "connection_string": online.connection_string}
+            if online.type == "redis"
+            else {"type": "sqlite", "path": online.path}
+        ),
+        "offline_store": {"type": "file"},
+        "entity_key_serialization_version": 3,
+    }
+    (repo / "feature_store.yaml").write_text(yaml.safe_dump(config))
+    port = _free_port()
+    feast = str(Path(sys.executable).with_name("feast"))
+    server = subprocess.Popen(
+        [feast, "-c", str(repo), "serve", "-h", "127.0.0.1", "-p", str(port), "--no-access-log"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        body = json.dumps({"feature_service": "purchase_intent", "entities": {"user_id": users}}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/get-online-features", body, {"content-type": "application/json"}
+        )
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    served = json.loads(response.read())
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    return False
+                time.sleep(1)
+        rows = [{"user_id": u} for u in users]
+        expected = stock.get_online_features(features=stock.get_feature_service("purchase_intent"), entity_rows=rows)
+        return served == json.loads(json.dumps(convert_response_to_dict(expected.proto)))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def run(rows: int, stock: bool) -> list[dict]:
     results = []
     with tempfile.TemporaryDirectory(prefix="bench_materialize_") as tmp:
@@ -138,12 +202,15 @@ def run(rows: int, stock: bool) -> list[dict]:
             try:
                 row = {"store": kind, "ours": _rate(rows, _ours(ours_s))}
                 if stock:
-                    row["stock"] = _rate(rows, _stock(_settings(home, stock_project, kind)))
+                    stock_s = _settings(home, stock_project, kind)
+                    row["stock"] = _rate(rows, _stock(stock_s))
                     row["identical"] = (
                         _same_redis(client, stock_project, our_project)
                         if client
                         else _same_sqlite(ours_s.feast_online_path, stock_project, our_project)
                     )
+                    users = [1, 2, rows // 2, rows, rows + 1]  # the last one is unknown
+                    row["served"] = _served_same(ours_s, feature_store(stock_s), home, users)
                 if client:
                     row["raw"] = _rate(rows, _raw_redis(client, our_project, rows))
                 results.append(row)
@@ -164,13 +231,16 @@ def _table(rows: int, results: list[dict]) -> str:
     lines = [
         f"materializing {rows:,} rows x {len(FEATURE_COLUMNS)} features of {VIEW} (rows/s; ratio = ours / other)",
         f"{'store':<7} {'ours':>10} {'stock':>10} {'raw redis-py':>13} {'ours/stock':>11} {'ours/raw':>9} "
-        f"{'identical':>10}",
+        f"{'identical':>10} {'served':>7}",
     ]
+
+    def check(row: dict, key: str) -> str:
+        return "-" if key not in row else ("yes" if row[key] else "NO")
+
     for row in results:
-        identical = "-" if "identical" not in row else ("yes" if row["identical"] else "NO")
         lines.append(
             f"{row['store']:<7} {cell(row['ours']):>10} {cell(row.get('stock')):>10} {cell(row.get('raw')):>13} "
-            f"{ratio(row, 'stock'):>11} {ratio(row, 'raw'):>9} {identical:>10}"
+            f"{ratio(row, 'stock'):>11} {ratio(row, 'raw'):>9} {check(row, 'identical'):>10} {check(row, 'served'):>7}"
         )
     return "\n".join(lines)
 

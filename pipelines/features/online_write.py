@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 
+import hiredis
 import numpy as np
 import pandas as pd
 from feast import FeatureStore, FeatureView
@@ -53,7 +54,9 @@ class _Cells:
         return cls(matrix, lengths)
 
     def take(self, rows: np.ndarray) -> _Cells:
-        """The pieces of the rows selected by an index or boolean array."""
+        """The pieces of the rows selected by an index or boolean array (a shared piece stays shared)."""
+        if self.matrix.shape[0] == 1 and self.lengths is None:
+            return self
         return _Cells(self.matrix[rows], None if self.lengths is None else self.lengths[rows])
 
     def to_list(self) -> list[bytes]:
@@ -165,8 +168,12 @@ class _Stamps:
 
     @classmethod
     def of(cls, column: pd.Series) -> _Stamps:
-        # Feast keeps microseconds (datetime), so equal instants are equal to the microsecond.
-        micros = pd.to_datetime(column, utc=True).dt.tz_localize(None).to_numpy(dtype="datetime64[us]")
+        # Feast keeps microseconds (datetime), so equal instants are equal to the microsecond; naive times are UTC.
+        if isinstance(column.dtype, pd.DatetimeTZDtype):
+            column = column.dt.tz_convert(None)
+        elif not pd.api.types.is_datetime64_dtype(column.dtype):
+            column = pd.to_datetime(column, utc=True).dt.tz_convert(None)
+        micros = column.to_numpy(dtype="datetime64[us]")
         unique, codes = np.unique(micros, return_inverse=True)
         instants = [pd.Timestamp(u).tz_localize("UTC").to_pydatetime() for u in unique]
         return cls(micros.astype("int64") * 1000, codes.reshape(-1), instants)
@@ -220,6 +227,8 @@ def latest_per_key(frame: pd.DataFrame, view: FeatureView) -> pd.DataFrame:
             f"feature view {view.name!r}: the frame lacks column(s) {missing} (has {list(frame.columns)}); "
             "rebuild the view's lake partition with its feature family"
         )
+    if not frame.duplicated(keys).any():  # the usual case (one row per key and day): no copy
+        return frame
     newest_first = frame.sort_values(order, ascending=False, kind="stable")
     return newest_first.drop_duplicates(keys, keep="first").sort_index()
 
@@ -266,45 +275,77 @@ def _command(name: bytes, args: int) -> _Cells:
     return _Cells.constant(b"*%d\r\n" % (args + 1) + b"$%d\r\n%s\r\n" % (len(name), name))
 
 
+def _round_trip(client, commands: bytes, replies: int) -> list:
+    """Send pre-encoded commands on one pooled connection and read their ``replies`` replies."""
+    connection = client.connection_pool.get_connection()
+    try:
+        connection.send_packed_command([commands], check_health=False)
+        return _read_replies(connection, replies)
+    except BaseException:
+        connection.disconnect()  # unread replies would otherwise answer the next command
+        raise
+    finally:
+        client.connection_pool.release(connection)
+
+
+def _read_replies(connection, count: int) -> list:
+    """Replies straight from the connection's socket through hiredis' reader.
+
+    redis-py parses one reply per Python call (several microseconds each, most of the time with one or two replies
+    per row); the reader fed with large reads is several times cheaper. The socket is redis-py's own, after its
+    handshake (auth, database), with nothing left unread in its buffer.
+    """
+    reader, out, sock = hiredis.Reader(), [], connection._sock
+    while len(out) < count:
+        reply = reader.gets()
+        if reply is False:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                raise OnlineWriteError(f"Redis closed the connection after {len(out)} of {count} replies")
+            reader.feed(chunk)
+        elif isinstance(reply, hiredis.ReplyError):
+            raise OnlineWriteError(f"Redis refused a write of the online store: {reply}")
+        else:
+            out.append(reply)
+    return out
+
+
 @contextmanager
 def _redis_writer(store: FeatureStore, layout: _View) -> Iterator[Callable[[pd.DataFrame], int]]:
     config = store.config.online_store
     if config.redis_type == RedisType.redis_cluster:
         raise OnlineWriteError(
-            "the fast writer pipelines raw commands to one Redis server; a Redis Cluster online store needs "
+            "the fast writer pipelines a batch's keys to one Redis server; a Redis Cluster online store needs "
             "FeatureStore.materialize"
         )
     # Feast's own client, so the connection string means exactly what it means to Feast's reader.
     client = RedisOnlineStore()._get_client(config)
     project = store.config.project.encode("utf8")
-    ts_field = f"_ts:{layout.name}".encode()
-    fields = [_mmh3(f"{layout.name}:{name}") for name in layout.features]
+    ts_field = _bulk_constant(f"_ts:{layout.name}".encode())
+    fields = [_bulk_constant(_mmh3(f"{layout.name}:{name}")) for name in layout.features]
     ttl = config.key_ttl_seconds
 
     def write(frame: pd.DataFrame) -> int:
         rows = len(frame)
         if not rows:
             return 0
-        key = _rows([*_entity_keys(frame, layout.join_keys, layout.name), _Cells.constant(project)], rows)
-        key_cells = _Cells.padded(key)
+        keys = _rows([*_entity_keys(frame, layout.join_keys, layout.name), _Cells.constant(project)], rows)
+        key = _bulk(_Cells.padded(keys), rows)
         stamps = _Stamps.of(frame[layout.timestamp])
         # Feast reads the stored event time first and skips rows that are not newer.
-        hmget = [_command(b"HMGET", 2), *_bulk(key_cells, rows), _bulk_constant(ts_field)]
-        stored = _pipeline(client, _join(hmget, rows)[0], rows)
-        fresh = stamps.nanos > _stored_nanos([reply[0] for reply in stored])
+        stored = _round_trip(client, _join([_command(b"HGET", 2), *key, ts_field], rows)[0], rows)
+        fresh = stamps.nanos > _stored_nanos(stored)
         if not fresh.any():
             return 0
-        frame, key_cells = frame[fresh], key_cells.take(fresh)
-        rows = len(frame)
-        hset = [_command(b"HSET", 3 + 2 * len(fields)), *_bulk(key_cells, rows), _bulk_constant(ts_field)]
+        if not fresh.all():
+            frame, key, rows = frame[fresh], [k.take(fresh) for k in key], int(fresh.sum())
+        hset = [_command(b"HSET", 3 + 2 * len(fields)), *key, ts_field]
         hset += _bulk(_Cells.padded(stamps.protos()).take(stamps.codes[fresh]), rows)
         for field, (name, kind) in zip(fields, layout.features.items(), strict=True):
-            hset += [_bulk_constant(field), *_bulk(_values(frame[name], kind), rows)]
-        per_row = 1
+            hset += [field, *_bulk(_values(frame[name], kind), rows)]
         if ttl:
-            hset += [_command(b"EXPIRE", 2), *_bulk(key_cells, rows), _bulk_constant(str(int(ttl)).encode())]
-            per_row = 2
-        _pipeline(client, _join(hset, rows)[0], rows * per_row)
+            hset += [_command(b"EXPIRE", 2), *key, _bulk_constant(b"%d" % ttl)]
+        _round_trip(client, _join(hset, rows)[0], rows * (2 if ttl else 1))
         return rows
 
     with closing(client):
@@ -324,19 +365,6 @@ def _stored_nanos(replies: list[bytes | None]) -> np.ndarray:
             parsed[raw] = stamp.seconds * 1_000_000_000 + stamp.nanos
         out[i] = parsed[raw]
     return out
-
-
-def _pipeline(client, commands: bytes, replies: int) -> list:
-    """Send pre-encoded commands on one connection and read their replies (an error reply raises)."""
-    connection = client.connection_pool.get_connection()
-    try:
-        connection.send_packed_command([commands], check_health=False)
-        return [connection.read_response() for _ in range(replies)]
-    except BaseException:
-        connection.disconnect()  # unread replies would otherwise answer the next command
-        raise
-    finally:
-        client.connection_pool.release(connection)
 
 
 # -- SQLite: table <project>_<view>, one row per (entity key, feature) --------------------------------------

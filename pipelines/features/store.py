@@ -211,8 +211,9 @@ def materialize_day(settings: Settings, ds: dt.date, store: FeatureStore | None 
         frame = lake.read(table, ds)
         rows += len(frame)
         stamps = pd.to_datetime(frame[view.batch_source.timestamp_field], utc=True)
-        in_window = frame[(stamps >= start) & (stamps <= as_of)]
-        written = write_view(store, view, in_window, settings.feast_online_write_batch_size)
+        in_window = (stamps >= start) & (stamps <= as_of)
+        day = frame if in_window.all() else frame[in_window]
+        written = write_view(store, view, day, settings.feast_online_write_batch_size)
         store.registry.apply_materialization(view, store.project, start, as_of, commit=True)
         log.info("feast: materialized %s for ds=%s: %d of %d rows written", name, ds, written, len(frame))
     return rows
