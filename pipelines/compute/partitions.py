@@ -37,13 +37,12 @@ def lake_frame(lake: Lake, table: str, days: list[dt.date], columns: list[str]) 
 
 
 def fsspec_options(settings: Settings) -> dict:
-    """The lake's S3 endpoint and credentials as s3fs options (empty for a local lake)."""
+    """The lake's S3 endpoint and region as s3fs options (empty for a local lake). No credentials: the task graph
+    travels to the scheduler and workers, so each worker reads its own AWS_* variables (docs/deploy.md)."""
     opts = settings.storage_options
     if not opts:
         return {}
     out: dict = {"client_kwargs": {"region_name": opts["region"]}}
     if "endpoint_url" in opts:
         out["endpoint_url"] = opts["endpoint_url"]
-    if "key" in opts:
-        out |= {"key": opts["key"], "secret": opts["secret"]}
     return out
