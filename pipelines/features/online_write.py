@@ -368,6 +368,31 @@ def _stored_nanos(replies: list[bytes | None]) -> np.ndarray:
 
 
 # -- SQLite: table <project>_<view>, one row per (entity key, feature) --------------------------------------
+_SQLITE_COLUMNS = ("entity_key", "feature_name", "value", "value_text", "event_ts", "created_ts")
+_ROWS_PER_STATEMENT = 100  # multi-row VALUES: SQLite's per-statement cost is then paid once per 100 rows
+
+
+def _upsert_sql(table: str, rows: int) -> str:
+    """Feast's upsert (the same columns and conflict rule) for ``rows`` rows."""
+    placeholders = ", ".join(["(" + ", ".join("?" * len(_SQLITE_COLUMNS)) + ")"] * rows)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in _SQLITE_COLUMNS[2:])
+    return (
+        f'INSERT INTO "{table}" ({", ".join(_SQLITE_COLUMNS)}) VALUES {placeholders} '
+        f"ON CONFLICT(entity_key, feature_name) DO UPDATE SET {updates}"
+    )
+
+
+def _upsert(connection: sqlite3.Connection, table: str, rows: np.ndarray) -> None:
+    """Upsert ``rows`` (an object array, one row per stored feature value) in statements of many rows."""
+    width = rows.shape[1] * _ROWS_PER_STATEMENT
+    full = len(rows) // _ROWS_PER_STATEMENT * _ROWS_PER_STATEMENT
+    if full:
+        flat = rows[:full].reshape(-1, width).tolist()
+        connection.executemany(_upsert_sql(table, _ROWS_PER_STATEMENT), flat)
+    if full < len(rows):
+        connection.execute(_upsert_sql(table, len(rows) - full), rows[full:].ravel().tolist())
+
+
 @contextmanager
 def _sqlite_writer(store: FeatureStore, layout: _View, view: FeatureView) -> Iterator[Callable[[pd.DataFrame], int]]:
     config = store.config
@@ -378,12 +403,6 @@ def _sqlite_writer(store: FeatureStore, layout: _View, view: FeatureView) -> Ite
         )
     table = compute_table_id(config.project, view, config.registry.enable_online_feature_view_versioning)
     path = SqliteOnlineStore._get_db_path(config)
-    columns = "entity_key, feature_name, value, value_text, event_ts, created_ts"
-    upsert = (
-        f'INSERT INTO "{table}" ({columns}) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(entity_key, feature_name) DO '
-        "UPDATE SET value = excluded.value, value_text = excluded.value_text, event_ts = excluded.event_ts, "
-        "created_ts = excluded.created_ts"
-    )
     names = sorted(layout.features)
 
     def write(frame: pd.DataFrame) -> int:
@@ -392,26 +411,16 @@ def _sqlite_writer(store: FeatureStore, layout: _View, view: FeatureView) -> Ite
         # Rows in primary-key order (entity key, feature name): the indexes are then walked, not jumped through.
         order = np.array(sorted(range(rows), key=keys.__getitem__), dtype=np.int64)
         frame, keys = frame.iloc[order], keys[order]
-        per_feature = len(names)
-        stamps = _Stamps.of(frame[layout.timestamp]).sqlite_values()
-        created = _Stamps.of(frame[layout.created]).sqlite_values() if layout.created else [None] * rows
-        values = np.empty((rows, per_feature), dtype=object)
-        texts = np.empty((rows, per_feature), dtype=object)
+        stored = np.empty((rows, len(names), len(_SQLITE_COLUMNS)), dtype=object)
+        stored[:, :, 0] = keys[:, None]
+        stored[:, :, 1] = np.array(names, dtype=object)
         for j, name in enumerate(names):
-            values[:, j] = _values(frame[name], layout.features[name]).to_list()
-            texts[:, j] = _value_texts(frame[name], layout.features[name])
-        connection.executemany(
-            upsert,
-            zip(
-                np.repeat(keys, per_feature).tolist(),
-                names * rows,
-                values.ravel().tolist(),
-                texts.ravel().tolist(),
-                np.repeat(np.array(stamps, dtype=object), per_feature).tolist(),
-                np.repeat(np.array(created, dtype=object), per_feature).tolist(),
-                strict=True,
-            ),
-        )
+            stored[:, j, 2] = _values(frame[name], layout.features[name]).to_list()
+            stored[:, j, 3] = _value_texts(frame[name], layout.features[name])
+        stored[:, :, 4] = np.array(_Stamps.of(frame[layout.timestamp]).sqlite_values(), dtype=object)[:, None]
+        if layout.created:
+            stored[:, :, 5] = np.array(_Stamps.of(frame[layout.created]).sqlite_values(), dtype=object)[:, None]
+        _upsert(connection, table, stored.reshape(-1, len(_SQLITE_COLUMNS)))
         return rows
 
     # One transaction per view: readers see the whole day or none of it, and the file is synced once.
