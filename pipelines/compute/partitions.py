@@ -16,8 +16,11 @@ PART = "_part"
 
 
 def partition_of(ids: pd.Series | np.ndarray, parts: int) -> np.ndarray:
-    """The hash partition of each integer key (stable across processes and runs)."""
-    return (pd.util.hash_array(np.asarray(ids, dtype="int64")) % np.uint64(parts)).astype("int64")
+    """The hash partition of each key (stable across processes and runs; an int32 and an int64 key agree)."""
+    values = np.asarray(ids)
+    if np.issubdtype(values.dtype, np.integer):
+        values = values.astype("int64")
+    return (pd.util.hash_array(values) % np.uint64(parts)).astype("int64")
 
 
 def with_part(frame: pd.DataFrame, key: str, parts: int) -> pd.DataFrame:
