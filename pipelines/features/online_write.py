@@ -241,6 +241,11 @@ def write_view(
     Same result as Feast materializing these rows: the newest row per key; on Redis a row not newer than the stored
     one is skipped and the key's ttl is set when ``key_ttl_seconds`` is; on SQLite every row is upserted.
     """
+    if store.config.entity_key_serialization_version != 3:
+        raise OnlineWriteError(
+            f"entity_key_serialization_version is {store.config.entity_key_serialization_version}; the fast writer "
+            "writes version 3 keys: set entity_key_serialization_version: 3 (pipelines.features.store.repo_config)"
+        )
     layout = _view(store, view)
     rows = latest_per_key(frame, view)
     online = store.config.online_store
