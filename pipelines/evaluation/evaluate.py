@@ -211,7 +211,8 @@ def evaluate_candidate(
     oracle_scores: np.ndarray | None = None,
 ) -> Evaluation:
     """Evaluate ``version`` against the champion (if any), the baseline and the oracle (the simulator's
-    Bayes-optimal scores of the test rows, when known) on the test split; log it all to the candidate's run."""
+    Bayes-optimal scores of the test rows, when known: ``oracle_scores``, else those the training-set step kept
+    beside the training set) on the test split; log it all to the candidate's run."""
     version = str(version)
     candidate_info = get_version(settings, spec.name, version)
     test = training_set.split("test").reset_index(drop=True)
@@ -220,7 +221,7 @@ def evaluate_candidate(
         "candidate": score(load_booster(settings, spec.name, version), test, settings.num_threads),
         "champion": None,
         "baseline": baseline_scores(spec, training_set),
-        "oracle": oracle_scores,
+        "oracle": training_set.oracle if oracle_scores is None else oracle_scores,
     }
     if champion_info is not None:
         scores["champion"] = score(load_booster(settings, spec.name, champion_info.version), test, settings.num_threads)

@@ -27,7 +27,7 @@ from pipelines.registry.promotion import record_rejection
 from pipelines.registry.registry import get_champion
 from pipelines.settings import Settings
 from pipelines.specs import ModelSpec
-from pipelines.training.dataset import build_training_set, load_training_set, oracle_scores
+from pipelines.training.dataset import build_training_set, load_training_set
 from pipelines.training.readiness import HistoryTooShort, require_ready
 from pipelines.training.train import train_model
 from pipelines.usecases import FAMILIES, use_case
@@ -97,10 +97,8 @@ def train(settings: Settings, spec: ModelSpec, ds: str) -> dict:
 
 def evaluate(settings: Settings, spec: ModelSpec, ds: str, version: str) -> dict:
     """Candidate, champion, baseline and (simulated data) the Bayes-optimal scorer on the same test rows."""
-    lake = Lake(settings)
-    ts = load_training_set(lake, spec, as_date(ds))
-    oracle = oracle_scores(settings, lake, spec, ts.split("test"))
-    return evaluate_candidate(settings, spec, version, ts, oracle_scores=oracle).to_dict()
+    ts = load_training_set(Lake(settings), spec, as_date(ds))
+    return evaluate_candidate(settings, spec, version, ts).to_dict()
 
 
 def gate(settings: Settings, spec: ModelSpec, ds: str, version: str, evaluation: dict) -> dict:

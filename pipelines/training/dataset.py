@@ -6,6 +6,7 @@ and evaluation, so every step of one run scores the same rows (its digest travel
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ import pandas as pd
 from pipelines.lake import Lake, as_date
 from pipelines.settings import Settings
 from pipelines.specs import CONTEXT_PREFIX, ModelSpec
+from pipelines.training.lineage import feature_lineage
 from pipelines.usecases import UnknownUseCase, use_case
 
 TIMESTAMP_COLUMN = "event_timestamp"
@@ -100,6 +102,10 @@ class TrainingSet:
     frame: pd.DataFrame
     uri: str
     digest: str
+    # Kept beside the training set by the training-set step, so training and evaluation need not recompute them:
+    # the simulator's Bayes-optimal scores of the test rows (None without a simulated truth) and the Feast lineage.
+    oracle: np.ndarray | None = None
+    lineage: dict[str, str] = field(default_factory=dict)
     feature_columns: list[str] = field(init=False)
     row_counts: dict[str, int] = field(init=False)
     label_rate: float = field(init=False)
@@ -118,6 +124,12 @@ class TrainingSet:
 
     def features(self, name: str) -> pd.DataFrame:
         return self.split(name)[self.feature_columns]
+
+    def matrix(self, name: str) -> np.ndarray:
+        """The split's features as one C-ordered float64 matrix: what LightGBM reads without another copy."""
+        frame = self.frame
+        rows = (frame[SPLIT_COLUMN] == name).to_numpy()
+        return np.ascontiguousarray(frame.loc[rows, self.feature_columns].to_numpy(dtype="float64"))
 
     def labels(self, name: str) -> np.ndarray:
         return self.split(name)[LABEL_COLUMN].to_numpy()
@@ -228,6 +240,32 @@ def _check_frame(spec: ModelSpec, frame: pd.DataFrame) -> None:
         raise TrainingSetError(f"training set of {spec.name}: unknown split value(s) {bad}; expected {SPLITS}")
 
 
+def oracle_table(spec: ModelSpec) -> str:
+    return f"{training_table(spec)}_oracle"
+
+
+def _lineage_key(spec: ModelSpec, logical_date: dt.date) -> str:
+    return f"{training_table(spec)}/ds={as_date(logical_date).isoformat()}/lineage.json"
+
+
+def save_step_outputs(
+    lake: Lake, spec: ModelSpec, training_set: TrainingSet, oracle: np.ndarray | None, lineage: dict[str, str]
+) -> TrainingSet:
+    """Keep the test rows' Bayes-optimal scores (or drop a previous run's) and the feature lineage beside the set."""
+    day = training_set.logical_date
+    if oracle is None:
+        lake.delete(oracle_table(spec), [day])
+    else:
+        if len(oracle) != training_set.row_counts["test"]:
+            raise TrainingSetError(
+                f"{len(oracle)} Bayes-optimal scores for the {training_set.row_counts['test']} test rows of "
+                f"{training_set.uri}; the use case's oracle must score every test row"
+            )
+        lake.write(oracle_table(spec), day, pd.DataFrame({"bayes_optimal": np.asarray(oracle, dtype="float64")}))
+    lake.write_json(_lineage_key(spec, day), lineage)
+    return dataclasses.replace(training_set, oracle=oracle, lineage=lineage)
+
+
 def load_training_set(lake: Lake, spec: ModelSpec, logical_date: dt.date) -> TrainingSet:
     """The training set built for ``logical_date`` (run the training-set step first)."""
     table = training_table(spec)
@@ -239,6 +277,9 @@ def load_training_set(lake: Lake, spec: ModelSpec, logical_date: dt.date) -> Tra
         )
     frame = lake.read(table, logical_date)
     frame[TIMESTAMP_COLUMN] = _utc_us(frame[TIMESTAMP_COLUMN])
+    oracle = None
+    if lake.exists(oracle_table(spec), logical_date):
+        oracle = lake.read(oracle_table(spec), logical_date)["bayes_optimal"].to_numpy()
     return TrainingSet(
         spec.name,
         as_date(logical_date),
@@ -246,15 +287,20 @@ def load_training_set(lake: Lake, spec: ModelSpec, logical_date: dt.date) -> Tra
         frame,
         lake.partition_uri(table, logical_date),
         frame_digest(frame),
+        oracle=oracle,
+        lineage=lake.read_json(_lineage_key(spec, logical_date)) or {},
     )
 
 
 def build_training_set(settings: Settings, lake: Lake, spec: ModelSpec, logical_date: dt.date) -> TrainingSet:
-    """The spec's entity rows x labels x Feast point-in-time features for ``logical_date``, written to the lake."""
+    """The spec's entity rows x labels x point-in-time features for ``logical_date``, written to the lake with the
+    test rows' Bayes-optimal scores and the feature lineage (computed once here, read by training and evaluation)."""
     logical_date = as_date(logical_date)
     entity_keys(spec)
     frame = use_case(spec.entity).build_rows(settings, lake, spec, split_days(spec, logical_date), logical_date)
-    return save_training_set(lake, spec, logical_date, frame)
+    training_set = save_training_set(lake, spec, logical_date, frame)
+    oracle = oracle_scores(settings, lake, spec, training_set.split("test"))
+    return save_step_outputs(lake, spec, training_set, oracle, feature_lineage(settings, spec))
 
 
 def oracle_scores(settings: Settings, lake: Lake, spec: ModelSpec, frame: pd.DataFrame) -> np.ndarray | None:

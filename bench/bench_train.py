@@ -1,0 +1,123 @@
+"""The platform's training step against a raw ``lightgbm.train`` on the same matrix and parameters.
+
+A synthetic purchase-intent training set (``--rows`` rows, ``--features`` float features, the spec's 14/3/3-day
+splits) is trained three ways with the same booster params, rounds, early stopping and ``num_threads``:
+
+- raw ``lightgbm.train``: numpy matrices prepared beforehand, a Dataset per split, early stopping, nothing else;
+- ``fit_booster``: the platform's fit on the ``TrainingSet`` (its frame -> LightGBM);
+- ``train_model``: the whole training step (fit, validation/test metrics, importance, MLflow run, logged and
+  registered model) on a local SQLite MLflow store.
+
+Ratios are against the raw call; the boosters must stop at the same iteration. Run:
+``uv run python -m bench.bench_train [--rows 1000000] [--features 40] [--rounds 200] [--threads 2]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import tempfile
+import time
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+
+from pipelines.data import schemas
+from pipelines.lake import Lake
+from pipelines.registry.registry import ensure_experiment
+from pipelines.settings import get_settings
+from pipelines.specs import ModelSpec, load_spec
+from pipelines.training.dataset import LABEL_COLUMN, SPLIT_COLUMN, TIMESTAMP_COLUMN, save_training_set, split_days
+from pipelines.training.train import fit_booster, lightgbm_params, train_model
+
+ROOT = Path(__file__).resolve().parents[1]
+LOGICAL_DATE = dt.date(2025, 3, 31)
+
+
+def _spec(rounds: int) -> ModelSpec:
+    base = load_spec(ROOT / "models" / "purchase_intent.yaml")
+    # No slices or baseline columns to fake: this measures training, not evaluation.
+    return base.model_copy(update={"params": base.params | {"num_boost_round": rounds}, "slices": []})
+
+
+def _frame(spec: ModelSpec, rows: int, features: int) -> pd.DataFrame:
+    """Rows spread over the spec's as-of days; the label depends on a few features (a realistic, learnable set)."""
+    rng = np.random.default_rng(3)
+    splits = split_days(spec, LOGICAL_DATE)
+    day = rng.integers(0, len(splits.days), rows)
+    day.sort()
+    x = rng.gamma(1.5, 2.0, size=(rows, features)).astype("float64")
+    x[rng.random(x.shape) < 0.05] = np.nan
+    logit = -2.0 + 0.4 * np.nan_to_num(x[:, 0]) - 0.3 * np.nan_to_num(x[:, 1]) + 0.2 * np.nan_to_num(x[:, 2] * x[:, 3])
+    label = (rng.random(rows) < 1 / (1 + np.exp(-np.clip(logit, -30, 30)))).astype("int64")
+    frame = pd.DataFrame(
+        {
+            "user_id": rng.integers(1, 380_000, rows),
+            TIMESTAMP_COLUMN: pd.to_datetime([schemas.as_of(splits.days[d]) for d in range(len(splits.days))])[day],
+            LABEL_COLUMN: label,
+            SPLIT_COLUMN: np.array([splits.split_of(d) for d in splits.days])[day],
+        }
+    )
+    return pd.concat([frame, pd.DataFrame(x, columns=[f"f{i:02d}" for i in range(features)])], axis=1)
+
+
+def _raw(params: dict, rounds: int, patience: int, x: dict, y: dict) -> lgb.Booster:
+    train = lgb.Dataset(x["train"], label=y["train"])
+    valid = lgb.Dataset(x["validation"], label=y["validation"], reference=train)
+    return lgb.train(
+        params,
+        train,
+        num_boost_round=rounds,
+        valid_sets=[valid],
+        callbacks=[lgb.early_stopping(patience, first_metric_only=True, verbose=False)],
+    )
+
+
+def _timed(fn):
+    began = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - began
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--features", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=200, help="boosting rounds cap (early stopping may end sooner)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    spec = _spec(args.rounds)
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        settings = get_settings(home=Path(tmp), num_threads=args.threads, data_source="ingested")
+        training_set = save_training_set(Lake(settings), spec, LOGICAL_DATE, _frame(spec, args.rows, args.features))
+        ensure_experiment(settings, spec.name)  # MLflow's store migration is set-up, not training
+        params, rounds, patience = lightgbm_params(spec, args.threads)
+        frame = training_set.frame
+        cols = training_set.feature_columns
+        x = {s: frame.loc[frame[SPLIT_COLUMN] == s, cols].to_numpy() for s in ("train", "validation")}
+        y = {s: frame.loc[frame[SPLIT_COLUMN] == s, LABEL_COLUMN].to_numpy() for s in ("train", "validation")}
+
+        raw, raw_s = _timed(lambda: _raw(params, rounds, patience, x, y))
+        (fit, _), fit_s = _timed(lambda: fit_booster(spec, training_set, args.threads))
+        result, step_s = _timed(lambda: train_model(settings, spec, training_set))
+
+    print(
+        f"training set: {args.rows:,} rows x {args.features} features ({training_set.row_counts['train']:,} train), "
+        f"cap {args.rounds} rounds, {args.threads} threads"
+    )
+    print(f"{'step':<44} | {'seconds':>8} | {'best iteration':>14} | {'vs raw':>7}")
+    print("-" * 84)
+    rows = [
+        ("raw lightgbm.train (numpy)", raw_s, raw.best_iteration),
+        ("fit_booster (platform fit)", fit_s, fit.best_iteration),
+        ("train_model (fit + metrics + MLflow run)", step_s, int(result.metrics["best_iteration"])),
+    ]
+    for name, seconds, best in rows:
+        print(f"{name:<44} | {seconds:>8.2f} | {best:>14} | {seconds / raw_s:>6.2f}x")
+
+
+if __name__ == "__main__":
+    main()
