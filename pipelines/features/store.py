@@ -1,7 +1,7 @@
 """The Feast feature store of one profile: config from settings, materialization, online and historical reads.
 
-Local profile: file registry + SQLite online store; stack profile: SQL registry + Redis. The offline store is
-always Feast's file (Dask) store over the lake's daily feature partitions.
+Local profile: file registry + SQLite online store; stack profile: SQL registry + Redis. Historical reads join
+the lake's daily feature partitions directly (``point_in_time``), giving the values of Feast's file offline store.
 """
 
 from __future__ import annotations
