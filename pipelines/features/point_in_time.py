@@ -214,29 +214,33 @@ def point_in_time_join(
 
 
 # -- lake reading --------------------------------------------------------------------------------------------
+def view_days(lake: Lake, view: StoredView, entity_ns: np.ndarray) -> list[dt.date]:
+    """The view's partitions that can hold rows within ``[oldest - ttl, newest]`` of the entity stamps (int64 UTC
+    ns); the join itself applies the exact bounds."""
+    newest = pd.Timestamp(int(entity_ns.max()), tz="UTC")
+    last = (newest + _ZONE_MARGIN).date()
+    if view.ttl is None:
+        return [d for d in lake.partitions(view.table) if d <= last]
+    first = (pd.Timestamp(int(entity_ns.min()), tz="UTC") - view.ttl - _ZONE_MARGIN).date()
+    return [d for d in date_range(first, last) if lake.exists(view.table, d)]
+
+
 def read_view_rows(lake: Lake, view: StoredView, entity_ns: np.ndarray) -> pd.DataFrame:
     """The view's rows that can answer entity rows stamped ``entity_ns`` (int64 UTC ns): only the columns the
     join needs, only the partitions and rows within ``[oldest - ttl, newest]``."""
-    if len(entity_ns) == 0:
-        return pd.DataFrame(columns=[*view.keys, view.timestamp, *view.reads])
-    newest = pd.Timestamp(int(entity_ns.max()), tz="UTC")
-    oldest = None if view.ttl is None else pd.Timestamp(int(entity_ns.min()), tz="UTC") - view.ttl
-    last = (newest + _ZONE_MARGIN).date()
-    if oldest is None:
-        days = [d for d in lake.partitions(view.table) if d <= last]
-    else:
-        days = date_range((oldest - _ZONE_MARGIN).date(), last)
     columns = [*view.keys, view.timestamp, *view.reads]
+    if len(entity_ns) == 0:
+        return pd.DataFrame(columns=columns)
+    newest = int(entity_ns.max())
+    oldest = None if view.ttl is None else int(entity_ns.min()) - int(view.ttl.total_seconds() * 1e9)
     parts = []
-    for day in days:
-        if not lake.exists(view.table, day):
-            continue
+    for day in view_days(lake, view, entity_ns):
         part = lake.read(view.table, day, columns=columns)
         stamps = _utc_ns(part[view.timestamp])
-        keep = stamps <= newest.value
+        keep = stamps <= newest
         if oldest is not None:
-            keep &= stamps >= oldest.value
-        parts.append(part[keep] if not keep.all() else part)
+            keep &= stamps >= oldest
+        parts.append(part if keep.all() else part[keep])
     if not parts:
         return pd.DataFrame(columns=columns)
     return pd.concat(parts, ignore_index=True)
