@@ -35,8 +35,9 @@ def test_a_day_is_the_same_whether_or_not_earlier_days_were_simulated_in_this_pr
     pd.testing.assert_frame_equal(cold_truth, intent_truth.purchase_truth(CONFIG, day))
 
 
-def test_the_truth_does_not_depend_on_how_many_threads_compute_it():
+def test_the_truth_does_not_depend_on_how_many_threads_compute_it(monkeypatch):
     day = DAYS[3]
+    monkeypatch.setattr(intent_truth, "BLOCK_ROWS", 10 * CONFIG.n_users)  # 10 blocks of 10 replicas
     simulator.clear_cache()
     one = intent_truth.purchase_truth(CONFIG, day, threads=1)
     simulator.clear_cache()

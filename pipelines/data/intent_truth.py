@@ -16,6 +16,7 @@ from pipelines.data import schemas
 from pipelines.data.simulator import (
     _TRUTH,
     SimulationConfig,
+    SimulationError,
     _active,
     _satiation,
     _session_rate,
@@ -27,9 +28,10 @@ from pipelines.data.simulator import (
 )
 
 HORIZON = 7
-# Replicas per block. Block b draws from stream [seed, 3, day, b], so a day's truth depends only on seed, day and
-# truth_replicas, never on how much memory the machine has; 10 replicas of 380,000 users are ~150 MB of state.
-BLOCK = 10
+# Replicas per block: about this many (replica, user) rows, so memory is bounded (~300 MB a block; 10 replicas of
+# 380,000 users) and a small world runs in one block of numpy calls. Block b draws from stream [seed, 3, day, b]:
+# a day's truth is a function of the config and the day, never of the machine or the thread count.
+BLOCK_ROWS = 4_000_000
 # Counts with a mean up to this are drawn by inverting their CDF (about one pass over the rows); larger ones by
 # numpy's samplers, since the inversion loop would run about mean times.
 _INVERT_UP_TO = 8.0
@@ -66,20 +68,21 @@ def truth_probabilities(
     """P(purchase on t+1..t+HORIZON) per user index, from the realised ``end_state`` of day ``t`` (K=1)."""
     k = config.truth_replicas
     if k < 1:
-        raise ValueError(f"SimulationConfig.truth_replicas must be >= 1, got {k}")
+        raise SimulationError(f"SimulationConfig.truth_replicas must be >= 1, got {k}; set it to e.g. 200")
     days = [_Day.of(config, world, end_state, t, d) for d in range(t + 1, t + 1 + HORIZON)]
     followers = world.follow_matrix.T.tocsr()  # row v: the followers of v, who see v's purchases
 
+    size = max(1, BLOCK_ROWS // config.n_users)
+
     def survival(block: int) -> np.ndarray:
         """Sum over the block's replicas of each user's probability of not buying."""
-        first = block * BLOCK
         rng = np.random.default_rng([config.seed, _TRUTH, t, block])
-        replicas = _Block(config, world, end_state, min(BLOCK, k - first), rng)
+        replicas = _Block(config, world, end_state, min(size, k - block * size), rng)
         for day in days:
             replicas.step(day, followers)
         return np.exp(replicas.log_survival.astype("float64")).sum(axis=0)
 
-    blocks = range(-(-k // BLOCK))
+    blocks = range(-(-k // size))
     with ThreadPoolExecutor(max(threads, 1)) as pool:
         total = sum(pool.map(survival, blocks), np.zeros(config.n_users))  # summed in block order
     return 1.0 - total / k
