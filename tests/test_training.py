@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
@@ -20,6 +21,7 @@ from pipelines.training.dataset import (
     TrainingSetError,
     assemble_training_frame,
     load_training_set,
+    save_step_outputs,
     save_training_set,
     split_days,
 )
@@ -170,10 +172,37 @@ def test_training_set_from_the_lake_labels_every_featured_user_with_its_own_day_
     events = lake.read_range("events", newest + dt.timedelta(days=1), newest + dt.timedelta(days=7))
     buyers = set(events.loc[events["event_type"] == "purchase", "user_id"])
     assert set(rows.loc[rows["label"] == 1, "user_id"]) == buyers & set(rows["user_id"])
-    assert load_training_set(lake, spec, logical).digest == ts.digest
+    loaded = load_training_set(lake, spec, logical)
+    assert loaded.digest == ts.digest
+    # The Feast lineage is recorded by this step, beside the set; a world without its truth has no oracle.
+    assert loaded.lineage == ts.lineage and ts.lineage["feast.feature_service"] == "purchase_intent"
+    assert loaded.oracle is None
     # Context columns for slices are there, and are not features.
     assert (rows["ctx_days_since_signup"] >= 0).all() and rows["ctx_top_category"].notna().all()
     assert not any(c.startswith("ctx_") for c in ts.feature_columns)
+
+
+def test_the_step_keeps_bayes_optimal_scores_and_lineage_beside_the_set_for_training_and_evaluation(
+    settings: Settings, lake: Lake, spec: ModelSpec
+) -> None:
+    ts = save_training_set(lake, spec, DAY, synthetic_training_frame(spec, DAY, users_per_day=100))
+    oracle = np.linspace(0.01, 0.99, ts.row_counts["test"])
+    lineage = {"feast.feature_service": "purchase_intent", "feast.view.user_behavior": "0123456789ab"}
+
+    save_step_outputs(lake, spec, ts, oracle, lineage)
+    loaded = load_training_set(lake, spec, DAY)
+
+    np.testing.assert_array_equal(loaded.oracle, oracle)
+    assert loaded.lineage == lineage
+    trained = train_model(settings, spec, loaded)
+    assert "bayes_optimal_test_roc_auc" in trained.metrics
+    tags = MlflowClient(settings.mlflow_tracking_uri).get_run(trained.run_id).data.tags
+    assert tags["feast.view.user_behavior"] == "0123456789ab"
+    # A rebuild on data without a simulated truth drops the old scores; scores must cover the test rows.
+    save_step_outputs(lake, spec, ts, None, lineage)
+    assert load_training_set(lake, spec, DAY).oracle is None
+    with pytest.raises(TrainingSetError, match="3 Bayes-optimal scores for the 200 test rows"):
+        save_step_outputs(lake, spec, ts, np.zeros(3), lineage)
 
 
 def test_feature_lineage_digests_are_stable_and_cover_on_demand_views(settings: Settings) -> None:
