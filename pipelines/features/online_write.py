@@ -280,21 +280,8 @@ def _command(name: bytes, args: int) -> _Cells:
     return _Cells.constant(b"*%d\r\n" % (args + 1) + b"$%d\r\n%s\r\n" % (len(name), name))
 
 
-def _round_trip(client, commands: bytes, replies: int) -> list:
-    """Send pre-encoded commands on one pooled connection and read their ``replies`` replies."""
-    connection = client.connection_pool.get_connection()
-    try:
-        connection.send_packed_command([commands], check_health=False)
-        return _read_replies(connection, replies)
-    except BaseException:
-        connection.disconnect()  # unread replies would otherwise answer the next command
-        raise
-    finally:
-        client.connection_pool.release(connection)
-
-
 def _read_replies(connection, count: int) -> list:
-    """Replies straight from the connection's socket through hiredis' reader.
+    """``count`` replies straight from the connection's socket through hiredis' reader.
 
     redis-py parses one reply per Python call (several microseconds each, most of the time with one or two replies
     per row); the reader fed with large reads is several times cheaper. The socket is redis-py's own, after its
@@ -329,32 +316,49 @@ def _redis_writer(store: FeatureStore, layout: _View) -> Iterator[Callable[[pd.D
     ts_field = _bulk_constant(f"_ts:{layout.name}".encode())
     fields = [_bulk_constant(_mmh3(f"{layout.name}:{name}")) for name in layout.features]
     ttl = config.key_ttl_seconds
+    connection = client.connection_pool.get_connection()
+    unread = 0  # replies to the previous batch's writes, read after the next batch is encoded
+
+    def send(pieces: list[_Cells], rows: int) -> None:
+        connection.send_packed_command([_join(pieces, rows)[0]], check_health=False)
 
     def write(frame: pd.DataFrame) -> int:
+        nonlocal unread
         rows = len(frame)
         if not rows:
             return 0
         keys = _rows([*_entity_keys(frame, layout.join_keys, layout.name), _Cells.constant(project)], rows)
         key = _bulk(_Cells.padded(keys), rows)
         stamps = _Stamps.of(frame[layout.timestamp])
+        # Everything is encoded while Redis still applies the previous batch; a row found stale is dropped below.
+        values = [ts_field, *_bulk(_Cells.padded(stamps.protos()).take(stamps.codes), rows)]
+        for field, (name, kind) in zip(fields, layout.features.items(), strict=True):
+            values += [field, *_bulk(_values(frame[name], kind), rows)]
         # Feast reads the stored event time first and skips rows that are not newer.
-        stored = _round_trip(client, _join([_command(b"HGET", 2), *key, ts_field], rows)[0], rows)
+        send([_command(b"HGET", 2), *key, ts_field], rows)
+        stored = _read_replies(connection, unread + rows)[unread:]
+        unread = 0
         fresh = stamps.nanos > _stored_nanos(stored)
         if not fresh.any():
             return 0
         if not fresh.all():
-            frame, key, rows = frame[fresh], [k.take(fresh) for k in key], int(fresh.sum())
-        hset = [_command(b"HSET", 3 + 2 * len(fields)), *key, ts_field]
-        hset += _bulk(_Cells.padded(stamps.protos()).take(stamps.codes[fresh]), rows)
-        for field, (name, kind) in zip(fields, layout.features.items(), strict=True):
-            hset += [field, *_bulk(_values(frame[name], kind), rows)]
+            key, values, rows = [p.take(fresh) for p in key], [p.take(fresh) for p in values], int(fresh.sum())
+        commands = [_command(b"HSET", 1 + 2 * (1 + len(fields))), *key, *values]
         if ttl:
-            hset += [_command(b"EXPIRE", 2), *key, _bulk_constant(b"%d" % ttl)]
-        _round_trip(client, _join(hset, rows)[0], rows * (2 if ttl else 1))
+            commands += [_command(b"EXPIRE", 2), *key, _bulk_constant(b"%d" % ttl)]
+        send(commands, rows)
+        unread = rows * (2 if ttl else 1)
         return rows
 
-    with closing(client):
+    try:
         yield write
+        _read_replies(connection, unread)
+    except BaseException:
+        connection.disconnect()  # unread replies would otherwise answer the pool's next user
+        raise
+    finally:
+        client.connection_pool.release(connection)
+        client.close()
 
 
 def _stored_nanos(replies: list[bytes | None]) -> np.ndarray:
