@@ -6,6 +6,10 @@ is generated with numpy at the simulator's schema (10 events per user, 5 follows
 event types) and written to a lake partition under a temporary home; both paths read it from there. The pandas
 path runs in a child process of its own (its peak RSS is the child's, from wait4), at EVENTS and at fractions of
 it, so the table shows how its memory grows; it is skipped above ``--pandas-max`` events.
+
+`uv run python -m bench.bench_dask --demo-world HOME` compares the two engines on the demo world instead (5,000
+simulated users, 35 days, simulated into HOME unless already there): user features of the last day, the shipped
+purchase_intent spec's training set, and its model's test ROC-AUC.
 """
 
 from __future__ import annotations
@@ -130,14 +134,59 @@ def measure_dask(home: str, workers: int, memory: str) -> tuple[float, int, floa
     return seconds, len(frame), _peak_mb(), sorted(peaks.values())
 
 
+def demo_world(home: str, workers: int) -> None:
+    """Both engines on the demo world: equal features and training set, the models' main metric side by side."""
+    from pipelines.compute.engine import fit_on_engine, user_features
+    from pipelines.data.extract import extract_day, simulation_config
+    from pipelines.features.user_features import USER_FEATURES_TABLE, write_user_features
+    from pipelines.settings import PROJECT_ROOT
+    from pipelines.specs import load_spec
+    from pipelines.training.dataset import save_training_set, split_days
+    from pipelines.training.train import split_metrics
+    from pipelines.usecases import use_case
+
+    on_pandas = get_settings(home=home, num_threads=1)
+    on_dask = on_pandas.model_copy(update={"compute": "dask", "dask_workers": workers, "dask_worker_memory": "2GiB"})
+    lake, config = Lake(on_pandas), simulation_config(on_pandas)
+    days = [on_pandas.start_date + dt.timedelta(days=i) for i in range(35)]
+    for day in days:
+        if not lake.exists(USER_FEATURES_TABLE, day):
+            extract_day(lake, config, day)
+            write_user_features(lake, day, user_features(on_pandas, lake, day))
+    last = days[-1]
+    spec = load_spec(PROJECT_ROOT / "models" / "purchase_intent.yaml")
+    features = {name: user_features(s, lake, last) for name, s in (("pandas", on_pandas), ("dask", on_dask))}
+    pd.testing.assert_frame_equal(features["dask"], features["pandas"], check_exact=False, rtol=1e-12)
+    sets = {}
+    for name, settings in (("pandas", on_pandas), ("dask", on_dask)):
+        frame = use_case("user").build_rows(settings, lake, spec, split_days(spec, last), last)
+        sets[name] = save_training_set(lake, spec, last, frame)
+    pd.testing.assert_frame_equal(sets["dask"].frame, sets["pandas"].frame, check_exact=True)
+    print(
+        f"demo world, {last}: {len(features['pandas']):,} users' features equal; training sets equal "
+        f"({sets['pandas'].row_counts['total']:,} rows, digest {sets['pandas'].digest[:12]})"
+    )
+    print(f"{'engine':>8} {'fit s':>7} {'best iteration':>15} {'test ' + spec.main_metric:>14}")
+    for name, settings in (("pandas", on_pandas), ("dask", on_dask)):
+        started = time.perf_counter()
+        booster, _ = fit_on_engine(settings, spec, sets["pandas"])
+        seconds = time.perf_counter() - started
+        score = split_metrics(spec, booster, sets["pandas"], 1)[f"test_{spec.main_metric}"]
+        print(f"{name:>8} {seconds:>7.1f} {booster.best_iteration:>15} {score:>14.4f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("events", nargs="?", type=int, default=10_000_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--memory", default="4GiB", help="memory limit per Dask worker")
     parser.add_argument("--pandas-max", type=int, default=10_000_000, help="largest day run on the pandas path")
+    parser.add_argument("--demo-world", metavar="HOME", help="compare the engines on the demo world in HOME")
     parser.add_argument("--pandas-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.demo_world:
+        demo_world(args.demo_world, args.workers)
+        return
     if args.pandas_child:
         run_pandas(args.pandas_child)
         return

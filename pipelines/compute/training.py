@@ -5,6 +5,7 @@ rounds as ``fit_booster``, with early stopping's best iteration found on the val
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import dask.dataframe as dd
@@ -69,7 +70,10 @@ def fit_booster_dask(
     booster_params = {k: v for k, v in params.items() if k != "num_threads"}
     features, labels = _spread(client, training_set.split("train"), training_set.feature_columns)
     model = DaskLGBMClassifier(client=client, n_estimators=rounds, **booster_params)
-    model.fit(features, labels)
+    with warnings.catch_warnings():
+        # The sklearn wrapper always passes n_jobs; lightgbm.dask replaces it with each worker's threads.
+        warnings.filterwarnings("ignore", message="Parameter n_jobs will be ignored")
+        model.fit(features, labels)
     booster = model.booster_
     booster.best_iteration = best_iteration(spec, booster, training_set, patience, num_threads)
     return booster, params | {"num_boost_round": rounds, "early_stopping_rounds": patience, "compute": "dask"}
