@@ -1,7 +1,8 @@
 """Write a frame of one feature view's rows into Feast's online store, byte for byte in Feast's own layout.
 
 Feast 0.67 (entity key serialization v3) reads what this writes: Redis hashes or SQLite rows. The bytes are built
-per batch with numpy instead of one protobuf object per value, which is where stock materialization spends its time.
+per batch with numpy instead of one protobuf object per value, which is where stock materialization spends its time;
+Redis gets them as raw pipelined commands, SQLite as multi-row upserts.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def _join(pieces: list[_Cells], rows: int) -> tuple[bytes, np.ndarray]:
     """Every row's pieces concatenated, rows one after another, and the byte length of each row."""
     width = sum(p.matrix.shape[1] for p in pieces)
     out = np.empty((rows, width), dtype=np.uint8)
-    keep = np.ones((rows, width), dtype=bool)
+    keep = None if all(p.lengths is None for p in pieces) else np.ones((rows, width), dtype=bool)
     at = 0
     for piece in pieces:
         w = piece.matrix.shape[1]
@@ -87,7 +88,7 @@ def _join(pieces: list[_Cells], rows: int) -> tuple[bytes, np.ndarray]:
             keep[:, at : at + w] = np.arange(w) < piece.lengths[:, None]
         at += w
     lengths = sum((p.row_lengths(rows) for p in pieces), start=np.zeros(rows, dtype=np.int64))
-    return out[keep].tobytes(), lengths
+    return (out if keep is None else out[keep]).tobytes(), lengths
 
 
 def _rows(pieces: list[_Cells], rows: int) -> list[bytes]:
@@ -215,7 +216,7 @@ def _view(store: FeatureStore, view: FeatureView) -> _View:
     )
 
 
-def latest_per_key(frame: pd.DataFrame, view: FeatureView) -> pd.DataFrame:
+def _latest_per_key(frame: pd.DataFrame, view: FeatureView) -> pd.DataFrame:
     """One row per entity key, the newest (as Feast's materialization keeps; ties: the first in the frame)."""
     source = view.batch_source
     frame = frame.rename(columns=source.field_mapping) if source is not None and source.field_mapping else frame
@@ -247,7 +248,7 @@ def write_view(
             "writes version 3 keys: set entity_key_serialization_version: 3 (pipelines.features.store.repo_config)"
         )
     layout = _view(store, view)
-    rows = latest_per_key(frame, view)
+    rows = _latest_per_key(frame, view)
     online = store.config.online_store
     if isinstance(online, RedisOnlineStoreConfig):
         writer = _redis_writer(store, layout)
