@@ -5,7 +5,8 @@ Run: `uv run python -m bench.bench_dask [EVENTS] [--workers 2] [--memory 4GiB] [
 is generated with numpy at the simulator's schema (10 events per user, 5 follows per user, the simulator's mix of
 event types) and written to a lake partition under a temporary home; both paths read it from there. The pandas
 path runs in a child process of its own (its peak RSS is the child's, from wait4), at EVENTS and at fractions of
-it, so the table shows how its memory grows; it is skipped above ``--pandas-max`` events.
+it, so the table shows how its memory grows; it is skipped above ``--pandas-max`` events. Only day DS is written:
+the features read 30 days of events, so a day of N events here is a window of N events (a steady N/30 a day).
 
 `uv run python -m bench.bench_dask --demo-world HOME` compares the two engines on the demo world instead (5,000
 simulated users, 35 days, simulated into HOME unless already there): user features of the last day, the shipped
@@ -219,12 +220,17 @@ def main() -> None:
         d_w = " / ".join(f"{m:,.0f}" for m in dask[3]) if dask else "-"
         ratio = f"{dask[0] / pandas[0]:.2f}" if pandas and dask else "-"
         print(f"{size:>12,} {users:>10,} {p_s:>9} {p_mb:>15} {d_s:>8} {d_drv:>15} {d_w:>18} {ratio:>14}")
-    per_million = [(p[2] / (s / 1e6)) for s, p, _ in rows if p and s >= 1_000_000]
-    if per_million:
+    measured = [(size, pandas[2]) for size, pandas, _ in rows if pandas]
+    if len(measured) >= 2:
+        (small, small_mb), (large, large_mb) = measured[-2], measured[-1]
+        slope = (large_mb - small_mb) / ((large - small) / 1e6)  # MB per million events, imports excluded
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+        reach = large / 1e6 + (ram - large_mb) / slope
+        # The features read 30 days of events: a steady daily volume puts 30 days of it in one computation.
         print(
-            f"pandas peak per million events at the largest size: {per_million[-1]:,.0f} MB; "
-            f"this machine's {ram / 1024:.0f} GiB hold about {ram / per_million[-1]:.0f}M events in one process"
+            f"pandas path: +{slope:,.0f} MB per million events read ({small:,} -> {large:,}); one process would "
+            f"fill this machine's {ram / 1024:.0f} GiB at about {reach:.0f}M events in the 30-day window, i.e. "
+            f"about {reach / 30:.1f}M events a day at a steady volume"
         )
 
 
