@@ -120,10 +120,11 @@ def _key_codes(entity: pd.DataFrame, rows: pd.DataFrame, keys: tuple[str, ...]) 
             left, right = left.astype("int64"), right.astype("int64")
         codes, uniques = pd.factorize(pd.concat([right, left], ignore_index=True))
         codes = codes.astype("int64")
-        combined = codes if combined is None else combined * (len(uniques) + 1) + codes
-    if len(keys) > 1:
-        combined = pd.factorize(combined)[0].astype("int64")
-    assert combined is not None
+        if combined is not None:  # pairs of dense codes, made dense again so no number of keys can overflow
+            codes = pd.factorize(combined * (len(uniques) + 1) + codes)[0].astype("int64")
+        combined = codes
+    if combined is None:
+        raise PointInTimeError("a feature view without join keys cannot be joined point in time")
     return combined[len(rows) :], combined[: len(rows)]
 
 
