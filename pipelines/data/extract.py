@@ -4,6 +4,7 @@ lake as ds partitions."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 
 import pandas as pd
 
@@ -27,7 +28,21 @@ def day_tables(config: SimulationConfig, ds: dt.date, threads: int = 1) -> dict[
     user with a feature row has a truth row, and best_achievable scores the same rows a model is tested on).
     ``threads`` run the ground truth's blocks of replicas; the tables do not depend on it.
     """
+    return dict(_day_tables(config, ds, threads))
+
+
+def _day_tables(config: SimulationConfig, ds: dt.date, threads: int) -> Iterator[tuple[str, pd.DataFrame]]:
+    """The tables of :func:`day_tables` one at a time, the events first, so a writer can drop each one (the
+    day's events are gone before the ground truth, the largest working set, is computed)."""
     events = simulator.simulate_day(config, ds)
+    yield "orders", orders.simulate_orders(config, ds, events=events)
+    yield "events", events
+    del events
+    yield "products", simulator.products(config)
+    yield "merchants", simulator.merchants(config)
+    yield "follows", simulator.follows_snapshot(config, ds)
+    yield "order_labels", orders.order_labels(config, ds)
+    yield "truth_order_fraud", orders.fraud_truth(config, ds)
     users = simulator.users_snapshot(config, ds)
     truth = intent_truth.purchase_truth(config, ds, threads)
     fraudsters = orders.fraud_accounts(config, ds)
@@ -43,17 +58,8 @@ def day_tables(config: SimulationConfig, ds: dt.date, threads: int = 1) -> dict[
             }
         )
         truth = pd.concat([truth, never], ignore_index=True)
-    return {
-        "events": events,
-        "truth_purchase_intent": truth,
-        "users": users,
-        "products": simulator.products(config),
-        "merchants": simulator.merchants(config),
-        "follows": simulator.follows_snapshot(config, ds),
-        "orders": orders.simulate_orders(config, ds, events=events),
-        "order_labels": orders.order_labels(config, ds),
-        "truth_order_fraud": orders.fraud_truth(config, ds),
-    }
+    yield "truth_purchase_intent", truth
+    yield "users", users
 
 
 def extract_day(lake: Lake, config: SimulationConfig, ds: dt.date, threads: int = 1) -> dict[str, dict[str, object]]:
@@ -62,7 +68,7 @@ def extract_day(lake: Lake, config: SimulationConfig, ds: dt.date, threads: int 
     Returns ``{table: {"rows": n, "uri": partition uri}}``.
     """
     written: dict[str, dict[str, object]] = {}
-    for table, frame in day_tables(config, ds, threads).items():
+    for table, frame in _day_tables(config, ds, threads):  # each table written as soon as it is made
         uri = lake.write(table, ds, frame, schema=schemas.TABLES[table])
         written[table] = {"rows": len(frame), "uri": uri}
     return written
