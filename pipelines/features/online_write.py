@@ -52,7 +52,7 @@ class _Cells:
         width = int(lengths.max(initial=0))
         matrix = np.zeros((len(values), width), dtype=np.uint8)
         matrix[np.arange(width) < lengths[:, None]] = np.frombuffer(b"".join(values), dtype=np.uint8)
-        return cls(matrix, lengths)
+        return cls(matrix, None if (lengths == width).all() else lengths)  # equal lengths need no byte mask
 
     def take(self, rows: np.ndarray) -> _Cells:
         """The pieces of the rows selected by an index or boolean array (a shared piece stays shared)."""
