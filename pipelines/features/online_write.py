@@ -247,6 +247,8 @@ def write_view(
             f"entity_key_serialization_version is {store.config.entity_key_serialization_version}; the fast writer "
             "writes version 3 keys: set entity_key_serialization_version: 3 (pipelines.features.store.repo_config)"
         )
+    if not view.online:  # Feast's materialization writes only online views too
+        return 0
     layout = _view(store, view)
     rows = _latest_per_key(frame, view)
     online = store.config.online_store
