@@ -185,8 +185,9 @@ def materialize_day(settings: Settings, ds: dt.date, store: FeatureStore | None 
     Reads only the day's partition of each view and keeps its rows in ``[ds 00:00, as_of(ds)]`` (daily views
     stamp ``as_of(ds)``, per-event views stamp times within the day), then writes them in Feast's own online
     layout (``online_write``) and records the window in the registry as Feast's ``materialize`` would. Returns rows
-    read from the partitions. Idempotent: a rerun writes the same values again. A view already materialized past
-    this day is skipped, so a backfill never replaces newer online features with older ones.
+    read from the partitions. Idempotent: a rerun leaves the same values (Redis skips rows not newer than the stored
+    ones, SQLite rewrites them, both as Feast does). A view already materialized past this day is skipped, so a
+    backfill never replaces newer online features with older ones.
     """
     lake = Lake(settings)
     repo = definitions(settings)
