@@ -201,6 +201,11 @@ def test_the_step_keeps_bayes_optimal_scores_and_lineage_beside_the_set_for_trai
     # A rebuild on data without a simulated truth drops the old scores; scores must cover the test rows.
     save_step_outputs(lake, spec, ts, None, lineage)
     assert load_training_set(lake, spec, DAY).oracle is None
+    # A set saved again without the step's outputs does not inherit those of the set it replaced.
+    save_step_outputs(lake, spec, ts, oracle, lineage)
+    changed = save_training_set(lake, spec, DAY, ts.frame.assign(label=1 - ts.frame["label"]))
+    replaced = load_training_set(lake, spec, DAY)
+    assert replaced.digest == changed.digest and replaced.oracle is None and replaced.lineage == {}
     with pytest.raises(TrainingSetError, match="3 Bayes-optimal scores for the 200 test rows"):
         save_step_outputs(lake, spec, ts, np.zeros(3), lineage)
 

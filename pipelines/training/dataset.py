@@ -244,8 +244,8 @@ def oracle_table(spec: ModelSpec) -> str:
     return f"{training_table(spec)}_oracle"
 
 
-def _lineage_key(spec: ModelSpec, logical_date: dt.date) -> str:
-    return f"{training_table(spec)}/ds={as_date(logical_date).isoformat()}/lineage.json"
+def _outputs_key(spec: ModelSpec, logical_date: dt.date) -> str:
+    return f"{training_table(spec)}/ds={as_date(logical_date).isoformat()}/step_outputs.json"
 
 
 def save_step_outputs(
@@ -262,7 +262,8 @@ def save_step_outputs(
                 f"{training_set.uri}; the use case's oracle must score every test row"
             )
         lake.write(oracle_table(spec), day, pd.DataFrame({"bayes_optimal": np.asarray(oracle, dtype="float64")}))
-    lake.write_json(_lineage_key(spec, day), lineage)
+    # The digest ties both to this very set: a set saved again without them must not inherit the old ones.
+    lake.write_json(_outputs_key(spec, day), {"training_set_digest": training_set.digest, "lineage": lineage})
     return dataclasses.replace(training_set, oracle=oracle, lineage=lineage)
 
 
@@ -277,8 +278,11 @@ def load_training_set(lake: Lake, spec: ModelSpec, logical_date: dt.date) -> Tra
         )
     frame = lake.read(table, logical_date)
     frame[TIMESTAMP_COLUMN] = _utc_us(frame[TIMESTAMP_COLUMN])
+    digest = frame_digest(frame)
+    outputs = lake.read_json(_outputs_key(spec, logical_date)) or {}
+    ours = outputs.get("training_set_digest") == digest
     oracle = None
-    if lake.exists(oracle_table(spec), logical_date):
+    if ours and lake.exists(oracle_table(spec), logical_date):
         oracle = lake.read(oracle_table(spec), logical_date)["bayes_optimal"].to_numpy()
     return TrainingSet(
         spec.name,
@@ -286,9 +290,9 @@ def load_training_set(lake: Lake, spec: ModelSpec, logical_date: dt.date) -> Tra
         entity_keys(spec),
         frame,
         lake.partition_uri(table, logical_date),
-        frame_digest(frame),
+        digest,
         oracle=oracle,
-        lineage=lake.read_json(_lineage_key(spec, logical_date)) or {},
+        lineage=outputs.get("lineage", {}) if ours else {},
     )
 
 
