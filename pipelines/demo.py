@@ -15,6 +15,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -79,47 +81,55 @@ def _wait_for_approval_request(
     return None
 
 
-def _train_and_approve(settings: Settings, spec: ModelSpec, end: dt.date, console: Console) -> bool:
+@dataclass
+class _Training:
+    """A training DAG run in its own `mlctl run` process."""
+
+    spec: ModelSpec
+    process: subprocess.Popen
+    logfile: Path
+
+
+def _start_training(settings: Settings, spec: ModelSpec, end: dt.date, console: Console) -> _Training:
     logfile = settings.home / "logs" / f"train_{spec.name}.log"
     logfile.parent.mkdir(parents=True, exist_ok=True)
     cmd = [_mlctl(), "run", f"train_{spec.name}", "--date", end.isoformat()]
     console.print(f"$ mlctl run train_{spec.name} --date {end}   (logs: {logfile})")
-    with open(logfile, "a") as log:
-        training = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
-        client = AirflowClient(settings)
-        request = _wait_for_approval_request(client, spec, training, console)
-        if request is None:
-            ok = training.wait() in (0, 2)  # 2: the gate rejected the candidate (`mlctl run --help`)
-            console.print(
-                "No approval was requested: the gate stopped the candidate or it is already the champion "
-                f"(see `mlctl status` and {logfile})."
-                if ok
-                else f"[red]training run failed; see {logfile}[/red]"
-            )
-            if ok:
-                _show_gate(settings, spec, console)
-            return ok
-        version = request.field("version")
-        console.print(f"Approval request waiting in Airflow: [italic]{request.subject}[/italic]")
-        _show_review_material(settings, spec, str(version), console)
-        reviewer = spec.reviewers[0]
-        console.print(f"\n[bold]Playing the reviewer[/bold] {reviewer!r}, through the same REST API a person uses:")
-        approve = [
-            _mlctl(),
-            "approve",
-            spec.name,
-            str(version),
-            "--as",
-            reviewer,
-            "--comment",
-            REVIEWER_COMMENT,
-        ]
-        console.print("$ " + shlex.join(["mlctl", *approve[1:]]))
-        if subprocess.run(approve, env=os.environ.copy()).returncode != 0:
-            training.terminate()
-            return False
-        with console.status("promoting (online features fresh? alias move)"):
-            code = training.wait()
+    with open(logfile, "a") as log:  # the child writes through its own copy of the descriptor
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+    return _Training(spec, process, logfile)
+
+
+def _train_and_approve(
+    settings: Settings, client: AirflowClient, run: _Training, console: Console, start_next: Callable[[], None]
+) -> bool:
+    """Follow one training run to its approval request, play the reviewer, wait for promotion. ``start_next``
+    is called once this run no longer computes (waits for review, or ended), so the next model trains meanwhile."""
+    spec, training, logfile = run.spec, run.process, run.logfile
+    request = _wait_for_approval_request(client, spec, training, console)
+    start_next()
+    if request is None:
+        ok = training.wait() in (0, 2)  # 2: the gate rejected the candidate (`mlctl run --help`)
+        console.print(
+            "No approval was requested: the gate stopped the candidate or it is already the champion "
+            f"(see `mlctl status` and {logfile})."
+            if ok
+            else f"[red]training run failed; see {logfile}[/red]"
+        )
+        if ok:
+            _show_gate(settings, spec, console)
+        return ok
+    version = request.field("version")
+    console.print(f"Approval request waiting in Airflow: [italic]{request.subject}[/italic]")
+    _show_review_material(settings, spec, str(version), console)
+    reviewer = spec.reviewers[0]
+    console.print(f"\n[bold]Playing the reviewer[/bold] {reviewer!r}, through the same REST API a person uses:")
+    approve = [_mlctl(), "approve", spec.name, str(version), "--as", reviewer, "--comment", REVIEWER_COMMENT]
+    console.print("$ " + shlex.join(["mlctl", *approve[1:]]))
+    if subprocess.run(approve, env=os.environ.copy()).returncode != 0:
+        return False
+    with console.status("promoting (online features fresh? alias move)"):
+        code = training.wait()
     if code != 0:
         console.print(f"[red]training run failed after approval; see {logfile}[/red]")
     return code == 0
@@ -288,9 +298,24 @@ def run_demo(settings: Settings, n_days: int, console: Console) -> int:
     console.rule(f"1/4 Daily features DAG: {days[0]} .. {end}, {settings.sim_users} users")
     if not _daily_runs(settings, days, console):
         return 1
-    for spec in specs:
+    # Each model's run starts when the previous one waits for its reviewer: the review and promotion of one model
+    # overlap the next one's start-up (imports) and training, and no two trainings compete for the cores.
+    client = AirflowClient(settings)
+    trainings: dict[str, _Training] = {}
+
+    def start(index: int) -> None:
+        if index < len(specs) and specs[index].name not in trainings:
+            trainings[specs[index].name] = _start_training(settings, specs[index], end, console)
+
+    for index, spec in enumerate(specs):
         console.rule(f"2/4 Training DAG train_{spec.name} for {end}: train, evaluate, gate, review, promote")
-        if not _train_and_approve(settings, spec, end, console):
+        if spec.name in trainings:
+            console.print(f"train_{spec.name} has been running since the previous model's review")
+        start(index)
+        if not _train_and_approve(settings, client, trainings[spec.name], console, lambda i=index: start(i + 1)):
+            for other in trainings.values():  # a run waiting for its reviewer would wait forever
+                if other.process.poll() is None:
+                    other.process.kill()  # dag.test ignores SIGTERM
             return 1
     console.rule("3/4 Serving")
     if not _serve_and_score(settings, specs, console):
