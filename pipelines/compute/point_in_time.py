@@ -5,32 +5,23 @@ pandas path's, row for row. A view not keyed by that key (e.g. product statistic
 
 from __future__ import annotations
 
-import datetime as dt
-
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 from distributed import Client
 
 from pipelines.compute.partitions import by_partition, lake_frame, with_part
-from pipelines.features.point_in_time import TIMESTAMP_COLUMN, ServicePlan, StoredView, point_in_time_join
-from pipelines.lake import Lake, date_range
+from pipelines.features.point_in_time import (
+    TIMESTAMP_COLUMN,
+    ServicePlan,
+    StoredView,
+    point_in_time_join,
+    view_days,
+)
+from pipelines.lake import Lake
 
 _ROW = "_row"
-# A day zone is at most a day from UTC: one day of margin finds every partition holding rows of a window.
-_ZONE_MARGIN = dt.timedelta(days=1)
 _ENTITY_ROWS_PER_PARTITION = 50_000
-
-
-def view_days(lake: Lake, view: StoredView, entity_ns: np.ndarray) -> list[dt.date]:
-    """The view's partitions that can hold rows within ``[oldest - ttl, newest]`` of the entity stamps (the
-    join itself applies the exact bounds)."""
-    newest = pd.Timestamp(int(entity_ns.max()), tz="UTC")
-    last = (newest + _ZONE_MARGIN).date()
-    if view.ttl is None:
-        return [d for d in lake.partitions(view.table) if d <= last]
-    first = (pd.Timestamp(int(entity_ns.min()), tz="UTC") - view.ttl - _ZONE_MARGIN).date()
-    return [d for d in date_range(first, last) if lake.exists(view.table, d)]
 
 
 def _empty_rows(view: StoredView) -> pd.DataFrame:
