@@ -29,8 +29,8 @@ LAST = FIRST + dt.timedelta(days=DAYS - 1)
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """500 simulated users over 12 days, with the pandas engine's user features of every day in the lake."""
-    settings = get_settings(home=tmp_path_factory.mktemp("dask") / ".storefront", sim_users=500, num_threads=1)
+    """300 simulated users over 12 days, with the pandas engine's user features of every day in the lake."""
+    settings = get_settings(home=tmp_path_factory.mktemp("dask") / ".storefront", sim_users=300, num_threads=1)
     lake = Lake(settings)
     config = simulation_config(settings)
     for i in range(DAYS):
