@@ -43,8 +43,9 @@ def best_iteration(
 
 
 def _spread(client: Client, frame: pd.DataFrame, columns: list[str]) -> tuple[dd.DataFrame, dd.Series]:
-    """The rows dealt round-robin into one partition per worker, each placed on its worker: every worker bins
-    and trains on a like sample, and the same data gives the same model on every run (placement decides it)."""
+    """The rows dealt round-robin into one partition per worker, each placed on its worker, so every worker bins
+    features from a like sample of the whole set. Not bit-reproducible: which share becomes LightGBM's rank 0
+    follows the workers' (random) ports, and the trees differ slightly between runs."""
     workers = sorted(client.scheduler_info()["workers"])
     chunks = [frame.iloc[i :: len(workers)] for i in range(len(workers))]
     features = [client.scatter(c[columns], workers=[w]) for c, w in zip(chunks, workers, strict=True)]
