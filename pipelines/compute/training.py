@@ -18,28 +18,38 @@ from lightgbm.dask import DaskLGBMClassifier
 from pipelines.evaluation.metrics import compute_metrics
 from pipelines.specs import ModelSpec
 from pipelines.training.dataset import GROUP_COLUMN, LABEL_COLUMN, TrainingSet
-from pipelines.training.train import TrainingError, check_splits, lightgbm_params
+from pipelines.training.train import LGB_METRIC, TrainingError, check_splits, lightgbm_params
+
+_LOWER_IS_BETTER = {"log_loss", "calibration_error"}
 
 
 def best_iteration(
-    spec: ModelSpec, booster: lgb.Booster, training_set: TrainingSet, patience: int, num_threads: int
+    booster: lgb.Booster, training_set: TrainingSet, metric: str, patience: int, num_threads: int
 ) -> int:
-    """The iteration early stopping would keep: the best main metric on the validation split, stopping after
-    ``patience`` rounds without improvement (as ``lgb.early_stopping(first_metric_only=True)``)."""
+    """The iteration early stopping would keep: the best ``metric`` on the validation split, stopping after
+    ``patience`` rounds without improvement (as ``lgb.early_stopping(first_metric_only=True)`` on the booster's
+    first metric)."""
     frame = training_set.split("validation")
     features, labels = frame[training_set.feature_columns], frame[LABEL_COLUMN].to_numpy()
     groups = frame[GROUP_COLUMN].to_numpy() if GROUP_COLUMN in frame.columns else None
+    sign = -1.0 if metric in _LOWER_IS_BETTER else 1.0
     raw = np.zeros(len(frame))
     best, best_score = 0, -np.inf
     for i in range(booster.current_iteration()):
-        # One tree at a time: the running sum is the raw score after i + 1 rounds (rank metrics need no link).
+        # One tree at a time: the running sum is the raw score after i + 1 rounds; the link gives probabilities.
         raw += booster.predict(features, start_iteration=i, num_iteration=1, raw_score=True, num_threads=num_threads)
-        score = compute_metrics(labels, raw, [spec.main_metric], groups=groups)[spec.main_metric]
+        score = sign * compute_metrics(labels, 1.0 / (1.0 + np.exp(-raw)), [metric], groups=groups)[metric]
         if score > best_score:
             best, best_score = i + 1, score
         elif i + 1 - best >= patience:
             break
     return best
+
+
+def stopping_metric(spec: ModelSpec, params: dict[str, Any]) -> str:
+    """Our name of the booster's first metric (the one early stopping watches), else the spec's main metric."""
+    first = str(np.atleast_1d(params["metric"])[0])
+    return next((ours for ours, lgb_name in LGB_METRIC.items() if lgb_name == first), spec.main_metric)
 
 
 def _spread(client: Client, frame: pd.DataFrame, columns: list[str]) -> tuple[dd.DataFrame, dd.Series]:
@@ -76,5 +86,6 @@ def fit_booster_dask(
         warnings.filterwarnings("ignore", message="Parameter n_jobs will be ignored")
         model.fit(features, labels)
     booster = model.booster_
-    booster.best_iteration = best_iteration(spec, booster, training_set, patience, num_threads)
+    metric = stopping_metric(spec, params)
+    booster.best_iteration = best_iteration(booster, training_set, metric, patience, num_threads)
     return booster, params | {"num_boost_round": rounds, "early_stopping_rounds": patience, "compute": "dask"}
