@@ -37,14 +37,9 @@ def _timed_steps(flows, spent: dict[str, list[float]]) -> None:
         setattr(flows, name, timed)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--users", type=int, default=5000)
-    parser.add_argument("--days", type=int, default=4)
-    parser.add_argument("--home", type=Path, default=None, help="fresh STOREFRONT_HOME (default: a temporary one)")
-    args = parser.parse_args()
-    home = args.home or Path(tempfile.mkdtemp(prefix="bench-overhead-"))
-    os.environ.update(STOREFRONT_HOME=str(home), STOREFRONT_SIM_USERS=str(args.users))
+def measure(users: int, days: int, home: Path) -> list[dict[str, tuple[float, float]]]:
+    """Per day, each step's (wall, CPU) seconds where the DAG calls it, Airflow's share and the whole day."""
+    os.environ.update(STOREFRONT_HOME=str(home), STOREFRONT_SIM_USERS=str(users))
 
     from pipelines.flows import daily_features as flows
     from pipelines.orchestration.runs import run_in_process
@@ -53,7 +48,7 @@ def main() -> None:
     settings = get_settings()
     spent: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     _timed_steps(flows, spent)
-    days = [settings.start_date + dt.timedelta(days=i) for i in range(args.days)]
+    run_days = [settings.start_date + dt.timedelta(days=i) for i in range(days)]
     per_day: list[dict[str, tuple[float, float]]] = []
     mark = [time.perf_counter(), time.process_time()]
 
@@ -71,15 +66,30 @@ def main() -> None:
         if outcome.state != "success":
             raise SystemExit(f"{outcome.logical_date}: {outcome.state}; see {home / 'logs'}")
 
-    run_in_process(settings, "daily_features", days, logfile=home / "logs" / "daily_features.log", on_done=done)
+    run_in_process(settings, "daily_features", run_days, logfile=home / "logs" / "daily_features.log", on_done=done)
+    return per_day
+
+
+def later_mean(per_day: list[dict[str, tuple[float, float]]], name: str) -> tuple[float, float]:
+    """Mean (wall, CPU) of ``name`` over days 2..N (day 1 pays the imports)."""
     later = per_day[1:] or per_day
+    return sum(r[name][0] for r in later) / len(later), sum(r[name][1] for r in later) / len(later)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=5000)
+    parser.add_argument("--days", type=int, default=4)
+    parser.add_argument("--home", type=Path, default=None, help="fresh STOREFRONT_HOME (default: a temporary one)")
+    args = parser.parse_args()
+    home = args.home or Path(tempfile.mkdtemp(prefix="bench-overhead-"))
+    per_day = measure(args.users, args.days, home)
     print(f"daily DAG under dag.test, {args.users} users, {args.days} days (home {home})")
     print(f"{'step':<16}{'day 1 wall':>11}{'day 1 cpu':>10}{'later wall':>11}{'later cpu':>10}{'share':>7}")
-    total = sum(r["day"][0] for r in later) / len(later)
+    total = later_mean(per_day, "day")[0]
     for name in (*STEPS, "airflow", "day"):
         first = per_day[0][name]
-        wall = sum(r[name][0] for r in later) / len(later)
-        cpu = sum(r[name][1] for r in later) / len(later)
+        wall, cpu = later_mean(per_day, name)
         print(f"{name:<16}{first[0]:>11.2f}{first[1]:>10.2f}{wall:>11.2f}{cpu:>10.2f}{wall / total:>7.0%}")
     print("later = mean of days 2..N; share = of a later day's wall time; feature_family sums the families")
 

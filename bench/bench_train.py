@@ -91,6 +91,40 @@ def _timed(fn):
     return out, (time.perf_counter() - wall, time.process_time() - cpu)
 
 
+def measure(rows: int, features: int, rounds: int, threads: int) -> list[dict]:
+    """Raw ``lightgbm.train``, the platform's fit and its whole training step on one saved training set: wall and
+    CPU seconds and the best iteration of each."""
+    spec = _spec(rounds)
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        settings = get_settings(home=Path(tmp), num_threads=threads, data_source="ingested")
+        lake = Lake(settings)
+        training_set = save_training_set(lake, spec, LOGICAL_DATE, _frame(spec, rows, features))
+        # What the training-set step keeps beside the set (no simulated truth here), and MLflow's store migration:
+        # set-up, not training.
+        training_set = save_step_outputs(lake, spec, training_set, None, feature_lineage(settings, spec))
+        ensure_experiment(settings, spec.name)
+        params, cap, patience = lightgbm_params(spec, threads)
+        frame = training_set.frame
+        cols = training_set.feature_columns
+        x = {s: frame.loc[frame[SPLIT_COLUMN] == s, cols].to_numpy() for s in ("train", "validation")}
+        y = {s: frame.loc[frame[SPLIT_COLUMN] == s, LABEL_COLUMN].to_numpy() for s in ("train", "validation")}
+
+        raw, raw_s = _timed(lambda: _raw(params, cap, patience, x, y))
+        (fit, _), fit_s = _timed(lambda: fit_booster(spec, training_set, threads))
+        result, step_s = _timed(lambda: train_model(settings, spec, training_set))
+    return [
+        {"step": "raw lightgbm.train (numpy)", "wall": raw_s[0], "cpu": raw_s[1], "best": raw.best_iteration},
+        {"step": "fit_booster (platform fit)", "wall": fit_s[0], "cpu": fit_s[1], "best": fit.best_iteration},
+        {
+            "step": "train_model (fit + metrics + MLflow run)",
+            "wall": step_s[0],
+            "cpu": step_s[1],
+            "best": int(result.metrics["best_iteration"]),
+            "train_rows": training_set.row_counts["train"],
+        },
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -98,40 +132,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=200, help="boosting rounds cap (early stopping may end sooner)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-
-    spec = _spec(args.rounds)
-    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
-        settings = get_settings(home=Path(tmp), num_threads=args.threads, data_source="ingested")
-        lake = Lake(settings)
-        training_set = save_training_set(lake, spec, LOGICAL_DATE, _frame(spec, args.rows, args.features))
-        # What the training-set step keeps beside the set (no simulated truth here), and MLflow's store migration:
-        # set-up, not training.
-        training_set = save_step_outputs(lake, spec, training_set, None, feature_lineage(settings, spec))
-        ensure_experiment(settings, spec.name)
-        params, rounds, patience = lightgbm_params(spec, args.threads)
-        frame = training_set.frame
-        cols = training_set.feature_columns
-        x = {s: frame.loc[frame[SPLIT_COLUMN] == s, cols].to_numpy() for s in ("train", "validation")}
-        y = {s: frame.loc[frame[SPLIT_COLUMN] == s, LABEL_COLUMN].to_numpy() for s in ("train", "validation")}
-
-        raw, raw_s = _timed(lambda: _raw(params, rounds, patience, x, y))
-        (fit, _), fit_s = _timed(lambda: fit_booster(spec, training_set, args.threads))
-        result, step_s = _timed(lambda: train_model(settings, spec, training_set))
-
+    steps = measure(args.rows, args.features, args.rounds, args.threads)
     print(
-        f"training set: {args.rows:,} rows x {args.features} features ({training_set.row_counts['train']:,} train), "
+        f"training set: {args.rows:,} rows x {args.features} features ({steps[-1]['train_rows']:,} train), "
         f"cap {args.rounds} rounds, {args.threads} threads"
     )
     print(f"{'step':<44} | {'wall s':>8} | {'CPU s':>8} | {'best iteration':>14} | {'wall ratio':>10} | CPU ratio")
     print("-" * 108)
-    rows = [
-        ("raw lightgbm.train (numpy)", raw_s, raw.best_iteration),
-        ("fit_booster (platform fit)", fit_s, fit.best_iteration),
-        ("train_model (fit + metrics + MLflow run)", step_s, int(result.metrics["best_iteration"])),
-    ]
-    for name, (wall, cpu), best in rows:
+    raw = steps[0]
+    for s in steps:
         print(
-            f"{name:<44} | {wall:>8.2f} | {cpu:>8.2f} | {best:>14} | {wall / raw_s[0]:>9.2f}x | {cpu / raw_s[1]:>8.2f}x"
+            f"{s['step']:<44} | {s['wall']:>8.2f} | {s['cpu']:>8.2f} | {s['best']:>14} | "
+            f"{s['wall'] / raw['wall']:>9.2f}x | {s['cpu'] / raw['cpu']:>8.2f}x"
         )
 
 

@@ -140,7 +140,7 @@ def run_one(kind: str, home: Path, rows: int) -> dict:
     return result
 
 
-def _measure(kind: str, home: Path, rows: int) -> dict:
+def measure(kind: str, home: Path, rows: int) -> dict:
     """Run one contender in a child process; its peak RSS comes from ``wait4`` (the child's own maximum)."""
     cmd = [sys.executable, "-m", "bench.bench_training_set", "--one", kind, "--home", str(home), "--rows", str(rows)]
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
@@ -179,7 +179,7 @@ def main() -> None:
         results = []
         for rows in sizes:
             kinds = ["merge_asof", "ours"] + (["feast"] if rows == args.feast_rows else [])
-            results += [_measure(kind, home, rows) for kind in kinds]
+            results += [measure(kind, home, rows) for kind in kinds]
 
     names = {"ours": "historical_features (platform)", "merge_asof": "pandas merge_asof", "feast": "Feast (Dask)"}
     print("seconds: wall / CPU of this process; merge_asof's join alone (after the read) in brackets")
