@@ -41,9 +41,10 @@ lint: install
 	$(UV) run --frozen --no-sync ruff check pipelines dags tests bench
 	$(UV) run --frozen --no-sync ruff format --check pipelines dags tests bench
 
+# One table of every comparison (about 15 minutes: a 1M-event day through Airflow is part of it); each module of
+# bench/ also runs alone with its detailed table. BENCH_ARGS=--quick for small sizes.
 bench: install
-	$(UV) run --frozen --no-sync python -m bench.bench_simulator
-	$(UV) run --frozen --no-sync python -m bench.bench_features
+	$(UV) run --frozen --no-sync python -m bench.summary $(BENCH_ARGS)
 
 # The figures of docs/data.md, redrawn from the simulator.
 figures: install
