@@ -18,24 +18,25 @@ install: .venv/.synced
 demo: install
 	$(UV) run --frozen --no-sync mlctl demo
 
-# Four pytest processes: Airflow configures itself once per process, so its in-process tests get their own; the
-# docs/data.md walkthrough (commands in child processes, mostly one core busy) runs beside them, its output shown
-# when both are done; the integration tests bring up the real stack (PostgreSQL, Redis, S3, MLflow server,
-# Airflow) and also run alone with `make test-integration`.
-WALKTHROUGH_LOG := .storefront/walkthrough-tests.log
+# Four pytest processes in two lanes side by side (2 cores): the unit tests, then the tests that run Airflow
+# in-process (Airflow configures itself once per process, so they get their own); beside them, the integration tests
+# that bring up the real stack (PostgreSQL, Redis, RabbitMQ, S3, MLflow server, Airflow on Celery, Dask), then the
+# docs/data.md walkthrough (commands in child processes). The second lane's output is shown when both are done.
+# `make test-integration` runs the integration tests alone.
+SIDE_LOG := .storefront/test-side-lane.log
+PYTEST := $(UV) run --frozen --no-sync pytest -q -p no:cacheprovider
 test: install
-	$(UV) run --frozen --no-sync pytest -q -p no:cacheprovider -m "not airflow and not integration and not walkthrough"
-	@mkdir -p $(dir $(WALKTHROUGH_LOG)); \
-	$(UV) run --frozen --no-sync pytest -q -p no:cacheprovider -m walkthrough > $(WALKTHROUGH_LOG) 2>&1 & walk=$$!; \
-	$(UV) run --frozen --no-sync pytest -q -p no:cacheprovider -m airflow; airflow=$$?; \
-	wait $$walk; walked=$$?; \
-	echo "--- docs/data.md walkthrough tests (ran beside the Airflow tests; log: $(WALKTHROUGH_LOG)):"; \
-	cat $(WALKTHROUGH_LOG); \
-	test $$airflow -eq 0 && test $$walked -eq 0
-	$(UV) run --frozen --no-sync pytest -q -p no:cacheprovider -m integration
+	@mkdir -p $(dir $(SIDE_LOG)); \
+	( $(PYTEST) -m integration; first=$$?; $(PYTEST) -m walkthrough; exit $$(( first | $$? )) ) > $(SIDE_LOG) 2>&1 & side=$$!; \
+	$(PYTEST) -m "not airflow and not integration and not walkthrough"; unit=$$?; \
+	$(PYTEST) -m airflow; airflow=$$?; \
+	wait $$side; sided=$$?; \
+	echo "--- integration, then docs/data.md walkthrough tests (ran beside the others; log: $(SIDE_LOG)):"; \
+	cat $(SIDE_LOG); \
+	test $$unit -eq 0 && test $$airflow -eq 0 && test $$sided -eq 0
 
 test-integration: install
-	$(UV) run --frozen --no-sync pytest -q -p no:cacheprovider -m integration
+	$(PYTEST) -m integration
 
 lint: install
 	$(UV) run --frozen --no-sync ruff check pipelines dags tests bench

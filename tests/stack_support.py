@@ -82,7 +82,7 @@ def stack_settings(root: Path, **overrides: object) -> tuple[Settings, dict[str,
     (models / "purchase_intent.yaml").write_text(yaml.safe_dump(stack_spec()))
     credentials = {"AWS_ACCESS_KEY_ID": f"SF{suffix.upper()}", "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(24)}
     # Every location explicit: nothing may come from an environment another test left behind.
-    settings = Settings(
+    fields: dict = dict(
         profile="stack",
         home=root / "home",
         stack_dir=root / "home" / "stack",
@@ -110,8 +110,8 @@ def stack_settings(root: Path, **overrides: object) -> tuple[Settings, dict[str,
         sim_users=600,
         num_threads=1,
         **credentials,
-        **overrides,
     )
+    settings = Settings(**(fields | overrides))
     env = {**os.environ, **settings.environment(), **credentials}
     return settings, env
 
