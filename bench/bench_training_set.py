@@ -137,7 +137,17 @@ def run_one(kind: str, home: Path, rows: int) -> dict:
         result |= {"join_seconds": join.wall, "join_cpu": join.cpu}
     # Feast returns its rows in its own order (and drops some): tests/test_point_in_time.py compares its values.
     result["digest"] = _digest(out) if kind != "feast" else "-"
+    result["peak_gb"] = _own_peak_gb()
     return result
+
+
+def _own_peak_gb() -> float:
+    """This process's peak resident memory since its exec (VmHWM): ``wait4``'s figure would also count the pages
+    of a large parent it was forked from, which Linux carries across exec."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024**2
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def measure(kind: str, home: Path, rows: int) -> dict:
@@ -145,12 +155,11 @@ def measure(kind: str, home: Path, rows: int) -> dict:
     cmd = [sys.executable, "-m", "bench.bench_training_set", "--one", kind, "--home", str(home), "--rows", str(rows)]
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     out = child.stdout.read() if child.stdout else ""
-    _, status, usage = os.wait4(child.pid, 0)
+    _, status, _ = os.wait4(child.pid, 0)
     child.returncode = os.waitstatus_to_exitcode(status)
     if child.returncode != 0:
         raise RuntimeError(f"{kind} at {rows} rows failed (exit {child.returncode})")
     result = json.loads(out.strip().splitlines()[-1])
-    result["peak_gb"] = usage.ru_maxrss / 1024**2
     return result
 
 
