@@ -17,6 +17,7 @@ import httpx
 import pandas as pd
 import pytest
 
+from pipelines.compute.cluster import close_dask_clients
 from pipelines.features.store import online_features
 from pipelines.flows import daily_features
 from pipelines.lake import Lake
@@ -65,7 +66,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackWorld]:
             for step in (daily_features.extract, daily_features.validate, daily_features.features):
                 step(started.settings, str(day))
         daily_features.materialize(started.settings, str(HISTORY[-1]))
-        yield started
+        try:
+            yield started
+        finally:
+            # This process's Dask client talks to the stack's scheduler: close it before `stack down` stops it.
+            close_dask_clients()
 
 
 def _keys(settings: Settings, prefix: str) -> list[str]:

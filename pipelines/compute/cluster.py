@@ -51,6 +51,13 @@ def dask_client(settings: Settings) -> Client:
     return client
 
 
+def close_dask_clients() -> None:
+    """Close this process's clients now, e.g. before their scheduler stops, so none keeps trying to reconnect."""
+    while _clients:
+        _, client = _clients.popitem()
+        client.close()
+
+
 def partition_count(settings: Settings, client: Client) -> int:
     """Hash partitions of the entity key: the setting, else four per worker thread (load balance)."""
     if settings.dask_partitions > 0:
