@@ -42,7 +42,7 @@ lint: install
 	$(UV) run --frozen --no-sync ruff check pipelines dags tests bench
 	$(UV) run --frozen --no-sync ruff format --check pipelines dags tests bench
 
-# One table of every comparison (about 15 minutes: a 1M-event day through Airflow is part of it); each module of
+# One table of every comparison (a 1M-event day through Airflow is part of it: allow 10+ minutes); each module of
 # bench/ also runs alone with its detailed table. BENCH_ARGS=--quick for small sizes.
 bench: install
 	$(UV) run --frozen --no-sync python -m bench.summary $(BENCH_ARGS)
