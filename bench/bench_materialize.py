@@ -1,10 +1,12 @@
-"""Materializing one day of ``user_behavior`` rows: the fast writer vs Feast's ``materialize`` vs raw redis-py.
+"""Materializing one day of ``user_behavior`` rows: the fast writer vs Feast's ``materialize`` vs the raw client.
 
 Run: `uv run python -m bench.bench_materialize [--rows N] [--no-stock]` (N defaults to 200,000; Redis at
 127.0.0.1:6379, own Feast projects, keys deleted afterwards). One table: rows/s per store and method and the ratio
 of each to the fast writer. "ours" is ``materialize_day`` (lake read, window filter, write, registry update);
-"stock" is ``FeatureStore.materialize`` with ``online_write_batch_size`` 10,000; "raw redis-py" is pipelined
-``HSET`` of the already serialized rows in batches of 10,000 (transport only, no encoding). A sample of keys is
+"stock" is ``FeatureStore.materialize`` with ``online_write_batch_size`` 10,000; "raw client" is, on Redis,
+pipelined ``HSET`` of the already serialized rows in batches of 10,000, and on SQLite ``executemany`` of Feast's
+upsert with the already serialized rows (one row per entity and feature) into a table of the same schema, in one
+transaction: transport and storage only, no encoding, the ceiling for any writer of that layout. A sample of keys is
 compared between stock and ours, so a fast but wrong writer shows up here too, and ``feast serve`` over our project
 must answer ``/get-online-features`` with the same JSON as Feast's in-process read of the stock project ("served").
 """
@@ -22,6 +24,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +115,40 @@ def _raw_redis(client: redis.Redis, written_by_ours: str) -> tuple[float, int]:
         return seconds, len(keys)
     finally:
         _delete(client, target)
+
+
+def _raw_sqlite(path: str, written_by_ours: str) -> tuple[float, int]:
+    """Seconds of executemany upserts (Feast's statement, one row per entity and feature) of the rows ours wrote,
+    copied into a new table with the same schema and indexes, in one transaction; and entity rows written.
+
+    The rows are read back in batches (untimed), so memory stays bounded by the batch."""
+    source, target = f"{written_by_ours}_{VIEW}", f"bench_raw_{uuid.uuid4().hex[:8]}_{VIEW}"
+    columns = "entity_key, feature_name, value, value_text, event_ts, created_ts"
+    upsert = (
+        f"INSERT INTO {target} ({columns}) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(entity_key, feature_name) DO UPDATE "
+        "SET value = excluded.value, value_text = excluded.value_text, event_ts = excluded.event_ts, "
+        "created_ts = excluded.created_ts"
+    )
+    seconds, last = 0.0, 0
+    with closing(sqlite3.connect(path)) as db:
+        schema = db.execute("SELECT sql FROM sqlite_master WHERE tbl_name = ? AND sql IS NOT NULL", (source,))
+        try:
+            with db:
+                for (statement,) in schema.fetchall():
+                    db.execute(statement.replace(source, target))
+                while batch := db.execute(
+                    f"SELECT rowid, {columns} FROM {source} WHERE rowid > ? ORDER BY rowid LIMIT 200000", (last,)
+                ).fetchall():
+                    last = batch[-1][0]
+                    rows = [row[1:] for row in batch]
+                    began = time.perf_counter()
+                    db.executemany(upsert, rows)
+                    seconds += time.perf_counter() - began
+            entities = db.execute(f"SELECT COUNT(DISTINCT entity_key) FROM {target}").fetchone()[0]
+        finally:
+            with db:
+                db.execute(f"DROP TABLE IF EXISTS {target}")
+    return seconds, entities
 
 
 def _delete(client: redis.Redis, project: str) -> None:
@@ -217,9 +254,10 @@ def run(rows: int, stock: bool) -> list[dict]:
                     )
                     users = [1, 2, rows // 2, rows, rows + 1]  # the last one is unknown
                     row["served"] = _served_same(ours_s, feature_store(stock_s), home, users)
-                if client:
-                    seconds, written = _raw_redis(client, our_project)
-                    row["raw"] = _rate(written, seconds)
+                seconds, written = (
+                    _raw_redis(client, our_project) if client else _raw_sqlite(ours_s.feast_online_path, our_project)
+                )
+                row["raw"] = _rate(written, seconds)
                 results.append(row)
             finally:
                 if client:
@@ -237,7 +275,7 @@ def _table(rows: int, results: list[dict]) -> str:
 
     lines = [
         f"materializing {rows:,} rows x {len(FEATURE_COLUMNS)} features of {VIEW} (rows/s; ratio = ours / other)",
-        f"{'store':<7} {'ours':>10} {'stock':>10} {'raw redis-py':>13} {'ours/stock':>11} {'ours/raw':>9} "
+        f"{'store':<7} {'ours':>10} {'stock':>10} {'raw client':>13} {'ours/stock':>11} {'ours/raw':>9} "
         f"{'identical':>10} {'served':>7}",
     ]
 
