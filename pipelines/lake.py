@@ -6,6 +6,7 @@ Every write goes to a temporary object first and is published by a rename (local
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import uuid
@@ -22,6 +23,9 @@ from pipelines.data.landed import day_timezone
 from pipelines.settings import Settings
 
 PARTITION_FILE = "data.parquet"
+# Append-only tables (the prediction log) hold many parts per day instead of one replaced file.
+PART_PREFIX = "part-"
+PART_SUFFIX = ".parquet"
 
 
 class PartitionNotFound(FileNotFoundError):
@@ -124,6 +128,70 @@ class Lake:
         if not frames:
             return pd.DataFrame(columns=columns) if columns else pd.DataFrame()
         return pd.concat(frames, ignore_index=True)
+
+    # -- append-only tables (many parts per day) -------------------------------------------------------------
+    def _part_files(self, table: str, ds: dt.date | str) -> list[str]:
+        selector = pafs.FileSelector(self._dir(table, ds), allow_not_found=True)
+        return sorted(
+            info.path
+            for info in self.fs.get_file_info(selector)
+            if info.type == pafs.FileType.File
+            and info.base_name.startswith(PART_PREFIX)
+            and info.base_name.endswith(PART_SUFFIX)
+        )
+
+    def part_days(self, table: str) -> list[dt.date]:
+        """Days of an append-only table that hold at least one part, sorted."""
+        selector = pafs.FileSelector(f"{self.root}/{table}", allow_not_found=True)
+        days = []
+        for info in self.fs.get_file_info(selector):
+            if info.type == pafs.FileType.Directory and info.base_name.startswith("ds="):
+                day = as_date(info.base_name[3:])
+                if self._part_files(table, day):
+                    days.append(day)
+        return sorted(days)
+
+    def append_part(
+        self,
+        table: str,
+        ds: dt.date | str,
+        df: pd.DataFrame | pa.Table,
+        name: str | None = None,
+        schema: pa.Schema | None = None,
+    ) -> str:
+        """Add ``df`` as one more part of day ``ds`` of an append-only table (``<table>/ds=.../part-*.parquet``).
+
+        Atomic like :meth:`write` (temp file + rename locally, one PUT on S3), so a reader sees a whole part or
+        none. ``name`` (``part-...parquet``) must be unique within the day; by default a random one is made.
+        ``schema`` applies to a DataFrame (an Arrow table is written as it is).
+        """
+        name = name or f"{PART_PREFIX}{uuid.uuid4().hex}{PART_SUFFIX}"
+        if "/" in name or not (name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX)):
+            raise ValueError(f"part name {name!r}: expected '{PART_PREFIX}<id>{PART_SUFFIX}' without '/'")
+        arrow = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, schema=schema, preserve_index=False)
+        final = f"{self._dir(table, ds)}/{name}"
+        if self.settings.lake_is_s3:
+            pq.write_table(arrow, final, filesystem=self.fs)
+        else:
+            self.fs.create_dir(self._dir(table, ds), recursive=True)
+            tmp = f"{self._dir(table, ds)}/.{name}.{uuid.uuid4().hex}.tmp"  # hidden: never read as a part
+            try:
+                pq.write_table(arrow, tmp, filesystem=self.fs)
+                self.fs.move(tmp, final)
+            except BaseException:
+                with contextlib.suppress(OSError):  # best effort: a hidden temp file is never read anyway
+                    self.fs.delete_file(tmp)
+                raise
+        return self.uri(table, f"ds={as_date(ds).isoformat()}", name)
+
+    def read_parts(self, table: str, ds: dt.date | str) -> pd.DataFrame:
+        """Every part of day ``ds`` of an append-only table, concatenated in part-name order. Parts written with
+        different columns are aligned (a column a part lacks reads as missing)."""
+        files = self._part_files(table, ds)
+        if not files:
+            raise PartitionNotFound(f"{self.uri(table)}: no parts for ds={as_date(ds)}")
+        frames = [pq.read_table(path, filesystem=self.fs).to_pandas() for path in files]
+        return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
     # -- writes ------------------------------------------------------------------------------------------
     def write(self, table: str, ds: dt.date | str, df: pd.DataFrame, schema: pa.Schema | None = None) -> str:
