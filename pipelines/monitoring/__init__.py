@@ -1,0 +1,1 @@
+"""Monitoring of served models: what was served, compared with what training would have seen."""
