@@ -225,3 +225,22 @@ def test_lake_parts_of_an_append_only_table(lake: Lake):
     assert pd.isna(got["c"].iloc[0]) and got["c"].iloc[1] == "x"
     with pytest.raises(ValueError, match="part name 'data.parquet'"):
         lake.append_part(table, "2024-06-01", pd.DataFrame({"a": [1]}), name="data.parquet")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_worker_gets_its_own_empty_log_and_flusher(lake: Lake):
+    plog = PredictionLog(lake, flush_seconds=600)
+    plog.append(MODEL, "3", "parent", {"user_id": 1}, 0.5, FEATURES, at=NOON)
+    child = os.fork()
+    if child == 0:  # a server worker forked after the app (and its log) was built
+        ok = plog.pending == 0 and plog._thread.is_alive()
+        ok = ok and plog.append(MODEL, "3", "child", {"user_id": 2}, 0.5, FEATURES, at=NOON)
+        ok = ok and plog.close() == 0 and plog.written == 1
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child must start empty, with a live flusher, and write"
+    assert plog.close() == 0
+    got = lake.read_parts(TABLE, NOON.date())
+    assert sorted(got["request_id"]) == ["child", "parent"], "the parent's pending row is written once, by the parent"
+    parts = sorted(p.name for p in (Path(lake.root) / TABLE / f"ds={NOON.date()}").glob("part-*.parquet"))
+    assert {name.split("-")[1] for name in parts} == {str(os.getpid()), str(child)}
