@@ -244,3 +244,12 @@ def test_a_forked_worker_gets_its_own_empty_log_and_flusher(lake: Lake):
     assert sorted(got["request_id"]) == ["child", "parent"], "the parent's pending row is written once, by the parent"
     parts = sorted(p.name for p in (Path(lake.root) / TABLE / f"ds={NOON.date()}").glob("part-*.parquet"))
     assert {name.split("-")[1] for name in parts} == {str(os.getpid()), str(child)}
+
+
+def test_rows_no_parquet_column_can_hold_are_dropped_not_retried_forever(lake: Lake):
+    with PredictionLog(lake, flush_seconds=600) as plog:
+        plog.append(MODEL, "3", "good", {"user_id": 1}, 0.5, FEATURES, at=NOON)
+        plog.append("order_fraud", "1", "bad", {"order_id": "o-1"}, 0.5, {"x": "not a number"}, at=NOON)
+        assert plog.flush() == 1
+        assert (plog.written, plog.dropped, plog.pending) == (1, 1, 0)
+    assert lake.part_days(predictions_table("order_fraud")) == []

@@ -38,8 +38,8 @@ _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _US = dt.timedelta(microseconds=1)
 
-# (model, version, request_id, arm, logged_at: int µs since the epoch or datetime, entity, score, features)
-_Row = tuple[str, str, str, str, "int | dt.datetime", dict[str, Any], float, dict[str, Any]]
+# (model, version, request_id, arm, logged_at in µs since the epoch, entity, score, features)
+_Row = tuple[str, str, str, str, int, dict[str, Any], float, dict[str, Any]]
 
 
 def predictions_table(model: str) -> str:
@@ -111,7 +111,7 @@ class PredictionLog:
         if not (RESERVED_COLUMNS.isdisjoint(features) and RESERVED_COLUMNS.isdisjoint(entity)):
             clash = sorted(RESERVED_COLUMNS & {*features, *entity})
             raise ValueError(f"prediction log of {model!r}: entity keys or features {clash} clash with log columns")
-        stamp = time.time_ns() // 1000 if at is None else at
+        stamp = time.time_ns() // 1000 if at is None else _micros(at)
         row = (model, version, request_id, arm, stamp, dict(entity), float(score), dict(features))
         with self._lock:
             if self._closed or self._pending >= self._max_pending:
@@ -165,7 +165,12 @@ class PredictionLog:
                 rows, self._buffer = self._buffer, []
             if not rows:
                 return 0
-            kept, written, dropped = self._write(rows)
+            try:
+                kept, written, dropped = self._write(rows)
+            except Exception:  # noqa: BLE001 - a bug must not lose rows nor reach the caller; retried next flush
+                log.exception("prediction log: flush of %d row(s) failed; kept for the next flush", len(rows))
+                self._write_errors += 1
+                kept, written, dropped = rows, 0, 0
             with self._lock:
                 self._buffer[:0] = kept  # oldest first, ahead of rows appended meanwhile
                 self._pending -= written + dropped
@@ -199,11 +204,7 @@ class PredictionLog:
             if self._stop.is_set():
                 return  # close() writes the rest
             errors = self._write_errors
-            try:
-                self.flush()
-            except Exception:  # noqa: BLE001 - the flusher must outlive any bug; rows stay pending
-                log.exception("prediction log: flush failed")
-                self._write_errors += 1
+            self.flush()
             if self._write_errors > errors:
                 # A failing lake: wait a full interval instead of retrying at every append past flush_rows.
                 self._stop.wait(self._flush_seconds)
@@ -211,8 +212,8 @@ class PredictionLog:
     def _write(self, rows: list[_Row]) -> tuple[list[_Row], int, int]:
         """Write ``rows`` as one part per (model, day): the rows to keep (failed writes), rows written, rows
         dropped (rows no part can hold)."""
+        stamps = [row[4] for row in rows]
         try:
-            stamps = [_micros(row[4]) for row in rows]
             days = _days(stamps, self._lake.day_zone)
         except Exception as exc:  # noqa: BLE001 - e.g. the lake's day zone unreadable: keep everything
             log.error("prediction log: cannot place %d row(s) by day (%s); kept for the next flush", len(rows), exc)
@@ -228,7 +229,7 @@ class PredictionLog:
             group = [rows[i] for i in positions]
             try:
                 table = _part_table(group, [stamps[i] for i in positions])
-            except (TypeError, ValueError, pa.ArrowException) as exc:
+            except Exception as exc:  # noqa: BLE001 - values no parquet column can hold: retrying cannot help
                 log.error(
                     "prediction log: %d row(s) of %r for %s cannot be written (%s); dropped",
                     len(group),
@@ -257,9 +258,8 @@ class PredictionLog:
         return kept, written, dropped
 
 
-def _micros(at: int | dt.datetime) -> int:
-    if isinstance(at, int):
-        return at
+def _micros(at: dt.datetime) -> int:
+    """Microseconds since the epoch (a naive datetime is UTC)."""
     if at.tzinfo is None:
         at = at.replace(tzinfo=dt.UTC)
     return (at - _EPOCH) // _US
