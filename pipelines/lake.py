@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -130,7 +131,8 @@ class Lake:
         return pd.concat(frames, ignore_index=True)
 
     # -- append-only tables (many parts per day) -------------------------------------------------------------
-    def _part_files(self, table: str, ds: dt.date | str) -> list[str]:
+    def part_files(self, table: str, ds: dt.date | str) -> list[str]:
+        """Paths of the parts of day ``ds`` of an append-only table, sorted by name (temp files excluded)."""
         selector = pafs.FileSelector(self._dir(table, ds), allow_not_found=True)
         return sorted(
             info.path
@@ -147,7 +149,7 @@ class Lake:
         for info in self.fs.get_file_info(selector):
             if info.type == pafs.FileType.Directory and info.base_name.startswith("ds="):
                 day = as_date(info.base_name[3:])
-                if self._part_files(table, day):
+                if self.part_files(table, day):
                     days.append(day)
         return sorted(days)
 
@@ -184,14 +186,27 @@ class Lake:
                 raise
         return self.uri(table, f"ds={as_date(ds).isoformat()}", name)
 
-    def read_parts(self, table: str, ds: dt.date | str) -> pd.DataFrame:
-        """Every part of day ``ds`` of an append-only table, concatenated in part-name order. Parts written with
-        different columns are aligned (a column a part lacks reads as missing)."""
-        files = self._part_files(table, ds)
+    def read_parts(self, table: str, ds: dt.date | str, max_rows: int | None = None, seed: int = 0) -> pd.DataFrame:
+        """The parts of day ``ds`` of an append-only table, concatenated in part-name order. Parts written with
+        different columns are aligned (a column a part lacks reads as missing).
+
+        ``max_rows``: read whole parts in a seeded random order only until at least that many rows are read (a
+        sample spread over the day's flushes, for days too large to hold); ``attrs["parts_read"]`` says how many."""
+        files = self.part_files(table, ds)
         if not files:
             raise PartitionNotFound(f"{self.uri(table)}: no parts for ds={as_date(ds)}")
+        if max_rows is not None:
+            chosen, rows = [], 0
+            for index in np.random.default_rng(seed).permutation(len(files)):
+                if rows >= max_rows:
+                    break
+                chosen.append(files[index])
+                rows += pq.read_metadata(files[index], filesystem=self.fs).num_rows
+            files = sorted(chosen)
         frames = [pq.read_table(path, filesystem=self.fs).to_pandas() for path in files]
-        return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+        out = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+        out.attrs["parts_read"] = len(files)
+        return out
 
     # -- writes ------------------------------------------------------------------------------------------
     def write(self, table: str, ds: dt.date | str, df: pd.DataFrame, schema: pa.Schema | None = None) -> str:

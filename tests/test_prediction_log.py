@@ -223,6 +223,8 @@ def test_lake_parts_of_an_append_only_table(lake: Lake):
     assert got["a"].tolist() == [1, 2]
     assert got["b"].iloc[0] == 0.5 and pd.isna(got["b"].iloc[1])
     assert pd.isna(got["c"].iloc[0]) and got["c"].iloc[1] == "x"
+    sample = lake.read_parts(table, "2024-06-01", max_rows=1)
+    assert len(sample) == 1 and sample.attrs["parts_read"] == 1
     with pytest.raises(ValueError, match="part name 'data.parquet'"):
         lake.append_part(table, "2024-06-01", pd.DataFrame({"a": [1]}), name="data.parquet")
 

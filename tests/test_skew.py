@@ -72,10 +72,14 @@ def _served_users() -> pd.DataFrame:
     return grid.to_frame(index=False)
 
 
-def _log(lake: Lake, model: str, rows: pd.DataFrame, keys: list[str], features: list[str]) -> None:
+def _log(
+    lake: Lake, model: str, rows: pd.DataFrame, keys: list[str], features: list[str], flush_rows: int = 10_000
+) -> None:
     """Log ``rows`` as the server would: their keys as the entity, their feature values, at their times."""
-    with PredictionLog(lake, flush_seconds=600) as plog:
+    with PredictionLog(lake, flush_seconds=600, flush_rows=flush_rows) as plog:
         for i, row in enumerate(rows.to_dict("records")):
+            if i and i % flush_rows == 0:
+                plog.flush()  # one part per flush_rows rows, deterministically
             entity = {k: row[k] for k in keys}
             served = {f: row[f] for f in features}
             assert plog.append(model, "5", f"req-{i}", entity, 0.5, served, at=row["event_timestamp"].to_pydatetime())
@@ -88,6 +92,7 @@ def test_features_served_as_training_sees_them_have_no_skew(settings: Settings, 
     report = training_serving_skew(settings, _spec("purchase_intent"), LOG_DAY)
 
     assert report.rows == len(served) and report.versions == ["5"]
+    assert (report.parts_read, report.parts_total, report.sampled) == (1, 1, False)
     assert [f.feature for f in report.features] == user_features.FEATURE_COLUMNS
     assert report.flagged == []
     for skew in report.features:
@@ -150,6 +155,17 @@ def test_without_logged_request_fields_on_demand_features_are_not_compared(setti
     assert [f.feature for f in report.features] == stored and report.flagged == []
     assert set(report.not_compared) == {"log_purchase_value", "value_to_user_mean"}
     assert "['purchase_value'] are not in the prediction log" in report.not_compared["log_purchase_value"]
+
+
+def test_a_large_day_is_compared_on_a_sample_of_whole_parts(settings: Settings, world: Lake):
+    served = historical_features(settings, _served_users(), "purchase_intent")
+    _log(world, "purchase_intent", served, ["user_id"], user_features.FEATURE_COLUMNS, flush_rows=3)
+
+    report = training_serving_skew(settings, _spec("purchase_intent"), LOG_DAY, max_rows=7)
+
+    assert (report.parts_total, report.parts_read, report.sampled) == (9, 3, True)
+    assert report.rows == 9 and report.to_dict()["sampled"] is True
+    assert report.flagged == []
 
 
 def test_a_day_without_a_prediction_log_is_a_clear_error(settings: Settings, world: Lake):

@@ -23,6 +23,8 @@ from pipelines.specs import ModelSpec
 
 # Online and offline values further apart than this differ (float64 features round-tripped through two stores).
 SKEW_TOLERANCE = 1e-9
+# A day served at 1,000 requests/s logs ~86M rows: a sample of whole parts (flushes) spread over the day suffices.
+MAX_ROWS = 1_000_000
 SKEW_PREFIX = "monitoring/skew"
 TIMESTAMP_COLUMN = "event_timestamp"
 
@@ -58,7 +60,13 @@ class SkewReport:
     versions: list[str]
     features: list[FeatureSkew]
     not_compared: dict[str, str]  # feature -> why it could not be compared
+    parts_read: int  # parts (flushes) of the day's log compared; fewer than parts_total: a sample
+    parts_total: int
     tolerance: float = SKEW_TOLERANCE
+
+    @property
+    def sampled(self) -> bool:
+        return self.parts_read < self.parts_total
 
     @property
     def flagged(self) -> list[str]:
@@ -79,6 +87,9 @@ class SkewReport:
             "day": self.day.isoformat(),
             "feature_service": self.feature_service,
             "rows": self.rows,
+            "parts_read": self.parts_read,
+            "parts_total": self.parts_total,
+            "sampled": self.sampled,
             "versions": list(self.versions),
             "tolerance": self.tolerance,
             "flagged": self.flagged,
@@ -118,11 +129,12 @@ def compare_features(
 
 
 # -- lake reading and the join ---------------------------------------------------------------------------------
-def read_prediction_log(lake: Lake, model: str, day: dt.date | str) -> pd.DataFrame:
-    """Every logged prediction of ``model`` on ``day`` (all parts); NoPredictionLog when there is none."""
+def read_prediction_log(lake: Lake, model: str, day: dt.date | str, max_rows: int | None = None) -> pd.DataFrame:
+    """The logged predictions of ``model`` on ``day`` (every part, or whole parts until ``max_rows``);
+    NoPredictionLog when there is none."""
     table = predictions_table(model)
     try:
-        return lake.read_parts(table, day)
+        return lake.read_parts(table, day, max_rows=max_rows)
     except PartitionNotFound:
         logged = [d.isoformat() for d in lake.part_days(table)]
         raise NoPredictionLog(
@@ -133,19 +145,22 @@ def read_prediction_log(lake: Lake, model: str, day: dt.date | str) -> pd.DataFr
 
 
 def training_serving_skew(
-    settings: Settings, spec: ModelSpec, day: dt.date | str, lake: Lake | None = None
+    settings: Settings, spec: ModelSpec, day: dt.date | str, lake: Lake | None = None, max_rows: int | None = MAX_ROWS
 ) -> SkewReport:
     """Skew of ``spec``'s model on ``day``: its logged online features against the offline point-in-time features
     of the same entities at their ``logged_at`` instants (``pipelines.features.point_in_time``, through the
     compute engine, as training rows are joined). On-demand features are recomputed when the log holds their
-    request fields; otherwise they are listed in ``not_compared``."""
+    request fields; otherwise they are listed in ``not_compared``. Beyond ``max_rows`` logged rows, a seeded
+    random sample of whole parts is compared (``parts_read`` < ``parts_total``; None: every part)."""
     from feature_repo.definitions import definitions
     from pipelines.compute.engine import point_in_time
     from pipelines.features.point_in_time import service_plan
 
     lake = lake or Lake(settings)
     day = as_date(day)
-    logged = read_prediction_log(lake, spec.name, day)
+    logged = read_prediction_log(lake, spec.name, day, max_rows)
+    parts_read = int(logged.attrs.get("parts_read", 0))
+    parts_total = len(lake.part_files(predictions_table(spec.name), day))
     repo = definitions(settings)
     services = {s.name: s for s in repo.services}
     if spec.feature_service not in services:
@@ -185,6 +200,8 @@ def training_serving_skew(
         versions=sorted(logged["version"].astype(str).unique().tolist()),
         features=compare_features(online, offline, features),
         not_compared=not_compared,
+        parts_read=parts_read,
+        parts_total=parts_total,
     )
 
 
@@ -217,4 +234,3 @@ def latest_skew(settings: Settings, model: str, lake: Lake | None = None) -> dic
         if report is not None:
             return report
     return None
-
