@@ -480,6 +480,30 @@ def serve() -> None:
     run_server(_settings())
 
 
+key_app = typer.Typer(help="API keys of the serving app (pipelines/serving/auth.py).", no_args_is_help=True)
+app.add_typer(key_app, name="serving-key")
+
+
+@key_app.command("add")
+def serving_key_add(
+    name: Annotated[str, typer.Argument(help="Who the key is for, e.g. checkout-service")],
+    models: Annotated[str, typer.Option(help="Comma-separated models the key may call, or '*' for all")] = "*",
+) -> None:
+    """Add (or replace) an API key in STOREFRONT_SERVING_API_KEYS's file; the token is shown once, only its hash
+    is kept. Restart or reload serving to use it."""
+    from pipelines.serving.auth import ApiKeysError, add_key
+
+    settings = _settings()
+    if settings.serving_api_keys is None:
+        _fail("set STOREFRONT_SERVING_API_KEYS to the keys file to write (e.g. ~/.storefront/serving_keys.yaml)")
+    try:
+        token = add_key(settings.serving_api_keys, name, [m.strip() for m in models.split(",") if m.strip()])
+    except ApiKeysError as exc:
+        _fail(str(exc))
+    console.print(f"key {name!r} added to {settings.serving_api_keys} (0600, hash only); its token, shown once:")
+    typer.echo(token)
+
+
 @app.command()
 def demo(
     days: Annotated[int, typer.Option(help="Days to simulate")] = 35,

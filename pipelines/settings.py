@@ -84,6 +84,14 @@ class Settings(BaseSettings):
     serving_host: str = "127.0.0.1"
     serving_port: int = 8000
     serving_refresh_seconds: float = 5.0
+    serving_workers: int = Field(
+        default=2, ge=1, description="Serving processes (`mlctl serve`); each loads and hot-swaps the models itself."
+    )
+    serving_api_keys: Path | None = Field(
+        default=None,
+        description="0600 YAML file of API key hashes and their models (pipelines/serving/auth.py); unset = no "
+        "authentication, refused on the stack profile.",
+    )
     # Data source of the daily extract: the simulator (embedded default), or days landed by `mlctl ingest`
     data_source: Literal["simulator", "ingested"] = "simulator"
     start_date: dt.date = Field(

@@ -14,7 +14,8 @@ from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 from mlflow.models import infer_signature
 
-from pipelines.serving.app import MAX_USER_IDS, create_app
+from pipelines.serving.app import create_app
+from pipelines.serving.served import MAX_USER_IDS
 from pipelines.settings import PROJECT_ROOT, Settings, get_settings
 from pipelines.specs import load_specs
 
@@ -120,12 +121,12 @@ def test_predict_scores_users_with_the_champion(settings: Settings, registry: Ml
 
 def test_alias_move_is_served_after_refresh_without_restart(client: TestClient) -> None:
     register(FEATURES, seed=1)
-    client.app.state.models[MODEL].refresh()
+    client.app.state.serving.served[MODEL].holder.refresh()
     assert predict(client, [2]).json()["version"] == "1"
 
     v2 = register(FEATURES, seed=2)
     assert predict(client, [2]).json()["version"] == "1"  # not before the refresh
-    client.app.state.models[MODEL].refresh()
+    client.app.state.serving.served[MODEL].holder.refresh()
 
     body = predict(client, [2]).json()
     assert body["version"] == v2 == "2"
@@ -137,7 +138,7 @@ def test_alias_move_is_served_after_refresh_without_restart(client: TestClient) 
 
 def test_version_failing_the_canary_is_refused_and_old_one_keeps_serving(client: TestClient) -> None:
     register(FEATURES, seed=1)
-    holder = client.app.state.models[MODEL]
+    holder = client.app.state.serving.served[MODEL].holder
     holder.refresh()
     before = predict(client, [1, 2, 3]).json()
 
@@ -154,10 +155,10 @@ def test_version_failing_the_canary_is_refused_and_old_one_keeps_serving(client:
 
 def test_version_that_fails_to_load_is_refused(client: TestClient, registry: MlflowClient) -> None:
     register(FEATURES, seed=1)
-    client.app.state.models[MODEL].refresh()
+    client.app.state.serving.served[MODEL].holder.refresh()
     broken = registry.create_model_version(MODEL, source="file:///nonexistent/model")
     registry.set_registered_model_alias(MODEL, "champion", broken.version)
-    client.app.state.models[MODEL].refresh()
+    client.app.state.serving.served[MODEL].holder.refresh()
 
     assert predict(client, [2]).json()["version"] == "1"
     health = client.get("/health").json()["models"][MODEL]
@@ -167,7 +168,7 @@ def test_version_that_fails_to_load_is_refused(client: TestClient, registry: Mlf
 
 def test_no_champion_yet_is_503_with_next_step(client: TestClient) -> None:
     register(FEATURES, seed=1, champion=False)
-    client.app.state.models[MODEL].refresh()
+    client.app.state.serving.served[MODEL].holder.refresh()
 
     response = predict(client, [1])
     assert response.status_code == 503
@@ -198,8 +199,12 @@ def test_ranking_model_is_not_served_by_the_binary_route(settings: Settings, reg
         models = client.get("/v1/models").json()["models"]
 
     assert response.status_code == 404
-    assert "binary user models" in response.json()["detail"]
-    assert {m["name"]: m["served"] for m in models} == {MODEL: True, "product_ranking": False}
+    assert "is not served by /predict; it is served by /rank" in response.json()["detail"]
+    # Both are served, each on its own route: the listing says which.
+    assert {m["name"]: (m["served"], m["route"]) for m in models} == {
+        MODEL: (True, f"/v1/models/{MODEL}/predict"),
+        "product_ranking": (True, "/v1/models/product_ranking/rank"),
+    }
 
 
 @pytest.mark.parametrize("user_ids", [[], list(range(MAX_USER_IDS + 1))], ids=["empty", "too-long"])
@@ -209,7 +214,7 @@ def test_bad_user_id_lists_are_422(client: TestClient, user_ids: list[int]) -> N
 
 def test_models_listing_shows_served_version_and_features(client: TestClient) -> None:
     register(FEATURES, seed=1)
-    client.app.state.models[MODEL].refresh()
+    client.app.state.serving.served[MODEL].holder.refresh()
 
     models = client.get("/v1/models").json()["models"]
     assert models == [
@@ -218,7 +223,121 @@ def test_models_listing_shows_served_version_and_features(client: TestClient) ->
             "objective": "binary",
             "feature_service": MODEL,
             "served": True,
+            "route": f"/v1/models/{MODEL}/predict",
             "version": "1",
             "features": FEATURES,
         }
     ]
+
+
+# -- hardening: client errors, API keys, request ids, metrics ------------------------------------------------
+def test_client_errors_are_4xx_with_short_bodies_and_a_request_id(client: TestClient) -> None:
+    register(FEATURES, seed=1)
+    huge = list(range(10_000))
+    cases = {
+        "beyond int64": ({"user_ids": [2**63]}, 422, "user_ids[0]: id 9223372036854775808 is outside"),
+        "negative": ({"user_ids": [-5]}, 422, "user_ids[0]: id -5 is outside"),
+        "not an id": ({"user_ids": ["abc" * 100]}, 422, "user_ids[0]: expected an integer id"),
+        "10k ids": ({"user_ids": huge}, 422, "user_ids: 10000 ids; send 1..1000 per request"),
+        "not a list": ({"user_ids": 7}, 422, "user_ids: expected a list"),
+        "missing": ({}, 422, "user_ids: required"),
+    }
+    for name, (body, status, message) in cases.items():
+        response = client.post(f"/v1/models/{MODEL}/predict", json=body)
+        assert response.status_code == status, name
+        detail = response.json()["detail"]
+        assert detail.startswith(message), (name, detail)
+        assert len(response.content) < 300, (name, len(response.content))  # never the whole input echoed
+        assert response.json()["request_id"] == response.headers["x-request-id"]
+    not_json = client.post(f"/v1/models/{MODEL}/predict", content=b"{user_ids: [1,", headers={"x-request-id": "abc-1"})
+    assert not_json.status_code == 400
+    assert not_json.headers["x-request-id"] == "abc-1"  # the caller's id is kept
+    assert not_json.json()["request_id"] == "abc-1"
+
+
+def test_online_store_failure_is_503_without_server_details(settings: Settings, registry: MlflowClient) -> None:
+    register(FEATURES, seed=1)
+
+    def broken(settings: Settings, feature_service: str, user_ids: list[int]) -> pd.DataFrame:
+        if -1 in user_ids:  # let the canary through so a champion loads
+            return dict_reader(settings, feature_service, user_ids)
+        raise OSError(f"{settings.home}/feast/online.db: disk I/O error")
+
+    with TestClient(create_app(settings, feature_reader=broken)) as client:
+        response = predict(client, [1])
+    assert response.status_code == 503
+    assert "online features unavailable for feature service 'purchase_intent'" in response.json()["detail"]
+    assert str(settings.home) not in response.text and "disk I/O" not in response.text
+
+
+def keyed(settings: Settings, tmp_path: Path) -> tuple[Settings, dict[str, str]]:
+    from pipelines.serving.auth import add_key
+
+    path = tmp_path / "keys" / "serving_keys.yaml"
+    tokens = {"all": add_key(path, "ops", ["*"]), "other": add_key(path, "ranking-only", ["product_ranking"])}
+    return settings.model_copy(update={"serving_api_keys": path}), tokens
+
+
+def test_api_keys_401_without_403_out_of_scope_200_in_scope(
+    settings: Settings, registry: MlflowClient, tmp_path: Path
+) -> None:
+    register(FEATURES, seed=1)
+    settings, tokens = keyed(settings, tmp_path)
+    assert oct((tmp_path / "keys" / "serving_keys.yaml").stat().st_mode & 0o777) == "0o600"
+    assert tokens["all"] not in (tmp_path / "keys" / "serving_keys.yaml").read_text()  # only hashes are kept
+
+    def call(token: str | None):
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        return client.post(f"/v1/models/{MODEL}/predict", json={"user_ids": [1]}, headers=headers)
+
+    with TestClient(create_app(settings, feature_reader=dict_reader)) as client:
+        assert call(None).status_code == 401
+        assert call(None).headers["www-authenticate"] == "Bearer"
+        assert call("sfk_wrong").status_code == 401
+        assert call(tokens["other"]).status_code == 403
+        assert "may not call model 'purchase_intent'" in call(tokens["other"]).json()["detail"]
+        assert call(tokens["all"]).status_code == 200
+        # The docs and the model listing sit behind the same keys; health and metrics stay open for probes.
+        assert client.get("/openapi.json").status_code == 401
+        assert client.get("/docs").status_code == 401
+        assert client.get("/v1/models").status_code == 401
+        auth = {"authorization": f"Bearer {tokens['all']}"}
+        spec = client.get("/openapi.json", headers=auth).json()
+        assert "/v1/models/{model}/predict" in spec["paths"]
+        assert client.get("/health").json()["auth"] is True
+        assert client.get("/metrics").status_code == 200
+
+
+def test_unsafe_keys_file_is_refused_naming_it(settings: Settings, tmp_path: Path) -> None:
+    from pipelines.serving.auth import ApiKeysError
+
+    path = tmp_path / "keys.yaml"
+    path.write_text("keys:\n  - name: x\n    sha256: abc\n    models: ['*']\n")
+    path.chmod(0o644)
+    with pytest.raises(ApiKeysError, match=r"keys.yaml: permissions 0644 .* chmod 600"):
+        create_app(settings.model_copy(update={"serving_api_keys": path}), feature_reader=dict_reader)
+    path.chmod(0o600)
+    with pytest.raises(ApiKeysError, match=r"keys.yaml: keys\[0\] \(x\): 'sha256' must be 64"):
+        create_app(settings.model_copy(update={"serving_api_keys": path}), feature_reader=dict_reader)
+
+
+def test_metrics_count_requests_errors_latency_missing_features_and_swaps(client: TestClient) -> None:
+    register(FEATURES, seed=1)
+    client.app.state.serving.served[MODEL].holder.refresh()
+    predict(client, [1, 2, 99])  # 99 has no online features
+    predict(client, [])  # 422
+    text = client.get("/metrics").text
+
+    def sample(name: str, **labels: str) -> float:
+        wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+        line = next(
+            x for x in text.splitlines() if x.startswith(f"{name}{{") and all(p in x for p in wanted.split(","))
+        )
+        return float(line.rsplit(" ", 1)[1])
+
+    assert sample("storefront_serving_requests_total", model=MODEL, version="1", status="200") == 1
+    assert sample("storefront_serving_requests_total", model=MODEL, status="422") == 1
+    assert sample("storefront_serving_entities_total", model=MODEL, version="1") == 3
+    assert sample("storefront_serving_entities_missing_features_total", model=MODEL, version="1") == 1
+    assert sample("storefront_serving_request_seconds_count", model=MODEL, version="1", route="predict") == 1
+    assert sample("storefront_serving_swaps_total", model=MODEL) == 1

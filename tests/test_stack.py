@@ -175,9 +175,14 @@ def test_training_approval_and_serving(world: StackWorld) -> None:
 
     # The stack's serving process picks the new champion up from the MLflow server and scores from Redis.
     url = f"http://{world.settings.serving_host}:{world.settings.serving_port}/v1/models/{MODEL}/predict"
+    # The stack serves only with an API key: `stack up` made one and left its token beside the keys file.
+    token_file = world.settings.stack_dir / "serving" / "api_keys.yaml.token"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    auth = {"authorization": f"Bearer {token_file.read_text().strip()}"}
+    assert httpx.post(url, json={"user_ids": [1]}, timeout=10).status_code == 401
     deadline, body = time.time() + 60, {}
     while time.time() < deadline:
-        resp = httpx.post(url, json={"user_ids": [1, 2, 3]}, timeout=10)
+        resp = httpx.post(url, json={"user_ids": [1, 2, 3]}, headers=auth, timeout=10)
         body = resp.json()
         if resp.status_code == 200 and body.get("version") == version:
             break

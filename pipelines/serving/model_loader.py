@@ -60,6 +60,27 @@ class LoadedModel:
         """Scores for every row of ``frame`` (NaN features take LightGBM's missing-value branch)."""
         return np.asarray(self.booster.predict(self.matrix(frame), num_threads=self.num_threads), dtype=float)
 
+    def score(self, values: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
+        """Scores of a float matrix whose columns are the features ``names`` (any order, extra columns ignored):
+        the request path's form, no frame built."""
+        order = self._columns(names)
+        return np.asarray(self.booster.predict(values[:, order], num_threads=self.num_threads), dtype=float)
+
+    def _columns(self, names: tuple[str, ...]) -> list[int]:
+        cache = self.__dict__.setdefault("_column_cache", {})
+        order = cache.get(names)
+        if order is None:
+            where = {n: i for i, n in enumerate(names)}
+            missing = [c for c in self.feature_names if c not in where]
+            if missing:
+                raise FeatureMismatchError(
+                    f"model {self.name} v{self.version} expects features {missing} that the online features "
+                    f"do not provide (got {list(names)}); retrain against the current feature service "
+                    "or fix the feature view"
+                )
+            order = cache[names] = [where[c] for c in self.feature_names]
+        return order
+
 
 @dataclass(frozen=True)
 class Refusal:
@@ -152,8 +173,11 @@ class ChampionModel:
         settings: Settings,
         canary_features: CanaryFeatures | None = None,
         probabilities: bool = True,
+        on_event: Callable[[str, str], None] | None = None,
     ) -> None:
+        """``on_event(model, "swap" | "refusal")`` is told of every swap and refusal (metrics)."""
         self.name = name
+        self._on_event = on_event
         self._probabilities = probabilities
         self._settings = settings
         self._canary_features = canary_features
@@ -211,6 +235,7 @@ class ChampionModel:
             with self._swap_lock:
                 self._current = candidate
             self._last_error = None
+            self._tell("swap")
             log.info(
                 "serving %s v%s (was %s)",
                 self.name,
@@ -236,6 +261,7 @@ class ChampionModel:
         refusal = Refusal(version=version, reason=reason, at=_now())
         self._refused[version] = refusal
         self._last_refusal = refusal
+        self._tell("refusal")
         current = self.current()
         log.error(
             "refused %s v%s, still serving %s: %s",
@@ -244,6 +270,13 @@ class ChampionModel:
             f"v{current.version}" if current else "nothing",
             reason,
         )
+
+    def _tell(self, event: str) -> None:
+        if self._on_event is not None:
+            try:
+                self._on_event(self.name, event)
+            except Exception:  # a metrics hook must never stop a swap
+                log.exception("event hook failed for %s %s", self.name, event)
 
     def _record_error(self, message: str) -> None:
         self._last_error = message

@@ -1,14 +1,61 @@
-"""Run the serving app with uvicorn (``mlctl serve``)."""
+"""Run the serving app with uvicorn (``mlctl serve``): ``serving_workers`` processes on one port, each loading the
+champions and following the alias on its own; their metrics are merged through a shared directory."""
 
 from __future__ import annotations
 
+import os
+import shutil
+from typing import Any
+
 import uvicorn
 
-from pipelines.serving.app import FeatureReader, create_app
-from pipelines.settings import Settings
+from pipelines.settings import Settings, get_settings
+
+LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d %(request_id)s] %(name)s: %(message)s"
 
 
-def run(settings: Settings, feature_reader: FeatureReader | None = None) -> None:
-    """Serve on settings.serving_host:serving_port until interrupted (one worker: models live in memory)."""
-    app = create_app(settings, feature_reader=feature_reader)
-    uvicorn.run(app, host=settings.serving_host, port=settings.serving_port, log_level="info")
+def app_from_environment() -> Any:
+    """The app factory each worker calls: settings from the environment, as ``mlctl`` reads them."""
+    from pipelines.serving.app import create_app
+
+    return create_app(get_settings())
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging with the request id on every line; no per-request access line (metrics count those)."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"request_id": {"()": "pipelines.serving.request_id.RequestIdFilter"}},
+        "formatters": {"plain": {"format": LOG_FORMAT}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "plain",
+                "filters": ["request_id"],
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "root": {"handlers": ["stderr"], "level": "INFO"},
+        "loggers": {"uvicorn.access": {"level": "WARNING"}},
+    }
+
+
+def run(settings: Settings) -> None:
+    """Serve on settings.serving_host:serving_port until interrupted."""
+    metrics_dir = settings.home / "serving" / f"metrics-{os.getpid()}"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir.resolve())
+    try:
+        uvicorn.run(
+            "pipelines.serving.server:app_from_environment",
+            factory=True,
+            host=settings.serving_host,
+            port=settings.serving_port,
+            workers=settings.serving_workers,
+            log_config=log_config(),
+            access_log=False,
+        )
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)

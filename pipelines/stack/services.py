@@ -146,6 +146,12 @@ def _dask_services(settings: Settings) -> list[Service]:
     return [Service("dask-scheduler", scheduler), Service("dask-workers", worker)]
 
 
+def serving_keys_path(settings: Settings) -> Path:
+    """The serving app's API keys file: the configured one, else the stack's own (made by ``stack up``)."""
+    assert settings.stack_dir is not None
+    return settings.serving_api_keys or settings.stack_dir / "serving" / "api_keys.yaml"
+
+
 def environment(settings: Settings, internal: InternalPorts, stack_id: str) -> dict[str, str]:
     """One environment for every process, so Airflow tasks, MLflow and serving agree on every store."""
     key, secret = s3_credentials(settings)
@@ -162,6 +168,7 @@ def environment(settings: Settings, internal: InternalPorts, stack_id: str) -> d
         # The MLflow server alone reads and writes artifacts in S3 (clients go through it).
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         "STOREFRONT_STACK_ID": stack_id,
+        "STOREFRONT_SERVING_API_KEYS": str(serving_keys_path(settings)),
     }
     if settings.airflow_executor == "CeleryExecutor":
         env |= {

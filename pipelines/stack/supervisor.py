@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.orchestration.airflow_env import migrate_db
+from pipelines.serving.auth import ensure_admin_key
 from pipelines.settings import Settings
 from pipelines.stack import resources
 from pipelines.stack.ports import free_ports, host_port, port_is_free
 from pipelines.stack.resources import StackError
-from pipelines.stack.services import InternalPorts, environment, health, runs_own_dask, services
+from pipelines.stack.services import InternalPorts, environment, health, runs_own_dask, services, serving_keys_path
 
 STATE_FILE = "stack.json"
 
@@ -162,6 +163,9 @@ def up(settings: Settings, timeout: float = 180.0, on_event: Callable[[str], Non
     procs = services(settings, internal)
     if settings.s3_endpoint_url:
         resources.write_s3_identities(settings, settings.stack_dir / "s3-identities.json")
+    if settings.serving_api_keys is None:
+        token = ensure_admin_key(serving_keys_path(settings))
+        on_event(f"serving requires an API key: an all-models token is in {token} (0600)")
     procfile = settings.stack_dir / "Procfile"
     procfile.write_text("".join(p.procfile_line(logs) + "\n" for p in procs))
     honcho = str(Path(sys.executable).with_name("honcho"))

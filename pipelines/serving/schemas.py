@@ -1,0 +1,118 @@
+"""The documented shapes of the serving API (OpenAPI at ``/openapi.json``). The scoring routes parse their bodies
+by hand (pipelines/serving/requests.py) for speed; these models describe them and type the other routes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from pipelines.serving.served import MAX_PRODUCT_IDS, MAX_USER_IDS
+
+
+class PredictRequest(BaseModel):
+    user_ids: list[int] = Field(min_length=1, max_length=MAX_USER_IDS, description="Users to score (0..2**63-1).")
+
+
+class Prediction(BaseModel):
+    user_id: int
+    score: float
+    features_found: bool = Field(description="False when the online store had no features for this user.")
+
+
+class PredictResponse(BaseModel):
+    model: str
+    version: str
+    predictions: list[Prediction]
+
+
+class RankRequest(BaseModel):
+    user_id: int = Field(description="The user to rank products for.")
+    product_ids: list[int] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_PRODUCT_IDS,
+        description="The candidate products; without them, candidates are drawn from the lake's newest days "
+        "as in training (the user's recent categories, popular products, recent carts).",
+    )
+
+
+class RankedProduct(BaseModel):
+    product_id: int
+    score: float
+    features_found: bool = Field(description="False when the online store had no features for this candidate.")
+
+
+class RankResponse(BaseModel):
+    model: str
+    version: str
+    user_id: int
+    candidates: Literal["request", "generated"] = Field(description="Where the candidate products came from.")
+    products: list[RankedProduct] = Field(description="The candidates, best first.")
+
+
+class ErrorResponse(BaseModel):
+    detail: str = Field(description="What went wrong and what to do; never more than a short prefix of the input.")
+    request_id: str
+
+
+class RefusalInfo(BaseModel):
+    version: str
+    reason: str
+    at: datetime
+
+
+class ModelHealth(BaseModel):
+    version: str | None
+    loaded_at: datetime | None
+    champion_version: str | None
+    last_checked: datetime | None
+    last_refusal: RefusalInfo | None
+    last_error: str | None
+
+
+class HealthResponse(BaseModel):
+    status: str = Field(description="ok when every served model has a loaded champion, else degraded.")
+    auth: bool = Field(description="Whether the scoring routes require an API key.")
+    models: dict[str, ModelHealth]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    objective: str
+    feature_service: str
+    served: bool = Field(description="Whether this app serves the model (on `route`).")
+    route: str | None
+    version: str | None
+    features: list[str]
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]
+
+
+def _body(request: type[BaseModel], response: type[BaseModel]) -> dict[str, Any]:
+    error = {"content": {"application/json": {"schema": ErrorResponse.model_json_schema()}}}
+    return {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": request.model_json_schema()}}},
+        "responses": {
+            "200": {"description": "Scored", "content": {"application/json": {"schema": response.model_json_schema()}}},
+            **{
+                str(code): {"description": what, **error}
+                for code, what in [
+                    (400, "Body is not JSON"),
+                    (401, "Missing or invalid API key"),
+                    (403, "API key not allowed on this model"),
+                    (404, "Unknown model, or not served by this route"),
+                    (422, "Body not of the documented shape"),
+                    (503, "No servable champion, or the online store is unavailable"),
+                ]
+            },
+        },
+    }
+
+
+def api_docs() -> dict[str, dict[str, Any]]:
+    """``openapi_extra`` of the scoring routes, whose bodies FastAPI does not parse."""
+    return {"predict": _body(PredictRequest, PredictResponse), "rank": _body(RankRequest, RankResponse)}
