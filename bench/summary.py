@@ -3,7 +3,8 @@
 Rows: the online writer against stock `FeatureStore.materialize` and the raw client (pipelined redis-py, sqlite3
 executemany); the point-in-time training set against pandas `merge_asof` and Feast's `get_historical_features`; the
 training step against a raw `lightgbm.train`; the daily chain through Airflow at ~1M events a day (per step, peak
-memory); the demo DAG's per-task overhead. Each comes from its own module in bench/ (run one alone for its detailed table).
+memory); the demo DAG's per-task overhead. Each comes from its own module in bench/ (run one alone for its
+detailed table).
 
 Run: ``uv run python -m bench.summary [--quick] [--chain-json FILE]`` (``--quick``: small sizes, a minute or two;
 ``--chain-json``: reuse a ``bench_daily_chain --json`` measurement instead of running the 1M-event day again).
