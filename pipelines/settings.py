@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     serving_workers: int = Field(
         default=2, ge=1, description="Serving processes (`mlctl serve`); each loads and hot-swaps the models itself."
     )
+    serving_log_predictions: bool = Field(
+        default=True, description="Append every served score and its features to the lake (predictions/<model>/)."
+    )
     serving_api_keys: Path | None = Field(
         default=None,
         description="0600 YAML file of API key hashes and their models (pipelines/serving/auth.py); unset = no "

@@ -341,3 +341,27 @@ def test_metrics_count_requests_errors_latency_missing_features_and_swaps(client
     assert sample("storefront_serving_entities_missing_features_total", model=MODEL, version="1") == 1
     assert sample("storefront_serving_request_seconds_count", model=MODEL, version="1", route="predict") == 1
     assert sample("storefront_serving_swaps_total", model=MODEL) == 1
+
+
+def test_every_prediction_is_logged_with_its_request_id_version_and_features(
+    settings: Settings, registry: MlflowClient
+) -> None:
+    from pipelines.lake import Lake
+    from pipelines.serving.prediction_log import predictions_table
+
+    register(FEATURES, seed=1)
+    with TestClient(create_app(settings, feature_reader=dict_reader)) as client:
+        first = predict(client, [1, 2])
+        second = predict(client, [99])
+    # Leaving the app flushed the log (it writes off the request path, in batches).
+    lake = Lake(settings)
+    days = lake.part_days(predictions_table(MODEL))
+    assert len(days) == 1
+    logged = lake.read_parts(predictions_table(MODEL), days[0]).sort_values("user_id", ignore_index=True)
+    assert logged["user_id"].tolist() == [1, 2, 99]
+    assert logged["request_id"].tolist() == [first.headers["x-request-id"]] * 2 + [second.headers["x-request-id"]]
+    assert set(logged["version"]) == {"1"} and set(logged["arm"]) == {"champion"}
+    scores = {p["user_id"]: p["score"] for p in first.json()["predictions"] + second.json()["predictions"]}
+    assert logged["score"].tolist() == [scores[1], scores[2], scores[99]]
+    assert logged.loc[1, FEATURES].tolist() == [ONLINE_ROWS[2][f] for f in FEATURES]
+    assert logged.loc[2, FEATURES].isna().all()  # the unknown user: logged with its missing features

@@ -14,11 +14,13 @@ from contextlib import asynccontextmanager
 import anyio
 from fastapi import FastAPI
 
+from pipelines.lake import Lake
 from pipelines.serving.auth import ApiKeys
 from pipelines.serving.candidates import LakeCandidates
 from pipelines.serving.features import FeastFeatures, FeatureReader, FrameFeatures
 from pipelines.serving.metrics import ServingMetrics
 from pipelines.serving.model_loader import RefreshLoop
+from pipelines.serving.prediction_log import PredictionLog
 from pipelines.serving.request_id import RequestIdMiddleware
 from pipelines.serving.routes import ServingState, build_router
 from pipelines.serving.served import CandidateSource, RankedModel, ScoredModel, Served
@@ -71,10 +73,17 @@ def create_app(
         await anyio.to_thread.run_sync(refresh_all)
         loop = RefreshLoop(holders, settings.serving_refresh_seconds)
         loop.start()
+        log = PredictionLog(Lake(settings)) if settings.serving_log_predictions else None
+        for model in served.values():
+            model.log = log
         try:
             yield
         finally:
             await anyio.to_thread.run_sync(loop.stop)
+            if log is not None:
+                for model in served.values():
+                    model.log = None
+                await anyio.to_thread.run_sync(log.close)
 
     # Docs are served by routes that check the API key like the scoring routes do.
     app = FastAPI(title="Storefront ML serving", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)

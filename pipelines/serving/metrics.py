@@ -43,6 +43,12 @@ class ServingMetrics:
             ["model", "version"],
             registry=r,
         )
+        self.unlogged = Counter(
+            "storefront_serving_predictions_not_logged",
+            "Scores the prediction log refused because it was full (the lake is slow or unreachable).",
+            ["model"],
+            registry=r,
+        )
         self.swaps = Counter("storefront_serving_swaps", "Champion versions swapped in.", ["model"], registry=r)
         self.refusals = Counter(
             "storefront_serving_refusals", "Versions refused (failed to load or the canary).", ["model"], registry=r

@@ -80,6 +80,8 @@ def build_router(state: ServingState) -> APIRouter:
             state.metrics.entities.labels(model, version).inc(outcome.entities)
             if outcome.missing:
                 state.metrics.missing.labels(model, version).inc(outcome.missing)
+            if outcome.unlogged:
+                state.metrics.unlogged.labels(model).inc(outcome.unlogged)
         except (Unauthorized, Forbidden) as exc:
             status = 401 if isinstance(exc, Unauthorized) else 403
             state.metrics.auth_failures.labels(str(status)).inc()

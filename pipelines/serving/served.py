@@ -12,8 +12,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipelines.serving import request_id
 from pipelines.serving.features import RANK_KEYS, Features, FeatureSource, FeaturesUnavailable
 from pipelines.serving.model_loader import ChampionModel, FeatureMismatchError, LoadedModel
+from pipelines.serving.prediction_log import PredictionLog
 from pipelines.serving.requests import entity_id, id_list
 from pipelines.settings import Settings
 from pipelines.specs import ModelSpec
@@ -36,12 +38,15 @@ class Outcome:
     version: str
     entities: int
     missing: int
+    unlogged: int = 0  # rows the prediction log refused (full)
 
 
 class Served:
     """A spec served by one route kind, its champion holder and its feature source."""
 
     route = ""
+    # Where every served score goes (set by the app; None: not logged).
+    log: PredictionLog | None = None
 
     def __init__(
         self,
@@ -73,6 +78,25 @@ class Served:
             raise NotServable(f"no champion for {self.spec.name}; approve a version first")
         return loaded
 
+    def _log(self, version: str, entities: dict[str, list[Any]], scores: np.ndarray, features: Features) -> int:
+        """Append each entity's score and online features to the prediction log (a buffer; written off the path).
+        Returns the rows the log refused (full)."""
+        if self.log is None:
+            return 0
+        rid = request_id.current.get()
+        keys = list(entities)
+        refused = 0
+        for i, (score, row) in enumerate(zip(scores.tolist(), features.values.tolist(), strict=True)):
+            refused += not self.log.append(
+                self.spec.name,
+                version,
+                rid,
+                {k: entities[k][i] for k in keys},
+                score,
+                dict(zip(features.names, row, strict=True)),
+            )
+        return refused
+
     def _scores(self, loaded: LoadedModel, features: Features) -> np.ndarray:
         try:
             return loaded.score(features.values, features.names)
@@ -94,12 +118,13 @@ class ScoredModel(Served):
         loaded = self.champion()
         features = self.source.read(self.spec.feature_service, {"user_id": user_ids})
         scores = self._scores(loaded, features)
+        unlogged = self._log(loaded.version, {"user_id": user_ids}, scores, features)
         predictions = [
             {"user_id": uid, "score": float(s), "features_found": bool(f)}
             for uid, s, f in zip(user_ids, scores.tolist(), features.found.tolist(), strict=True)
         ]
         body = {"model": self.spec.name, "version": loaded.version, "predictions": predictions}
-        return Outcome(body, loaded.version, len(user_ids), int((~features.found).sum()))
+        return Outcome(body, loaded.version, len(user_ids), int((~features.found).sum()), unlogged)
 
 
 # (settings, ranking spec, user_id, product_ids or None) -> candidate rows user_id, product_id, category_id.
@@ -149,9 +174,10 @@ class RankedModel(Served):
         entities = {k: rows[k].astype("int64").tolist() for k in RANK_KEYS}
         features = self.source.read(self.spec.feature_service, entities)
         scores = self._scores(loaded, features)
+        unlogged = self._log(loaded.version, entities, scores, features)
         products = entities["product_id"]
         body["products"] = [
             {"product_id": products[i], "score": float(scores[i]), "features_found": bool(features.found[i])}
             for i in np.argsort(-scores, kind="stable").tolist()
         ]
-        return Outcome(body, loaded.version, len(products), int((~features.found).sum()))
+        return Outcome(body, loaded.version, len(products), int((~features.found).sum()), unlogged)
