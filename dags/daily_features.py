@@ -1,4 +1,5 @@
-"""Daily features: extract -> validate -> features (one task per family) -> materialize, one run per complete day.
+"""Daily features: extract -> validate -> features (one task per family) -> materialize -> skew, one run per
+complete day.
 
 Logical date D is the data interval [D, D+1): the scheduler starts it after D has ended and every task reads and
 writes the partition ds = D. A family whose input tables the day lacks is skipped with the reason in its log;
@@ -84,10 +85,15 @@ def daily_features():
     def materialize(ds: str | None = None) -> dict:
         return once(flow().materialize, ds)
 
+    # The day's served predictions against the offline features (nothing to do on a day nothing was served).
+    @task
+    def skew(ds: str | None = None) -> dict:
+        return flow().skew(get_settings(), ds)
+
     validated = validate()
     extract() >> validated
     materialized = materialize()
-    validated >> materialized
+    validated >> materialized >> skew()
     for family in FAMILIES:
         validated >> family_task(family) >> materialized
 

@@ -39,7 +39,7 @@ def test_daily_features_chain(dagbag) -> None:
     dag = dagbag.get_dag("daily_features")
     assert dag.catchup is True
     # The test world's specs are all user models: one feature family.
-    order = ["extract", "validate", "features_user_behavior", "materialize"]
+    order = ["extract", "validate", "features_user_behavior", "materialize", "skew"]
     for upstream, downstream in zip(order, order[1:], strict=False):
         assert downstream in dag.get_task(upstream).downstream_task_ids
     assert [o.uri for o in dag.get_task("features_user_behavior").outlets] == ["storefront://features/user_behavior"]

@@ -202,3 +202,17 @@ def test_compare_features_counts_one_sided_missing_values_as_differences():
     assert (a.differ_share, a.mean_abs_diff, a.missing_online_share, a.missing_offline_share) == (0.5, 0.25, 0.5, 0.25)
     assert (b.differ_share, b.missing_online_share) == (0.0, 0.0)  # within the tolerance
     assert (c.differ_share, c.mean_abs_diff, c.missing_online_share) == (1.0, None, 1.0)  # never logged
+
+
+def test_daily_skew_step_publishes_every_served_model_and_passes_quiet_days(settings: Settings, world: Lake):
+    from pipelines.flows import daily_features
+
+    served = historical_features(settings, _served_users(), "purchase_intent")
+    served.loc[served["user_id"] == 3, "views_7d"] += 1.0  # one value served wrong
+    _log(world, "purchase_intent", served, ["user_id"], user_features.FEATURE_COLUMNS)
+
+    result = daily_features.skew(settings, LOG_DAY)
+
+    assert result == {"models": {"purchase_intent": {"rows": len(served), "flagged": ["views_7d"]}}}
+    assert latest_skew(settings, "purchase_intent")["flagged"] == ["views_7d"]
+    assert daily_features.skew(settings, DAYS[0]) == {"models": {}}  # nothing served that day: nothing to compare

@@ -1,4 +1,5 @@
-"""The daily chain for one logical date: extract -> validate -> features (one step per family) -> materialize.
+"""The daily chain for one logical date: extract -> validate -> features (one step per family) -> materialize
+-> skew (what serving logged that day against the offline features).
 
 A logical date D is the day D itself, processed once it has ended. Each step reads only its inputs for the day
 and replaces its one output atomically, so rerunning a day changes nothing and a failed day can simply be
@@ -37,6 +38,7 @@ __all__ = [
     "feature_family",
     "features",
     "materialize",
+    "skew",
     "validate",
 ]
 
@@ -128,3 +130,24 @@ def materialize(settings: Settings, ds: str | dt.date) -> dict:
     if not _families_built(settings, Lake(settings), day):
         return {"rows": 0}  # a day of late labels only: no feature of the day to load
     return {"rows": materialize_day(settings, day)}
+
+
+def skew(settings: Settings, ds: str | dt.date) -> dict:
+    """Training/serving skew of every model served on day ``ds``: the online features its prediction log holds
+    against the offline point-in-time features of the same entities and instants, per feature, published to
+    ``monitoring/skew/<model>/ds=...`` for ``mlctl status`` and the reviewer's report. Nothing served that day:
+    nothing to compare (``{"models": {}}``)."""
+    # Imported here: the point-in-time join imports Feast, and only this step needs it.
+    from pipelines.monitoring.skew import publish_skew, training_serving_skew
+    from pipelines.serving.prediction_log import predictions_table
+    from pipelines.specs import load_specs
+
+    day, lake = as_date(ds), Lake(settings)
+    models = {}
+    for spec in load_specs(settings.models_dir).values():
+        if not lake.part_files(predictions_table(spec.name), day):
+            continue
+        report = training_serving_skew(settings, spec, day, lake)
+        publish_skew(settings, report, lake)
+        models[spec.name] = {"rows": report.rows, "flagged": report.flagged}
+    return {"models": models}
