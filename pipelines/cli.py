@@ -331,7 +331,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
     """Per model: champion, main metric against the best achievable and the baseline, approval, what is waiting;
     the last runs of every DAG (with skipped families); data contracts. --json keeps every logged metric."""
     from pipelines.console import dag_runs_table, model_table
-    from pipelines.status import collect_status
+    from pipelines.status import collect_status, skew_line
 
     report = collect_status(_settings())
     if as_json:
@@ -339,6 +339,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
         return
     for name, model in report["models"].items():
         console.print(model_table(name, model["summary"]))
+        console.print(skew_line(model.get("skew")), markup=False, highlight=False)
     if report.get("airflow_error"):
         console.print("[red]Airflow unreachable:[/red] ", end="")
         console.print(report["airflow_error"], markup=False, highlight=False)

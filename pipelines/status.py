@@ -30,6 +30,7 @@ def collect_status(settings: Settings, runs_per_dag: int = 5, validation_days: i
         models[name] = {
             "champion": champion.to_dict() if champion else None,
             "summary": model_summary(spec, champion, versions[-1] if versions else None),
+            "skew": _skew(settings, lake, name),
         }
     dags: dict[str, list[dict]] = {}
     try:
@@ -66,6 +67,31 @@ def collect_status(settings: Settings, runs_per_dag: int = 5, validation_days: i
         "validation": validation,
         "validation_error": validation_error,
     }
+
+
+def _skew(settings: Settings, lake: Lake, model: str) -> dict[str, Any] | None:
+    """The newest training/serving skew report of the model (None before it was served, or unreadable)."""
+    from pipelines.monitoring.skew import latest_skew
+
+    try:
+        return latest_skew(settings, model, lake)
+    except OSError:
+        return None
+
+
+def skew_line(report: dict[str, Any] | None) -> str:
+    """One line on a model's newest skew report: the flagged features with their share of rows, or none."""
+    if report is None:
+        return "training/serving skew: no served predictions compared yet"
+    head = f"training/serving skew on {report['day']} ({report['rows']:,} logged rows"
+    head += ", a sample)" if report.get("sampled") else ")"
+    features = {f["feature"]: f for f in report["features"]}
+    if not report["flagged"]:
+        return f"{head}: none; every online feature equals the offline one"
+    worst = sorted(report["flagged"], key=lambda f: -features[f]["differ_share"])
+    parts = [f"{f} differs in {features[f]['differ_share']:.1%} of rows" for f in worst[:5]]
+    more = f" and {len(worst) - 5} more" if len(worst) > 5 else ""
+    return f"{head}: {'; '.join(parts)}{more}"
 
 
 def _skipped(lake: Lake, dag_id: str, day: str) -> dict[str, str]:

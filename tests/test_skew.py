@@ -216,3 +216,20 @@ def test_daily_skew_step_publishes_every_served_model_and_passes_quiet_days(sett
     assert result == {"models": {"purchase_intent": {"rows": len(served), "flagged": ["views_7d"]}}}
     assert latest_skew(settings, "purchase_intent")["flagged"] == ["views_7d"]
     assert daily_features.skew(settings, DAYS[0]) == {"models": {}}  # nothing served that day: nothing to compare
+
+
+def test_status_line_names_the_features_that_differ(settings: Settings, world: Lake):
+    from pipelines.status import skew_line
+
+    assert skew_line(None) == "training/serving skew: no served predictions compared yet"
+    served = historical_features(settings, _served_users(), "purchase_intent")
+    _log(world, "purchase_intent", served, ["user_id"], user_features.FEATURE_COLUMNS)
+    publish_skew(settings, training_serving_skew(settings, _spec("purchase_intent"), LOG_DAY))
+    line = skew_line(latest_skew(settings, "purchase_intent"))
+    assert line.startswith(f"training/serving skew on {LOG_DAY} ({len(served)} logged rows): none")
+
+    served.loc[served["user_id"] == 3, "views_7d"] += 1.0
+    _log(world, "purchase_intent", served, ["user_id"], user_features.FEATURE_COLUMNS)  # a second part, same day
+    publish_skew(settings, training_serving_skew(settings, _spec("purchase_intent"), LOG_DAY))
+    line = skew_line(latest_skew(settings, "purchase_intent"))
+    assert "views_7d differs in" in line and "of rows" in line
