@@ -121,8 +121,9 @@ def test_the_report_shows_every_section_a_reviewer_decides_on(reported: Reported
     tags = get_version(reported.settings, spec.name, reported.candidate).tags
     badge = "GATE PASSED" if tags["gate.status"] == "passed" else "GATE FAILED"
     assert badge in html
-    for section in ("verdict", "data", "metrics", "slices", "plots", "features"):
+    for section in ("verdict", "data", "metrics", "slices", "plots", "features", "skew"):
         assert f"<h2 id='{section}'>" in html, section
+    assert "Not served yet, or no day of served predictions compared yet." in html
     # the gate's summary and each of its checks
     assert escape(tags["gate.summary"]) in html
     checks = json.loads(tags["gate.checks"])
@@ -247,3 +248,32 @@ def test_ranking_plots_draw_every_scorer() -> None:
         (ax,) = figure.axes
         assert [t.get_text().split(" (@")[0] for t in ax.get_legend().get_texts()] == ["challenger v2", "baseline"]
         assert plots.png_bytes(figure).startswith(PNG_MAGIC)
+
+
+def test_the_skew_section_lists_features_that_differ_first() -> None:
+    from pipelines.evaluation.report_html import skew_html
+
+    def feature(name: str, share: float) -> dict:
+        return {
+            "feature": name,
+            "rows": 100,
+            "differ_share": share,
+            "mean_abs_diff": 0.5 if share else 0.0,
+            "missing_online_share": 0.0,
+            "missing_offline_share": 0.0,
+        }
+
+    report = {
+        "day": "2025-02-05",
+        "rows": 100,
+        "sampled": False,
+        "versions": ["3"],
+        "flagged": ["views_7d"],
+        "features": [feature("carts_7d", 0.0), feature("views_7d", 0.12)],
+        "not_compared": {"log_purchase_value": "its request field is not logged"},
+    }
+    html = skew_html(report)
+    assert "100 predictions logged on 2025-02-05" in html and "1 feature(s) differ: views_7d." in html
+    assert html.index("views_7d") < html.index("carts_7d")
+    assert "<tr class='failed'><td class='l'>views_7d</td><td>12.00%</td>" in html
+    assert "log_purchase_value: not compared" in html

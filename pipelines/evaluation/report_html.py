@@ -288,8 +288,41 @@ def figures_html(inputs: ReportInputs, captions: dict[str, str], pngs: dict[str,
     )
 
 
+def skew_html(report: dict | None) -> str:
+    """The served model's newest training/serving skew: per feature, how often the online value it was scored
+    with differs from the offline point-in-time value training would have used."""
+    head = "<h2 id='skew'>Training/serving skew of the served model</h2>"
+    if report is None:
+        return head + "<p class='muted'>Not served yet, or no day of served predictions compared yet.</p>"
+    rows = []
+    for f in sorted(report["features"], key=lambda f: (-f["differ_share"], f["feature"])):
+        mark = " class='failed'" if f["differ_share"] > 0 else ""
+        rows.append(
+            f"<tr{mark}><td class='l'>{_e(f['feature'])}</td><td>{f['differ_share']:.2%}</td>"
+            f"<td>{_num(f['mean_abs_diff'])}</td><td>{f['missing_online_share']:.2%}</td>"
+            f"<td>{f['missing_offline_share']:.2%}</td></tr>"
+        )
+    flagged = report["flagged"]
+    verdict = (
+        f"{len(flagged)} feature(s) differ: {', '.join(_e(f) for f in flagged)}."
+        if flagged
+        else "Every online feature equals the offline one."
+    )
+    sampled = " (a sample of the day's log)" if report.get("sampled") else ""
+    skipped = "".join(
+        f"<p class='note'>{_e(name)}: not compared ({_e(why)})</p>" for name, why in report["not_compared"].items()
+    )
+    return (
+        f"{head}<p class='small'>{report['rows']:,} predictions logged on {_e(report['day'])}{sampled} by "
+        f"version(s) {_e(', '.join(report['versions']))}, against the offline point-in-time features of the same "
+        f"entities at the same instants. {verdict}</p>"
+        "<div class='scroll'><table><tr><th class='l'>feature</th><th>rows differing</th><th>mean |diff|</th>"
+        f"<th>missing online</th><th>missing offline</th></tr>{''.join(rows)}</table></div>{skipped}"
+    )
+
+
 def render_html(inputs: ReportInputs, captions: dict[str, str], pngs: dict[str, bytes]) -> str:
-    """The whole page: header, verdict, data, metrics, slices, plots (embedded), features."""
+    """The whole page: header, verdict, data, metrics, slices, plots (embedded), features, serving skew."""
     title = f"{inputs.spec.name} v{inputs.evaluation.candidate_version}: reviewer's report"
     generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     body = "".join(
@@ -300,6 +333,7 @@ def render_html(inputs: ReportInputs, captions: dict[str, str], pngs: dict[str, 
             metrics_html(inputs),
             slices_html(inputs),
             figures_html(inputs, captions, pngs),
+            skew_html(inputs.skew),
         ]
     )
     footer = (

@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from pipelines.evaluation.evaluate import EVALUATION_ARTIFACT, SCORES_ARTIFACT, Evaluation
 from pipelines.evaluation.gate import GATE_ARTIFACT, GateCheck
 from pipelines.lake import Lake
+from pipelines.monitoring.skew import latest_skew
 from pipelines.registry.registry import ModelVersionInfo, connect, get_version, load_booster
 from pipelines.settings import Settings
 from pipelines.specs import ModelSpec
@@ -154,6 +155,8 @@ class ReportInputs:
     splits: pd.DataFrame  # one row per split: rows, positive rate (and queries for ranking)
     shap: tuple[np.ndarray, pd.DataFrame]  # contributions, the sampled rows' feature values
     notes: list[str] = field(default_factory=list)
+    # The newest training/serving skew report of the model as served (pipelines/monitoring/skew.py), if any.
+    skew: dict[str, Any] | None = None
 
 
 def _download(client: MlflowClient, run_id: str, path: str, into: str) -> Path | None:
@@ -237,4 +240,5 @@ def gather(settings: Settings, spec: ModelSpec, version: str) -> ReportInputs:
         splits=_split_table(training_set.frame),
         shap=shap_values(booster, training_set.split("test"), settings.num_threads),
         notes=notes,
+        skew=latest_skew(settings, spec.name),
     )
