@@ -365,3 +365,71 @@ def test_every_prediction_is_logged_with_its_request_id_version_and_features(
     assert logged["score"].tolist() == [scores[1], scores[2], scores[99]]
     assert logged.loc[1, FEATURES].tolist() == [ONLINE_ROWS[2][f] for f in FEATURES]
     assert logged.loc[2, FEATURES].isna().all()  # the unknown user: logged with its missing features
+
+
+def _start_rollout(mode: str, share: float, version: str) -> None:
+    """What `mlctl rollout` leaves in the registry: the challenger's alias and the terms as model tags."""
+    client = MlflowClient()
+    client.set_registered_model_alias(MODEL, "rollout-ab1", version)
+    for key, value in {
+        "mode": mode,
+        "share": repr(share),
+        "started_by": "bob",
+        "started_at": "2025-02-05T00:00:00+00:00",
+    }.items():
+        client.set_registered_model_tag(MODEL, f"rollout.ab1.{key}", value)
+
+
+def _logged(settings: Settings) -> pd.DataFrame:
+    from pipelines.lake import Lake
+    from pipelines.serving.prediction_log import predictions_table
+
+    lake = Lake(settings)
+    return pd.concat([lake.read_parts(predictions_table(MODEL), d) for d in lake.part_days(predictions_table(MODEL))])
+
+
+def test_split_rollout_answers_a_sticky_share_with_the_challenger(settings: Settings, registry: MlflowClient) -> None:
+    from pipelines.registry.rollouts import in_split
+
+    register(FEATURES, seed=1)
+    challenger = register(FEATURES, seed=2, champion=False)
+    _start_rollout("split", 0.3, challenger)
+    users = list(range(1, 201))
+    with TestClient(create_app(settings, feature_reader=dict_reader)) as client:
+        assert client.get("/health").json()["models"][MODEL]["rollout"] == {
+            "name": "ab1",
+            "mode": "split",
+            "share": 0.3,
+            "version": challenger,
+        }
+        first = predict(client, users).json()["predictions"]
+        again = predict(client, users[::-1]).json()["predictions"]
+    arms = {p["user_id"]: p["version"] for p in first}
+    assert arms == {p["user_id"]: p["version"] for p in again}  # sticky: each user keeps its arm
+    split = {u for u in users if in_split("ab1", str(u), 0.3)}
+    assert {u for u, v in arms.items() if v == challenger} == split and 40 <= len(split) <= 80
+    logged = _logged(settings)
+    assert len(logged) == 2 * len(users)  # one row per answer, in the arm that answered
+    assert set(logged.loc[logged["user_id"].isin(split), "arm"]) == {"split:ab1"}
+    assert set(logged.loc[~logged["user_id"].isin(split), "arm"]) == {"champion"}
+
+
+def test_shadow_rollout_logs_the_challenger_and_returns_the_champion(
+    settings: Settings, registry: MlflowClient
+) -> None:
+    champion = register(FEATURES, seed=1)
+    challenger = register(FEATURES, seed=2, champion=False)
+    _start_rollout("shadow", 1.0, challenger)
+    with TestClient(create_app(settings, feature_reader=dict_reader)) as client:
+        response = predict(client, [1, 2, 3])
+        # Ending the rollout (its alias deleted) takes the challenger out at the next refresh.
+        MlflowClient().delete_registered_model_alias(MODEL, "rollout-ab1")
+        client.app.state.serving.served[MODEL].refresh()
+        after = predict(client, [1])
+    assert {p["version"] for p in response.json()["predictions"]} == {champion}
+    logged = _logged(settings)
+    shadow = logged[logged["arm"] == "shadow:ab1"]
+    assert sorted(shadow["user_id"]) == [1, 2, 3] and set(shadow["version"]) == {challenger}
+    assert set(shadow["request_id"]) == {response.headers["x-request-id"]}  # paired with the champion's rows
+    assert (logged["arm"] == "champion").sum() == 4
+    assert after.json()["predictions"][0]["version"] == champion

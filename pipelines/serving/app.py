@@ -62,7 +62,7 @@ def create_app(
             served[name] = RankedModel(
                 spec, settings, source, candidate_source or LakeCandidates(), on_event=metrics.model_event
             )
-    holders = [s.holder for s in served.values()]
+    holders = list(served.values())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

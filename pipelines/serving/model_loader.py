@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 
 import lightgbm as lgb
 import numpy as np
@@ -109,8 +110,8 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def champion_version(settings: Settings, name: str) -> str | None:
-    """The version the ``champion`` alias points at, or None when there is no such model or alias."""
+def champion_version(settings: Settings, name: str, alias: str = CHAMPION_ALIAS) -> str | None:
+    """The version ``alias`` (the champion by default) points at, or None when there is no such model or alias."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -123,7 +124,7 @@ def champion_version(settings: Settings, name: str) -> str | None:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             return None
         raise
-    version = model.aliases.get(CHAMPION_ALIAS)
+    version = model.aliases.get(alias)
     # SQLite stores give an int, the REST server a str.
     return None if version is None else str(version)
 
@@ -174,9 +175,12 @@ class ChampionModel:
         canary_features: CanaryFeatures | None = None,
         probabilities: bool = True,
         on_event: Callable[[str, str], None] | None = None,
+        alias: str = CHAMPION_ALIAS,
     ) -> None:
-        """``on_event(model, "swap" | "refusal")`` is told of every swap and refusal (metrics)."""
+        """Follows ``alias`` (the champion, or a rollout's challenger); ``on_event(model, "swap" | "refusal")`` is
+        told of every swap and refusal (metrics)."""
         self.name = name
+        self.alias = alias
         self._on_event = on_event
         self._probabilities = probabilities
         self._settings = settings
@@ -205,9 +209,9 @@ class ChampionModel:
         with self._refresh_lock:
             self._last_checked = _now()
             try:
-                version = champion_version(self._settings, self.name)
+                version = champion_version(self._settings, self.name, self.alias)
             except Exception as exc:  # the registry being down must not stop serving
-                self._record_error(f"could not read alias {CHAMPION_ALIAS!r} of {self.name}: {exc}")
+                self._record_error(f"could not read alias {self.alias!r} of {self.name}: {exc}")
                 return self.current()
             self._champion_version = version
             current = self.current()
@@ -283,10 +287,16 @@ class ChampionModel:
         log.warning(message)
 
 
+class Refreshable(Protocol):
+    name: str
+
+    def refresh(self) -> object: ...
+
+
 class RefreshLoop:
     """A daemon thread that refreshes every holder every ``interval`` seconds until stopped."""
 
-    def __init__(self, holders: Iterable[ChampionModel], interval: float) -> None:
+    def __init__(self, holders: Iterable[Refreshable], interval: float) -> None:
         self._holders = list(holders)
         self._interval = interval
         self._stop = threading.Event()

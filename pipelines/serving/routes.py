@@ -19,7 +19,15 @@ from pipelines.serving.auth import ApiKeys, Forbidden, Unauthorized
 from pipelines.serving.features import FeaturesUnavailable
 from pipelines.serving.metrics import ServingMetrics
 from pipelines.serving.requests import BadRequest, json_object
-from pipelines.serving.schemas import HealthResponse, ModelHealth, ModelInfo, ModelsResponse, RefusalInfo, api_docs
+from pipelines.serving.schemas import (
+    HealthResponse,
+    ModelHealth,
+    ModelInfo,
+    ModelsResponse,
+    RefusalInfo,
+    RolloutInfo,
+    api_docs,
+)
 from pipelines.serving.served import NotServable, Served
 from pipelines.specs import ModelSpec
 
@@ -130,8 +138,12 @@ def build_router(state: ServingState) -> APIRouter:
         for name, served in state.served.items():
             st = served.holder.status()
             refusal = st.last_refusal
+            arms = served.arms()
             models[name] = ModelHealth(
                 version=st.version,
+                rollout=RolloutInfo(name=arms[0].name, mode=arms[0].mode, share=arms[0].share, version=arms[1].version)
+                if arms
+                else None,
                 loaded_at=st.loaded_at,
                 champion_version=st.champion_version,
                 last_checked=st.last_checked,

@@ -63,8 +63,16 @@ class RefusalInfo(BaseModel):
     at: datetime
 
 
+class RolloutInfo(BaseModel):
+    name: str
+    mode: str
+    share: float
+    version: str
+
+
 class ModelHealth(BaseModel):
     version: str | None
+    rollout: RolloutInfo | None = Field(None, description="A challenger served beside the champion, if any.")
     loaded_at: datetime | None
     champion_version: str | None
     last_checked: datetime | None

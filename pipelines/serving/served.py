@@ -5,6 +5,7 @@ parsed request, reads online features, scores with the champion its ``ChampionMo
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipelines.registry.rollouts import CHAMPION_ARM, Rollout, active_rollouts, in_split
 from pipelines.serving import request_id
 from pipelines.serving.features import RANK_KEYS, Features, FeatureSource, FeaturesUnavailable
 from pipelines.serving.model_loader import ChampionModel, FeatureMismatchError, LoadedModel
@@ -19,6 +21,8 @@ from pipelines.serving.prediction_log import PredictionLog
 from pipelines.serving.requests import entity_id, id_list
 from pipelines.settings import Settings
 from pipelines.specs import ModelSpec
+
+logger = logging.getLogger(__name__)
 
 MAX_USER_IDS = 1000
 MAX_PRODUCT_IDS = 1000
@@ -58,9 +62,41 @@ class Served:
     ) -> None:
         self.spec = spec
         self.source = source
-        self.holder = ChampionModel(
-            spec.name, settings, canary_features=self._canary, probabilities=probabilities, on_event=on_event
-        )
+        self._settings = settings
+        self._holder_args = {"canary_features": self._canary, "probabilities": probabilities, "on_event": on_event}
+        self.holder = ChampionModel(spec.name, settings, **self._holder_args)
+        # A rollout in progress and the holder of its challenger (pipelines/registry/rollouts.py).
+        self.rollout: Rollout | None = None
+        self.challenger: ChampionModel | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def refresh(self) -> None:
+        """Follow the champion alias, then the model's rollout (started, changed or ended in the registry)."""
+        self.holder.refresh()
+        try:
+            rollouts = active_rollouts(self._settings, self.spec.name)
+        except Exception:  # the registry being down: keep serving the arms as they are
+            logger.warning("could not read the rollouts of %s; arms unchanged", self.spec.name, exc_info=True)
+            return
+        rollout = rollouts[0] if rollouts else None
+        if rollout is None:
+            self.rollout, self.challenger = None, None
+            return
+        if self.challenger is None or self.challenger.alias != rollout.alias:
+            self.challenger = ChampionModel(self.spec.name, self._settings, alias=rollout.alias, **self._holder_args)
+        self.challenger.refresh()
+        loaded = self.challenger.current()
+        # Arms change only once the challenger's version is loaded and passed its canary.
+        self.rollout = rollout if loaded is not None and loaded.version == rollout.version else None
+
+    def arms(self) -> tuple[Rollout, LoadedModel] | None:
+        """The rollout in force and its loaded challenger, or None."""
+        rollout, challenger = self.rollout, self.challenger
+        loaded = challenger.current() if challenger is not None else None
+        return (rollout, loaded) if rollout is not None and loaded is not None else None
 
     def _canary(self) -> pd.DataFrame:
         raise NotImplementedError
@@ -78,22 +114,32 @@ class Served:
             raise NotServable(f"no champion for {self.spec.name}; approve a version first")
         return loaded
 
-    def _log(self, version: str, entities: dict[str, list[Any]], scores: np.ndarray, features: Features) -> int:
-        """Append each entity's score and online features to the prediction log (a buffer; written off the path).
-        Returns the rows the log refused (full)."""
+    def _log(
+        self,
+        versions: list[str],
+        arms: list[str],
+        entities: dict[str, list[Any]],
+        scores: list[float],
+        features: Features,
+        rows: list[int],
+    ) -> int:
+        """Append the score of each of ``rows`` (with its version, arm and online features) to the prediction log (a
+        buffer; written off the request path). Returns the rows the log refused (full)."""
         if self.log is None:
             return 0
         rid = request_id.current.get()
         keys = list(entities)
+        values = features.values
         refused = 0
-        for i, (score, row) in enumerate(zip(scores.tolist(), features.values.tolist(), strict=True)):
+        for i, version, arm, score in zip(rows, versions, arms, scores, strict=True):
             refused += not self.log.append(
                 self.spec.name,
                 version,
                 rid,
                 {k: entities[k][i] for k in keys},
                 score,
-                dict(zip(features.names, row, strict=True)),
+                dict(zip(features.names, values[i].tolist(), strict=True)),
+                arm=arm,
             )
         return refused
 
@@ -116,15 +162,32 @@ class ScoredModel(Served):
     def serve(self, payload: dict[str, Any]) -> Outcome:
         user_ids = id_list(payload, "user_ids", MAX_USER_IDS)
         loaded = self.champion()
-        features = self.source.read(self.spec.feature_service, {"user_id": user_ids})
-        scores = self._scores(loaded, features)
-        unlogged = self._log(loaded.version, {"user_id": user_ids}, scores, features)
+        entities = {"user_id": user_ids}
+        features = self.source.read(self.spec.feature_service, entities)
+        scores = self._scores(loaded, features).tolist()
+        n = len(user_ids)
+        versions, arms = [loaded.version] * n, [CHAMPION_ARM] * n
+        answered = list(scores)
+        shadow: tuple[list[float], str, str] | None = None
+        if (rollout_arms := self.arms()) is not None:
+            rollout, challenger = rollout_arms
+            other = self._scores(challenger, features).tolist()
+            if rollout.mode == "shadow":  # logged beside the champion's, never returned
+                shadow = (other, challenger.version, rollout.arm)
+            else:
+                for i, uid in enumerate(user_ids):
+                    if in_split(rollout.name, str(uid), rollout.share):
+                        answered[i], versions[i], arms[i] = other[i], challenger.version, rollout.arm
+        rows = list(range(n))
+        unlogged = self._log(versions, arms, entities, answered, features, rows)
+        if shadow is not None:
+            unlogged += self._log([shadow[1]] * n, [shadow[2]] * n, entities, shadow[0], features, rows)
         predictions = [
-            {"user_id": uid, "score": float(s), "features_found": bool(f)}
-            for uid, s, f in zip(user_ids, scores.tolist(), features.found.tolist(), strict=True)
+            {"user_id": uid, "score": s, "version": v, "features_found": f}
+            for uid, s, v, f in zip(user_ids, answered, versions, features.found.tolist(), strict=True)
         ]
         body = {"model": self.spec.name, "version": loaded.version, "predictions": predictions}
-        return Outcome(body, loaded.version, len(user_ids), int((~features.found).sum()), unlogged)
+        return Outcome(body, loaded.version, n, int((~features.found).sum()), unlogged)
 
 
 # (settings, ranking spec, user_id, product_ids or None) -> candidate rows user_id, product_id, category_id.
@@ -174,7 +237,10 @@ class RankedModel(Served):
         entities = {k: rows[k].astype("int64").tolist() for k in RANK_KEYS}
         features = self.source.read(self.spec.feature_service, entities)
         scores = self._scores(loaded, features)
-        unlogged = self._log(loaded.version, entities, scores, features)
+        n = len(scores)
+        unlogged = self._log(
+            [loaded.version] * n, [CHAMPION_ARM] * n, entities, scores.tolist(), features, list(range(n))
+        )
         products = entities["product_id"]
         body["products"] = [
             {"product_id": products[i], "score": float(scores[i]), "features_found": bool(features.found[i])}
