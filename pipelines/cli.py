@@ -491,7 +491,7 @@ def serving_key_add(
     models: Annotated[str, typer.Option(help="Comma-separated models the key may call, or '*' for all")] = "*",
 ) -> None:
     """Add (or replace) an API key in STOREFRONT_SERVING_API_KEYS's file; the token is shown once, only its hash
-    is kept. Restart or reload serving to use it."""
+    is kept. A running `mlctl serve` reloads the file within its refresh interval."""
     from pipelines.serving.auth import ApiKeysError, add_key
 
     settings = _settings()

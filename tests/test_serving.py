@@ -433,3 +433,20 @@ def test_shadow_rollout_logs_the_challenger_and_returns_the_champion(
     assert set(shadow["request_id"]) == {response.headers["x-request-id"]}  # paired with the champion's rows
     assert (logged["arm"] == "champion").sum() == 4
     assert after.json()["predictions"][0]["version"] == champion
+
+
+def test_a_key_added_while_serving_works_after_the_next_refresh(
+    settings: Settings, registry: MlflowClient, tmp_path: Path
+) -> None:
+    from pipelines.serving.auth import add_key
+
+    register(FEATURES, seed=1)
+    settings, _ = keyed(settings, tmp_path)
+    with TestClient(create_app(settings, feature_reader=dict_reader)) as client:
+        token = add_key(settings.serving_api_keys, "checkout", [MODEL])
+        headers = {"authorization": f"Bearer {token}"}
+        client.app.state.serving.keys.refresh()  # what the refresh loop does every few seconds
+        assert client.post(f"/v1/models/{MODEL}/predict", json={"user_ids": [1]}, headers=headers).status_code == 200
+        settings.serving_api_keys.write_text("keys: oops")  # broken on disk: the loaded keys stay in force
+        client.app.state.serving.keys.refresh()
+        assert client.post(f"/v1/models/{MODEL}/predict", json={"user_ids": [1]}, headers=headers).status_code == 200

@@ -15,7 +15,7 @@ import anyio
 from fastapi import FastAPI
 
 from pipelines.lake import Lake
-from pipelines.serving.auth import ApiKeys
+from pipelines.serving.auth import ApiKeys, KeyFile
 from pipelines.serving.candidates import LakeCandidates
 from pipelines.serving.features import FeastFeatures, FeatureReader, FrameFeatures
 from pipelines.serving.metrics import ServingMetrics
@@ -29,8 +29,9 @@ from pipelines.specs import ModelSpec, load_specs
 from pipelines.usecases import use_case
 
 
-def api_keys(settings: Settings) -> ApiKeys:
-    """The configured API keys; none configured means no authentication (refused on the stack profile)."""
+def api_keys(settings: Settings) -> ApiKeys | KeyFile:
+    """The configured API keys (reloaded when their file changes); none configured means no authentication
+    (refused on the stack profile)."""
     if settings.serving_api_keys is None:
         if settings.profile == "stack":
             from pipelines.serving.auth import ApiKeysError
@@ -40,7 +41,7 @@ def api_keys(settings: Settings) -> ApiKeys:
                 "(create one with `mlctl serving-key add NAME --models MODEL`)"
             )
         return ApiKeys.disabled()
-    return ApiKeys.load(settings.serving_api_keys)
+    return KeyFile(settings.serving_api_keys)
 
 
 def create_app(
@@ -63,6 +64,7 @@ def create_app(
                 spec, settings, source, candidate_source or LakeCandidates(), on_event=metrics.model_event
             )
     holders = list(served.values())
+    keys = api_keys(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -71,7 +73,8 @@ def create_app(
                 holder.refresh()
 
         await anyio.to_thread.run_sync(refresh_all)
-        loop = RefreshLoop(holders, settings.serving_refresh_seconds)
+        refreshed = [*holders, keys] if isinstance(keys, KeyFile) else holders
+        loop = RefreshLoop(refreshed, settings.serving_refresh_seconds)
         loop.start()
         log = PredictionLog(Lake(settings)) if settings.serving_log_predictions else None
         for model in served.values():
@@ -87,7 +90,7 @@ def create_app(
 
     # Docs are served by routes that check the API key like the scoring routes do.
     app = FastAPI(title="Storefront ML serving", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    state = ServingState(specs=all_specs, served=served, keys=api_keys(settings), metrics=metrics)
+    state = ServingState(specs=all_specs, served=served, keys=keys, metrics=metrics)
     app.include_router(build_router(state))
     app.add_middleware(RequestIdMiddleware)
     app.state.serving = state

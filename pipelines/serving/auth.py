@@ -7,7 +7,8 @@ The file (``STOREFRONT_SERVING_API_KEYS``) holds no token, only what a token has
         sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
         models: [order_fraud]          # or ["*"] for every model
 
-``mlctl serving-key add NAME --models ...`` adds an entry and prints the token once. Without a file the app serves
+``mlctl serving-key add NAME --models ...`` adds an entry and prints the token once; a running app reloads the
+file when it changes. Without a file the app serves
 without authentication (the local profile's default; the stack profile refuses to start that way).
 """
 
@@ -110,6 +111,40 @@ class ApiKeys:
         if key is None or not hmac.compare_digest(key.sha256, digest):
             raise Unauthorized("invalid API key")
         return key
+
+
+class KeyFile:
+    """The API keys of a file, reloaded when the file changes (the serving app's refresh loop calls ``refresh``):
+    a key added or removed with ``mlctl serving-key`` takes effect without a restart. A file that turns unsafe or
+    malformed is refused with a log line and the keys already loaded stay in force."""
+
+    name = "api-keys"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp = self._changed()
+        self.keys = ApiKeys.load(path)
+        self.enabled = True
+
+    def _changed(self) -> tuple[int, int]:
+        info = self.path.stat()
+        return info.st_mtime_ns, info.st_size
+
+    def refresh(self) -> None:
+        import logging
+
+        try:
+            stamp = self._changed()
+            if stamp != self._stamp:
+                self.keys, self._stamp = ApiKeys.load(self.path), stamp
+                logging.getLogger(__name__).info(
+                    "API keys reloaded from %s (%d keys)", self.path, len(self.keys.by_hash)
+                )
+        except (OSError, ApiKeysError) as exc:
+            logging.getLogger(__name__).error("API keys not reloaded, the loaded ones stay in force: %s", exc)
+
+    def authenticate(self, authorization: str | None) -> ApiKey | None:
+        return self.keys.authenticate(authorization)
 
 
 def add_key(path: Path, name: str, models: list[str]) -> str:

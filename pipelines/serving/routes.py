@@ -15,7 +15,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, Response
 
 from pipelines.serving import request_id
-from pipelines.serving.auth import ApiKeys, Forbidden, Unauthorized
+from pipelines.serving.auth import ApiKeys, Forbidden, KeyFile, Unauthorized
 from pipelines.serving.features import FeaturesUnavailable
 from pipelines.serving.metrics import ServingMetrics
 from pipelines.serving.requests import BadRequest, json_object
@@ -38,7 +38,7 @@ log = logging.getLogger("pipelines.serving")
 class ServingState:
     specs: dict[str, ModelSpec]
     served: dict[str, Served]
-    keys: ApiKeys
+    keys: ApiKeys | KeyFile
     metrics: ServingMetrics
 
 
