@@ -37,7 +37,8 @@ def log_config() -> dict[str, Any]:
             }
         },
         "root": {"handlers": ["stderr"], "level": "INFO"},
-        "loggers": {"uvicorn.access": {"level": "WARNING"}},
+        # Feast logs every registry refresh at INFO.
+        "loggers": {"uvicorn.access": {"level": "WARNING"}, "feast": {"level": "WARNING"}},
     }
 
 
