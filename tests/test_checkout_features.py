@@ -98,7 +98,10 @@ def _replay(
     charged = _chargebacks(orders, labels)
     charged = charged.assign(at=np.maximum(charged["label_time"], charged["purchase_time"] + pd.Timedelta("1us")))
     charged = charged[(charged["at"] >= start) & (charged["at"] < end)]
-    events = [(t, 0, oid, order) for t, oid, order in zip(day["purchase_time"], day["order_id"], checkout_orders(day))]
+    events = [
+        (t, 0, oid, order)
+        for t, oid, order in zip(day["purchase_time"], day["order_id"], checkout_orders(day), strict=True)
+    ]
     events += [(row.at, 1, row.order_id, row) for row in charged.itertuples()]
     got, seconds = {}, []
     for _, kind, order_id, event in sorted(events, key=lambda e: e[:3]):
@@ -167,7 +170,9 @@ def test_a_chargeback_arriving_during_the_day_counts_from_its_arrival_on(world):
     assert ((arrival >= start) & (arrival < end)).sum() >= 2, "chargebacks arrive during the replayed day"
 
     got, _ = _replay(orders, labels, ds, "UTC", _built_rows(orders, labels, ds, "UTC"))
-    without, _ = _replay(orders, labels[labels["label_time"] < start], ds, "UTC", _built_rows(orders, labels, ds, "UTC"))
+    without, _ = _replay(
+        orders, labels[labels["label_time"] < start], ds, "UTC", _built_rows(orders, labels, ds, "UTC")
+    )
 
     _assert_same(got, compute_order_features(orders, labels, ds))
     changed = (got["user_chargebacks_30d"] != without["user_chargebacks_30d"]) | (
@@ -221,7 +226,9 @@ def test_histories_are_one_row_per_key_with_parallel_lists_in_time_order(world):
     assert "" not in set(histories["device"]["device_id"]) and None not in set(histories["ip"]["ip_address"])
     assert histories["user"]["user_id"].map(type).eq(int).all()
     first = histories["user"].iloc[0]
-    assert {type(v) for v in first["order_value"]} == {float} and {type(v) for v in first["order_new_account"]} == {bool}
+    assert {type(v) for v in first["order_value"]} == {float} and {type(v) for v in first["order_new_account"]} == {
+        bool
+    }
 
 
 def test_an_unknown_device_or_ip_gives_nan_for_its_features_only():

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from pipelines.data.orders import BROWSERS, SOURCES
 from pipelines.data.schemas import day_start as day_start_of
@@ -181,7 +182,9 @@ def _text_keys(values: pd.Series) -> np.ndarray:
     return text.where(text.notna() & (text != ""), UNKNOWN_KEY).astype(object).to_numpy()
 
 
-def build_histories(orders: pd.DataFrame, labels: pd.DataFrame, ds: dt.date, zone: str = "UTC") -> dict[str, pd.DataFrame]:
+def build_histories(
+    orders: pd.DataFrame, labels: pd.DataFrame, ds: dt.date, zone: str = "UTC"
+) -> dict[str, pd.DataFrame]:
     """Histories as of the start of ``ds`` (00:00 in ``zone``), one frame per entity ("user", "device", "ip").
 
     Each frame has one row per key with an order in the history window of ``ds`` (``HISTORY_DAYS`` days of 24 h
@@ -222,16 +225,25 @@ def build_histories(orders: pd.DataFrame, labels: pd.DataFrame, ds: dt.date, zon
     out: dict[str, pd.DataFrame] = {}
     for entity, key_column in KEY_COLUMNS.items():
         by = f"order_{key_column}"
-        known = frame[frame[by] != UNKNOWN_KEY]
-        lists = known.groupby(by, sort=True)[ORDER_LISTS].agg(list)
-        cbs = charged[charged[by] != UNKNOWN_KEY].groupby(by, sort=True)[CHARGEBACK_LISTS].agg(list)
-        lists = lists.join(cbs, how="left")
-        for name in CHARGEBACK_LISTS:
-            lists[name] = [v if isinstance(v, list) else [] for v in lists[name]]
-        lists = lists.rename_axis(key_column).reset_index()
-        lists.insert(1, TIMESTAMP_COLUMN, as_of)
-        out[entity] = lists[[key_column, TIMESTAMP_COLUMN, *HISTORY_LISTS]]
+        keys = np.unique(frame.loc[frame[by] != UNKNOWN_KEY, by].to_numpy())
+        lists = {
+            **_lists_by_key(frame, by, keys, ORDER_LISTS),
+            **_lists_by_key(charged, by, keys, CHARGEBACK_LISTS),
+        }
+        out[entity] = pd.DataFrame({key_column: keys, TIMESTAMP_COLUMN: as_of, **lists})
     return out
+
+
+def _lists_by_key(frame: pd.DataFrame, by: str, keys: np.ndarray, columns: list[str]) -> dict[str, list[list]]:
+    """For each of ``keys``, the values of ``columns`` in its rows of ``frame`` (in the frame's order) as a list."""
+    codes = pd.Index(keys).get_indexer(frame[by].to_numpy())  # -1: a key not in keys (unknown)
+    rows = np.flatnonzero(codes >= 0)
+    rows = rows[np.argsort(codes[rows], kind="stable")]
+    offsets = pa.array(np.concatenate([[0], np.cumsum(np.bincount(codes[codes >= 0], minlength=len(keys)))]))
+    return {
+        name: pa.LargeListArray.from_arrays(offsets, pa.array(frame[name].to_numpy()[rows])).to_pylist()
+        for name in columns
+    }
 
 
 def history_rows(histories: pd.DataFrame) -> dict[Any, dict[str, Any]]:
