@@ -22,6 +22,8 @@ from pipelines.settings import Settings
 log = logging.getLogger(__name__)
 
 CHAMPION_ALIAS = "champion"
+# Up to this many rows a request is scored on one thread (see LoadedModel.score).
+SINGLE_THREAD_ROWS = 2_000
 
 # Returns online feature rows for a canary entity (one row or more, feature columns by name).
 CanaryFeatures = Callable[[], pd.DataFrame]
@@ -63,9 +65,11 @@ class LoadedModel:
 
     def score(self, values: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
         """Scores of a float matrix whose columns are the features ``names`` (any order, extra columns ignored):
-        the request path's form, no frame built."""
+        the request path's form, no frame built. A request's few rows are scored on one thread: starting OpenMP's
+        team costs milliseconds on a busy machine, more than the trees (the server scales by processes)."""
         order = self._columns(names)
-        return np.asarray(self.booster.predict(values[:, order], num_threads=self.num_threads), dtype=float)
+        threads = 1 if len(values) < SINGLE_THREAD_ROWS else self.num_threads
+        return np.asarray(self.booster.predict(values[:, order], num_threads=threads), dtype=float)
 
     def _columns(self, names: tuple[str, ...]) -> list[int]:
         cache = self.__dict__.setdefault("_column_cache", {})
