@@ -3,14 +3,18 @@
 A ranking request is a user and candidate products; each candidate row carries its product's category, so the
 service joins the user's behaviour (user), the product's popularity (product), the user's affinity to the
 product's category (user x category) and the user's own history with the product (user x product).
+
+Serving finds the candidates it ranks in the online store too, in views outside the service: ``user_candidates``
+(a user's generated candidates, lists in generation order) and ``product_catalogue`` (a named product's category,
+read from the product_stats table).
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 
-from feast import Entity, FeatureService, FeatureView, Field, ValueType
-from feast.types import Float64, Int64
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+from feast.types import Array, Float64, Int64
 
 from feature_repo.parts import LAKE_TABLE_TAG, RepoPart
 from feature_repo.users import USER_BEHAVIOR_TTL, lake_source
@@ -18,6 +22,7 @@ from pipelines.features.product_features import (
     PRODUCT_STATS_TABLE,
     TABLES,
     TIMESTAMP_COLUMN,
+    USER_CANDIDATES_TABLE,
     USER_CATEGORY_TABLE,
     USER_PRODUCT_TABLE,
 )
@@ -62,7 +67,8 @@ def ranking_declarations(settings: Settings, users: RepoPart) -> RepoPart:
         description="A catalogue category.",
     )
     entities_of = {"user_id": user, "product_id": product, "category_id": category}
-    sources, views = [], []
+    sources: dict[str, FileSource] = {}
+    views = []
     for table, (name, description) in _DESCRIPTIONS.items():
         _, keys, features = TABLES[table]
         source = lake_source(
@@ -84,10 +90,48 @@ def ranking_declarations(settings: Settings, users: RepoPart) -> RepoPart:
                 description=description,
             )
         )
-        sources.append(source)
+        sources[table] = source
+    candidates_source = lake_source(
+        settings,
+        "user_candidates_source",
+        USER_CANDIDATES_TABLE,
+        TIMESTAMP_COLUMN,
+        "Daily candidate lists written by pipelines.features.product_features.",
+    )
+    _, keys, lists = TABLES[USER_CANDIDATES_TABLE]
+    serving_views = [
+        FeatureView(
+            name="user_candidates",
+            entities=[user],
+            # Serving takes a user's row only when it is as new as the popular row (user_id -2): no ttl needed.
+            ttl=RANKING_TTL,
+            schema=[*[Field(name=k, dtype=Int64) for k in keys], *[Field(name=f, dtype=Array(Int64)) for f in lists]],
+            source=candidates_source,
+            online=True,
+            tags={LAKE_TABLE_TAG: USER_CANDIDATES_TABLE},
+            description="The candidate products (and their categories) serving ranks for a user, in generation "
+            "order; user_id -2 holds the overall popular products, the candidates of a user without a row.",
+        ),
+        FeatureView(
+            name="product_catalogue",
+            entities=[product],
+            ttl=SPARSE_TTL,
+            schema=[Field(name="product_id", dtype=Int64), Field(name="category_id", dtype=Int64)],
+            source=sources[PRODUCT_STATS_TABLE],  # its category_id column
+            online=True,
+            tags={LAKE_TABLE_TAG: PRODUCT_STATS_TABLE},
+            description="The category of each catalogue product: what joins a product a request names to the "
+            "user x category features.",
+        ),
+    ]
     product_ranking = FeatureService(
         name="product_ranking",
         features=[users.view("user_behavior"), *views],
         description="Features of the product_ranking model (models/product_ranking.yaml).",
     )
-    return RepoPart(entities=[product, category], sources=sources, views=views, services=[product_ranking])
+    return RepoPart(
+        entities=[product, category],
+        sources=[*sources.values(), candidates_source],
+        views=[*views, *serving_views],
+        services=[product_ranking],
+    )

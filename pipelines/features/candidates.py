@@ -3,8 +3,10 @@
 A request is one user at ``as_of(ds)``; its candidates are the most popular products of the user's most viewed
 categories, the overall most popular products and the products the user carted recently (``CandidateSpec`` says
 how many of each). Only events before the as-of time are read, so the same function serves training (past days)
-and serving (the lake's newest days). Training asks for the users who had a session on the day: they are the ones
-a shop would rank for, and keep the volume of rows small.
+and serving (the newest day). Training asks for the users who had a session on the day: they are the ones a shop would
+rank for, and keep the volume of rows small. Serving reads each day's lists from the online store
+(``candidate_lists``, written by the daily ranking family): every user with an event in the candidate window gets
+their own, everyone else the overall popular products stored under ``POPULAR_USER_ID``.
 """
 
 from __future__ import annotations
@@ -15,13 +17,19 @@ import numpy as np
 import pandas as pd
 
 from pipelines.data import schemas
-from pipelines.features.product_features import PRODUCT_STATS_TABLE
 from pipelines.lake import Lake
 from pipelines.specs import CandidateSpec
 
 KEYS = ["user_id", "product_id"]
 COLUMNS = ["user_id", "product_id", "category_id"]
 EVENT_COLUMNS = ["event_time", "user_id", "event_type", "product_id", "category_id"]
+# One row per user: the candidates' product and category ids, in generation order.
+PRODUCT_LIST = "candidate_product_ids"
+CATEGORY_LIST = "candidate_category_ids"
+LIST_COLUMNS = [PRODUCT_LIST, CATEGORY_LIST]
+# The key of the candidates of a user without events in the window (the overall popular products): no request
+# can send it (request ids are >= 0; -1 is the serving canary's).
+POPULAR_USER_ID = -2
 
 
 class CandidateError(ValueError):
@@ -113,8 +121,8 @@ def generate_candidates(
 def lake_candidates(
     lake: Lake, spec: CandidateSpec, user_ids: list[int] | np.ndarray, ds: dt.date | None = None
 ) -> pd.DataFrame:
-    """Candidates at ``as_of(ds)`` read from the lake's events (``ds`` defaults to the newest events day):
-    what serving ranks when a request names no products."""
+    """Candidates at ``as_of(ds)`` read from the lake's events (``ds`` defaults to the newest events day): what
+    serving ranks when a request names no products, there read from the online store (``candidate_lists``)."""
     days = lake.partitions("events")
     if not days:
         raise CandidateError(f"{lake.uri('events')}: no events partition to draw candidates from")
@@ -125,18 +133,27 @@ def lake_candidates(
     return generate_candidates(events, spec, ds, user_ids, lake.day_zone)
 
 
-def catalogue_day(lake: Lake) -> dt.date:
-    """The newest day of ``features/product_stats``: the catalogue serving looks categories up in."""
-    days = lake.partitions(PRODUCT_STATS_TABLE)
-    if not days:
-        raise CandidateError(
-            f"{lake.uri(PRODUCT_STATS_TABLE)}: no partition; build the ranking features first (daily features DAG)"
-        )
-    return days[-1]
+def window_users(events: pd.DataFrame, spec: CandidateSpec, ds: dt.date, zone: str = "UTC") -> np.ndarray:
+    """Users with an event in the ``spec.recent_days`` days ending with ``ds``, sorted: the only users whose
+    candidates differ from the overall popular products (carts and viewed categories come from those days)."""
+    users = _window(events, ds, spec.recent_days, zone)["user_id"].dropna()
+    return np.sort(users.astype("int64").unique())
 
 
-def lake_catalogue(lake: Lake, ds: dt.date) -> pd.Series:
-    """The category of each product (indexed by product_id) in ``features/product_stats`` of ``ds``: what joins a
-    product a request names to the user x category features."""
-    catalogue = lake.read(PRODUCT_STATS_TABLE, ds, columns=["product_id", "category_id"])
-    return catalogue.set_index("product_id")["category_id"]
+def candidate_lists(events: pd.DataFrame, spec: CandidateSpec, ds: dt.date, zone: str = "UTC") -> pd.DataFrame:
+    """The candidates of ``ds`` as serving reads them: one row per user of ``window_users`` and one for
+    ``POPULAR_USER_ID`` (a user without events: the overall popular products), with the lists ``PRODUCT_LIST``
+    and ``CATEGORY_LIST`` in ``generate_candidates``' order; sorted by user_id."""
+    users = np.unique(np.append(window_users(events, spec, ds, zone), POPULAR_USER_ID))
+    rows = generate_candidates(events, spec, ds, users, zone)
+    # generate_candidates sorts its rows by user, keeping each user's order: a user's rows are one slice.
+    owners = rows["user_id"].to_numpy()
+    starts, ends = np.searchsorted(owners, users, "left"), np.searchsorted(owners, users, "right")
+    products, categories = rows["product_id"].to_numpy(), rows["category_id"].to_numpy()
+    return pd.DataFrame(
+        {
+            "user_id": users,
+            PRODUCT_LIST: [products[a:b] for a, b in zip(starts, ends, strict=True)],
+            CATEGORY_LIST: [categories[a:b] for a, b in zip(starts, ends, strict=True)],
+        }
+    )

@@ -1,6 +1,7 @@
-"""Daily features of the ranking family: products, a user's affinity to a category, a user's ties to a product.
+"""Daily features of the ranking family: products, a user's affinity to a category, a user's ties to a product,
+and the candidates serving ranks.
 
-Three tables per day ``ds``, every row stamped ``event_timestamp = as_of(ds)`` and computed from the events before
+Four tables per day ``ds``, every row stamped ``event_timestamp = as_of(ds)`` and computed from the events before
 it (the 30 days up to the end of ``ds``):
 
 - ``features/product_stats`` (product_id): the catalogue's products with their views/carts/purchases over 1/7/30
@@ -9,7 +10,10 @@ it (the 30 days up to the end of ``ds``):
   share of the user's views, for every pair with an event in the last ``AFFINITY_DAYS + 1`` days;
 - ``features/user_product`` (user_id, product_id): a user's views, carts, removals, purchases of a product over
   ``INTERACTION_DAYS`` days and whether it sits in the user's open cart, for every pair carted, removed or bought
-  in the last ``INTERACTION_DAYS + 1`` days.
+  in the last ``INTERACTION_DAYS + 1`` days;
+- ``features/user_candidates`` (user_id): the candidates of each user with an event in the ranking spec's
+  candidate window and the overall popular ones under ``POPULAR_USER_ID`` (``candidates.candidate_lists``, the
+  generator training uses), as lists of product and category ids: serving reads them from the online store.
 
 The sparse tables keep a pair one day after its last event, with zero counts: the online store keeps a key's last
 row until it is overwritten, so that last row must say "nothing recent" rather than freeze the previous values.
@@ -23,15 +27,25 @@ import pandas as pd
 import pyarrow as pa
 
 from pipelines.data import schemas
+from pipelines.features.candidates import (
+    CATEGORY_LIST,
+    LIST_COLUMNS,
+    POPULAR_USER_ID,
+    PRODUCT_LIST,
+    candidate_lists,
+    history_days,
+)
 from pipelines.features.inputs import FeatureInputError, require_columns
 from pipelines.lake import Lake, as_date
 from pipelines.settings import Settings
+from pipelines.specs import CandidateSpec, load_specs
 from pipelines.validation.contracts import validate_with_contract
 from pipelines.validation.quarantine import ValidationFailed, report_key
 
 PRODUCT_STATS_TABLE = "features/product_stats"
 USER_CATEGORY_TABLE = "features/user_category"
 USER_PRODUCT_TABLE = "features/user_product"
+USER_CANDIDATES_TABLE = "features/user_candidates"
 TIMESTAMP_COLUMN = "event_timestamp"
 HISTORY_DAYS = 30  # events read per day: the longest window below
 AFFINITY_DAYS = 30
@@ -43,6 +57,7 @@ RECENCY_CAP_DAYS = float(INTERACTION_DAYS + 1)  # "not carted within the window"
 PRODUCT_KEYS = ["product_id"]
 USER_CATEGORY_KEYS = ["user_id", "category_id"]
 USER_PRODUCT_KEYS = ["user_id", "product_id"]
+USER_KEYS = ["user_id"]
 
 # Lists, not tuples: df[COLUMNS] selects columns. Never mutate.
 PRODUCT_FEATURES: list[str] = [
@@ -82,7 +97,10 @@ TABLES: dict[str, tuple[str, list[str], list[str]]] = {
     PRODUCT_STATS_TABLE: ("product_stats", PRODUCT_KEYS, PRODUCT_FEATURES),
     USER_CATEGORY_TABLE: ("user_category", USER_CATEGORY_KEYS, USER_CATEGORY_FEATURES),
     USER_PRODUCT_TABLE: ("user_product", USER_PRODUCT_KEYS, USER_PRODUCT_FEATURES),
+    USER_CANDIDATES_TABLE: ("user_candidates", USER_KEYS, LIST_COLUMNS),
 }
+# The arrow type of a table's feature columns when not float64.
+FEATURE_TYPES: dict[str, pa.DataType] = {USER_CANDIDATES_TABLE: pa.list_(pa.int64())}
 
 # Pairs the user x product table keeps: products a user put in the cart, took out or bought. Merely viewed
 # products are left out: they are most of the pairs (~4 per cart pair) and the online store writes one row per
@@ -102,12 +120,13 @@ class RankingFeatureError(FeatureInputError):
 
 def table_schema(table: str) -> pa.Schema:
     _, keys, features = TABLES[table]
+    kind = FEATURE_TYPES.get(table, pa.float64())
     return pa.schema(
         [
             *[(k, pa.int64()) for k in keys],
             *[(c, pa.int64()) for c in EXTRA_COLUMNS.get(table, [])],
             (TIMESTAMP_COLUMN, pa.timestamp("us", tz="UTC")),
-            *[(name, pa.float64()) for name in features],
+            *[(name, kind) for name in features],
         ]
     )
 
@@ -222,12 +241,25 @@ def compute_user_product(ev: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
     return _stamped(frame, as_of, keys, USER_PRODUCT_FEATURES)
 
 
+def compute_user_candidates(
+    events: pd.DataFrame, candidates: CandidateSpec, ds: dt.date, as_of: pd.Timestamp, zone: str = "UTC"
+) -> pd.DataFrame:
+    """One row per user with an event in the candidate window, and the popular products' row."""
+    lists = candidate_lists(events, candidates, ds, zone)
+    out = lists[USER_KEYS].astype("int64")
+    out[TIMESTAMP_COLUMN] = pd.Series(as_of, index=out.index).astype("datetime64[us, UTC]")
+    for name in LIST_COLUMNS:
+        out[name] = lists[name]
+    return out
+
+
 def compute_ranking_features(
-    events: pd.DataFrame, products: pd.DataFrame, ds: dt.date, zone: str = "UTC"
+    events: pd.DataFrame, products: pd.DataFrame, ds: dt.date, zone: str = "UTC", *, candidates: CandidateSpec
 ) -> dict[str, pd.DataFrame]:
-    """The three tables of ``ds`` from in-memory events (at least the HISTORY_DAYS days up to ``ds``) and the
-    catalogue; events at or after ``as_of(ds)`` (the end of ``ds`` in the lake's day ``zone``) are ignored (the
-    pure core of the daily step)."""
+    """The four tables of ``ds`` from in-memory events (at least the HISTORY_DAYS days up to ``ds``, and the
+    ``history_days(candidates)``) and the catalogue; events at or after ``as_of(ds)`` (the end of ``ds`` in the
+    lake's day ``zone``) are ignored (the pure core of the daily step). ``candidates``: the ranking spec's
+    candidate generation."""
     require_columns(events, "events", EVENT_COLUMNS, "ranking", RankingFeatureError)
     as_of = pd.Timestamp(schemas.as_of(ds, zone))
     ev = _ages(events, as_of)
@@ -235,6 +267,7 @@ def compute_ranking_features(
         PRODUCT_STATS_TABLE: compute_product_stats(ev, products, as_of),
         USER_CATEGORY_TABLE: compute_user_category(ev, as_of),
         USER_PRODUCT_TABLE: compute_user_product(ev, as_of),
+        USER_CANDIDATES_TABLE: compute_user_candidates(events, candidates, ds, as_of, zone),
     }
 
 
@@ -247,18 +280,49 @@ def catalogue_from_events(events: pd.DataFrame) -> pd.DataFrame:
     return newest[PRODUCT_COLUMNS].astype({"product_id": "int64", "category_id": "int64", "price": "float64"})
 
 
-def build_ranking_features(lake: Lake, ds: dt.date) -> dict[str, pd.DataFrame]:
-    """Read the events of ``ds`` and the HISTORY_DAYS days before it and the catalogue of ``ds``; compute.
+def build_ranking_features(lake: Lake, ds: dt.date, candidates: CandidateSpec) -> dict[str, pd.DataFrame]:
+    """Read the events of ``ds`` and the HISTORY_DAYS days before it (more if ``candidates`` looks further back)
+    and the catalogue of ``ds``; compute.
 
     The day's own events partition must exist (``PartitionNotFound`` otherwise); older missing days simply
     contribute no events. Without a products partition (a real log) the catalogue is what the events show.
     """
     columns = [*EVENT_COLUMNS, "price"]
+    days = max(HISTORY_DAYS, history_days(candidates) - 1)
     today = lake.read("events", ds, columns=columns)
-    earlier = lake.read_range("events", ds - dt.timedelta(days=HISTORY_DAYS), ds - dt.timedelta(days=1), columns)
+    earlier = lake.read_range("events", ds - dt.timedelta(days=days), ds - dt.timedelta(days=1), columns)
     events = pd.concat([earlier, today], ignore_index=True) if len(earlier) else today
     products = lake.read("products", ds) if lake.exists("products", ds) else catalogue_from_events(events)
-    return compute_ranking_features(events, products, ds, lake.day_zone)
+    return compute_ranking_features(events, products, ds, lake.day_zone, candidates=candidates)
+
+
+def candidate_spec(settings: Settings) -> CandidateSpec:
+    """How the ranking specs of ``settings.models_dir`` generate candidates: one table of lists serves them all,
+    so they must agree."""
+    specs = {name: spec.candidates for name, spec in load_specs(settings.models_dir).items() if spec.candidates}
+    distinct = {c.model_dump_json(): c for c in specs.values()}
+    if len(distinct) != 1:
+        raise RankingFeatureError(
+            f"{settings.models_dir}: the ranking family writes one candidate list per user, so exactly one "
+            f"'candidates:' setting is needed; found {len(distinct)} ({sorted(specs)}): give the ranking specs the "
+            "same 'candidates:'"
+        )
+    return next(iter(distinct.values()))
+
+
+def _check_lists(ds: dt.date, df: pd.DataFrame) -> None:
+    """Candidate lists: a category per product, and the popular products' row that serving falls back to."""
+    uneven = df[df[PRODUCT_LIST].map(len) != df[CATEGORY_LIST].map(len)]
+    if len(uneven):
+        raise RankingFeatureError(
+            f"{USER_CANDIDATES_TABLE} ds={ds}: {PRODUCT_LIST} and {CATEGORY_LIST} differ in length for user_id "
+            f"{uneven['user_id'].head(5).tolist()}"
+        )
+    if not (df["user_id"] == POPULAR_USER_ID).any():
+        raise RankingFeatureError(
+            f"{USER_CANDIDATES_TABLE} ds={ds}: no row user_id={POPULAR_USER_ID} (the popular products serving falls "
+            "back to); build it with pipelines.features.candidates.candidate_lists"
+        )
 
 
 def check_table(table: str, ds: dt.date, df: pd.DataFrame, zone: str = "UTC") -> None:
@@ -271,6 +335,8 @@ def check_table(table: str, ds: dt.date, df: pd.DataFrame, zone: str = "UTC") ->
         raise RankingFeatureError(f"{table} ds={ds}: every {TIMESTAMP_COLUMN} must be as_of(ds)={as_of}")
     if df.duplicated(keys).any():
         raise RankingFeatureError(f"{table} ds={ds}: duplicate {keys} rows")
+    if table == USER_CANDIDATES_TABLE:
+        _check_lists(ds, df)
 
 
 def write_ranking_features(lake: Lake, ds: dt.date, tables: dict[str, pd.DataFrame]) -> dict[str, str]:
@@ -285,10 +351,11 @@ def write_ranking_features(lake: Lake, ds: dt.date, tables: dict[str, pd.DataFra
 
 
 def build_and_write_ranking_features(settings: Settings, ds: str | dt.date) -> dict:
-    """The daily step: compute the day's three tables, check each with its suite, and publish them only when none
-    fails critically (a failure leaves every previous partition in place and raises ``ValidationFailed``)."""
+    """The daily step: compute the day's four tables (candidates as the ranking specs generate them), check each
+    with its suite, and publish them only when none fails critically (a failure leaves every previous partition in
+    place and raises ``ValidationFailed``)."""
     lake, day = Lake(settings), as_date(ds)
-    tables = build_ranking_features(lake, day)
+    tables = build_ranking_features(lake, day, candidate_spec(settings))
     reports = {}
     for table, frame in tables.items():
         suite = TABLES[table][0]

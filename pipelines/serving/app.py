@@ -16,7 +16,7 @@ from fastapi import FastAPI
 
 from pipelines.lake import Lake
 from pipelines.serving.auth import ApiKeys, KeyFile
-from pipelines.serving.candidates import LakeCandidates
+from pipelines.serving.candidates import OnlineCandidates
 from pipelines.serving.features import FeastFeatures, FeatureReader, FrameFeatures
 from pipelines.serving.metrics import ServingMetrics
 from pipelines.serving.model_loader import RefreshLoop
@@ -61,7 +61,7 @@ def create_app(
             served[name] = ScoredModel(spec, settings, source, on_event=metrics.model_event)
         elif kind == "rank":
             served[name] = RankedModel(
-                spec, settings, source, candidate_source or LakeCandidates(), on_event=metrics.model_event
+                spec, settings, source, candidate_source or OnlineCandidates(), on_event=metrics.model_event
             )
     holders = list(served.values())
     keys = api_keys(settings)

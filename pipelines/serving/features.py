@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -32,6 +32,14 @@ class Features:
     values: np.ndarray  # one row per requested entity row
     names: tuple[str, ...]  # the columns of ``values``
     found: np.ndarray  # per row: some stored feature was found
+    # Per entity of the service's views (named by their join keys: "user", "user_product"), per row: a view of
+    # that entity had a stored row. Empty when the source cannot tell the views apart (FrameFeatures).
+    found_by_entity: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def entity_name(join_keys: list[str] | tuple[str, ...]) -> str:
+    """A view's entity as a client names it: its join keys without ``_id`` (user_id, category_id -> user_category)."""
+    return "_".join(k.removesuffix("_id") for k in join_keys)
 
 
 class FeatureSource(Protocol):
@@ -46,6 +54,7 @@ class FeastFeatures:
         self._settings = settings
         self._store: Any = None
         self._readers: dict[str, Any] = {}
+        self._entities: dict[str, dict[str, list[int]]] = {}  # per service: entity -> its views in the reader
         self._lock = threading.Lock()
 
     def _reader(self, service: str) -> Any:
@@ -61,6 +70,8 @@ class FeastFeatures:
                 self._store = feature_store(self._settings)
             try:
                 reader = ServiceReader(self._store, service)
+                names = [entity_name(self._store.get_feature_view(view).join_keys) for view in reader.views]
+                self._entities[service] = {e: [v for v, name in enumerate(names) if name == e] for e in names}
             except UnsupportedService:
                 reader = None
             self._readers[service] = reader
@@ -74,7 +85,8 @@ class FeastFeatures:
             rows = reader.read(entities)
         except Exception as exc:
             raise FeaturesUnavailable(f"online features unavailable for feature service {service!r}") from exc
-        return Features(rows.values, reader.features, rows.found.any(axis=1))
+        by_entity = {e: rows.found[:, views].any(axis=1) for e, views in self._entities[service].items()}
+        return Features(rows.values, reader.features, rows.found.any(axis=1), by_entity)
 
     def _full_read(self, service: str, entities: dict[str, list[Any]]) -> Features:
         from pipelines.features.store import online_features

@@ -33,15 +33,21 @@ class RankRequest(BaseModel):
         None,
         min_length=1,
         max_length=MAX_PRODUCT_IDS,
-        description="The candidate products; without them, candidates are drawn from the lake's newest days "
-        "as in training (the user's recent categories, popular products, recent carts).",
+        description="The candidate products; without them, the user's candidates of the newest day are read "
+        "from the online store, generated as in training (the user's recent carts and categories, popular "
+        "products; a user without recent events gets the popular products).",
     )
 
 
 class RankedProduct(BaseModel):
     product_id: int
     score: float
-    features_found: bool = Field(description="False when the online store had no features for this candidate.")
+    features_found: dict[str, bool] = Field(
+        description="Per entity of the model's feature service (user, product, user_category, user_product): "
+        "whether the online store had its features for this candidate (a source that cannot tell them apart "
+        "answers only 'any').",
+        examples=[{"user": True, "product": True, "user_category": False, "user_product": False}],
+    )
 
 
 class RankResponse(BaseModel):

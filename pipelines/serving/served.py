@@ -242,8 +242,15 @@ class RankedModel(Served):
             [loaded.version] * n, [CHAMPION_ARM] * n, entities, scores.tolist(), features, list(range(n))
         )
         products = entities["product_id"]
+        # Per entity of the service (user, product, user x category, user x product); "any" when the source
+        # cannot tell its views apart.
+        found_by = {k: v.tolist() for k, v in (features.found_by_entity or {"any": features.found}).items()}
         body["products"] = [
-            {"product_id": products[i], "score": float(scores[i]), "features_found": bool(features.found[i])}
+            {
+                "product_id": products[i],
+                "score": float(scores[i]),
+                "features_found": {entity: found[i] for entity, found in found_by.items()},
+            }
             for i in np.argsort(-scores, kind="stable").tolist()
         ]
         return Outcome(body, loaded.version, len(products), int((~features.found).sum()), unlogged)

@@ -55,7 +55,13 @@ FAMILIES = (
         name="ranking",
         # The catalogue (products) is used when landed, else derived from the events.
         input_tables=("events",),
-        feature_tables=("features/product_stats", "features/user_category", "features/user_product"),
+        # user_candidates: what serving ranks, read from the online store (training generates its own).
+        feature_tables=(
+            "features/product_stats",
+            "features/user_category",
+            "features/user_product",
+            "features/user_candidates",
+        ),
         build=build_ranking,
     ),
 )
