@@ -519,5 +519,111 @@ def demo(
     raise typer.Exit(code=run_demo(settings, days, console))
 
 
+def _spec(model: str):
+    from pipelines.specs import SpecError, load_spec
+
+    settings = _settings()
+    try:
+        return settings, load_spec(settings.models_dir / f"{model}.yaml")
+    except (SpecError, FileNotFoundError, ValueError) as exc:
+        _fail(f"model {model!r}: {exc}")
+
+
+@app.command()
+def rollout(
+    model: Annotated[str, typer.Argument(help="Model name (a spec in models/)")],
+    version: Annotated[str, typer.Argument(help="The challenger: a version that passed the gate")],
+    mode: Annotated[str, typer.Option(help="shadow: scored and logged, never returned; split: answers a share")],
+    reviewer: Annotated[str, typer.Option("--as", help="Reviewer starting it (a reviewer of the model)")],
+    share: Annotated[
+        float | None, typer.Option(help="split: share of entities the challenger answers, (0, 0.5]")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Rollout name (default: the first unused ab1, ab2, ...)")] = None,
+    comment: Annotated[str, typer.Option(help="Why")] = "",
+) -> None:
+    """Serve VERSION beside the champion (shadow or a sticky split by entity), as a reviewer's audited decision."""
+    from pipelines.registry.promotion import PromotionRefused
+    from pipelines.registry.registry import ModelVersionNotFound
+    from pipelines.registry.rollouts import RolloutError, next_name, start_rollout
+
+    settings, spec = _spec(model)
+    if mode == "split" and share is None:
+        _fail("a split needs --share, the challenger's share of entities in (0, 0.5], e.g. --share 0.1")
+    try:
+        name = name or next_name(settings, model)
+        started = start_rollout(settings, spec, version, mode, 1.0 if share is None else share, name, reviewer, comment)
+    except (RolloutError, PromotionRefused, ModelVersionNotFound) as exc:
+        _fail(str(exc))
+    terms = "shadow (scored and logged, never returned)" if started.mode == "shadow" else f"split {started.share:g}"
+    console.print(
+        f"{model} v{started.version}: rollout {started.name!r} started by {reviewer}: {terms}, alias "
+        f"{started.alias}; serving picks it up at its next refresh; `mlctl ab-report {model} --name {started.name}`",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command("rollout-end")
+def rollout_end(
+    model: Annotated[str, typer.Argument(help="Model name (a spec in models/)")],
+    reviewer: Annotated[str, typer.Option("--as", help="Reviewer ending it")],
+    promote: Annotated[
+        bool | None, typer.Option("--promote/--stop", help="Promote the challenger (approval) or stop the rollout")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Rollout name (default: the model's active rollout)")] = None,
+    comment: Annotated[str, typer.Option(help="Why")] = "",
+) -> None:
+    """End a rollout: --stop removes the challenger; --promote makes it the champion through the same checks
+    and audit as an approval (gate, reviewer, not its trainer, fresh online features)."""
+    from pipelines.registry.promotion import PromotionRefused
+    from pipelines.registry.rollouts import RolloutError, end_rollout
+
+    if promote is None:
+        _fail("say how it ends: --promote (the challenger becomes the champion) or --stop")
+    settings, spec = _spec(model)
+    try:
+        ended = end_rollout(settings, spec, name, reviewer, bool(promote), comment)
+    except (RolloutError, PromotionRefused) as exc:
+        _fail(f"{exc} (the rollout goes on)")
+    what = f"v{ended.version} is the champion" if promote else "the champion alone serves"
+    console.print(
+        f"{model}: rollout {ended.name!r} {ended.outcome} by {reviewer}; {what}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command("ab-report")
+def ab_report_command(
+    model: Annotated[str, typer.Argument(help="Model name (a spec in models/)")],
+    name: Annotated[str | None, typer.Option(help="Rollout name (default: the active one, else the newest)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+    html: Annotated[Path | None, typer.Option("--html", help="Also write the report as an HTML page here")] = None,
+) -> None:
+    """A rollout's arms compared on labelled outcomes: the main metric per arm with 95% bootstrap intervals, the
+    challenger-minus-champion difference and a recommendation (promote, keep the champion, or wait for labels)."""
+    from pipelines.monitoring.ab import AbReportError, ab_report, ab_table, headline, render_ab_html, waiting_line
+    from pipelines.registry.rollouts import RolloutError
+
+    settings, spec = _spec(model)
+    try:
+        report = ab_report(settings, spec, name)
+    except (AbReportError, RolloutError) as exc:
+        _fail(str(exc))
+    if html is not None:
+        html.parent.mkdir(parents=True, exist_ok=True)
+        html.write_text(render_ab_html(report), encoding="utf-8")
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2, default=str))
+        return
+    console.print(ab_table(report))
+    for line in [headline(report), waiting_line(report), *report.notes]:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    if html is not None:
+        console.print(f"page: {html}", markup=False, highlight=False)
+
+
 if __name__ == "__main__":
     app()
