@@ -1,4 +1,5 @@
-"""The ``order`` entity, its per-order risk view, request-time value features and the ``order_fraud`` service."""
+"""The ``order`` entity, its per-order risk view, request-time value features and the ``order_fraud`` service;
+the account, device and IP order histories checkout scoring reads (the ``order_checkout`` service)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,23 @@ from datetime import timedelta
 
 import numpy as np
 import pandas as pd
-from feast import Entity, FeatureService, FeatureView, Field, OnDemandFeatureView, RequestSource, ValueType
+from feast import (
+    Entity,
+    FeatureService,
+    FeatureView,
+    Field,
+    OnDemandFeatureView,
+    PushSource,
+    RequestSource,
+    ValueType,
+)
 from feast.feature_view import DUMMY_ENTITY_ID
-from feast.types import Float64, String
+from feast.types import Array, Bool, Float64, Int64, String
 
 from feature_repo.parts import LAKE_TABLE_TAG, RepoPart
 from feature_repo.users import lake_source
+from pipelines.features.checkout import KEY_COLUMNS, history_table
+from pipelines.features.checkout import TIMESTAMP_COLUMN as HISTORY_TIMESTAMP
 from pipelines.features.order_features import ENTITY_COLUMN, FEATURE_COLUMNS, ORDER_FEATURES_TABLE, TIMESTAMP_COLUMN
 from pipelines.settings import Settings
 
@@ -38,7 +50,63 @@ def order_value(inputs: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def order_declarations(settings: Settings) -> RepoPart:
+# What each history list holds, as Feast types (pipelines/features/checkout.py: HISTORY_LISTS).
+HISTORY_TYPES = {
+    "order_time_us": Array(Int64),
+    "order_user_id": Array(Int64),
+    "order_device_id": Array(String),
+    "order_ip_address": Array(String),
+    "order_value": Array(Float64),
+    "order_new_account": Array(Bool),
+    "order_prev_device_time_us": Array(Int64),
+    "chargeback_order_time_us": Array(Int64),
+    "chargeback_time_us": Array(Int64),
+}
+# A history is rebuilt every day and updated by each scored order; a day-old one still serves exactly.
+HISTORY_TTL = timedelta(days=3)
+
+
+def history_push_source(entity: str) -> str:
+    """The push source a scored order's new history row of ``entity`` (user, device, ip) goes through."""
+    return f"order_history_{entity}_push"
+
+
+def _history_views(settings: Settings, user: Entity) -> tuple[list[Entity], list, list[FeatureView]]:
+    """Per-key order histories (account, device, IP) that checkout scoring reads: built daily by the order_risk
+    family, updated online by a push of each scored order."""
+    device = Entity(
+        name="device", join_keys=[KEY_COLUMNS["device"]], value_type=ValueType.STRING, description="A device id."
+    )
+    ip = Entity(name="ip", join_keys=[KEY_COLUMNS["ip"]], value_type=ValueType.STRING, description="An IP address.")
+    sources, views = [], []
+    for entity_name, entity, key_type in (("user", user, Int64), ("device", device, String), ("ip", ip, String)):
+        table = history_table(entity_name)
+        batch = lake_source(
+            settings,
+            f"order_history_{entity_name}_source",
+            table,
+            HISTORY_TIMESTAMP,
+            f"Order histories by {entity_name} as of each day's start (pipelines.features.checkout).",
+        )
+        push = PushSource(name=history_push_source(entity_name), batch_source=batch)
+        key = KEY_COLUMNS[entity_name]
+        views.append(
+            FeatureView(
+                name=f"order_history_{entity_name}",
+                entities=[entity],
+                ttl=HISTORY_TTL,
+                schema=[Field(name=key, dtype=key_type), *[Field(name=n, dtype=t) for n, t in HISTORY_TYPES.items()]],
+                source=push,
+                online=True,
+                tags={LAKE_TABLE_TAG: table},
+                description=f"The {entity_name}'s orders of the last 30 days and their chargebacks, for checkout.",
+            )
+        )
+        sources += [batch, push]
+    return [device, ip], sources, views
+
+
+def order_declarations(settings: Settings, user: Entity) -> RepoPart:
     order = Entity(
         name="order",
         join_keys=[ENTITY_COLUMN],
@@ -85,10 +153,17 @@ def order_declarations(settings: Settings) -> RepoPart:
         features=[order_risk, value_view],
         description="Features of the order_fraud model (models/order_fraud.yaml).",
     )
+    history_entities, history_sources, history_views = _history_views(settings, user)
+    # Serving's, not training's: what `POST /v1/models/order_fraud/score` reads to compute an order's features.
+    order_checkout = FeatureService(
+        name="order_checkout",
+        features=history_views,
+        description="Order histories of an order's account, device and IP, read at checkout.",
+    )
     return RepoPart(
-        entities=[order],
-        sources=[source],
-        views=[order_risk],
+        entities=[order, *history_entities],
+        sources=[source, *history_sources],
+        views=[order_risk, *history_views],
         on_demand_views=[value_view],
-        services=[order_fraud],
+        services=[order_fraud, order_checkout],
     )

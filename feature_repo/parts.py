@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from feast import Entity, FeatureService, FeatureView, FileSource, OnDemandFeatureView
+from feast import Entity, FeatureService, FeatureView, OnDemandFeatureView
+from feast.data_source import DataSource
 
 # Every batch feature view names the lake table of daily partitions it reads, so materialization can find it.
 LAKE_TABLE_TAG = "lake_table"
@@ -15,7 +16,7 @@ class RepoPart:
     """Entities, sources, views, on-demand views and services of one use case (or of the whole repo)."""
 
     entities: list[Entity] = field(default_factory=list)
-    sources: list[FileSource] = field(default_factory=list)
+    sources: list[DataSource] = field(default_factory=list)  # file sources and the push sources over them
     views: list[FeatureView] = field(default_factory=list)
     on_demand_views: list[OnDemandFeatureView] = field(default_factory=list)
     services: list[FeatureService] = field(default_factory=list)

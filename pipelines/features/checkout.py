@@ -39,6 +39,7 @@ from pipelines.features.order_features import (
     NEW_ACCOUNT_HOURS,
     ORDER_COLUMNS,
 )
+from pipelines.lake import Lake
 
 _HOUR_US = 3_600 * 10**6
 _DAY_US = 24 * _HOUR_US
@@ -505,3 +506,48 @@ def checkout_state(
         rows["device"].get(device) if device is not None else None,
         rows["ip"].get(ip) if ip is not None else None,
     )
+
+
+# -- the daily build ---------------------------------------------------------------------------------------------
+HISTORY_TABLE_PREFIX = "features/order_history_"
+
+
+def history_table(entity: str) -> str:
+    """The lake table of one entity's histories (``entity``: user, device, ip)."""
+    return f"{HISTORY_TABLE_PREFIX}{entity}"
+
+
+def history_schema(entity: str) -> pa.Schema:
+    key = KEY_COLUMNS[entity]
+    kinds = {
+        **{name: pa.list_(pa.int64()) for name in _INT_LISTS},
+        "order_device_id": pa.list_(pa.string()),
+        "order_ip_address": pa.list_(pa.string()),
+        "order_value": pa.list_(pa.float64()),
+        "order_new_account": pa.list_(pa.bool_()),
+    }
+    return pa.schema(
+        [
+            (key, pa.int64() if entity == "user" else pa.string()),
+            (TIMESTAMP_COLUMN, pa.timestamp("us", tz="UTC")),
+            *[(name, kinds[name]) for name in HISTORY_LISTS],
+        ]
+    )
+
+
+def build_and_write_histories(lake: Lake, ds: dt.date) -> dict[str, int]:
+    """The daily step after day ``ds``: the histories checkout scoring starts day ``ds + 1`` from (orders of the
+    window up to and including ``ds``, chargebacks arrived by then), published as partition ``ds`` of each entity's
+    table (stamped at the start of ``ds + 1``, the end of ``ds``: what the day's materialization loads). Returns
+    rows per entity."""
+    start = ds - dt.timedelta(days=HISTORY_DAYS)
+    orders = lake.read_range("orders", start, ds, columns=ORDER_COLUMNS)
+    labels = lake.read_range("order_labels", start, ds, columns=LABEL_COLUMNS)
+    if orders.empty:
+        orders = pd.DataFrame({c: pd.Series(dtype="object") for c in ORDER_COLUMNS})
+    if labels.empty:
+        labels = pd.DataFrame({c: pd.Series(dtype="object") for c in LABEL_COLUMNS})
+    built = build_histories(orders, labels, ds + dt.timedelta(days=1), lake.day_zone)
+    for entity, frame in built.items():
+        lake.write(history_table(entity), ds, frame, schema=history_schema(entity))
+    return {entity: len(frame) for entity, frame in built.items()}

@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from pipelines.lake import Lake
 from pipelines.serving.auth import ApiKeys, KeyFile
 from pipelines.serving.candidates import OnlineCandidates
+from pipelines.serving.checkout import CheckoutModel
 from pipelines.serving.features import FeastFeatures, FeatureReader, FrameFeatures
 from pipelines.serving.metrics import ServingMetrics
 from pipelines.serving.model_loader import RefreshLoop
@@ -59,6 +60,8 @@ def create_app(
         kind = use_case(spec.entity).serving
         if kind == "score":
             served[name] = ScoredModel(spec, settings, source, on_event=metrics.model_event)
+        elif kind == "checkout":
+            served[name] = CheckoutModel(spec, settings, source, on_event=metrics.model_event)
         elif kind == "rank":
             served[name] = RankedModel(
                 spec, settings, source, candidate_source or OnlineCandidates(), on_event=metrics.model_event
@@ -83,6 +86,8 @@ def create_app(
             yield
         finally:
             await anyio.to_thread.run_sync(loop.stop)
+            for model in served.values():
+                model.close()
             if log is not None:
                 for model in served.values():
                     model.log = None

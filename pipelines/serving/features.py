@@ -57,19 +57,26 @@ class FeastFeatures:
         self._entities: dict[str, dict[str, list[int]]] = {}  # per service: entity -> its views in the reader
         self._lock = threading.Lock()
 
+    def store(self) -> Any:
+        """The long-lived FeatureStore (built on first use: it applies the definitions once, not per request)."""
+        # Imported lazily: feast takes seconds to import and tests pass their own source.
+        from pipelines.features.store import feature_store
+
+        with self._lock:
+            if self._store is None:
+                self._store = feature_store(self._settings)
+            return self._store
+
     def _reader(self, service: str) -> Any:
         reader = self._readers.get(service)
         if reader is not None:
             return reader
-        # Imported lazily: feast takes seconds to import and tests pass their own source.
-        from pipelines.features.store import feature_store
         from pipelines.serving.online import ServiceReader, UnsupportedService
 
-        with self._lock:  # building a store applies the definitions: once, not per request
-            if self._store is None:
-                self._store = feature_store(self._settings)
+        store = self.store()
+        with self._lock:
             try:
-                reader = ServiceReader(self._store, service)
+                reader = ServiceReader(store, service)
                 names = [entity_name(self._store.get_feature_view(view).join_keys) for view in reader.views]
                 self._entities[service] = {e: [v for v, name in enumerate(names) if name == e] for e in names}
             except UnsupportedService:
@@ -121,7 +128,7 @@ def _aligned(frame: pd.DataFrame, asked: pd.DataFrame, service: str) -> pd.DataF
     """The reader's rows in request order: joined on the keys it returns, else taken by position."""
     keys = [c for c in asked.columns if c in frame.columns]
     if keys:
-        key = keys[-1] if "product_id" in keys else keys[0]  # a candidate row is told apart by its product
+        key = "product_id" if "product_id" in keys else keys[0]  # a candidate row is told apart by its product
         features = frame.drop(columns=[c for c in keys if c != key]).drop_duplicates(key).set_index(key)
         return asked.join(features, on=key).reset_index(drop=True)
     if len(frame) != len(asked):

@@ -128,3 +128,40 @@ class ServiceReader:
             values[:, list(read.columns)] = block[index]
             found[:, v] = hit[index]
         return OnlineRows(values=values, found=found)
+
+
+_LISTS = {"int64_list_val", "int32_list_val", "double_list_val", "float_list_val", "string_list_val", "bool_list_val"}
+
+
+def _python(value: ValueProto) -> object:
+    kind = value.WhichOneof("val")
+    if kind is None:
+        return None
+    if kind in _LISTS:
+        return list(getattr(value, kind).val)
+    return getattr(value, kind)
+
+
+class RowReader:
+    """Whole rows of one feature view (lists included) by key, through Feast's online store: what checkout
+    scoring reads (the order histories of an account, a device, an IP)."""
+
+    def __init__(self, store: FeatureStore, view_name: str) -> None:
+        self.view = store.get_feature_view(view_name)
+        (self.key,) = self.view.join_keys
+        kinds = {c.name: c.dtype.to_value_type() for c in self.view.entity_columns}
+        self._kind = kinds.get(self.key, ValueType.INT64)
+        self.features = [f.name for f in self.view.features]
+        self._config = store.config
+        self._online = get_provider(store.config).online_store
+
+    def read(self, keys: Sequence[object]) -> list[dict[str, object] | None]:
+        """Each key's row (feature name -> value; lists as lists) or None when the store has none."""
+        protos = [EntityKeyProto(join_keys=[self.key], entity_values=[_key_value(k, self._kind)]) for k in keys]
+        out: list[dict[str, object] | None] = []
+        for stamp, data in self._online.online_read(self._config, self.view, protos, self.features):
+            if not data or stamp is None or stamp.timestamp() <= 0:
+                out.append(None)
+                continue
+            out.append({name: _python(data[name]) if name in data else None for name in self.features})
+        return out

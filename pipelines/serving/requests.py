@@ -3,7 +3,9 @@ with errors that name the field and never echo more than a short prefix of what 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import math
 from typing import Any
 
 INT64_MAX = 2**63 - 1
@@ -55,3 +57,43 @@ def id_list(payload: dict[str, Any], field: str, max_items: int, required: bool 
     if not 1 <= len(values) <= max_items:
         raise BadRequest(422, f"{field}: {len(values)} ids; send 1..{max_items} per request")
     return [entity_id(v, f"{field}[{i}]") for i, v in enumerate(values)]
+
+
+def timestamp(payload: dict[str, Any], field: str, default: dt.datetime | None = None) -> dt.datetime:
+    """An ISO 8601 time with its zone (``2025-02-05T10:00:00Z``), as an aware datetime."""
+    value = payload.get(field)
+    if value is None:
+        if default is not None:
+            return default
+        raise BadRequest(422, f"{field}: required (an ISO 8601 time with its zone, e.g. 2025-02-05T10:00:00Z)")
+    try:
+        parsed = dt.datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        parsed = None
+    if parsed is None:
+        raise BadRequest(422, f"{field}: expected an ISO 8601 time, got {excerpt(value)}")
+    if parsed.tzinfo is None:
+        raise BadRequest(422, f"{field}: {excerpt(value)} has no time zone; add one (e.g. Z or +01:00)")
+    return parsed.astimezone(dt.UTC)
+
+
+def number(payload: dict[str, Any], field: str, low: float, high: float, required: bool = True) -> float:
+    value = payload.get(field)
+    if value is None and not required:
+        return float("nan")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise BadRequest(422, f"{field}: expected a number, got {excerpt(value)}")
+    if not low <= value <= high:
+        raise BadRequest(422, f"{field}: {excerpt(value)} is outside {low:g}..{high:g}")
+    return float(value)
+
+
+def text(payload: dict[str, Any], field: str, max_chars: int = 128, required: bool = True) -> str | None:
+    value = payload.get(field)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise BadRequest(422, f"{field}: expected a non-empty string, got {excerpt(value)}")
+    if len(value) > max_chars:
+        raise BadRequest(422, f"{field}: {len(value)} characters; at most {max_chars}")
+    return value

@@ -122,6 +122,11 @@ def build_router(state: ServingState) -> APIRouter:
         # Generated candidates read the lake: off the event loop.
         return await handle(request, model, "rank", in_thread=True)
 
+    @router.post("/v1/models/{model}/score", openapi_extra=docs["score"], response_model=None)
+    async def score(model: str, request: Request) -> Response:
+        """Score an order at checkout, before it exists: its account, device, IP, value, source, browser, time."""
+        return await handle(request, model, "score", in_thread=False)
+
     def guarded(request: Request) -> Response | None:
         try:
             state.keys.authenticate(request.headers.get("authorization"))

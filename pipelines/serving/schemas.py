@@ -58,6 +58,29 @@ class RankResponse(BaseModel):
     products: list[RankedProduct] = Field(description="The candidates, best first.")
 
 
+class OrderRequest(BaseModel):
+    order_id: str | None = Field(
+        None, max_length=128, description="Your id of the order (logged); one is made if absent."
+    )
+    user_id: int = Field(description="The account placing the order (0..2**63-1).")
+    signup_time: str = Field(description="When the account signed up, ISO 8601 with zone, e.g. 2025-01-03T08:00:00Z.")
+    purchase_time: str | None = Field(None, description="When the order is placed (ISO 8601 with zone); now if absent.")
+    purchase_value: float = Field(ge=0, description="The order's value.")
+    device_id: str | None = Field(None, max_length=128, description="The device's id; null when unknown.")
+    ip_address: str | None = Field(None, max_length=128, description="The IP address; null when unknown.")
+    source: str = Field(max_length=64, description="Traffic source (SEO, Ads, Direct).")
+    browser: str = Field(max_length=64, description="Browser (Chrome, Safari, ...).")
+    age: float | None = Field(None, ge=0, le=150, description="The customer's age, if known.")
+
+
+class OrderScore(BaseModel):
+    model: str
+    version: str
+    order_id: str
+    score: float = Field(description="Probability that the order is fraudulent (charged back).")
+    features_found: dict[str, bool] = Field(description="Whether the account, device and IP had a history.")
+
+
 class ErrorResponse(BaseModel):
     detail: str = Field(description="What went wrong and what to do; never more than a short prefix of the input.")
     request_id: str
@@ -129,4 +152,8 @@ def _body(request: type[BaseModel], response: type[BaseModel]) -> dict[str, Any]
 
 def api_docs() -> dict[str, dict[str, Any]]:
     """``openapi_extra`` of the scoring routes, whose bodies FastAPI does not parse."""
-    return {"predict": _body(PredictRequest, PredictResponse), "rank": _body(RankRequest, RankResponse)}
+    return {
+        "predict": _body(PredictRequest, PredictResponse),
+        "rank": _body(RankRequest, RankResponse),
+        "score": _body(OrderRequest, OrderScore),
+    }

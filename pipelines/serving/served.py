@@ -5,6 +5,7 @@ parsed request, reads online features, scores with the champion its ``ChampionMo
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -122,6 +123,7 @@ class Served:
         scores: list[float],
         features: Features,
         rows: list[int],
+        at: dt.datetime | None = None,
     ) -> int:
         """Append the score of each of ``rows`` (with its version, arm and online features) to the prediction log (a
         buffer; written off the request path). Returns the rows the log refused (full)."""
@@ -140,8 +142,12 @@ class Served:
                 score,
                 dict(zip(features.names, values[i].tolist(), strict=True)),
                 arm=arm,
+                at=at,
             )
         return refused
+
+    def close(self) -> None:
+        """Let go of what the served model holds beside its holders (the app's shutdown)."""
 
     def _scores(self, loaded: LoadedModel, features: Features) -> np.ndarray:
         try:

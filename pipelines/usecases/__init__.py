@@ -39,8 +39,9 @@ if TYPE_CHECKING:
     from pipelines.training.dataset import SplitDays
 
 # How a champion is served over HTTP (pipelines/serving/app.py): "score" = POST /v1/models/{m}/predict with ids,
-# "rank" = POST /v1/models/{m}/rank with a user and candidate products; None = kept in the registry, not served.
-ServingKind = Literal["score", "rank"] | None
+# "rank" = POST /v1/models/{m}/rank with a user and candidate products, "checkout" = POST /v1/models/{m}/score
+# with an order being placed; None = kept in the registry, not served.
+ServingKind = Literal["score", "rank", "checkout"] | None
 
 
 class UnknownUseCase(LookupError):

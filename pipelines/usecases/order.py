@@ -1,8 +1,8 @@
 """Orders: the ``order_risk`` feature family and the use case of order models (fraud).
 
 An order model scores each order at its purchase time; its labels are chargebacks that arrive late
-(``order_labels``, partitioned by arrival day). Champions are kept in the registry; orders are not scored over
-HTTP yet.
+(``order_labels``, partitioned by arrival day). The champion scores orders at checkout over HTTP
+(``POST /v1/models/{name}/score``, pipelines/serving/checkout.py).
 """
 
 from __future__ import annotations
@@ -27,15 +27,20 @@ ORDER_RISK_TABLE = "features/order_risk"
 
 
 def build_order_risk(settings: Settings, day: dt.date) -> dict:
+    """The day's per-order features (training), then the order histories checkout scoring starts the next day
+    from (serving)."""
+    from pipelines.features.checkout import build_and_write_histories
     from pipelines.features.order_features import build_and_write_order_features
+    from pipelines.lake import Lake
 
-    return build_and_write_order_features(settings, day)
+    result = build_and_write_order_features(settings, day)
+    return result | {"histories": build_and_write_histories(Lake(settings), day)}
 
 
 def feast(settings: Settings, declared: Mapping[str, RepoPart]) -> RepoPart:
     from feature_repo.orders import order_declarations
 
-    return order_declarations(settings)
+    return order_declarations(settings, declared["user"].entity("user"))
 
 
 def build_rows(
@@ -57,6 +62,8 @@ FAMILIES = (
         name="order_risk",
         # Chargebacks known before an order feed its features when they are there; a day without any is fine.
         input_tables=("orders",),
+        # Training reads these; the family also writes the order histories checkout scoring reads (not a
+        # training input: a lake built before them still trains).
         feature_tables=(ORDER_RISK_TABLE,),
         build=build_order_risk,
     ),
@@ -72,5 +79,5 @@ USE_CASE = UseCase(
     feast=feast,
     build_rows=build_rows,
     oracle=oracle,
-    serving=None,
+    serving="checkout",
 )
