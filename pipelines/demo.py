@@ -9,6 +9,7 @@ duplicates a model version or an alias move.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shlex
 import socket
@@ -206,8 +207,63 @@ def _rank_products(base: str, spec: ModelSpec, console: Console) -> bool:
     return True
 
 
+def _checkout_order(settings: Settings) -> dict:
+    """An order as a shop would send it at checkout: a returning account on its usual device and IP, placed at
+    10:00 on the day after the lake's newest orders (the day the online histories are for)."""
+    import pandas as pd
+
+    from pipelines.data import schemas
+    from pipelines.lake import Lake
+
+    lake = Lake(settings)
+    day = lake.partitions("orders")[-1]
+    orders = lake.read("orders", day)
+    known = orders[orders["device_id"].notna() & orders["ip_address"].notna()]
+    last = (known if len(known) else orders).iloc[-1]
+    placed = pd.Timestamp(schemas.as_of(day, lake.day_zone)).tz_convert("UTC") + pd.Timedelta(hours=10)
+    return {
+        "order_id": "demo-checkout-1",
+        "user_id": int(last["user_id"]),
+        "signup_time": pd.Timestamp(last["signup_time"]).tz_localize(None).tz_localize("UTC").isoformat(),
+        "purchase_time": placed.isoformat(),
+        "purchase_value": 129.99,
+        "device_id": None if pd.isna(last["device_id"]) else str(last["device_id"]),
+        "ip_address": None if pd.isna(last["ip_address"]) else str(last["ip_address"]),
+        "source": str(last["source"]),
+        "browser": str(last["browser"]),
+        "age": float(last["age"]),
+    }
+
+
+def _score_order(settings: Settings, base: str, spec: ModelSpec, console: Console) -> bool:
+    order = _checkout_order(settings)
+    console.print(f"$ curl -X POST {base}/v1/models/{spec.name}/score -d '{json.dumps(order)}'")
+    resp = httpx.post(f"{base}/v1/models/{spec.name}/score", json=order, timeout=30)
+    if resp.status_code != 200:
+        console.print(f"[red]checkout scoring failed ({resp.status_code}): {resp.text}[/red]")
+        return False
+    body = resp.json()
+    table = Table(title=f"{spec.name} v{body['version']}: an order scored at checkout")
+    for column in ("order", "user", "value", "fraud probability", "history found (user, device, ip)"):
+        table.add_column(column)
+    found = body["features_found"]
+    table.add_row(
+        body["order_id"],
+        str(order["user_id"]),
+        f"{order['purchase_value']:.2f}",
+        f"{body['score']:.4f}",
+        ", ".join("yes" if found[k] else "no" for k in ("user", "device", "ip")),
+    )
+    console.print(table)
+    return True
+
+
 # What the demo shows of each serving kind (pipelines/usecases/: UseCase.serving).
-_SERVING_CALLS = {"score": _score_users, "rank": _rank_products}
+_SERVING_CALLS = {
+    "score": lambda settings, base, spec, console: _score_users(base, spec, console),
+    "rank": lambda settings, base, spec, console: _rank_products(base, spec, console),
+    "checkout": _score_order,
+}
 
 
 def _serve_and_score(settings: Settings, specs: list[ModelSpec], console: Console) -> bool:
@@ -229,7 +285,7 @@ def _serve_and_score(settings: Settings, specs: list[ModelSpec], console: Consol
                 if call is None:
                     console.print(f"{spec.name}: champion in MLflow; not served over HTTP yet")
                 else:
-                    ok = call(base, spec, console) and ok
+                    ok = call(settings, base, spec, console) and ok
             return ok
         finally:
             server.terminate()
