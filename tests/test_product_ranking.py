@@ -15,10 +15,11 @@ from mlflow.models import infer_signature
 
 from pipelines.data import schemas
 from pipelines.data.simulator import SimulationConfig
-from pipelines.features.candidates import generate_candidates, lake_candidates
+from pipelines.features.candidates import CATEGORY_LIST, POPULAR_USER_ID, PRODUCT_LIST, generate_candidates
 from pipelines.features.product_features import (
     PRODUCT_FEATURES,
     PRODUCT_STATS_TABLE,
+    USER_CANDIDATES_TABLE,
     USER_CATEGORY_FEATURES,
     USER_CATEGORY_TABLE,
     USER_PRODUCT_FEATURES,
@@ -127,8 +128,8 @@ def test_features_of_a_day_use_only_events_before_its_as_of_time():
     ]
     products = _catalogue()
 
-    tables = compute_ranking_features(_events(before), products, day)
-    with_future = compute_ranking_features(_events(before + after), products, day)
+    tables = compute_ranking_features(_events(before), products, day, candidates=SPEC)
+    with_future = compute_ranking_features(_events(before + after), products, day, candidates=SPEC)
 
     for name, table in tables.items():
         pd.testing.assert_frame_equal(table, with_future[name], obj=name)
@@ -155,7 +156,8 @@ def test_a_pair_is_kept_one_day_after_its_last_event_with_zero_counts():
     products = _catalogue()
 
     def pairs(days_on: int) -> pd.DataFrame:
-        return compute_ranking_features(events, products, last + dt.timedelta(days=days_on))[USER_PRODUCT_TABLE]
+        day = last + dt.timedelta(days=days_on)
+        return compute_ranking_features(events, products, day, candidates=SPEC)[USER_PRODUCT_TABLE]
 
     # The cart is 6.5 days old at the as-of time 6 days on, 7.5 days old 7 days on (out of the 7-day window).
     in_window, tombstone, gone = pairs(6), pairs(7), pairs(8)
@@ -176,7 +178,12 @@ def test_the_daily_step_publishes_every_table_only_when_all_pass(settings: Setti
         PRODUCT_STATS_TABLE: 12,
         USER_CATEGORY_TABLE: 1,
         USER_PRODUCT_TABLE: 1,
+        USER_CANDIDATES_TABLE: 2,  # user 1 and the popular products
     }
+    lists = lake.read(USER_CANDIDATES_TABLE, day).set_index("user_id")
+    # The shipped spec's candidates: user 1's cart, its category's and the overall most viewed: all product 1
+    assert lists.loc[1, PRODUCT_LIST].tolist() == [1] and lists.loc[1, CATEGORY_LIST].tolist() == [1]
+    assert lists.loc[POPULAR_USER_ID, PRODUCT_LIST].tolist() == [1]
     broken = day + dt.timedelta(days=1)
     lake.write("events", broken, _events([(_at(broken, 9), 1, "view", 1)]))
     lake.write("products", broken, _catalogue().assign(price=-1.0), schema=schemas.PRODUCTS)
@@ -258,7 +265,7 @@ def ranking_lake(lake: Lake) -> Lake:
         lake.write("follows", day, follows, schema=schemas.FOLLOWS)
         lake.write("products", day, _catalogue(), schema=schemas.PRODUCTS)
         write_user_features(lake, day, build_user_features(lake, day))
-        write_ranking_features(lake, day, build_ranking_features(lake, day))
+        write_ranking_features(lake, day, build_ranking_features(lake, day, SPEC))
     return lake
 
 
@@ -370,13 +377,21 @@ def register_ranker(settings: Settings) -> str:
     return version
 
 
+def catalogue_candidates(settings: Settings, spec, user_id: int, product_ids: list[int] | None) -> pd.DataFrame:
+    """Named products with their CATEGORY (-1 unknown); without products, the popular 5 and 1 (a stand-in for
+    the online candidates: tests/test_rank_online.py)."""
+    products = product_ids if product_ids is not None else [5, 1]
+    categories = [CATEGORY.get(p, -1) for p in products]
+    return pd.DataFrame({"user_id": user_id, "product_id": products, "category_id": categories}, dtype="int64")
+
+
 def test_the_ranking_route_orders_the_candidates_by_the_champions_score(
-    mlflow_settings: Settings, ranking_lake: Lake, ranking_spec, monkeypatch: pytest.MonkeyPatch
+    mlflow_settings: Settings, ranking_spec, monkeypatch: pytest.MonkeyPatch
 ):
     monkeypatch.setenv("MLFLOW_UV_AUTO_DETECT", "false")
     version = register_ranker(mlflow_settings)
     specs = {"product_ranking": ranking_spec.model_copy(update={"candidates": SPEC})}
-    app = create_app(mlflow_settings, feature_reader=ranking_reader, specs=specs)
+    app = create_app(mlflow_settings, feature_reader=ranking_reader, specs=specs, candidate_source=catalogue_candidates)
     with TestClient(app) as client:
         named = client.post("/v1/models/product_ranking/rank", json={"user_id": 1, "product_ids": [4, 1, 3, 2, 5]})
         generated = client.post("/v1/models/product_ranking/rank", json={"user_id": 1})
@@ -390,10 +405,11 @@ def test_the_ranking_route_orders_the_candidates_by_the_champions_score(
     assert order[0] == 2 and set(order[1:3]) == {1, 5}, "the cart item, then the popular products"
     assert sorted(p["product_id"] for p in ranked) == [1, 2, 3, 4, 5]
     assert [p["score"] for p in ranked] == sorted((p["score"] for p in ranked), reverse=True)
-    assert {p["product_id"]: p["features_found"] for p in ranked}[3] is False
-    # Without products, the candidates are drawn from the lake's newest events, as in training.
+    # A reader of frames cannot tell the service's views apart: one flag for the candidate's row.
+    assert {p["product_id"]: p["features_found"] for p in ranked}[3] == {"any": False}
+    assert {p["product_id"]: p["features_found"] for p in ranked}[2] == {"any": True}
+    # Without products, the candidate source's products are ranked.
     assert generated.status_code == 200, generated.text
-    expected = lake_candidates(ranking_lake, SPEC, [1])["product_id"].tolist()
     assert generated.json()["candidates"] == "generated"
-    assert sorted(p["product_id"] for p in generated.json()["products"]) == sorted(expected)
+    assert sorted(p["product_id"] for p in generated.json()["products"]) == [1, 5]
     assert binary.status_code == 404
