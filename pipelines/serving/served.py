@@ -218,6 +218,8 @@ class RankedModel(Served):
         self._candidates = candidates
 
     def _canary(self) -> pd.DataFrame:
+        # The candidate source reads the online store too: plan it now, not on the first request.
+        self._candidates(self._settings, self.spec, CANARY_ID, [CANARY_ID])
         entities = {k: [CANARY_ID] for k in RANK_KEYS}
         features = self.source.read(self.spec.feature_service, entities)
         return pd.DataFrame(features.values, columns=list(features.names))
