@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +37,7 @@ from pipelines.serving.app import create_app
 from pipelines.serving.candidates import OnlineCandidates
 from pipelines.settings import PROJECT_ROOT, Settings
 from pipelines.specs import WindowSpec, load_spec
+from tests.conftest import service_unavailable
 from tests.test_product_ranking import CATEGORY, D0, SPEC, _at, _catalogue, _events, register_ranker
 
 DAYS = [D0 + dt.timedelta(days=i) for i in range(10)]
@@ -132,6 +135,41 @@ def test_online_candidates_are_the_lakes_candidates_of_the_newest_day(settings: 
     assert named["product_id"].tolist() == [4, 99, 9, 4]
     assert named["category_id"].tolist() == [CATEGORY[4], -1, CATEGORY[9], CATEGORY[4]], "99: not in the catalogue"
     assert (named["user_id"] == 1).all()
+
+
+@pytest.fixture
+def redis_settings(settings: Settings) -> Iterator[Settings]:
+    """``settings`` with a Redis online store of its own project (its keys deleted afterwards)."""
+    redis = pytest.importorskip("redis")
+    client = redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=1)
+    try:
+        client.ping()
+    except redis.exceptions.ConnectionError as exc:
+        service_unavailable("Redis at 127.0.0.1:6379", str(exc))
+    project = f"rank_{uuid.uuid4().hex[:10]}"
+    yield settings.model_copy(
+        update={
+            "feast_online_store": "redis",
+            "redis_url": "127.0.0.1:6379",
+            "feast_project": project,
+            "feast_registry": str(settings.home / "feast" / f"{project}.db"),
+        }
+    )
+    keys = list(client.scan_iter(match=f"*{project}", count=1_000))
+    if keys:
+        client.delete(*keys)
+
+
+def test_online_candidates_on_redis_are_the_lakes_candidates(redis_settings: Settings, world: Lake, spec):
+    store = feature_store(redis_settings)
+    for day in (DAYS[1], LAST):
+        materialize_day(redis_settings, day, store=store)
+    candidates = OnlineCandidates(store=store)
+
+    for user in (1, 4, GONE_USER, UNKNOWN_USER):
+        got = candidates(redis_settings, spec, user, None)
+        pd.testing.assert_frame_equal(got, lake_candidates(world, SPEC, [user]), obj=f"user {user}")
+    assert candidates(redis_settings, spec, 1, [9, 99])["category_id"].tolist() == [CATEGORY[9], -1]
 
 
 def test_without_a_materialized_day_generated_candidates_fail_saying_what_to_do(settings: Settings, spec):
