@@ -58,6 +58,10 @@ def _view_frame(view, day: dt.date, zone: str) -> pd.DataFrame:
         frame["event_timestamp"] = pd.Timestamp(schemas.as_of(day, zone))
     frame["event_timestamp"] = frame["event_timestamp"].dt.as_unit("us")
     for i, feature in enumerate(view.features):
+        if feature.dtype == Int64:  # a product's category: ids, some unknown
+            ids = rng.integers(-1, 50, n)
+            frame[feature.name] = pd.array(np.where(rng.random(n) < 0.2, None, ids), dtype="Int64")
+            continue
         values = rng.normal(0, 100, n).round(i % 4)
         values[rng.random(n) < 0.2] = np.nan  # missing values are part of the layout
         values[0] = [0.0, -0.0, 1e17, 1 / 3][i % 4]
@@ -70,10 +74,18 @@ def _view_frame(view, day: dt.date, zone: str) -> pd.DataFrame:
 
 
 def _build_lake(settings: Settings) -> None:
+    """Each table's days, with the columns of every view reading it (product_stats feeds two)."""
     lake = Lake(settings)
+    views_of: dict[str, list[FeatureView]] = {}
     for view in definitions(settings).views:
+        views_of.setdefault(lake_table(view), []).append(view)
+    for table, views in views_of.items():
         for day in (D1, D2):
-            lake.write(lake_table(view), day, _view_frame(view, day, lake.day_zone))
+            frame = _view_frame(views[0], day, lake.day_zone)
+            for other in views[1:]:  # same keys and stamps, in the same order: add its feature columns
+                more = _view_frame(other, day, lake.day_zone)
+                frame = frame.join(more[[f.name for f in other.features if f.name not in frame.columns]])
+            lake.write(table, day, frame)
 
 
 def _store(settings: Settings, key_ttl: int | None = None) -> FeatureStore:
@@ -224,6 +236,9 @@ def test_an_older_day_written_again_leaves_newer_redis_rows_as_feast_does(tmp_pa
     _stock_materialize(stock, stock_s, D1)  # Feast skips a row older than the stored one
     view = ours.get_feature_view("user_behavior")
     written = write_view(ours, view, lake.read(lake_table(view), D1))
+    for other in ours.list_feature_views():  # the other views of a user's hash, as stock wrote them
+        if other.join_keys == ["user_id"] and other.name != view.name:
+            write_view(ours, other, lake.read(lake_table(other), D1))
 
     assert written == 5, "only day 1's keys that day 2 lacks are written"
     ours_now = _redis_hashes(redis_client, redis_projects[1])
