@@ -73,7 +73,7 @@ REFRESH_SECONDS = 1
 CONNECTIONS = (1, 4, 16, 64)
 FIXED_SECONDS = 20
 SWAPS, SWAP_EVERY, SWAP_SECONDS = 10, 3.0, 35
-VISIBLE_STREAK = 20
+VISIBLE_STREAK, POLL_SECONDS = 20, 0.01  # the poller adds at most ~100 requests/s
 SWAP_MODEL = "purchase_intent"
 SWAP_TAG = "bench_serving"
 SAMPLE_IDS = 3000
@@ -357,7 +357,8 @@ def load_steps(
 def swap_twin(settings: Settings) -> tuple[str, str]:
     """(champion version, a second version of the champion's own artifacts): reused when an earlier run made it."""
     champion = registry.get_champion(settings, SWAP_MODEL)
-    assert champion is not None  # demo_settings checked it
+    if champion is None:
+        raise BenchUnavailable(f"{settings.mlflow_tracking_uri}: {SWAP_MODEL} lost its champion during the bench")
     for info in registry.list_versions(settings, SWAP_MODEL):
         if info.tags.get(SWAP_TAG) == f"twin of v{champion.version}" and info.source == champion.source:
             return champion.version, info.version
@@ -395,6 +396,7 @@ def seconds_until_visible(
                 return streak_began - moved_at
         else:
             streak = 0
+        time.sleep(POLL_SECONDS)
     return None
 
 
@@ -422,6 +424,9 @@ def swap_run(
             registry.set_alias(settings, SWAP_MODEL, registry.CHAMPION, version)
             visible.append(seconds_until_visible(target, version, ids[i], tick))
             time.sleep(max(0.0, SWAP_EVERY - (time.monotonic() - tick)))
+    except BaseException:
+        load.kill()
+        raise
     finally:
         registry.set_alias(settings, SWAP_MODEL, registry.CHAMPION, original)
     result = measured(load, store, target, paced, rate)
@@ -488,10 +493,20 @@ def _versus(ours: Measurement, results: list[Measurement]) -> str:
     return f"{ours.per_second / feast.per_second:.2f}x, {ours.p99_ms / feast.p99_ms:.2f}x"
 
 
-def table(results: list[Measurement], swaps: list[SwapRun], ds: dt.date, load: tuple[float, float]) -> str:
+def code_version() -> str:
+    """The commit measured, and whether the serving code had uncommitted changes (the tree is shared)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True).stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", "pipelines/serving")
+    return git("rev-parse", "--short", "HEAD") + (" + uncommitted pipelines/serving changes" if dirty else "")
+
+
+def table(results: list[Measurement], swaps: list[SwapRun], ds: dt.date, load: tuple[float, float], code: str) -> str:
     lines = [
-        f"serving, one random known user id per request (user features of {ds}), wrk -t1; {WORKERS} workers "
-        f"each; load average {load[0]:.1f} before, {load[1]:.1f} after (2 cores)",
+        f"serving at {code}, one random known user id per request (user features of {ds}), wrk -t1; "
+        f"{WORKERS} workers each; load average {load[0]:.1f} before, {load[1]:.1f} after (2 cores)",
         f"{'store':<7} {'target':<40} {'concurrency':>12} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
         f"{'errors':>6}  vs feast serve (req/s, p99)",
     ]
@@ -532,17 +547,18 @@ def main() -> None:
     parser.add_argument("--paced", type=int, default=32, help="connections of the fixed-rate runs (32)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args()
-    before = os.getloadavg()[0]
+    before, code = os.getloadavg()[0], code_version()
     try:
         results, swaps, ds = run(args.home, args.stores, args.swap_stores, args.seconds, args.rate, args.paced)
     except BenchUnavailable as exc:
         print(f"bench_serving: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     load = (before, os.getloadavg()[0])
-    print(table(results, swaps, ds, load))
+    print(table(results, swaps, ds, load, code))
     if args.json:
         document = {
             "command": " ".join(sys.argv),
+            "code": code,
             "ds": ds.isoformat(),
             "load_average": load,
             "measurements": [asdict(m) | {"per_second": m.per_second} for m in results],
