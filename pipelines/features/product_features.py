@@ -107,7 +107,7 @@ FEATURE_TYPES: dict[str, pa.DataType] = {USER_CANDIDATES_TABLE: pa.list_(pa.int6
 # pair and day (SQLite: ~8 s a day for 5,000 users), while the candidates hardly ever include them.
 CART_EVENTS = ("cart", "remove_from_cart", "purchase")
 # Columns a table carries besides keys and features: a product's category, so that serving can find the
-# category of any product it is asked to rank (Feast reads only a view's declared columns, so it is not a feature).
+# category of any product it is asked to rank (the product_catalogue view reads it; not a model feature).
 EXTRA_COLUMNS: dict[str, list[str]] = {PRODUCT_STATS_TABLE: ["category_id"]}
 
 EVENT_COLUMNS = ["event_time", "user_id", "event_type", "product_id", "category_id"]
