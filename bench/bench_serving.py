@@ -15,9 +15,10 @@ project (own registry file, keys deleted at the end) holding the lake's newest f
 - max throughput: wrk closed loop, one thread, 1, 4, 16 and 64 connections, ``--seconds`` each;
 - fixed rate (the headline p99; target <= 5 ms): ``--rate`` req/s for 20 s over ``--paced`` connections. wrk
   has no open-loop mode, so each connection waits (1000 x connections / rate ms - the unloaded p50) on average
-  before each request: closed-loop pacing per connection, so a slow answer delays that connection's next request
-  and coordinated omission is possible; with 32 connections the pacing interval (64 ms) is far above the latency.
-  The achieved rate is shown beside the target.
+  before each request (drawn within +-50% so the connections drift apart, bench/wrk/post_ids.lua): closed-loop
+  pacing per connection, so a slow answer delays that connection's next request and coordinated omission is
+  possible; with 32 connections the pacing interval (64 ms) is far above the latency. The achieved rate is shown
+  beside the target.
 - swaps (``--swap-stores``, sqlite by default): a second registered version of purchase_intent is made from the
   champion's own artifacts (tagged ``bench_serving``, kept and reused by later runs), then, while wrk runs paced
   at the fixed rate, the ``champion`` alias moves between the two versions every 3 s, 10 times, and is put back on
@@ -46,7 +47,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
