@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from feast import Entity, FeatureStore, FeatureView, Field, FileSource, ValueType
-from feast.types import Bool, Float32, Int64, String
+from feast.types import Array, Bool, Float32, Int64, String
 
 from feature_repo.definitions import definitions
 from feature_repo.parts import lake_table
@@ -41,6 +41,8 @@ def _keys(view, day: dt.date, rng: np.random.Generator) -> pd.DataFrame:
         if column == "order_id":
             # Orders are per event; non-ASCII ids check the key's UTF-8 encoding.
             keys[column] = [f"{day:%Y%m%d}-ordé-{i}" for i in range(n)]
+        elif column in ("device_id", "ip_address"):  # string keys of the order histories
+            keys[column] = [f"{column}-{i + offset}" for i in range(n)]
         else:
             keys[column] = (np.arange(n) + offset + 1) * (1 if column == "user_id" else 7)
     return pd.DataFrame(keys)
@@ -58,6 +60,9 @@ def _view_frame(view, day: dt.date, zone: str) -> pd.DataFrame:
         frame["event_timestamp"] = pd.Timestamp(schemas.as_of(day, zone))
     frame["event_timestamp"] = frame["event_timestamp"].dt.as_unit("us")
     for i, feature in enumerate(view.features):
+        if isinstance(feature.dtype, Array):  # the order histories' lists, of 0 to 3 items
+            frame[feature.name] = [_list_of(feature.dtype, rng, j % 4) for j in range(n)]
+            continue
         if feature.dtype == Int64:  # a product's category: ids, some unknown
             ids = rng.integers(-1, 50, n)
             frame[feature.name] = pd.array(np.where(rng.random(n) < 0.2, None, ids), dtype="Int64")
@@ -71,6 +76,17 @@ def _view_frame(view, day: dt.date, zone: str) -> pd.DataFrame:
         older = frame.iloc[[2]].assign(event_timestamp=pd.Timestamp(schemas.day_start(day, zone)).as_unit("us"))
         frame = pd.concat([frame, older.assign(**{f.name: -1.0 for f in view.features})], ignore_index=True)
     return frame
+
+
+def _list_of(dtype: Array, rng: np.random.Generator, size: int) -> list:
+    base = dtype.base_type
+    if base == Int64:
+        return rng.integers(-(2**40), 2**40, size).tolist()
+    if base == Bool:
+        return (rng.random(size) < 0.5).tolist()
+    if base == String:
+        return [f"k-{v}" for v in rng.integers(0, 99, size)]
+    return rng.normal(0, 100, size).round(2).tolist()
 
 
 def _build_lake(settings: Settings) -> None:

@@ -25,6 +25,9 @@ ORDERS = [f"o-{i}" for i in range(36)]
 KEY_VALUES = {"user_id": USERS, "product_id": PRODUCTS, "category_id": CATEGORIES}
 
 
+TRAINING_SERVICES = ("purchase_intent", "order_fraud", "product_ranking")
+
+
 def _as_of(day: dt.date) -> pd.Timestamp:
     return pd.Timestamp(schemas.as_of(day)).tz_convert("UTC")
 
@@ -60,8 +63,11 @@ def _view_rows(view, rng: np.random.Generator) -> dict[dt.date, pd.DataFrame]:
 def random_lake(settings: Settings, lake: Lake) -> Lake:
     rng = np.random.default_rng(7)
     tables = set()
-    for view in definitions(settings).views:
-        if lake_table(view) in tables:  # product_catalogue reads product_stats' category_id, inserted below
+    repo = definitions(settings)
+    # The training services' views (serving-only views, e.g. the order histories checkout reads, are not joined).
+    trained = {p.name for s in repo.services if s.name in TRAINING_SERVICES for p in s.feature_view_projections}
+    for view in repo.views:
+        if view.name not in trained or lake_table(view) in tables:
             continue
         tables.add(lake_table(view))
         for day, frame in _view_rows(view, rng).items():

@@ -34,7 +34,11 @@ def test_every_shipped_spec_has_its_use_case_and_the_tables_it_needs() -> None:
     assert families_for([SHIPPED["product_ranking"]]) == ["user_behavior", "ranking"]
     assert set(raw_tables()) == {"events", "users", "follows", "orders", "order_labels"}
     assert [entity_keys(spec) for spec in SHIPPED.values()] == [("order_id",), ("user_id", "product_id"), ("user_id",)]
-    assert {e: c.serving for e, c in USE_CASES.items()} == {"user": "score", "order": None, "user_product": "rank"}
+    assert {e: c.serving for e, c in USE_CASES.items()} == {
+        "user": "score",
+        "order": "checkout",
+        "user_product": "rank",
+    }
 
 
 def test_every_family_publishes_the_tables_its_feature_views_read(tmp_path: Path) -> None:
@@ -44,7 +48,7 @@ def test_every_family_publishes_the_tables_its_feature_views_read(tmp_path: Path
     from feature_repo.parts import lake_table
 
     parts = parts_by_entity(get_settings(home=tmp_path / ".storefront"))
-    published = {table for family in FAMILIES.values() for table in family.feature_tables}
+    published = {t for family in FAMILIES.values() for t in (*family.feature_tables, *family.serving_tables)}
     assert {lake_table(view) for part in parts.values() for view in part.views} == published
     for spec in SHIPPED.values():
         assert spec.feature_service in {s.name for s in parts[spec.entity].services}

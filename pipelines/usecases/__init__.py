@@ -54,9 +54,11 @@ class FeatureFamily:
 
     name: str
     input_tables: tuple[str, ...]
-    feature_tables: tuple[str, ...]
+    feature_tables: tuple[str, ...]  # what training reads (training readiness asks for their partitions)
     # build(settings, day) -> {"rows"/"uri"/"warnings" ...}: builds, checks and publishes the day's tables.
     build: Callable[[Settings, dt.date], dict]
+    # Tables the family also publishes for serving only (online lookups), not training inputs.
+    serving_tables: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -62,9 +62,8 @@ FAMILIES = (
         name="order_risk",
         # Chargebacks known before an order feed its features when they are there; a day without any is fine.
         input_tables=("orders",),
-        # Training reads these; the family also writes the order histories checkout scoring reads (not a
-        # training input: a lake built before them still trains).
         feature_tables=(ORDER_RISK_TABLE,),
+        serving_tables=tuple(f"features/order_history_{e}" for e in ("user", "device", "ip")),
         build=build_order_risk,
     ),
 )

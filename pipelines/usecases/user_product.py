@@ -60,8 +60,8 @@ FAMILIES = (
             "features/product_stats",
             "features/user_category",
             "features/user_product",
-            "features/user_candidates",
         ),
+        serving_tables=("features/user_candidates",),
         build=build_ranking,
     ),
 )

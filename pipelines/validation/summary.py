@@ -18,6 +18,7 @@ FEATURE_TABLES = (
     "features/product_stats",
     "features/user_category",
     "features/user_product",
+    "features/user_candidates",
 )
 
 
