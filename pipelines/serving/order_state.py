@@ -21,6 +21,7 @@ from pipelines.features.checkout import HISTORY_LISTS, KEY_COLUMNS, TIMESTAMP_CO
 log = logging.getLogger(__name__)
 
 ENTITIES = tuple(KEY_COLUMNS)  # user, device, ip
+PUSH_BATCH = 2_000  # queued rows pushed together at most
 
 
 class OrderState:
@@ -58,6 +59,10 @@ class OrderState:
             found[entity] = None if row is None else {KEY_COLUMNS[entity]: key, **_lists(row)}
         return KeyHistories(found["user"], found["device"], found["ip"])
 
+    def rows_of(self, entity: str, keys: list[object]) -> list[dict[str, Any] | None]:
+        """The stored (pushed and loaded) history rows of ``keys`` of an entity, without this process's overlay."""
+        return self._readers[entity].read(keys)
+
     def record(self, rows: KeyHistories, at: pd.Timestamp) -> None:
         """Keep ``rows`` (``append_order``'s) for this process's next reads and queue their push."""
         with self._lock:
@@ -70,28 +75,52 @@ class OrderState:
                 self._queue.put((self._seq, entity, row, at))
 
     def _push_loop(self) -> None:
+        """Push what is queued in batches: one push per entity with the newest row of each key (at a thousand
+        orders a second, a push per order would cost more than the scoring)."""
         from feast.data_source import PushMode
 
-        while (item := self._queue.get()) is not None:
+        while (first := self._queue.get()) is not None:
+            batch = [first]
+            stop = False
+            while len(batch) < PUSH_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
             try:
-                self._push(*item, PushMode.ONLINE)
+                self._push(batch, PushMode.ONLINE)
             finally:
-                self._queue.task_done()
+                for _ in batch:
+                    self._queue.task_done()
+            if stop:
+                break
         self._queue.task_done()
 
-    def _push(self, seq: int, entity: str, row: dict[str, Any], at: pd.Timestamp, mode: Any) -> None:
-        key = (entity, row[KEY_COLUMNS[entity]])
-        try:
-            self._store.push(self._sources[entity], pd.DataFrame([{**row, TIMESTAMP_COLUMN: at}]), to=mode)
-        except Exception:
-            # Kept in the overlay: this process still counts the order; the next daily build has it for all.
-            self.push_errors += 1
-            log.exception("push of the %s history %r failed", *key)
-            return
-        self.pushed += 1
-        with self._lock:
-            if self._overlay.get(key, (None,))[0] == seq:  # not replaced by a newer order meanwhile
-                del self._overlay[key]
+    def _push(self, batch: list[tuple[int, str, dict[str, Any], pd.Timestamp]], mode: Any) -> None:
+        newest: dict[tuple[str, object], tuple[int, dict[str, Any], pd.Timestamp]] = {}
+        for seq, entity, row, at in batch:
+            newest[(entity, row[KEY_COLUMNS[entity]])] = (seq, row, at)
+        for entity in ENTITIES:
+            keys = [k for k in newest if k[0] == entity]
+            if not keys:
+                continue
+            frame = pd.DataFrame([{**newest[k][1], TIMESTAMP_COLUMN: newest[k][2]} for k in keys])
+            try:
+                self._store.push(self._sources[entity], frame, to=mode)
+            except Exception:
+                # Kept in the overlay: this process still counts the orders; the next daily build has them for all.
+                self.push_errors += len(keys)
+                log.exception("push of %d %s histories failed", len(keys), entity)
+                continue
+            self.pushed += len(keys)
+            with self._lock:
+                for key in keys:
+                    if self._overlay.get(key, (None,))[0] == newest[key][0]:  # not replaced meanwhile
+                        del self._overlay[key]
 
     def drain(self) -> None:
         """Wait until every queued push has been tried (tests, shutdown)."""
