@@ -27,7 +27,8 @@ project (own registry file, keys deleted at the end) holding the lake's newest f
   visible: new connections poll predict until 20 answers in a row carry the new version (refresh interval 1 s).
 
 Errors are HTTP statuses >= 400 as wrk counts them (no route answers 1xx or 3xx) plus socket errors (connect, read,
-write, timeouts over 2 s). Latencies are wrk's, from writing the request to reading the whole answer.
+write, and timeouts: answers slower than 2 s, whose latency wrk leaves out; the JSON gives timeouts apart).
+Latencies are wrk's, from writing the request to reading the whole answer.
 
 Caveats: wrk shares the 2 cores with the servers (one wrk thread); the machine may be shared, so the load
 average is printed beside the table: compare runs made under the same load.
@@ -117,7 +118,8 @@ class Measurement:
     requests: int
     seconds: float
     http_errors: int
-    socket_errors: int
+    socket_errors: int  # including timeouts
+    timeouts: int
     p50_ms: float
     p90_ms: float
     p99_ms: float
@@ -323,6 +325,7 @@ def measured(
         seconds=r["duration_us"] / 1e6,
         http_errors=r["http_errors"],
         socket_errors=r["socket_errors"],
+        timeouts=r["timeouts"],
         p50_ms=r["p50_us"] / 1e3,
         p90_ms=r["p90_us"] / 1e3,
         p99_ms=r["p99_us"] / 1e3,

@@ -8,7 +8,9 @@
 --                  [0.5, 1.5] x DELAY_MS (mean DELAY_MS), so connections drift apart instead of firing in step.
 --                  This is closed-loop pacing per connection, not an open-loop arrival process: a slow answer
 --                  delays that connection's next request (coordinated omission is possible).
--- Headers (Authorization) come from wrk's -H. done() prints one line "WRK_JSON {...}", latencies in microseconds.
+-- Headers (Authorization) come from wrk's -H. done() prints one line "WRK_JSON {...}", latencies in microseconds;
+-- socket_errors counts connect, read and write errors and timeouts (answers slower than wrk's --timeout, whose
+-- latency wrk does not record), timeouts those alone.
 
 local ids = {}
 local template = ""
@@ -39,9 +41,9 @@ end
 function done(summary, latency, requests)
    local e = summary.errors
    io.write(string.format(
-      'WRK_JSON {"requests":%d,"duration_us":%d,"http_errors":%d,"socket_errors":%d,'
+      'WRK_JSON {"requests":%d,"duration_us":%d,"http_errors":%d,"socket_errors":%d,"timeouts":%d,'
          .. '"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d}\n',
-      summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
+      summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout, e.timeout,
       latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max
    ))
 end
