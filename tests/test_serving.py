@@ -322,25 +322,29 @@ def test_unsafe_keys_file_is_refused_naming_it(settings: Settings, tmp_path: Pat
 
 
 def test_metrics_count_requests_errors_latency_missing_features_and_swaps(client: TestClient) -> None:
+    def sample(text: str, name: str, **labels: str) -> float:
+        wanted = [f'{k}="{v}"' for k, v in labels.items()]
+        lines = [x for x in text.splitlines() if x.startswith(f"{name}{{") and all(p in x for p in wanted)]
+        return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
+
+    # Samples are per process when prometheus_client keeps them in files (serving's workers; importing Feast
+    # turns that on too): measure what this test adds.
+    before = client.get("/metrics").text
     register(FEATURES, seed=1)
     client.app.state.serving.served[MODEL].holder.refresh()
     predict(client, [1, 2, 99])  # 99 has no online features
     predict(client, [])  # 422
-    text = client.get("/metrics").text
+    after = client.get("/metrics").text
 
-    def sample(name: str, **labels: str) -> float:
-        wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
-        line = next(
-            x for x in text.splitlines() if x.startswith(f"{name}{{") and all(p in x for p in wanted.split(","))
-        )
-        return float(line.rsplit(" ", 1)[1])
+    def added(name: str, **labels: str) -> float:
+        return sample(after, name, **labels) - sample(before, name, **labels)
 
-    assert sample("storefront_serving_requests_total", model=MODEL, version="1", status="200") == 1
-    assert sample("storefront_serving_requests_total", model=MODEL, status="422") == 1
-    assert sample("storefront_serving_entities_total", model=MODEL, version="1") == 3
-    assert sample("storefront_serving_entities_missing_features_total", model=MODEL, version="1") == 1
-    assert sample("storefront_serving_request_seconds_count", model=MODEL, version="1", route="predict") == 1
-    assert sample("storefront_serving_swaps_total", model=MODEL) == 1
+    assert added("storefront_serving_requests_total", model=MODEL, version="1", status="200") == 1
+    assert added("storefront_serving_requests_total", model=MODEL, status="422") == 1
+    assert added("storefront_serving_entities_total", model=MODEL, version="1") == 3
+    assert added("storefront_serving_entities_missing_features_total", model=MODEL, version="1") == 1
+    assert added("storefront_serving_request_seconds_count", model=MODEL, version="1", route="predict") == 1
+    assert added("storefront_serving_swaps_total", model=MODEL) == 1
 
 
 def test_every_prediction_is_logged_with_its_request_id_version_and_features(

@@ -2,13 +2,12 @@
 
 With several worker processes each one writes its samples to ``PROMETHEUS_MULTIPROC_DIR`` (set by
 ``pipelines/serving/server.py`` before the workers start) and ``/metrics`` adds them up, whichever worker answers.
+Counts are then per process, not per app: tests compare before and after.
 """
 
 from __future__ import annotations
 
-import os
-
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, values
 from prometheus_client.multiprocess import MultiProcessCollector
 
 # Milliseconds matter here: a checkout waits on the score.
@@ -65,7 +64,9 @@ class ServingMetrics:
 
     def exposition(self) -> tuple[bytes, str]:
         """The text exposition of every worker's samples (or this process's, with one worker)."""
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # prometheus_client picks file-backed values at import when PROMETHEUS_MULTIPROC_DIR is set (the server
+        # sets it; importing Feast sets it too): then samples live in the directory, one file per process.
+        if getattr(values.ValueClass, "_multiprocess", False):
             merged = CollectorRegistry()
             MultiProcessCollector(merged)
             return generate_latest(merged), CONTENT_TYPE_LATEST
