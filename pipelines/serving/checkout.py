@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -21,12 +20,10 @@ from pipelines.features.checkout import CheckoutOrder, KeyHistories, append_orde
 from pipelines.features.order_features import FEATURE_COLUMNS
 from pipelines.lake import Lake
 from pipelines.registry.rollouts import CHAMPION_ARM
-from pipelines.serving.features import FeastFeatures, Features, FeatureSource, FeaturesUnavailable
+from pipelines.serving.features import FeastFeatures, Features, FeaturesUnavailable
 from pipelines.serving.order_state import OrderState
 from pipelines.serving.requests import BadRequest, entity_id, number, text, timestamp
 from pipelines.serving.served import NotServable, Outcome, Served
-from pipelines.settings import Settings
-from pipelines.specs import ModelSpec
 
 
 def order_from(payload: dict[str, Any], now: dt.datetime) -> tuple[str, CheckoutOrder]:
@@ -56,14 +53,8 @@ class CheckoutModel(Served):
 
     route = "score"
 
-    def __init__(
-        self,
-        spec: ModelSpec,
-        settings: Settings,
-        source: FeatureSource,
-        on_event: Callable[[str, str], None] | None = None,
-    ) -> None:
-        super().__init__(spec, settings, source, on_event=on_event)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._state: OrderState | None = None
         self._zone: str | None = None
         self._lock = threading.Lock()
