@@ -6,12 +6,13 @@ keeps serving (the contract in DESIGN.md: serving never goes down on a bad model
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import lightgbm as lgb
 import numpy as np
@@ -114,23 +115,34 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def champion_version(settings: Settings, name: str, alias: str = CHAMPION_ALIAS) -> str | None:
-    """The version ``alias`` (the champion by default) points at, or None when there is no such model or alias."""
+@functools.lru_cache(maxsize=8)
+def _client(uri: str) -> Any:
     from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def registered_model(settings: Settings, name: str) -> tuple[dict[str, str], dict[str, str]] | None:
+    """The registered model's aliases (alias -> version) and tags in one registry call; None when it does not
+    exist. The refresh loop asks this every few seconds for every model: one query, one long-lived client."""
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
     try:
-        # Read the aliases map rather than get_model_version_by_alias: a missing alias there is an
-        # INVALID_PARAMETER_VALUE, indistinguishable from a real error.
-        model = client.get_registered_model(name)
+        model = _client(settings.mlflow_tracking_uri).get_registered_model(name)
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             return None
         raise
-    version = model.aliases.get(alias)
-    # SQLite stores give an int, the REST server a str.
-    return None if version is None else str(version)
+    # SQLite stores give an int version, the REST server a str.
+    return {a: str(v) for a, v in (model.aliases or {}).items()}, dict(model.tags or {})
+
+
+def champion_version(settings: Settings, name: str, alias: str = CHAMPION_ALIAS) -> str | None:
+    """The version ``alias`` (the champion by default) points at, or None when there is no such model or alias."""
+    # The aliases map rather than get_model_version_by_alias: a missing alias there is an INVALID_PARAMETER_VALUE,
+    # indistinguishable from a real error.
+    found = registered_model(settings, name)
+    return None if found is None else found[0].get(alias)
 
 
 def load_version(settings: Settings, name: str, version: str) -> LoadedModel:
@@ -208,12 +220,17 @@ class ChampionModel:
     def checked(self) -> bool:
         return self._last_checked is not None
 
-    def refresh(self) -> LoadedModel | None:
-        """Check the alias; load, canary and swap in a new champion. Returns the version now serving."""
+    def refresh(self, aliases: dict[str, str] | None = None) -> LoadedModel | None:
+        """Check the alias (in ``aliases`` when the caller already read the model's aliases, else from the
+        registry); load, canary and swap in a new version. Returns the version now serving."""
         with self._refresh_lock:
             self._last_checked = _now()
             try:
-                version = champion_version(self._settings, self.name, self.alias)
+                version = (
+                    aliases.get(self.alias)
+                    if aliases is not None
+                    else champion_version(self._settings, self.name, self.alias)
+                )
             except Exception as exc:  # the registry being down must not stop serving
                 self._record_error(f"could not read alias {self.alias!r} of {self.name}: {exc}")
                 return self.current()

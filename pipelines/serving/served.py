@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.registry.rollouts import CHAMPION_ARM, Rollout, active_rollouts, in_split
+from pipelines.registry.rollouts import CHAMPION_ARM, Rollout, RolloutError, in_split, parse_rollouts
 from pipelines.serving import request_id
 from pipelines.serving.features import RANK_KEYS, Features, FeatureSource, FeaturesUnavailable
-from pipelines.serving.model_loader import ChampionModel, FeatureMismatchError, LoadedModel
+from pipelines.serving.model_loader import ChampionModel, FeatureMismatchError, LoadedModel, registered_model
 from pipelines.serving.prediction_log import PredictionLog
 from pipelines.serving.requests import entity_id, id_list
 from pipelines.settings import Settings
@@ -75,12 +75,19 @@ class Served:
         return self.spec.name
 
     def refresh(self) -> None:
-        """Follow the champion alias, then the model's rollout (started, changed or ended in the registry)."""
-        self.holder.refresh()
+        """Follow the champion alias, then the model's rollout (started, changed or ended in the registry): one
+        registry read for both."""
         try:
-            rollouts = active_rollouts(self._settings, self.spec.name)
-        except Exception:  # the registry being down: keep serving the arms as they are
-            logger.warning("could not read the rollouts of %s; arms unchanged", self.spec.name, exc_info=True)
+            found = registered_model(self._settings, self.spec.name)
+        except Exception:  # the registry being down: the holder records why, the arms stay as they are
+            self.holder.refresh()
+            return
+        aliases, tags = found if found is not None else ({}, {})
+        self.holder.refresh(aliases)
+        try:
+            rollouts = parse_rollouts(self.spec.name, tags, aliases)
+        except RolloutError:
+            logger.warning("unreadable rollout of %s; arms unchanged", self.spec.name, exc_info=True)
             return
         rollout = rollouts[0] if rollouts else None
         if rollout is None:
@@ -88,7 +95,7 @@ class Served:
             return
         if self.challenger is None or self.challenger.alias != rollout.alias:
             self.challenger = ChampionModel(self.spec.name, self._settings, alias=rollout.alias, **self._holder_args)
-        self.challenger.refresh()
+        self.challenger.refresh(aliases)
         loaded = self.challenger.current()
         # Arms change only once the challenger's version is loaded and passed its canary.
         self.rollout = rollout if loaded is not None and loaded.version == rollout.version else None
