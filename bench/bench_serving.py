@@ -90,6 +90,9 @@ class Route:
     path: str
     body: str
     feast_body: str
+    # Stores it is measured on: a route that writes (checkout appends each scored order to the online histories)
+    # runs only on the bench's own Redis project, never on the demo world's store.
+    stores: tuple[str, ...] = ("sqlite", "redis")
 
 
 ROUTES: tuple[Route, ...] = (
@@ -99,7 +102,18 @@ ROUTES: tuple[Route, ...] = (
         '{"user_ids":[%d]}',
         '{"feature_service":"purchase_intent","entities":{"user_id":[%d]}}',
     ),
-    # order_fraud/score goes here when the route exists (issue 12): one Route with its order body template.
+    # An order of a known account on its own device and IP, placed the day after the newest feature day; the
+    # features feast serve reads for it are the three order histories (order_checkout) it is computed from.
+    Route(
+        "order_fraud/score",
+        "/v1/models/order_fraud/score",
+        '{"user_id":%d,"signup_time":"2024-06-01T08:00:00Z","purchase_time":"2025-02-05T10:00:00Z",'
+        '"purchase_value":49.5,"device_id":"bench-d%d","ip_address":"bench-ip%d","source":"SEO",'
+        '"browser":"Chrome","age":35}',
+        '{"feature_service":"order_checkout","entities":{"user_id":[%d],"device_id":["bench-d%d"],'
+        '"ip_address":["bench-ip%d"]}}',
+        stores=("redis",),
+    ),
 )
 
 
@@ -388,7 +402,7 @@ def seconds_until_visible(
     """Seconds from the alias move to the first of ``VISIBLE_STREAK`` answers in a row, each on a new connection,
     carrying ``version``; None if that does not happen within ``timeout``."""
     headers = dict(h.split(": ", 1) for h in target.headers) | {"content-type": "application/json"}
-    body = (target.body % user_id).encode()
+    body = target.body.replace("%d", str(user_id)).encode()
     streak_began, streak = 0.0, 0
     while time.monotonic() - moved_at < timeout:
         asked = time.monotonic()
@@ -438,8 +452,8 @@ def swap_run(
 
 
 # -- the run -----------------------------------------------------------------------------------------------
-def targets_of(ours: str, feast: str, token: str) -> list[tuple[Target, Target]]:
-    """(our route, feast serve's request for the same features) for every route of ROUTES."""
+def targets_of(ours: str, feast: str, token: str, store: str) -> list[tuple[Target, Target]]:
+    """(our route, feast serve's request for the same features) for every route of ROUTES measured on ``store``."""
     auth = (f"Authorization: Bearer {token}",)
     return [
         (
@@ -447,6 +461,7 @@ def targets_of(ours: str, feast: str, token: str) -> list[tuple[Target, Target]]
             Target(f"feast serve ({route.name})", feast + "/get-online-features", route.feast_body, ()),
         )
         for route in ROUTES
+        if store in route.stores
     ]
 
 
@@ -467,8 +482,8 @@ def run(
             with contextlib.ExitStack() as stack:
                 settings = demo if store == "sqlite" else stack.enter_context(redis_project(demo, ds, tmp))
                 ours = stack.enter_context(mlctl_serve(settings, keys, tmp))
-                feast = stack.enter_context(feast_serve(settings, tmp, ROUTES[0].feast_body % ids[0]))
-                pairs = targets_of(ours, feast, token)
+                feast = stack.enter_context(feast_serve(settings, tmp, ROUTES[0].feast_body.replace("%d", str(ids[0]))))
+                pairs = targets_of(ours, feast, token, store)
                 measured_here = load_steps(store, [t for pair in pairs for t in pair], ids_file, seconds, rate, paced)
                 results += measured_here
                 if store in swap_stores:

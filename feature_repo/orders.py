@@ -67,13 +67,14 @@ HISTORY_TTL = timedelta(days=3)
 
 
 def history_push_source(entity: str) -> str:
-    """The push source a scored order's new history row of ``entity`` (user, device, ip) goes through."""
+    """The push source of ``entity``'s (user, device, ip) history view, for producers that push orders through
+    Feast (the serving app writes its scored orders in batches with the platform's writer instead: cheaper)."""
     return f"order_history_{entity}_push"
 
 
 def _history_views(settings: Settings, user: Entity) -> tuple[list[Entity], list, list[FeatureView]]:
     """Per-key order histories (account, device, IP) that checkout scoring reads: built daily by the order_risk
-    family, updated online by a push of each scored order."""
+    family, updated online with each scored order."""
     device = Entity(
         name="device", join_keys=[KEY_COLUMNS["device"]], value_type=ValueType.STRING, description="A device id."
     )

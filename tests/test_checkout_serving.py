@@ -114,7 +114,7 @@ def test_each_order_scored_at_checkout_gets_its_training_rows_score(world) -> No
         responses = [client.post(f"/v1/models/{MODEL}/score", json=_body(o)) for _, o in today.iterrows()]
         served.state().drain()
         assert served.state().push_errors == 0
-        # Every scored order reached its account's history in the online store through Feast's push sources.
+        # Every scored order reached its account's history in the online store.
         users = sorted(set(today["user_id"].astype(int)))
         stored = served.state().rows_of("user", users)
         times = {user: set(row["order_time_us"]) for user, row in zip(users, stored, strict=True) if row}

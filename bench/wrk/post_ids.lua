@@ -2,7 +2,7 @@
 --
 -- wrk ... -s bench/wrk/post_ids.lua URL -- IDS_FILE BODY_TEMPLATE DELAY_MS
 --   IDS_FILE       one integer id a line (known entities, from the lake)
---   BODY_TEMPLATE  the JSON body with one %d where the id goes, e.g. {"user_ids":[%d]}
+--   BODY_TEMPLATE  the JSON body with %d where the id goes (every %d gets the same id), e.g. {"user_ids":[%d]}
 --   DELAY_MS       0 = each connection sends its next request as soon as the answer is in (max throughput);
 --                  > 0 = pacing: before each request a connection waits a delay drawn uniformly from
 --                  [0.5, 1.5] x DELAY_MS (mean DELAY_MS), so connections drift apart instead of firing in step.
@@ -28,7 +28,8 @@ function init(args)
 end
 
 function request()
-   return wrk.format(nil, nil, nil, string.format(template, ids[math.random(#ids)]))
+   local body = string.gsub(template, "%%d", tostring(ids[math.random(#ids)]))
+   return wrk.format(nil, nil, nil, body)
 end
 
 function delay()

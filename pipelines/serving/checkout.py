@@ -3,7 +3,8 @@
 The order's 29 ``order_risk`` features are computed from its account's, device's and IP's order histories in the
 online store (pipelines/features/checkout.py, equal to the training row's), its on-demand value features by the
 feature repo's own function (the one Feast's ``order_value`` view runs), then the champion scores them. The order
-is then appended to the three histories and pushed (pipelines/serving/order_state.py), so the next order counts it.
+is then appended to the three histories and written back (pipelines/serving/order_state.py), so the next order
+counts it.
 """
 
 from __future__ import annotations

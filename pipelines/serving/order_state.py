@@ -1,10 +1,13 @@
 """The order histories (account, device, IP) that checkout scoring reads, and the push of each scored order.
 
 Reads go through Feast's online store (``RowReader`` over the ``order_history_*`` views the daily chain loads).
-A scored order is appended to its three histories and pushed through Feast's push sources by a background thread,
-off the request path; until the push has landed, this process answers its keys from the rows it pushes (the
-overlay), so the next order on the same account, device or IP already counts this one. Another worker process sees
-it once the push lands (milliseconds): two orders on one key within that time may count one order short.
+A scored order is appended to its three histories and written back by a background thread, off the request path,
+in batches, with the platform's writer of Feast's online layout (pipelines/features/online_write.py; Feast stays the
+reader). Feast's own push API (``FeatureStore.push`` to the views' push sources, which other producers may use)
+costs about 30 ms a call here, the registry deserialized on every call: more than scoring the order. Until its
+write has landed, this process answers the keys from the rows it wrote (the overlay), so the next order on the
+same account, device or IP already counts this one; another worker process sees it once the write lands (within
+``PUSH_INTERVAL`` plus the write): two orders on one key within that time may each miss the other.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from typing import Any
 
 import pandas as pd
@@ -21,22 +25,24 @@ from pipelines.features.checkout import HISTORY_LISTS, KEY_COLUMNS, TIMESTAMP_CO
 log = logging.getLogger(__name__)
 
 ENTITIES = tuple(KEY_COLUMNS)  # user, device, ip
-PUSH_BATCH = 2_000  # queued rows pushed together at most
+PUSH_BATCH = 2_000  # queued rows written together at most
+PUSH_INTERVAL = 0.05  # seconds a batch collects rows before it is written
+_TICK = pd.Timedelta(microseconds=1)
 
 
 class OrderState:
     """History rows by key through the online store, with this process's pushes overlaid until they land."""
 
     def __init__(self, store: Any) -> None:
-        from feature_repo.orders import history_push_source
         from pipelines.serving.online import RowReader
 
         self._store = store
         self._readers = {e: RowReader(store, f"order_history_{e}") for e in ENTITIES}
-        self._sources = {e: history_push_source(e) for e in ENTITIES}
+        self._views = {e: reader.view for e, reader in self._readers.items()}
         self._overlay: dict[tuple[str, object], tuple[int, dict[str, Any]]] = {}
         self._lock = threading.Lock()
         self._seq = 0
+        self._stamps: dict[tuple[str, object], pd.Timestamp] = {}  # the last stamp written per key
         self._queue: queue.Queue[tuple[int, str, dict[str, Any], pd.Timestamp] | None] = queue.Queue()
         self.pushed = 0
         self.push_errors = 0
@@ -75,11 +81,10 @@ class OrderState:
                 self._queue.put((self._seq, entity, row, at))
 
     def _push_loop(self) -> None:
-        """Push what is queued in batches: one push per entity with the newest row of each key (at a thousand
-        orders a second, a push per order would cost more than the scoring)."""
-        from feast.data_source import PushMode
-
+        """Write what is queued in batches: one write per entity with the newest row of each key, at most every
+        ``PUSH_INTERVAL`` (at a thousand orders a second, a write per order would cost more than the scoring)."""
         while (first := self._queue.get()) is not None:
+            time.sleep(PUSH_INTERVAL)  # let the batch fill
             batch = [first]
             stop = False
             while len(batch) < PUSH_BATCH:
@@ -92,7 +97,7 @@ class OrderState:
                     break
                 batch.append(item)
             try:
-                self._push(batch, PushMode.ONLINE)
+                self._push(batch)
             finally:
                 for _ in batch:
                     self._queue.task_done()
@@ -100,17 +105,23 @@ class OrderState:
                 break
         self._queue.task_done()
 
-    def _push(self, batch: list[tuple[int, str, dict[str, Any], pd.Timestamp]], mode: Any) -> None:
+    def _push(self, batch: list[tuple[int, str, dict[str, Any], pd.Timestamp]]) -> None:
+        from pipelines.features.online_write import write_view
+
         newest: dict[tuple[str, object], tuple[int, dict[str, Any], pd.Timestamp]] = {}
         for seq, entity, row, at in batch:
-            newest[(entity, row[KEY_COLUMNS[entity]])] = (seq, row, at)
+            key = (entity, row[KEY_COLUMNS[entity]])
+            # Each write of a key is stamped later than the last: Redis keeps a row only if it is newer.
+            stamp = max(at, self._stamps.get(key, at - _TICK) + _TICK)
+            self._stamps[key] = stamp
+            newest[key] = (seq, row, stamp)
         for entity in ENTITIES:
             keys = [k for k in newest if k[0] == entity]
             if not keys:
                 continue
             frame = pd.DataFrame([{**newest[k][1], TIMESTAMP_COLUMN: newest[k][2]} for k in keys])
             try:
-                self._store.push(self._sources[entity], frame, to=mode)
+                write_view(self._store, self._views[entity], frame)
             except Exception:
                 # Kept in the overlay: this process still counts the orders; the next daily build has them for all.
                 self.push_errors += len(keys)
