@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from typing import Any
 
 import uvicorn
@@ -44,10 +45,9 @@ def log_config() -> dict[str, Any]:
 
 def run(settings: Settings) -> None:
     """Serve on settings.serving_host:serving_port until interrupted."""
-    metrics_dir = settings.home / "serving" / f"metrics-{os.getpid()}"
-    shutil.rmtree(metrics_dir, ignore_errors=True)
-    metrics_dir.mkdir(parents=True)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir.resolve())
+    # The workers' metric files: process state, in a private temporary directory removed on exit.
+    metrics_dir = tempfile.mkdtemp(prefix="storefront-serving-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
         uvicorn.run(
             "pipelines.serving.server:app_from_environment",
