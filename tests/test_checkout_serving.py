@@ -144,3 +144,14 @@ def test_a_bad_order_is_422_naming_the_field(world) -> None:
             response = client.post(f"/v1/models/{MODEL}/score", json=body | {field: value})
             assert response.status_code == 422, (field, response.text)
             assert response.json()["detail"].startswith(message), response.json()["detail"]
+
+
+def test_the_value_features_equal_the_on_demand_views_function() -> None:
+    from pipelines.serving.checkout import value_features
+
+    values = [0.0, 0.01, 1.0, 49.5, 1e6, 1e9]
+    means = [np.nan, -1.0, 0.0, 1e-9, 3.0, 120.0]
+    grid = pd.DataFrame([(v, m) for v in values for m in means], columns=["purchase_value", "user_mean_value_30d"])
+    expected = order_value(grid)[ON_DEMAND_FEATURES].to_numpy()
+    got = np.array([value_features(v, m) for v, m in grid.itertuples(index=False)])
+    np.testing.assert_array_equal(got, expected)  # NaN where the view gives NaN

@@ -10,6 +10,7 @@ counts it.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import threading
 import uuid
 from typing import Any
@@ -49,6 +50,15 @@ def order_from(payload: dict[str, Any], now: dt.datetime) -> tuple[str, Checkout
     return order_id, order
 
 
+def value_features(purchase_value: float, user_mean_value: float) -> tuple[float, float]:
+    """``log_purchase_value`` and ``value_to_user_mean`` of one order: what the on-demand view's function
+    (feature_repo/orders.py ``order_value``, run by Feast in pandas) gives, without building frames on the request
+    path (a millisecond each); tests/test_checkout_serving.py checks both agree on every kind of input."""
+    log_value = math.log1p(max(purchase_value, 0.0))
+    ratio = purchase_value / user_mean_value if user_mean_value > 0 else math.nan  # NaN and <= 0: unknown
+    return log_value, ratio
+
+
 class CheckoutModel(Served):
     """Scores an order as the customer checks out; see the module's docstring."""
 
@@ -70,7 +80,7 @@ class CheckoutModel(Served):
             return self._state
 
     def _features(self, order: CheckoutOrder) -> tuple[Features, dict[str, bool], KeyHistories]:
-        from feature_repo.orders import ON_DEMAND_FEATURES, order_value
+        from feature_repo.orders import ON_DEMAND_FEATURES
 
         state = self.state()
         try:
@@ -80,11 +90,9 @@ class CheckoutModel(Served):
         assert self._zone is not None
         day = pd.Timestamp(order.purchase_time).tz_convert(self._zone).date()
         risk = checkout_features(order, rows.user, rows.device, rows.ip, day, self._zone)
-        mean = risk[FEATURE_COLUMNS.index("user_mean_value_30d")]
-        # The on-demand view's own function, on the same inputs Feast would give it.
-        value = order_value(pd.DataFrame({"purchase_value": [order.purchase_value], "user_mean_value_30d": [mean]}))
+        mean = float(risk[FEATURE_COLUMNS.index("user_mean_value_30d")])
         names = (*FEATURE_COLUMNS, *ON_DEMAND_FEATURES)
-        values = np.concatenate([risk, value[list(ON_DEMAND_FEATURES)].to_numpy(dtype=float)[0]])[None, :]
+        values = np.concatenate([risk, value_features(order.purchase_value, mean)])[None, :]
         found = {"user": rows.user is not None, "device": rows.device is not None, "ip": rows.ip is not None}
         return Features(values, names, np.array([any(found.values())])), found, rows
 
