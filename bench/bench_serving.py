@@ -70,6 +70,9 @@ from pipelines.settings import PROJECT_ROOT, Settings, get_settings
 LUA = PROJECT_ROOT / "bench" / "wrk" / "post_ids.lua"
 REDIS_URL = "127.0.0.1:6379"
 WORKERS = 2
+# The load steps run at serving's default refresh interval (5 s, as deployed); the swap run at 1 s, so that ten
+# swaps fit in half a minute.
+LOAD_REFRESH_SECONDS = 5.0
 REFRESH_SECONDS = 1
 CONNECTIONS = (1, 4, 16, 64)
 FIXED_SECONDS = 20
@@ -246,18 +249,19 @@ def _get_json(url: str, body: bytes | None = None, headers: dict[str, str] | Non
 
 
 @contextlib.contextmanager
-def mlctl_serve(settings: Settings, keys: Path, tmp: Path) -> Iterator[str]:
-    """``mlctl serve`` on a free loopback port with the bench's workers, refresh and API keys; yields its URL."""
+def mlctl_serve(settings: Settings, keys: Path, tmp: Path, refresh: float) -> Iterator[str]:
+    """``mlctl serve`` on a free loopback port with the bench's workers, a refresh interval and API keys; yields
+    its URL."""
     port = free_port()
     env = {
         **os.environ,
         **settings.environment(),
         "STOREFRONT_SERVING_PORT": str(port),
         "STOREFRONT_SERVING_WORKERS": str(WORKERS),
-        "STOREFRONT_SERVING_REFRESH_SECONDS": str(REFRESH_SECONDS),
+        "STOREFRONT_SERVING_REFRESH_SECONDS": str(refresh),
         "STOREFRONT_SERVING_API_KEYS": str(keys),
     }
-    log = tmp / f"mlctl_serve_{settings.feast_project}.log"
+    log = tmp / f"mlctl_serve_{settings.feast_project}_{refresh:g}s.log"
     with log.open("w") as out:
         server = subprocess.Popen(
             [str(Path(sys.executable).with_name("mlctl")), "serve"],
@@ -481,7 +485,7 @@ def run(
         for store in stores:
             with contextlib.ExitStack() as stack:
                 settings = demo if store == "sqlite" else stack.enter_context(redis_project(demo, ds, tmp))
-                ours = stack.enter_context(mlctl_serve(settings, keys, tmp))
+                ours = stack.enter_context(mlctl_serve(settings, keys, tmp, LOAD_REFRESH_SECONDS))
                 feast = stack.enter_context(feast_serve(settings, tmp, ROUTES[0].feast_body.replace("%d", str(ids[0]))))
                 pairs = targets_of(ours, feast, token, store)
                 measured_here = load_steps(store, [t for pair in pairs for t in pair], ids_file, seconds, rate, paced)
@@ -490,6 +494,10 @@ def run(
                     predict = pairs[0][0]
                     unloaded = next(m for m in measured_here if m.target == predict.label and m.connections == 1)
                     delay = pacing_delay(rate, paced, unloaded.p50_ms)
+                    stack.close()  # the swap run gets its own server, refreshing every REFRESH_SECONDS
+                    settings = demo if store == "sqlite" else stack.enter_context(redis_project(demo, ds, tmp))
+                    ours = stack.enter_context(mlctl_serve(settings, keys, tmp, REFRESH_SECONDS))
+                    predict = targets_of(ours, feast, token, store)[0][0]
                     swaps.append(swap_run(store, settings, ours, predict, ids, ids_file, delay, rate, paced))
     return results, swaps, ds
 

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 ENTITIES = tuple(KEY_COLUMNS)  # user, device, ip
 PUSH_BATCH = 2_000  # queued rows written together at most
-PUSH_INTERVAL = 0.05  # seconds a batch collects rows before it is written
+PUSH_INTERVAL = 0.25  # seconds a batch collects rows before it is written (a write has a fixed cost of milliseconds)
 _TICK = pd.Timedelta(microseconds=1)
 
 
