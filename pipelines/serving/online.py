@@ -159,7 +159,8 @@ class RowReader:
         """Each key's row (feature name -> value; lists as lists) or None when the store has none."""
         protos = [EntityKeyProto(join_keys=[self.key], entity_values=[_key_value(k, self._kind)]) for k in keys]
         out: list[dict[str, object] | None] = []
-        for stamp, data in self._online.online_read(self._config, self.view, protos, self.features):
+        # A fresh list each call: Feast's Redis reader appends its timestamp field to the list it is given.
+        for stamp, data in self._online.online_read(self._config, self.view, protos, list(self.features)):
             if not data or stamp is None or stamp.timestamp() <= 0:
                 out.append(None)
                 continue
