@@ -114,7 +114,7 @@ def _raw_redis(client: redis.Redis, written_by_ours: str) -> tuple[float, int]:
             seconds += time.perf_counter() - began
         return seconds, len(keys)
     finally:
-        _delete(client, target)
+        delete_redis_project(client, target)
 
 
 def _raw_sqlite(path: str, written_by_ours: str) -> tuple[float, int]:
@@ -151,7 +151,7 @@ def _raw_sqlite(path: str, written_by_ours: str) -> tuple[float, int]:
     return seconds, entities
 
 
-def _delete(client: redis.Redis, project: str) -> None:
+def delete_redis_project(client: redis.Redis, project: str) -> None:
     keys = _redis_keys(client, project)
     for start in range(0, len(keys), 10_000):
         client.delete(*keys[start : start + 10_000])
@@ -171,7 +171,7 @@ def _same_sqlite(path: str, stock: str, ours: str) -> bool:
         )
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -182,10 +182,9 @@ def _by_feature(response: dict) -> dict:
     return dict(zip(response["metadata"]["feature_names"], response["results"], strict=True))
 
 
-def _served_same(settings: Settings, stock: FeatureStore, home: Path, users: list[int]) -> bool:
-    """``feast serve`` over our project answers exactly what Feast reads in-process from the stock project."""
+def feast_serve_repo(settings: Settings, repo: Path) -> Path:
+    """A feature repo directory for ``feast -c REPO serve`` on the registry and online store of ``settings``."""
     online = feature_store(settings).config.online_store
-    repo = home / f"serve_{settings.feast_project}"
     repo.mkdir()
     config = {
         "project": settings.feast_project,
@@ -200,7 +199,13 @@ def _served_same(settings: Settings, stock: FeatureStore, home: Path, users: lis
         "entity_key_serialization_version": 3,
     }
     (repo / "feature_store.yaml").write_text(yaml.safe_dump(config))
-    port = _free_port()
+    return repo
+
+
+def _served_same(settings: Settings, stock: FeatureStore, home: Path, users: list[int]) -> bool:
+    """``feast serve`` over our project answers exactly what Feast reads in-process from the stock project."""
+    repo = feast_serve_repo(settings, home / f"serve_{settings.feast_project}")
+    port = free_port()
     feast = str(Path(sys.executable).with_name("feast"))
     server = subprocess.Popen(
         [feast, "-c", str(repo), "serve", "-h", "127.0.0.1", "-p", str(port), "--no-access-log"],
@@ -261,8 +266,8 @@ def run(rows: int, stock: bool) -> list[dict]:
                 results.append(row)
             finally:
                 if client:
-                    _delete(client, stock_project)
-                    _delete(client, our_project)
+                    delete_redis_project(client, stock_project)
+                    delete_redis_project(client, our_project)
     return results
 
 

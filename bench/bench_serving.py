@@ -56,10 +56,8 @@ from pathlib import Path
 
 import numpy as np
 import redis
-import yaml
 
-from bench.bench_materialize import _delete as delete_redis_project
-from bench.bench_materialize import _free_port as free_port
+from bench.bench_materialize import delete_redis_project, feast_serve_repo, free_port
 from pipelines.features.store import feature_store, materialize_day
 from pipelines.features.user_features import ENTITY_COLUMN, USER_FEATURES_TABLE
 from pipelines.lake import Lake
@@ -283,22 +281,7 @@ def mlctl_serve(settings: Settings, keys: Path, tmp: Path, refresh: float) -> It
 def feast_serve(settings: Settings, tmp: Path, probe: str) -> Iterator[str]:
     """``feast serve`` on the same registry and online store as ``settings``; yields its URL once ``probe``
     (a get-online-features body) is answered."""
-    online = feature_store(settings).config.online_store
-    repo = tmp / f"feast_{settings.feast_project}"
-    repo.mkdir()
-    config = {
-        "project": settings.feast_project,
-        "provider": "local",
-        "registry": {"registry_type": "file", "path": settings.feast_registry},
-        "online_store": (
-            {"type": "redis", "connection_string": online.connection_string}
-            if online.type == "redis"
-            else {"type": "sqlite", "path": online.path}
-        ),
-        "offline_store": {"type": "file"},
-        "entity_key_serialization_version": 3,
-    }
-    (repo / "feature_store.yaml").write_text(yaml.safe_dump(config))
+    repo = feast_serve_repo(settings, tmp / f"feast_{settings.feast_project}")
     port = free_port()
     command = [str(Path(sys.executable).with_name("feast")), "-c", str(repo), "serve", "-h", "127.0.0.1"]
     # Gunicorn recycles a worker every 1,000 requests by default: off, so wrk measures serving, not restarts.
