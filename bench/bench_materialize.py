@@ -4,9 +4,10 @@ Run: `uv run python -m bench.bench_materialize [--rows N] [--no-stock]` (N defau
 127.0.0.1:6379, own Feast projects, keys deleted afterwards). One table: rows/s per store and method and the ratio
 of each to the fast writer. "ours" is ``materialize_day`` (lake read, window filter, write, registry update);
 "stock" is ``FeatureStore.materialize`` with ``online_write_batch_size`` 10,000; "raw client" is, on Redis,
-pipelined ``HSET`` of the already serialized rows in batches of 10,000, and on SQLite ``executemany`` of Feast's
-upsert with the already serialized rows (one row per entity and feature) into a table of the same schema, in one
-transaction: transport and storage only, no encoding, the ceiling for any writer of that layout. A sample of keys is
+pipelined ``HSET`` of the already serialized rows in batches of 10,000, and on SQLite Feast's upsert of the already
+serialized rows (one row per entity and feature) into a table of the same schema, in multi-row statements of as many
+rows as SQLite binds (5,000), in one transaction: transport and storage only, no encoding, the ceiling for any
+writer of that layout. A sample of keys is
 compared between stock and ours, so a fast but wrong writer shows up here too, and ``feast serve`` over our project
 must answer ``/get-online-features`` with the same JSON as Feast's in-process read of the stock project ("served").
 """
@@ -35,6 +36,7 @@ from feast import FeatureStore
 from feast.feature_server import convert_response_to_dict
 
 from pipelines.data import schemas
+from pipelines.features.online_write import rows_per_statement, upsert_sql
 from pipelines.features.store import feature_store, materialize_day
 from pipelines.features.user_features import FEATURE_COLUMNS, write_user_features
 from pipelines.lake import Lake
@@ -118,17 +120,12 @@ def _raw_redis(client: redis.Redis, written_by_ours: str) -> tuple[float, int]:
 
 
 def _raw_sqlite(path: str, written_by_ours: str) -> tuple[float, int]:
-    """Seconds of executemany upserts (Feast's statement, one row per entity and feature) of the rows ours wrote,
+    """Seconds of Feast's upsert (one row per entity and feature) in multi-row statements of the rows ours wrote,
     copied into a new table with the same schema and indexes, in one transaction; and entity rows written.
 
     The rows are read back in batches (untimed), so memory stays bounded by the batch."""
     source, target = f"{written_by_ours}_{VIEW}", f"bench_raw_{uuid.uuid4().hex[:8]}_{VIEW}"
     columns = "entity_key, feature_name, value, value_text, event_ts, created_ts"
-    upsert = (
-        f"INSERT INTO {target} ({columns}) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(entity_key, feature_name) DO UPDATE "
-        "SET value = excluded.value, value_text = excluded.value_text, event_ts = excluded.event_ts, "
-        "created_ts = excluded.created_ts"
-    )
     seconds, last = 0.0, 0
     with closing(sqlite3.connect(path)) as db:
         schema = db.execute("SELECT sql FROM sqlite_master WHERE tbl_name = ? AND sql IS NOT NULL", (source,))
@@ -136,13 +133,23 @@ def _raw_sqlite(path: str, written_by_ours: str) -> tuple[float, int]:
             with db:
                 for (statement,) in schema.fetchall():
                     db.execute(statement.replace(source, target))
+                per_statement = rows_per_statement(db)
+                upsert = upsert_sql(target, per_statement)
                 while batch := db.execute(
-                    f"SELECT rowid, {columns} FROM {source} WHERE rowid > ? ORDER BY rowid LIMIT 200000", (last,)
+                    f"SELECT rowid, {columns} FROM {source} WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                    (last, 40 * per_statement),
                 ).fetchall():
                     last = batch[-1][0]
-                    rows = [row[1:] for row in batch]
+                    flat = [
+                        [value for row in batch[i : i + per_statement] for value in row[1:]]
+                        for i in range(0, len(batch), per_statement)
+                    ]
                     began = time.perf_counter()
-                    db.executemany(upsert, rows)
+                    for parameters in flat:  # the last statement of a batch may hold fewer rows
+                        db.execute(
+                            upsert if len(parameters) == len(flat[0]) else upsert_sql(target, len(parameters) // 6),
+                            parameters,
+                        )
                     seconds += time.perf_counter() - began
             entities = db.execute(f"SELECT COUNT(DISTINCT entity_key) FROM {target}").fetchone()[0]
         finally:

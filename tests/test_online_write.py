@@ -306,3 +306,27 @@ def test_other_value_types_are_stored_as_feast_stores_them(tmp_path, projects):
     with sqlite3.connect(ours_s.feast_online_path) as db:
         query = "SELECT entity_key, feature_name, value, value_text, event_ts FROM {}_shop_facts ORDER BY 1, 2"
         assert db.execute(query.format(projects[1])).fetchall() == db.execute(query.format(projects[0])).fetchall()
+
+
+def test_a_batch_failing_midway_leaves_the_sqlite_rows_as_they_were(tmp_path):
+    # Batches are encoded here while SQLite writes the previous one in its own thread: a failure in a later batch
+    # must roll back the batches already written, so readers never see half a day.
+    settings = _settings(tmp_path, "p")
+    _build_lake(settings)
+    store = _store(settings)
+    materialize_day(settings, D1, store=store)
+    table = '"p_user_behavior"'
+    with sqlite3.connect(settings.feast_online_path) as db:
+        before = set(db.execute(f"SELECT * FROM {table}").fetchall())
+    view = store.get_feature_view("user_behavior")
+    frame = Lake(settings).read(lake_table(view), D2)
+    stamps = frame["event_timestamp"].astype(object)
+    stamps.iloc[-1] = "not a time"
+    frame["event_timestamp"] = stamps
+
+    with pytest.raises((ValueError, TypeError)):
+        write_view(store, view, frame, batch_rows=10)
+
+    with sqlite3.connect(settings.feast_online_path) as db:
+        assert set(db.execute(f"SELECT * FROM {table}").fetchall()) == before
+    assert len(before) == 24 * len(view.features)

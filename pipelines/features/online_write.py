@@ -11,6 +11,7 @@ import datetime as dt
 import sqlite3
 import struct
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 
@@ -412,10 +413,12 @@ def _stored_nanos(replies: list[bytes | None]) -> np.ndarray:
 
 # -- SQLite: table <project>_<view>, one row per (entity key, feature) --------------------------------------
 _SQLITE_COLUMNS = ("entity_key", "feature_name", "value", "value_text", "event_ts", "created_ts")
-_ROWS_PER_STATEMENT = 100  # multi-row VALUES: SQLite's per-statement cost is then paid once per 100 rows
+# Multi-row VALUES: SQLite's per-statement cost, and the SQLite thread's wait for the GIL between statements, are
+# paid once per this many rows (fewer where the library allows fewer bound parameters).
+_ROWS_PER_STATEMENT = 5000
 
 
-def _upsert_sql(table: str, rows: int) -> str:
+def upsert_sql(table: str, rows: int) -> str:
     """Feast's upsert (the same columns and conflict rule) for ``rows`` rows."""
     placeholders = ", ".join(["(" + ", ".join("?" * len(_SQLITE_COLUMNS)) + ")"] * rows)
     updates = ", ".join(f"{c} = excluded.{c}" for c in _SQLITE_COLUMNS[2:])
@@ -425,15 +428,27 @@ def _upsert_sql(table: str, rows: int) -> str:
     )
 
 
-def _upsert(connection: sqlite3.Connection, table: str, rows: np.ndarray) -> None:
-    """Upsert ``rows`` (an object array, one row per stored feature value) in statements of many rows."""
-    width = rows.shape[1] * _ROWS_PER_STATEMENT
-    full = len(rows) // _ROWS_PER_STATEMENT * _ROWS_PER_STATEMENT
+def rows_per_statement(connection: sqlite3.Connection) -> int:
+    """Rows per multi-row upsert: as many as the library's bound-parameter limit allows, at most 5,000."""
+    return min(_ROWS_PER_STATEMENT, connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(_SQLITE_COLUMNS))
+
+
+def _upsert_statements(table: str, rows: np.ndarray, per_statement: int) -> list[tuple[str, list[list]]]:
+    """``rows`` (an object array, one row per stored feature value) as upsert statements of ``per_statement`` rows
+    each, with their parameters: what the SQLite thread executes."""
+    width = rows.shape[1] * per_statement
+    full = len(rows) // per_statement * per_statement
+    statements = []
     if full:
-        flat = rows[:full].reshape(-1, width).tolist()
-        connection.executemany(_upsert_sql(table, _ROWS_PER_STATEMENT), flat)
+        statements.append((upsert_sql(table, per_statement), rows[:full].reshape(-1, width).tolist()))
     if full < len(rows):
-        connection.execute(_upsert_sql(table, len(rows) - full), rows[full:].ravel().tolist())
+        statements.append((upsert_sql(table, len(rows) - full), [rows[full:].ravel().tolist()]))
+    return statements
+
+
+def _execute(connection: sqlite3.Connection, statements: list[tuple[str, list[list]]]) -> None:
+    for sql, parameters in statements:
+        connection.executemany(sql, parameters)
 
 
 @contextmanager
@@ -463,15 +478,29 @@ def _sqlite_writer(store: FeatureStore, layout: _View, view: FeatureView) -> Ite
         stored[:, :, 4] = np.array(_Stamps.of(frame[layout.timestamp]).sqlite_values(), dtype=object)[:, None]
         if layout.created:
             stored[:, :, 5] = np.array(_Stamps.of(frame[layout.created]).sqlite_values(), dtype=object)[:, None]
-        _upsert(connection, table, stored.reshape(-1, len(_SQLITE_COLUMNS)))
+        statements = _upsert_statements(table, stored.reshape(-1, len(_SQLITE_COLUMNS)), per_statement)
+        if pending:
+            pending.pop().result()
+        pending.append(sqlite_thread.submit(_execute, connection, statements))
         return rows
 
-    # One transaction per view: readers see the whole day or none of it, and the file is synced once.
-    with closing(sqlite3.connect(path)) as connection:
+    # SQLite executes one batch (it releases the GIL while it steps) while the next is encoded here: the two
+    # overlap on two cores. One transaction per view: readers see the whole day or none of it, synced once.
+    pending: list[Future] = []
+    with (
+        closing(sqlite3.connect(path, check_same_thread=False)) as connection,
+        ThreadPoolExecutor(1, thread_name_prefix="sqlite-write") as sqlite_thread,
+    ):
         if connection.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone() is None:
             raise OnlineWriteError(
                 f"{path}: no table {table!r}; apply the feature definitions first (feature_store(settings) or "
                 "feast apply)"
             )
+        per_statement = rows_per_statement(connection)
         with connection:
-            yield write
+            try:
+                yield write
+            finally:  # the last batch lands (or fails) before the transaction commits (or rolls back)
+                wait(pending)
+            for batch in pending:
+                batch.result()
