@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Asset, Param, chain, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
 
 from pipelines.flows.daily_plan import schedule_window
@@ -46,7 +46,8 @@ A new candidate of **{name}** passed the gate and waits for a reviewer.
 
 Read the report first. Approve to make it the champion (the current one is kept as `previous`); reject to leave
 the champion as it is.
-Answer here or with `mlctl approve {name} VERSION --as YOU --comment ...` / `mlctl reject ...`.
+Answer here or, logged in as yourself (`mlctl login`), with `mlctl approve {name} VERSION --comment ...` /
+`mlctl reject ...`. Whoever triggered the training cannot approve it.
 """
 
 
@@ -63,6 +64,11 @@ class RecordedApprovalOperator(ApprovalOperator):
         }
         context["ti"].xcom_push(key="answer", value=answer)
         return super().execute_complete(context, event)
+
+
+def approval_task_id(index: int) -> str:
+    """``approval`` for the first (or only) approval, ``approval_2``... for the further ones."""
+    return "approval" if index == 0 else f"approval_{index + 1}"
 
 
 def training_schedule(spec: ModelSpec) -> list[Asset] | str | None:
@@ -102,8 +108,10 @@ def build_training_dag(spec: ModelSpec):
             return flow().training_set(get_settings(), spec, checked["ds"])
 
         @task
-        def train(checked: dict) -> dict:
-            return flow().train(get_settings(), spec, checked["ds"])
+        def train(checked: dict, dag_run=None) -> dict:
+            settings = get_settings()
+            who = flow().trainer_identity(settings, getattr(dag_run, "triggering_user_name", None))
+            return flow().train(settings, spec, checked["ds"], trained_by=who)
 
         @task
         def evaluate(checked: dict, trained: dict) -> dict:
@@ -114,25 +122,33 @@ def build_training_dag(spec: ModelSpec):
             decision = flow().gate(get_settings(), spec, checked["ds"], trained["version"], evaluation)
             return decision if decision["passed"] else False
 
-        approval = RecordedApprovalOperator(
-            task_id="approval",
-            subject=f"Promote {spec.name} version {{{{ ti.xcom_pull(task_ids='train')['version'] }}}} to champion?",
-            body=APPROVAL_BODY.format(name=spec.name),
-            assigned_users=[{"id": r, "name": r} for r in spec.reviewers],
-            params={"comment": Param("", type="string", description="Why you approve or reject")},
-            defaults="Reject",
-            response_timeout=dt.timedelta(days=3),
-        )
+        # One approval task per approval the spec requires (approvals_required): answered one after the other, by
+        # different reviewers (promote refuses the same name twice and the identities that triggered training).
+        approvals = [
+            RecordedApprovalOperator(
+                task_id=approval_task_id(i),
+                subject=f"Promote {spec.name} version {{{{ ti.xcom_pull(task_ids='train')['version'] }}}} to "
+                f"champion? (approval {i + 1} of {spec.approvals_required})",
+                body=APPROVAL_BODY.format(name=spec.name),
+                assigned_users=[{"id": r, "name": r} for r in spec.reviewers],
+                params={"comment": Param("", type="string", description="Why you approve or reject")},
+                defaults="Reject",
+                response_timeout=dt.timedelta(hours=spec.approval_ttl_hours),
+            )
+            for i in range(spec.approvals_required)
+        ]
 
         @task
-        def promote(checked: dict, trained: dict, answer: dict) -> dict:
-            return flow().promote(get_settings(), spec, checked["ds"], trained["version"], answer)
+        def promote(checked: dict, trained: dict, ti=None) -> dict:
+            answers = [ti.xcom_pull(task_ids=a.task_id, key="answer") for a in approvals]
+            return flow().promote(get_settings(), spec, checked["ds"], trained["version"], answers)
 
         # Runs after a reviewer's rejection (promote skipped), not when the check skipped the whole run.
         @task(trigger_rule="none_failed_min_one_success")
         def record_review(checked: dict, trained: dict, ti=None) -> dict:
-            answer = ti.xcom_pull(task_ids="approval", key="answer")
-            return flow().record_review(get_settings(), spec, checked["ds"], trained["version"], answer)
+            answers = [ti.xcom_pull(task_ids=a.task_id, key="answer") for a in approvals]
+            rejection = next((a for a in answers if a and "Approve" not in (a.get("chosen_options") or [])), None)
+            return flow().record_review(get_settings(), spec, checked["ds"], trained["version"], rejection)
 
         checked = check()
         built = training_set(checked)
@@ -140,9 +156,8 @@ def build_training_dag(spec: ModelSpec):
         built >> trained
         evaluation = evaluate(checked, trained)
         decision = gate(checked, trained, evaluation)
-        decision >> approval
-        promoted = promote(checked, trained, approval.output)
-        promoted >> record_review(checked, trained)
+        promoted = promote(checked, trained)
+        chain(decision, *approvals, promoted, record_review(checked, trained))
 
     return training_dag()
 

@@ -194,12 +194,26 @@ def _backfill_on_stack(settings: Settings, dag: str, days: list[dt.date], rerun:
     return [stack_task_details(client, o, settings.home / "logs") for o in outcomes]
 
 
-def _answer(model: str, version: str, reviewer: str, comment: str, option: str) -> None:
-    from pipelines.orchestration.airflow_client import AirflowAPIError, AirflowClient
+def _reviewer_client(settings: Settings, asserted: str | None):
+    """The Airflow client of the logged-in reviewer (``--as`` only confirms the name); exits 1 with the fix."""
+    from pipelines.orchestration.airflow_client import AirflowClient
+    from pipelines.registry.identity import IdentityError, require_identity
 
-    settings = _settings()
     try:
-        client = AirflowClient(settings, username=reviewer)
+        return AirflowClient(settings, identity=require_identity(settings, asserted))
+    except IdentityError as exc:
+        _fail(str(exc))
+
+
+def _answer(model: str, version: str, asserted: str | None, comment: str, option: str) -> None:
+    from pipelines.orchestration.airflow_client import AirflowAPIError
+    from pipelines.registry.promotion import PromotionRefused, check_reviewer
+
+    settings, spec = _spec(model)
+    client = _reviewer_client(settings, asserted)
+    try:
+        if option == "Approve":  # refused here before Airflow takes the answer; promote() checks again
+            check_reviewer(settings, spec, str(version), client.username)
         pending = client.pending_approvals(dag_id=f"train_{model}")
         matching = [p for p in pending if p.field("model") == model and p.field("version") == str(version)]
         if not matching:
@@ -207,23 +221,90 @@ def _answer(model: str, version: str, reviewer: str, comment: str, option: str) 
             _fail(f"no approval request is waiting for {model} version {version} (waiting: {waiting})")
         request = matching[0]
         client.respond(request, option, {"comment": comment})
-    except AirflowAPIError as exc:
+    except (AirflowAPIError, PromotionRefused) as exc:
         _fail(str(exc))
     verb = "approved" if option == "Approve" else "rejected"
-    console.print(f"[bold]{reviewer}[/bold] {verb} {model} version {version} ({request.dag_id} / {request.run_id})")
+    console.print(
+        f"[bold]{client.username}[/bold] {verb} {model} version {version} ({request.dag_id} / {request.run_id})"
+    )
+
+
+AS_HELP = "Only confirms who you are logged in as (`mlctl login`); a different name is an error"
+
+
+@app.command("login")
+def login_command(
+    user: Annotated[str | None, typer.Option("--user", help="Your Airflow user name (default: your OS user)")] = None,
+    token_stdin: Annotated[bool, typer.Option("--token-stdin", help="Read an Airflow token from stdin")] = False,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read your password from stdin (scripts; no prompt)")
+    ] = False,
+) -> None:
+    """Log in to Airflow as yourself: your token is kept 0600 in your own config dir; approve/reject act as you."""
+    import getpass
+    import sys
+
+    from pipelines.orchestration.airflow_client import AirflowAPIError, login
+    from pipelines.registry.identity import IdentityError, save_identity
+
+    settings = _settings()
+    name = user or ("" if token_stdin else getpass.getuser())
+    try:
+        if token_stdin:
+            identity = login(settings, name, token=sys.stdin.readline().strip())
+        else:
+            secret = (
+                sys.stdin.readline().rstrip("\n")
+                if password_stdin
+                else getpass.getpass(f"Airflow password of {name}: ")
+            )
+            identity = login(settings, name, password=secret)
+        path = save_identity(identity)
+    except (AirflowAPIError, IdentityError) as exc:
+        _fail(str(exc))
+    console.print(f"logged in as [bold]{identity.user}[/bold] until {identity.expires_at:%Y-%m-%d %H:%M} UTC ({path})")
+
+
+@app.command()
+def whoami() -> None:
+    """Who approve/reject/rollback act as: the logged-in identity, its Airflow and when it expires."""
+    from pipelines.registry.identity import IdentityError, api_label, identity_path, load_identity
+
+    settings = _settings()
+    try:
+        identity = load_identity()
+    except IdentityError as exc:
+        _fail(str(exc))
+    if identity is None:
+        _fail(f"not logged in (no {identity_path()}); `mlctl login --user YOUR_NAME`")
+    note = (
+        "" if identity.api == api_label(settings) else f" [red](not this profile's Airflow {api_label(settings)})[/red]"
+    )
+    expired = " [red](expired)[/red]" if identity.expires_at <= dt.datetime.now(dt.UTC) else ""
+    console.print(f"{identity.user} on {identity.api}{note}, until {identity.expires_at:%Y-%m-%d %H:%M} UTC{expired}")
+
+
+@app.command()
+def logout() -> None:
+    """Forget your login (the token file in your config dir)."""
+    from pipelines.registry.identity import clear_identity, identity_path
+
+    console.print("logged out" if clear_identity() else f"not logged in ({identity_path()} absent)")
 
 
 @app.command()
 def approvals(
-    reviewer: Annotated[str | None, typer.Option("--as", help="Log in as this user (default: the engineer)")] = None,
+    reviewer: Annotated[str | None, typer.Option("--as", help=AS_HELP)] = None,
 ) -> None:
     """Candidates waiting for a reviewer (Airflow's "Required Actions"), with the command that answers each."""
     from rich.table import Table
 
     from pipelines.orchestration.airflow_client import AirflowAPIError, AirflowClient
 
+    settings = _settings()
     try:
-        pending = AirflowClient(_settings(), username=reviewer).pending_approvals()
+        client = _reviewer_client(settings, reviewer) if reviewer else AirflowClient(settings)
+        pending = client.pending_approvals()
     except AirflowAPIError as exc:
         _fail(str(exc))
     if not pending:
@@ -234,7 +315,7 @@ def approvals(
         table.add_column(column)
     for p in pending:
         model, version = p.field("model") or "?", p.field("version") or "?"
-        command = f"mlctl approve {model} {version} --as NAME --comment ..."
+        command = f"mlctl approve {model} {version} --comment ..."
         table.add_row(model, version, f"{p.dag_id} / {p.run_id}", ", ".join(p.assigned_users), command)
     console.print(table)
 
@@ -243,10 +324,10 @@ def approvals(
 def approve(
     model: str,
     version: str,
-    reviewer: Annotated[str, typer.Option("--as", help="Reviewer's Airflow user name")],
+    reviewer: Annotated[str | None, typer.Option("--as", help=AS_HELP)] = None,
     comment: Annotated[str, typer.Option(help="Why")] = "",
 ) -> None:
-    """Approve a candidate waiting in its training run's approval task (Airflow human-in-the-loop)."""
+    """Approve a candidate waiting in its training run's approval task, as the logged-in reviewer."""
     _answer(model, version, reviewer, comment, "Approve")
 
 
@@ -254,11 +335,128 @@ def approve(
 def reject(
     model: str,
     version: str,
-    reviewer: Annotated[str, typer.Option("--as", help="Reviewer's Airflow user name")],
+    reviewer: Annotated[str | None, typer.Option("--as", help=AS_HELP)] = None,
     comment: Annotated[str, typer.Option(help="Why")] = "",
 ) -> None:
-    """Reject a candidate: nothing is promoted, the decision is kept on the model version."""
+    """Reject a candidate as the logged-in reviewer: nothing is promoted; it stays rejected unless reopened."""
     _answer(model, version, reviewer, comment, "Reject")
+
+
+def _registry_reviewer(settings: Settings, asserted: str | None) -> str:
+    """The logged-in reviewer, confirmed by Airflow (the token's signature is checked there, not trusted here)."""
+    from pipelines.orchestration.airflow_client import AirflowAPIError
+
+    client = _reviewer_client(settings, asserted)
+    try:
+        return client.whoami()
+    except AirflowAPIError as exc:
+        _fail(f"Airflow did not accept your login ({exc}); `mlctl login` again")
+
+
+@app.command()
+def reopen(
+    model: str,
+    version: str,
+    comment: Annotated[str, typer.Option(help="Why the rejection no longer stands (required)")],
+    reviewer: Annotated[str | None, typer.Option("--as", help=AS_HELP)] = None,
+) -> None:
+    """Take a rejected version back to review (audited); its next training run asks for approval again."""
+    from pipelines.registry.decisions import DecisionRefused
+    from pipelines.registry.decisions import reopen as reopen_version
+
+    settings, spec = _spec(model)
+    by = _registry_reviewer(settings, reviewer)
+    try:
+        reopen_version(settings, spec, version, by, comment)
+    except DecisionRefused as exc:
+        _fail(str(exc))
+    console.print(f"{by} reopened {model} v{version}; its next training run asks for approval again")
+
+
+@app.command()
+def rollback(
+    model: str,
+    comment: Annotated[str, typer.Option(help="Why (required)")],
+    reviewer: Annotated[str | None, typer.Option("--as", help=AS_HELP)] = None,
+) -> None:
+    """Move the champion back to the version promoted before it (from the audit log), as the logged-in reviewer;
+    serving swaps within its refresh interval."""
+    from pipelines.registry.promotion import PromotionRefused
+    from pipelines.registry.promotion import rollback as rollback_champion
+
+    settings, spec = _spec(model)
+    by = _registry_reviewer(settings, reviewer)
+    try:
+        result = rollback_champion(settings, spec, by, comment)
+    except PromotionRefused as exc:
+        _fail(str(exc))
+    console.print(
+        f"{by} rolled {model} back: v{result.version} is the champion again (v{result.previous_version} demoted)"
+    )
+
+
+@app.command()
+def restore(
+    model: str,
+    comment: Annotated[str, typer.Option(help="Why (required)")],
+    reviewer: Annotated[str | None, typer.Option("--as", help=AS_HELP)] = None,
+) -> None:
+    """Put the aliases back where the audit log says they are (after a hand-made alias move), audited."""
+    from pipelines.registry.tamper import restore_aliases, verify_aliases
+
+    settings, spec = _spec(model)
+    by = _registry_reviewer(settings, reviewer)
+    if not comment.strip():
+        _fail("restore needs a --comment saying why")
+    try:
+        restore_aliases(settings, spec, by, comment)
+    except PermissionError as exc:
+        _fail(str(exc))
+    left = verify_aliases(settings, spec)
+    for finding in left:
+        console.print(f"[red]{finding.alias}:[/red] {finding.message}", markup=True, highlight=False)
+    console.print(f"{model}: aliases restored from the audit log by {by}" if not left else "")
+    if left:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def history(
+    model: str,
+    as_json: Annotated[bool, typer.Option("--json", help="Every audit event as JSON")] = False,
+) -> None:
+    """Every decision and alias move of MODEL from the audit log: when, what, which version, who, why, the gate
+    and approvals; a broken chain (an edited or removed event) is flagged in red."""
+    from rich.table import Table
+
+    from pipelines.lake import Lake
+    from pipelines.registry.audit import read_audit, verify_chain
+
+    settings, spec = _spec(model)
+    events = read_audit(Lake(settings), model)
+    if as_json:
+        typer.echo(json.dumps(events, indent=2, default=str))
+        return
+    table = Table(title=f"{model}: audit log ({len(events)} events)")
+    for column in ("when (UTC)", "action", "version", "by", "why", "champion before", "gate / approvals"):
+        table.add_column(column, overflow="fold")
+    for e in events:
+        approvals = ", ".join(a.get("approval.by", "") for a in e.get("approvals") or [])
+        table.add_row(
+            str(e.get("at", ""))[:19].replace("T", " "),
+            str(e.get("action")),
+            f"v{e.get('version')}",
+            str(e.get("by") or e.get("approval", {}).get("approval.by") or ""),
+            str(e.get("comment") or ""),
+            "" if e.get("previous_champion") is None else f"v{e['previous_champion']}",
+            " / ".join(x for x in (str(e.get("gate") or ""), approvals) if x),
+        )
+    console.print(table)
+    problems = verify_chain(events)
+    for problem in problems:
+        console.print(f"[red]tampered:[/red] {problem}", highlight=False)
+    if problems:
+        raise typer.Exit(code=1)
 
 
 @app.command()
@@ -339,6 +537,9 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
         return
     for name, model in report["models"].items():
         console.print(model_table(name, model["summary"]))
+        for finding in model.get("alias_findings") or []:
+            console.print("[red]alias disagrees with the audit log:[/red] ", end="")
+            console.print(f"{finding['message']}; fix: {finding['fix']}", markup=False, highlight=False)
         console.print(skew_line(model.get("skew")), markup=False, highlight=False)
     if report.get("airflow_error"):
         console.print("[red]Airflow unreachable:[/red] ", end="")
@@ -534,7 +735,7 @@ def rollout(
     model: Annotated[str, typer.Argument(help="Model name (a spec in models/)")],
     version: Annotated[str, typer.Argument(help="The challenger: a version that passed the gate")],
     mode: Annotated[str, typer.Option(help="shadow: scored and logged, never returned; split: answers a share")],
-    reviewer: Annotated[str, typer.Option("--as", help="Reviewer starting it (a reviewer of the model)")],
+    reviewer: Annotated[str | None, typer.Option("--as", help=AS_HELP)] = None,
     share: Annotated[
         float | None, typer.Option(help="split: share of entities the challenger answers, (0, 0.5]")
     ] = None,
@@ -547,6 +748,7 @@ def rollout(
     from pipelines.registry.rollouts import RolloutError, next_name, start_rollout
 
     settings, spec = _spec(model)
+    reviewer = _registry_reviewer(settings, reviewer)
     if mode == "split" and share is None:
         _fail("a split needs --share, the challenger's share of entities in (0, 0.5], e.g. --share 0.1")
     try:
@@ -567,7 +769,7 @@ def rollout(
 @app.command("rollout-end")
 def rollout_end(
     model: Annotated[str, typer.Argument(help="Model name (a spec in models/)")],
-    reviewer: Annotated[str, typer.Option("--as", help="Reviewer ending it")],
+    reviewer: Annotated[str | None, typer.Option("--as", help=AS_HELP)] = None,
     promote: Annotated[
         bool | None, typer.Option("--promote/--stop", help="Promote the challenger (approval) or stop the rollout")
     ] = None,
@@ -582,6 +784,7 @@ def rollout_end(
     if promote is None:
         _fail("say how it ends: --promote (the challenger becomes the champion) or --stop")
     settings, spec = _spec(model)
+    reviewer = _registry_reviewer(settings, reviewer)
     try:
         ended = end_rollout(settings, spec, name, reviewer, bool(promote), comment)
     except (RolloutError, PromotionRefused) as exc:

@@ -1,7 +1,7 @@
 """`mlctl demo`: the whole platform on embedded defaults, narrated step by step.
 
 Simulate a social-commerce world, run the daily features DAG for every day through Airflow, run the training
-DAG, play the reviewer through `mlctl approve` (the same REST call a person would make), start the serving app,
+DAG, play the reviewer (`mlctl login`, then `mlctl approve`: the same REST calls a person makes), start the serving app,
 score users over HTTP, and print where everything is. Rerunning it skips days already done and never
 duplicates a model version or an alias move.
 """
@@ -125,15 +125,34 @@ def _train_and_approve(
     _show_review_material(settings, spec, str(version), console)
     reviewer = spec.reviewers[0]
     console.print(f"\n[bold]Playing the reviewer[/bold] {reviewer!r}, through the same REST API a person uses:")
-    approve = [_mlctl(), "approve", spec.name, str(version), "--as", reviewer, "--comment", REVIEWER_COMMENT]
+    env = _reviewer_login(settings, reviewer, console)
+    if env is None:
+        return False
+    approve = [_mlctl(), "approve", spec.name, str(version), "--comment", REVIEWER_COMMENT]
     console.print("$ " + shlex.join(["mlctl", *approve[1:]]))
-    if subprocess.run(approve, env=os.environ.copy()).returncode != 0:
+    if subprocess.run(approve, env=env).returncode != 0:
         return False
     with console.status("promoting (online features fresh? alias move)"):
         code = training.wait()
     if code != 0:
         console.print(f"[red]training run failed after approval; see {logfile}[/red]")
     return code == 0
+
+
+def _reviewer_login(settings: Settings, reviewer: str, console: Console) -> dict[str, str] | None:
+    """Log ``reviewer`` in as a person would (`mlctl login`), in a config directory of their own; returns the
+    environment their commands run with. The demo types the password Airflow generated for them: the one place
+    that reads it, as a login, never to act for them."""
+    env = {**os.environ, "XDG_CONFIG_HOME": str(settings.home / "reviewers" / reviewer)}
+    assert settings.airflow_home is not None
+    password = json.loads((settings.airflow_home / "passwords.json").read_text())[reviewer]
+    console.print(f"{reviewer} logs in (the demo types {reviewer}'s generated password):")
+    console.print(f"$ mlctl login --user {reviewer}")
+    login = [_mlctl(), "login", "--user", reviewer, "--password-stdin"]
+    if subprocess.run(login, input=password + "\n", text=True, env=env).returncode != 0:
+        console.print(f"[red]{reviewer} could not log in[/red]")
+        return None
+    return env
 
 
 def _show_gate(settings: Settings, spec: ModelSpec, console: Console) -> None:

@@ -1,7 +1,8 @@
 """Model specs: ``models/<name>.yaml`` declares everything a model's pipeline needs.
 
 Entity and feature service, label and its delay, objective and LightGBM parameters, time windows, metrics, gate
-thresholds (overall and per slice), slices, the baseline a first model must beat, reviewers and schedule.
+thresholds (overall and per slice), slices, the baseline a first model must beat, reviewers (how many must
+approve, how long a request stands) and schedule.
 A malformed spec fails with a :class:`SpecError` naming the file, the key and the expected form, both when the
 DAG file is parsed and in ``mlctl validate-specs``.
 """
@@ -135,6 +136,8 @@ class ModelSpec(_Strict):
     baseline: BaselineSpec | None = None
     candidates: CandidateSpec | None = None
     reviewers: list[str] = Field(min_length=1)
+    approvals_required: int = Field(1, ge=1, description="approvals by distinct reviewers a promotion needs")
+    approval_ttl_hours: float = Field(72, gt=0, description="hours an approval request stays answerable")
     online_freshness_hours: float = Field(48, gt=0)
     schedule: str | None = Field(
         FEATURES_SCHEDULE,
@@ -173,6 +176,11 @@ class ModelSpec(_Strict):
             raise ValueError("label kind 'ranking_relevance' needs 'label.gains' (event type -> grade)")
         if self.label.kind == "chargeback" and self.label.delay_days < 1:
             raise ValueError("label kind 'chargeback' needs 'label.delay_days' >= 1")
+        if self.approvals_required > len(set(self.reviewers)):
+            raise ValueError(
+                f"approvals_required {self.approvals_required} needs at least that many distinct 'reviewers', "
+                f"got {sorted(set(self.reviewers))}"
+            )
         names = [s.name for s in self.slices]
         if len(set(names)) != len(names):
             raise ValueError(f"slice names must be unique, got {names}")

@@ -1,16 +1,19 @@
 """What `mlctl status` reports: per model the champion, its main metric against the best achievable and the
-baseline, its approval record and what is waiting (a candidate to approve, a rejected one, no champion); per DAG
-its last runs (daily runs with the families they skipped); per table the validation outcome of the latest days
-and the partitions in quarantine. ``--json`` keeps everything, the terminal gets the summary."""
+baseline, its approval record, what is waiting (a candidate to approve, a rejected one, no champion) and any alias
+the audit log does not account for; per DAG its last runs (daily runs with the families they skipped); per table
+the validation outcome of the latest days and the partitions in quarantine. ``--json`` keeps everything, the
+terminal gets the summary."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from pipelines.flows.daily_plan import skipped_families
 from pipelines.lake import Lake, as_date
 from pipelines.orchestration.airflow_client import AirflowAPIError, AirflowClient
 from pipelines.registry.registry import ModelVersionInfo, get_champion, list_versions
+from pipelines.registry.tamper import verify_aliases
 from pipelines.settings import Settings
 from pipelines.specs import ModelSpec, load_specs
 from pipelines.validation.summary import validation_summary
@@ -31,6 +34,7 @@ def collect_status(settings: Settings, runs_per_dag: int = 5, validation_days: i
             "champion": champion.to_dict() if champion else None,
             "summary": model_summary(spec, champion, versions[-1] if versions else None),
             "skew": _skew(settings, lake, name),
+            "alias_findings": [asdict(f) for f in verify_aliases(settings, spec)],
         }
     dags: dict[str, list[dict]] = {}
     try:

@@ -13,7 +13,9 @@ from pipelines.evaluation.gate import GateDecision, record_gate
 from pipelines.lake import Lake
 from pipelines.registry.approval import ApprovalError, ApprovalRecord
 from pipelines.registry.audit import read_audit
+from pipelines.registry.decisions import record_trainer, request_review
 from pipelines.registry.promotion import (
+    ApprovalExpired,
     FeaturesNotFresh,
     GateNotPassed,
     NotApproved,
@@ -34,6 +36,7 @@ from tests.conftest import quick_spec
 ROOT = Path(__file__).resolve().parents[1]
 DAY = dt.date(2024, 3, 31)
 AT = dt.datetime(2024, 4, 1, 9, 30, tzinfo=dt.UTC)
+NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
 @dataclass
@@ -68,34 +71,48 @@ def versions(settings: Settings, lake: Lake, spec: ModelSpec) -> list[str]:
         ts = save_training_set(lake, spec, day, synthetic_training_frame(spec, day, users_per_day=150, seed=i))
         version = train_model(settings, spec, ts).model_version
         record_gate(settings, spec, version, GateDecision(True, [], "passed: test"))
+        record_trainer(settings, spec.name, version, "engineer")  # what the training DAG's train task records
         out.append(version)
     return out
 
 
 def approval(by: str = "alice", decision: str = "approve", comment: str = "looks good") -> ApprovalRecord:
-    return ApprovalRecord(decision, by, AT, comment)  # type: ignore[arg-type]
+    return ApprovalRecord(decision, by, NOW, comment)  # type: ignore[arg-type]
+
+
+def asked(settings: Settings, spec: ModelSpec, version: str) -> str:
+    """The training DAG asks for a review when the gate passes; the approval answers that request."""
+    request_review(settings, spec, version)
+    return version
+
+
+def decisions(lake: Lake, model: str) -> list[tuple[str, str]]:
+    """(action, version) of the audit events other than the review requests."""
+    return [(e["action"], e["version"]) for e in read_audit(lake, model) if e["action"] != "ask"]
 
 
 def test_first_promotion_makes_the_champion_and_records_the_approval(
     settings: Settings, lake: Lake, spec: ModelSpec, versions: list[str]
 ) -> None:
-    result = promote(settings, spec, versions[0], approval(), FRESH)
+    result = promote(settings, spec, asked(settings, spec, versions[0]), approval(), FRESH)
 
     assert result.moved and result.previous_version is None
     champion = get_champion(settings, spec.name)
     assert champion is not None and champion.version == "1" and isinstance(champion.version, str)
     assert champion.tags["approval.status"] == "approved" and champion.tags["approval.by"] == "alice"
-    assert champion.tags["approval.at"] == "2024-04-01T09:30:00+00:00"
+    assert champion.tags["approval.at"] == NOW.isoformat()
     assert champion.approval_record == approval()
     assert champion.approval == {
         "status": "approved",
         "by": "alice",
-        "at": "2024-04-01T09:30:00+00:00",
+        "at": NOW.isoformat(),
         "comment": "looks good",
+        "approvers": "alice",
     }
     assert json.loads(json.dumps(champion.to_dict()))["version"] == "1"
     assert aliases(settings, spec.name) == {"champion": "1"}
-    (event,) = read_audit(lake, spec.name)
+    ask, event = read_audit(lake, spec.name)
+    assert ask["action"] == "ask" and event["prev"] == ask["sha256"]
     assert event["action"] == "promote" and event["version"] == "1" and event["previous_champion"] is None
     assert result.audit_uri and "-promote-v1.json" in result.audit_uri
 
@@ -103,32 +120,38 @@ def test_first_promotion_makes_the_champion_and_records_the_approval(
 def test_promotion_moves_the_champion_and_keeps_the_previous_one(
     settings: Settings, lake: Lake, spec: ModelSpec, versions: list[str]
 ) -> None:
-    promote(settings, spec, versions[0], approval(), FRESH)
+    asked(settings, spec, versions[1])
+    promote(settings, spec, asked(settings, spec, versions[0]), approval(), FRESH)
+    with pytest.raises(ApprovalExpired, match=r"the champion moved \(vnone -> v1\)"):
+        promote(settings, spec, versions[1], approval("bob"), FRESH)
 
+    asked(settings, spec, versions[1])
     result = promote(settings, spec, versions[1], approval("bob", comment="better on recent data"), FRESH)
 
     assert result.previous_version == "1"
     assert aliases(settings, spec.name) == {"champion": "2", "previous": "1"}
-    assert [(e["action"], e["version"]) for e in read_audit(lake, spec.name)] == [
-        ("promote", "1"),
-        ("promote", "2"),
-    ]
+    assert decisions(lake, spec.name) == [("promote", "1"), ("promote", "2")]
     # Promoting the champion again (a task retry) changes nothing and writes no audit event.
+    events = len(read_audit(lake, spec.name))
+    asked(settings, spec, versions[1])
     again = promote(settings, spec, versions[1], approval("bob"), FRESH)
     assert not again.moved and aliases(settings, spec.name) == {"champion": "2", "previous": "1"}
-    assert len(read_audit(lake, spec.name)) == 2
+    assert len(read_audit(lake, spec.name)) == events + 1  # the request only
 
 
 def test_promotion_refuses_and_leaves_the_aliases_untouched(
     settings: Settings, lake: Lake, spec: ModelSpec, versions: list[str]
 ) -> None:
-    promote(settings, spec, versions[0], approval(), FRESH)
+    promote(settings, spec, asked(settings, spec, versions[0]), approval(), FRESH)
     record_gate(settings, spec, versions[1], GateDecision(False, [], "failed (champion v1): roc_auc 0.60 >= 0.79"))
     gated = versions[1]
 
     with pytest.raises(GateNotPassed, match="roc_auc 0.60"):
         promote(settings, spec, gated, approval(), FRESH)
     record_gate(settings, spec, gated, GateDecision(True, [], "passed"))
+    with pytest.raises(ApprovalExpired, match="no review was asked"):
+        promote(settings, spec, gated, approval(), FRESH)
+    asked(settings, spec, gated)
     with pytest.raises(NotApproved, match="'reject'"):
         promote(settings, spec, gated, approval(decision="reject"), FRESH)
     with pytest.raises(ReviewerNotAllowed, match="'mallory' is not a reviewer"):
@@ -138,13 +161,13 @@ def test_promotion_refuses_and_leaves_the_aliases_untouched(
 
     assert aliases(settings, spec.name) == {"champion": "1"}
     assert "approval.status" not in get_version(settings, spec.name, gated).tags
-    assert len(read_audit(lake, spec.name)) == 1
+    assert decisions(lake, spec.name) == [("promote", "1")]
 
 
 def test_rejection_is_tagged_and_audited_but_never_moves_an_alias(
     settings: Settings, lake: Lake, spec: ModelSpec, versions: list[str]
 ) -> None:
-    promote(settings, spec, versions[0], approval(), FRESH)
+    promote(settings, spec, asked(settings, spec, versions[0]), approval(), FRESH)
 
     record_rejection(settings, spec, versions[1], approval("bob", "reject", "label leak suspected"))
 
@@ -155,10 +178,7 @@ def test_rejection_is_tagged_and_audited_but_never_moves_an_alias(
         "label leak suspected",
     )
     assert aliases(settings, spec.name) == {"champion": "1"}
-    assert [(e["action"], e["version"]) for e in read_audit(lake, spec.name)] == [
-        ("promote", "1"),
-        ("reject", "2"),
-    ]
+    assert decisions(lake, spec.name) == [("promote", "1"), ("reject", "2")]
     with pytest.raises(ApprovalError):
         record_rejection(settings, spec, versions[1], approval())
 
@@ -166,15 +186,17 @@ def test_rejection_is_tagged_and_audited_but_never_moves_an_alias(
 def test_rollback_restores_the_previous_champion_and_is_audited(
     settings: Settings, lake: Lake, spec: ModelSpec, versions: list[str]
 ) -> None:
-    promote(settings, spec, versions[0], approval(), FRESH)
-    with pytest.raises(PromotionRefused, match="needs both a champion and a previous"):
+    promote(settings, spec, asked(settings, spec, versions[0]), approval(), FRESH)
+    with pytest.raises(PromotionRefused, match="needs a champion promoted before v1"):
+        rollback(settings, spec, by="alice", comment="too early")
+    promote(settings, spec, asked(settings, spec, versions[1]), approval("bob"), FRESH)
+    with pytest.raises(PromotionRefused, match="needs a --comment"):
         rollback(settings, spec, by="alice")
-    promote(settings, spec, versions[1], approval("bob"), FRESH)
 
     result = rollback(settings, spec, by="alice", comment="v2 hurts conversion")
 
     assert result.version == "1" and aliases(settings, spec.name) == {"champion": "1", "previous": "2"}
-    assert read_audit(lake, spec.name)[-1] | {"at": None} == {
+    assert read_audit(lake, spec.name)[-1] | {"at": None, "prev": None, "sha256": None} == {
         "model": "purchase_intent",
         "action": "rollback",
         "version": "1",
@@ -182,6 +204,8 @@ def test_rollback_restores_the_previous_champion_and_is_audited(
         "previous_champion": "2",
         "by": "alice",
         "comment": "v2 hurts conversion",
+        "prev": None,
+        "sha256": None,
     }
 
 

@@ -22,9 +22,10 @@ from pipelines.features.store import online_freshness
 from pipelines.lake import Lake, as_date
 from pipelines.orchestration.outcomes import record_training_outcome
 from pipelines.registry.approval import ApprovalRecord
+from pipelines.registry.decisions import DecisionRefused, record_trainer, refuse_if_rejected, request_review
 from pipelines.registry.promotion import promote as promote_version
 from pipelines.registry.promotion import record_rejection
-from pipelines.registry.registry import get_champion
+from pipelines.registry.registry import get_champion, get_version
 from pipelines.settings import Settings
 from pipelines.specs import ModelSpec
 from pipelines.training.dataset import build_training_set, load_training_set
@@ -34,6 +35,8 @@ from pipelines.usecases import FAMILIES, use_case
 
 # Run ids of Airflow backfill runs start with this (DagRunType.BACKFILL_JOB).
 BACKFILL_RUN_PREFIX = "backfill__"
+# The triggering user Airflow's dag.test gives its runs (the local profile's in-process `mlctl run`).
+DAG_TEST_USER = "dag_test"
 
 
 class TriggeredByBackfill(Exception):  # noqa: N818 - an outcome, not an error: the DAG skips the run
@@ -89,10 +92,25 @@ def training_set(settings: Settings, spec: ModelSpec, ds: str) -> dict:
     return {"uri": ts.uri, "digest": ts.digest, "rows": ts.row_counts, "label_rate": ts.label_rate}
 
 
-def train(settings: Settings, spec: ModelSpec, ds: str) -> dict:
+def trainer_identity(settings: Settings, triggering_user: str | None) -> str:
+    """Who a training run acts for (four eyes): the Airflow user who triggered it, "scheduler" for scheduled and
+    asset-triggered runs, and the engineer account for the local profile's in-process runs (`mlctl run`)."""
+    if not triggering_user:
+        return "scheduler"
+    return settings.airflow_username if triggering_user == DAG_TEST_USER else triggering_user
+
+
+def train(settings: Settings, spec: ModelSpec, ds: str, trained_by: str = "scheduler") -> dict:
+    """Train and register; ``trained_by`` (:func:`trainer_identity`) is kept on the version and cannot approve it."""
     ts = load_training_set(Lake(settings), spec, as_date(ds))
     result = train_model(settings, spec, ts)
-    return {"run_id": result.run_id, "version": str(result.model_version), "metrics": result.metrics}
+    trainers = record_trainer(settings, spec.name, str(result.model_version), trained_by)
+    return {
+        "run_id": result.run_id,
+        "version": str(result.model_version),
+        "metrics": result.metrics,
+        "trained_by": trainers,
+    }
 
 
 def evaluate(settings: Settings, spec: ModelSpec, ds: str, version: str) -> dict:
@@ -117,6 +135,11 @@ def gate(settings: Settings, spec: ModelSpec, ds: str, version: str, evaluation:
             "already_champion": True,
             "summary": f"version {version} already is the champion",
         }
+    try:  # the same data reuses the version, and with it a reviewer's rejection
+        refuse_if_rejected(spec, get_version(settings, spec.name, str(version)))
+    except DecisionRefused as rejected:
+        record_training_outcome(lake, spec.name, ds, "skipped", version=str(version), reason=str(rejected))
+        return {"passed": False, "already_champion": False, "rejected": True, "summary": str(rejected)}
     evaluated = Evaluation.from_dict(evaluation)
     decision = apply_gate(spec, evaluated)
     record_gate(settings, spec, version, decision)
@@ -133,6 +156,8 @@ def gate(settings: Settings, spec: ModelSpec, ds: str, version: str, evaluation:
         failed_checks=[c.describe(champion_name) for c in decision.checks if not c.passed],
         report=report_link(settings, spec.name, version),
     )
+    if decision.passed:
+        request_review(settings, spec, str(version))
     return {**decision.to_dict(), "already_champion": False, "report": report_link(settings, spec.name, version)}
 
 
@@ -152,13 +177,17 @@ def data_time(lake: Lake, spec: ModelSpec, day: dt.date) -> dt.datetime:
     return as_of(min(newest, default=day), lake.day_zone)
 
 
-def promote(settings: Settings, spec: ModelSpec, ds: str, version: str, approval: dict[str, Any]) -> dict:
+def promote(
+    settings: Settings, spec: ModelSpec, ds: str, version: str, approval: dict[str, Any] | list[dict[str, Any]]
+) -> dict:
     """Move the champion alias after checking the online store is fresh for the model's feature service.
 
+    ``approval``: the approval task's answer, or the answers of each of the spec's ``approvals_required`` tasks.
     Freshness is judged at the run's data time (:func:`data_time`), so a backfill of past dates judges the
     features those dates had (for today's run it is the present).
     """
-    record = ApprovalRecord.from_hitl(approval)
+    records = [ApprovalRecord.from_hitl(a) for a in (approval if isinstance(approval, list) else [approval])]
+    record = records[-1]
     lake = Lake(settings)
     freshness = online_freshness(
         settings,
@@ -167,7 +196,7 @@ def promote(settings: Settings, spec: ModelSpec, ds: str, version: str, approval
         max_age=dt.timedelta(hours=spec.online_freshness_hours),
         now=data_time(lake, spec, as_date(ds)),
     )
-    promoted = _jsonable(promote_version(settings, spec, version, record, freshness))
+    promoted = _jsonable(promote_version(settings, spec, version, records, freshness))
     outcome = "promoted" if record.decision == "approve" else "approval_rejected"
     record_training_outcome(
         Lake(settings), spec.name, ds, outcome, version=str(version), by=record.by, comment=record.comment

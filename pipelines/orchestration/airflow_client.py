@@ -1,4 +1,4 @@
-"""A small client of Airflow's public REST API (``/api/v2``), logged in as one user.
+"""A small client of Airflow's public REST API (``/api/v2``), as the engineer account or a logged-in person.
 
 On the stack it talks HTTP to ``settings.airflow_api_url``. In the local profile no server runs, so it serves the
 very same API application in-process over the local metadata DB: the requests, the authentication and the
@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from pipelines.orchestration.airflow_env import configure_airflow
+from pipelines.registry.identity import Identity, api_label, token_expiry
 from pipelines.settings import Settings
 
 
@@ -47,6 +48,13 @@ class PendingApproval:
 
 
 def _password_for(settings: Settings, username: str) -> str:
+    """The configured engineer (automation) account's password, and only that account's: a reviewer logs in."""
+    if username != settings.airflow_username:
+        raise AirflowAPIError(
+            f"no password is read on behalf of {username!r}: only the engineer account "
+            f"{settings.airflow_username!r} (STOREFRONT_AIRFLOW_USERNAME) logs in from configuration; "
+            f"{username} logs in as themselves with `mlctl login --user {username}`"
+        )
     if settings.airflow_password.get_secret_value():
         return settings.airflow_password.get_secret_value()
     assert settings.airflow_home is not None
@@ -65,33 +73,68 @@ def _password_for(settings: Settings, username: str) -> str:
     return passwords[username]
 
 
+def _http(settings: Settings) -> httpx.Client:
+    """HTTP to the stack's api-server, or the same API application served in-process (local profile)."""
+    if settings.airflow_api_url:
+        return httpx.Client(base_url=settings.airflow_api_url.rstrip("/"), timeout=60)
+    configure_airflow(settings)
+    warnings.filterwarnings("ignore", message=".*httpx.*starlette.testclient.*")
+    from airflow.api_fastapi.app import create_app
+    from starlette.testclient import TestClient
+
+    api = create_app("core")
+    # One access-log line per request is noise in a CLI: drop that middleware from our in-process copy.
+    api.user_middleware = [m for m in api.user_middleware if "AccessLog" not in getattr(m.cls, "__name__", "")]
+    return TestClient(api, base_url="http://airflow.local")
+
+
+def issue_token(http: httpx.Client, username: str, password: str) -> str:
+    """A JWT from Airflow's auth manager for ``username`` (the same login the UI does)."""
+    resp = http.post("/auth/token", json={"username": username, "password": password})
+    if resp.status_code >= 400:
+        raise AirflowAPIError(f"login as {username!r} failed ({resp.status_code}): {resp.text}", resp.status_code)
+    return resp.json()["access_token"]
+
+
+def authenticated_user(http: httpx.Client, token: str | None = None) -> str:
+    """Whom Airflow authenticates (``token``, else the client's own header): it checks signature and expiry."""
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    resp = http.get("/ui/auth/me", headers=headers)
+    if resp.status_code >= 400:
+        raise AirflowAPIError(f"Airflow refused the token ({resp.status_code}): {resp.text}", resp.status_code)
+    return str(resp.json().get("username") or resp.json().get("id") or "")
+
+
+def login(settings: Settings, username: str, password: str | None = None, token: str | None = None) -> Identity:
+    """A personal identity: a token Airflow issued for ``username`` (from their password, or a token they
+    pasted), checked with Airflow, which says whose it is (``/ui/auth/me``)."""
+    http = _http(settings)
+    if token is None:
+        if not password:
+            raise AirflowAPIError(f"no password given for {username!r}")
+        token = issue_token(http, username, password)
+    user = authenticated_user(http, token)
+    if username and user != username:
+        raise AirflowAPIError(f"the token belongs to {user!r}, not {username!r}")
+    return Identity(user, token, token_expiry(token), api_label(settings))
+
+
 class AirflowClient:
-    """Airflow REST API as ``username``."""
+    """Airflow REST API as the engineer account (configured), or as a logged-in person's ``identity``."""
 
-    def __init__(self, settings: Settings, username: str | None = None) -> None:
+    def __init__(self, settings: Settings, identity: Identity | None = None) -> None:
         self.settings = settings
-        self.username = username or settings.airflow_username
-        if settings.airflow_api_url:
-            self.http: httpx.Client = httpx.Client(base_url=settings.airflow_api_url.rstrip("/"), timeout=60)
+        self.username = identity.user if identity else settings.airflow_username
+        self.http: httpx.Client = _http(settings)
+        if identity is None:
+            token = issue_token(self.http, self.username, _password_for(settings, self.username))
         else:
-            configure_airflow(settings)
-            warnings.filterwarnings("ignore", message=".*httpx.*starlette.testclient.*")
-            from airflow.api_fastapi.app import create_app
-            from starlette.testclient import TestClient
+            token = identity.token
+        self.http.headers["Authorization"] = f"Bearer {token}"
 
-            api = create_app("core")
-            # One access-log line per request is noise in a CLI: drop that middleware from our in-process copy.
-            api.user_middleware = [m for m in api.user_middleware if "AccessLog" not in getattr(m.cls, "__name__", "")]
-
-            self.http = TestClient(api, base_url="http://airflow.local")
-        self._login()
-
-    def _login(self) -> None:
-        password = _password_for(self.settings, self.username)
-        resp = self.http.post("/auth/token", json={"username": self.username, "password": password})
-        if resp.status_code >= 400:
-            raise AirflowAPIError(f"login as {self.username!r} failed ({resp.status_code}): {resp.text}")
-        self.http.headers["Authorization"] = f"Bearer {resp.json()['access_token']}"
+    def whoami(self) -> str:
+        """The user Airflow authenticates this client as (it checks the token's signature and expiry)."""
+        return authenticated_user(self.http)
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         resp = self.http.request(method, f"/api/v2{path}", **kwargs)

@@ -1,6 +1,8 @@
 """Promotion: move alias ``champion`` only with a passed gate, an allowed approver and fresh online features.
 
-Every alias move and every rejection is appended to the audit log (``audit/<model>/`` in the lake).
+Every alias move and every rejection is appended to the audit log (``audit/<model>/`` in the lake). Four eyes:
+the approvers are the spec's reviewers, none of them triggered the version's training, ``approvals_required``
+distinct ones; the request they answer is live and about the same champion, features and evaluation.
 """
 
 from __future__ import annotations
@@ -10,23 +12,36 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from pipelines.evaluation.gate import TAG_STATUS as GATE_STATUS
+from pipelines.evaluation.gate import TAG_SUMMARY as GATE_SUMMARY
 from pipelines.lake import Lake
 from pipelines.registry.approval import ApprovalError, ApprovalRecord
-from pipelines.registry.audit import write_audit
+from pipelines.registry.audit import read_audit, write_audit
+from pipelines.registry.decisions import (
+    PROMOTED,
+    REJECTED,
+    TAG_STATE,
+    TAG_TRAINED_BY,
+    DecisionRefused,
+    check_request,
+    refuse_if_rejected,
+    trained_by,
+)
 from pipelines.registry.registry import (
     CHAMPION,
     PREVIOUS,
-    connect,
+    ModelVersionInfo,
     get_alias,
     get_version,
     set_alias,
     set_version_tags,
 )
+from pipelines.registry.tamper import CHAMPION_MOVES
 from pipelines.settings import Settings
 from pipelines.specs import ModelSpec
 
 __all__ = [
     "ApprovalError",
+    "ApprovalExpired",
     "ApprovalRecord",
     "FeaturesNotFresh",
     "GateNotPassed",
@@ -35,6 +50,7 @@ __all__ = [
     "PromotionResult",
     "ReviewerNotAllowed",
     "SelfApproval",
+    "check_reviewer",
     "promote",
     "record_rejection",
     "rollback",
@@ -65,6 +81,14 @@ class FeaturesNotFresh(PromotionRefused):
     pass
 
 
+class ApprovalExpired(PromotionRefused):
+    """The request expired, or the champion, features or evaluation changed since it was asked."""
+
+
+# The reviewers whose approvals promoted the version (approval.by keeps the last one's name).
+TAG_APPROVERS = "approval.approvers"
+
+
 class Freshness(Protocol):
     """What promotion needs of ``pipelines.features.store.FreshnessReport``."""
 
@@ -85,7 +109,9 @@ class PromotionResult:
     audit_uri: str | None
 
 
-def _check(settings: Settings, spec: ModelSpec, version: str, approval: ApprovalRecord, freshness: Freshness) -> None:
+def check_reviewer(settings: Settings, spec: ModelSpec, version: str, by: str) -> ModelVersionInfo:
+    """Four eyes: ``by`` is one of the spec's reviewers and did not trigger the training of ``version``, which
+    passed the gate and is not rejected. Returns the version."""
     info = get_version(settings, spec.name, version)
     gate = info.tags.get(GATE_STATUS)
     if gate != "passed":
@@ -94,16 +120,34 @@ def _check(settings: Settings, spec: ModelSpec, version: str, approval: Approval
             f"only a version that passed the gate can be promoted: "
             f"{info.tags.get('gate.summary', 'run the gate first')}"
         )
-    if not approval.approved:
-        raise NotApproved(f"{spec.name} v{version}: the review decision is {approval.decision!r}, not an approval")
-    if approval.by not in spec.reviewers:
+    if by not in spec.reviewers:
         raise ReviewerNotAllowed(
-            f"{spec.name} v{version}: {approval.by or '(unknown user)'!r} is not a reviewer of this model; "
+            f"{spec.name} v{version}: {by or '(unknown user)'!r} is not a reviewer of this model; "
             f"allowed: {spec.reviewers} (key 'reviewers' in models/{spec.name}.yaml)"
         )
-    trainer = connect(settings).get_run(info.run_id).data.tags.get("mlflow.user") if info.run_id else None
-    if trainer and trainer == approval.by:
-        raise SelfApproval(f"{spec.name} v{version}: {approval.by!r} trained this version and cannot approve it")
+    trainers = trained_by(info.tags)
+    if not trainers:
+        raise SelfApproval(
+            f"{spec.name} v{version}: who triggered its training is not recorded (tag {TAG_TRAINED_BY}), so four "
+            f"eyes cannot be checked; train it through its DAG (`mlctl run train_{spec.name} --date D`)"
+        )
+    if by in trainers:
+        raise SelfApproval(
+            f"{spec.name} v{version}: {by!r} triggered its training ({TAG_TRAINED_BY}={','.join(trainers)}) and "
+            "cannot approve it; another reviewer must"
+        )
+    try:
+        refuse_if_rejected(spec, info)
+    except DecisionRefused as exc:
+        raise NotApproved(str(exc)) from exc
+    return info
+
+
+def _check(settings: Settings, spec: ModelSpec, version: str, approval: ApprovalRecord, freshness: Freshness) -> None:
+    """The checks of one reviewer's approval (promotion and a rollout's start)."""
+    if not approval.approved:
+        raise NotApproved(f"{spec.name} v{version}: the review decision is {approval.decision!r}, not an approval")
+    check_reviewer(settings, spec, version, approval.by)
     if not freshness.fresh:
         raise FeaturesNotFresh(
             f"{spec.name} v{version}: online features of feature service {spec.feature_service!r} "
@@ -111,25 +155,52 @@ def _check(settings: Settings, spec: ModelSpec, version: str, approval: Approval
         )
 
 
+def _check_approvals(
+    settings: Settings, spec: ModelSpec, version: str, approvals: list[ApprovalRecord], freshness: Freshness
+) -> None:
+    """Every approval valid, from ``approvals_required`` distinct reviewers, answering a live, unchanged request."""
+    if not approvals:
+        raise NotApproved(f"{spec.name} v{version}: no approval given")
+    for approval in approvals:
+        _check(settings, spec, version, approval, freshness)
+    distinct = sorted({a.by for a in approvals})
+    if len(distinct) < spec.approvals_required:
+        raise NotApproved(
+            f"{spec.name} v{version}: {spec.approvals_required} approvals by different reviewers are required "
+            f"(approvals_required in models/{spec.name}.yaml), got {len(distinct)}: {distinct}"
+        )
+    try:
+        check_request(settings, spec, get_version(settings, spec.name, version))
+    except DecisionRefused as exc:
+        raise ApprovalExpired(str(exc)) from exc
+
+
 def promote(
-    settings: Settings, spec: ModelSpec, version: str, approval: ApprovalRecord, freshness: Freshness
+    settings: Settings,
+    spec: ModelSpec,
+    version: str,
+    approval: ApprovalRecord | list[ApprovalRecord],
+    freshness: Freshness,
 ) -> PromotionResult:
-    """Make ``version`` the champion (the old champion becomes ``previous``), record the approval, audit it.
+    """Make ``version`` the champion (the old champion becomes ``previous``), record the approval(s), audit it.
 
     Refuses with a :class:`PromotionRefused` subclass and touches nothing when a condition fails.
     Promoting the current champion again only refreshes its approval tags (a task retry is harmless).
     """
     version = str(version)
-    _check(settings, spec, version, approval, freshness)
+    approvals = approval if isinstance(approval, list) else [approval]
+    _check_approvals(settings, spec, version, approvals, freshness)
+    last = approvals[-1]
     old = get_alias(settings, spec.name, CHAMPION)
-    set_version_tags(settings, spec.name, version, approval.to_tags())
+    tags = {**last.to_tags(), TAG_APPROVERS: ",".join(a.by for a in approvals), TAG_STATE: PROMOTED}
+    set_version_tags(settings, spec.name, version, tags)
     result = PromotionResult(
         spec.name,
         version,
         None if old is None else old.version,
         moved=False,
-        approved_by=approval.by,
-        approved_at=approval.at.isoformat(),
+        approved_by=",".join(a.by for a in approvals),
+        approved_at=last.at.isoformat(),
         audit_uri=None,
     )
     if old is not None and old.version == version:
@@ -145,7 +216,11 @@ def promote(
         version,
         {
             "previous_champion": result.previous_version,
-            "approval": approval.to_tags(),
+            "by": result.approved_by,
+            "comment": last.comment,
+            "approval": last.to_tags(),
+            "approvals": [a.to_tags() for a in approvals],
+            "gate": get_version(settings, spec.name, version).tags.get(GATE_SUMMARY, ""),
             "freshness": freshness.message,
         },
     )
@@ -158,26 +233,47 @@ def record_rejection(settings: Settings, spec: ModelSpec, version: str, approval
         raise ApprovalError(f"{spec.name} v{version}: record_rejection got an approval; use promote() instead")
     version = str(version)
     get_version(settings, spec.name, version)
-    set_version_tags(settings, spec.name, version, approval.to_tags())
-    return write_audit(Lake(settings), spec.name, "reject", version, {"approval": approval.to_tags()})
+    set_version_tags(settings, spec.name, version, {**approval.to_tags(), TAG_STATE: REJECTED})
+    return write_audit(
+        Lake(settings),
+        spec.name,
+        "reject",
+        version,
+        {"by": approval.by, "comment": approval.comment, "approval": approval.to_tags()},
+    )
 
 
 def rollback(settings: Settings, spec: ModelSpec, by: str, comment: str = "") -> PromotionResult:
-    """Move ``champion`` back to the ``previous`` version (and ``previous`` to the demoted one), audited."""
-    champion, previous = get_alias(settings, spec.name, CHAMPION), get_alias(settings, spec.name, PREVIOUS)
-    if champion is None or previous is None:
-        raise PromotionRefused(f"{spec.name}: rollback needs both a champion and a previous version")
+    """Move ``champion`` back to the version promoted before it (by the audit log), audited.
+
+    The target is the newest champion the audit log holds other than the current one (not the ``previous``
+    alias, which anyone with registry access could have moved); ``previous`` becomes the demoted version.
+    """
     if by not in spec.reviewers:
         raise ReviewerNotAllowed(f"{spec.name}: {by!r} is not a reviewer; allowed: {spec.reviewers}")
-    set_alias(settings, spec.name, CHAMPION, previous.version)
+    if not comment.strip():
+        raise PromotionRefused(f"{spec.name}: a rollback needs a --comment saying why")
+    champion = get_alias(settings, spec.name, CHAMPION)
+    if champion is None:
+        raise PromotionRefused(f"{spec.name}: there is no champion to roll back")
+    moves = [e for e in read_audit(Lake(settings), spec.name) if e.get("action") in CHAMPION_MOVES]
+    earlier = [
+        str(e["version"]) for e in moves if not e.get("champion_removed") and str(e["version"]) != champion.version
+    ]
+    if not earlier:
+        raise PromotionRefused(
+            f"{spec.name}: rollback needs a champion promoted before v{champion.version}; none is audited"
+        )
+    target = earlier[-1]
+    set_alias(settings, spec.name, CHAMPION, target)
     set_alias(settings, spec.name, PREVIOUS, champion.version)
     now = dt.datetime.now(dt.UTC)
     uri = write_audit(
         Lake(settings),
         spec.name,
         "rollback",
-        previous.version,
+        target,
         {"previous_champion": champion.version, "by": by, "comment": comment},
         now=now,
     )
-    return PromotionResult(spec.name, previous.version, champion.version, True, by, now.isoformat(), uri)
+    return PromotionResult(spec.name, target, champion.version, True, by, now.isoformat(), uri)

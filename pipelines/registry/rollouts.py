@@ -326,6 +326,7 @@ def end_rollout(
     from pipelines.lake import Lake
     from pipelines.registry.approval import ApprovalRecord
     from pipelines.registry.audit import write_audit
+    from pipelines.registry.decisions import request_review
     from pipelines.registry.promotion import ReviewerNotAllowed
     from pipelines.registry.promotion import promote as promote_version
     from pipelines.registry.registry import CHAMPION, connect, delete_alias, get_alias
@@ -341,6 +342,8 @@ def end_rollout(
     champion = get_alias(settings, model, CHAMPION)
     record: dict[str, object] = {"rollout": rollout.name, "mode": rollout.mode, "share": rollout.share}
     if promote:
+        # Ending a rollout with a promotion asks and answers at once: the A/B evidence is what is reviewed now.
+        request_review(settings, spec, rollout.version, now=at)
         approval = ApprovalRecord("approve", by, at, comment)
         result = promote_version(
             settings, spec, rollout.version, approval, freshness or promotion_freshness(settings, spec, at)
