@@ -21,7 +21,7 @@ from feast.types import Array, Bool, Float32, Int64, String
 from feature_repo.definitions import definitions
 from feature_repo.parts import lake_table
 from pipelines.data import schemas
-from pipelines.features.online_write import OnlineWriteError, write_view
+from pipelines.features.online_write import OnlineWriteError, online_writer, write_view
 from pipelines.features.store import materialize_day, repo_config
 from pipelines.lake import Lake
 from pipelines.settings import Settings, get_settings
@@ -330,3 +330,19 @@ def test_a_batch_failing_midway_leaves_the_sqlite_rows_as_they_were(tmp_path):
     with sqlite3.connect(settings.feast_online_path) as db:
         assert set(db.execute(f"SELECT * FROM {table}").fetchall()) == before
     assert len(before) == 24 * len(view.features)
+
+
+def test_a_view_failing_leaves_the_views_written_before_it_in_the_same_block_unwritten(tmp_path):
+    # materialize_day writes all of a day's views through one writer: on SQLite a reader sees the whole day or none.
+    settings = _settings(tmp_path, "p")
+    _build_lake(settings)
+    store = _store(settings)
+    behavior, stats = store.get_feature_view("user_behavior"), store.get_feature_view("product_stats")
+    broken = Lake(settings).read(lake_table(stats), D1).drop(columns=[stats.features[0].name])
+
+    with pytest.raises(OnlineWriteError, match="product_stats"), online_writer(store) as write:
+        assert write(behavior, Lake(settings).read(lake_table(behavior), D1)) == 24
+        write(stats, broken)
+
+    with sqlite3.connect(settings.feast_online_path) as db:
+        assert db.execute('SELECT COUNT(*) FROM "p_user_behavior"').fetchone() == (0,)

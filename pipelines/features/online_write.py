@@ -274,28 +274,57 @@ def write_view(
     Same result as Feast materializing these rows: the newest row per key; on Redis a row not newer than the stored
     one is skipped and the key's ttl is set when ``key_ttl_seconds`` is; on SQLite every row is upserted.
     """
+    with online_writer(store, batch_rows) as write:
+        return write(view, frame)
+
+
+ViewWriter = Callable[[FeatureView, pd.DataFrame], int]
+
+
+@contextmanager
+def online_writer(store: FeatureStore, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[ViewWriter]:
+    """``write(view, frame)`` for several views in a row, as :func:`write_view` writes one.
+
+    On SQLite every view written in the block lands in one transaction, committed when the block ends (readers see
+    the whole day or none of it; a failure leaves the store as it was), and each batch is encoded while SQLite
+    writes the previous one, across views too. On Redis each view is written as it comes.
+    """
     if store.config.entity_key_serialization_version != 3:
         raise OnlineWriteError(
             f"entity_key_serialization_version is {store.config.entity_key_serialization_version}; the fast writer "
             "writes version 3 keys: set entity_key_serialization_version: 3 (pipelines.features.store.repo_config)"
         )
-    if not view.online:  # Feast's materialization writes only online views too
-        return 0
-    layout = _view(store, view)
-    rows = _latest_per_key(frame, view)
+    step = max(1, batch_rows)
+
+    def batches(write: Callable[[pd.DataFrame], int], rows: pd.DataFrame) -> int:
+        return sum(write(rows.iloc[start : start + step]) for start in range(0, len(rows), step))
+
     online = store.config.online_store
     if isinstance(online, RedisOnlineStoreConfig):
-        writer = _redis_writer(store, layout)
+
+        def write_redis(view: FeatureView, frame: pd.DataFrame) -> int:
+            if not view.online:  # Feast's materialization writes only online views too
+                return 0
+            layout = _view(store, view)
+            with _redis_writer(store, layout) as write:
+                return batches(write, _latest_per_key(frame, view))
+
+        yield write_redis
     elif isinstance(online, SqliteOnlineStoreConfig):
-        writer = _sqlite_writer(store, layout, view)
+        with _sqlite_transaction(store) as table_writer:
+
+            def write_sqlite(view: FeatureView, frame: pd.DataFrame) -> int:
+                if not view.online:
+                    return 0
+                rows = _latest_per_key(frame, view)
+                return batches(table_writer(_view(store, view), view), rows)
+
+            yield write_sqlite
     else:
         raise OnlineWriteError(
             f"online store type {online.type!r} is not supported by the fast writer (redis, sqlite); "
             "materialize with FeatureStore.materialize instead"
         )
-    step = max(1, batch_rows)
-    with writer as write:
-        return sum(write(rows.iloc[start : start + step]) for start in range(0, len(rows), step))
 
 
 # -- Redis: one hash per entity key, fields mmh3("view:feature") and "_ts:view" ------------------------------
@@ -452,55 +481,61 @@ def _execute(connection: sqlite3.Connection, statements: list[tuple[str, list[li
 
 
 @contextmanager
-def _sqlite_writer(store: FeatureStore, layout: _View, view: FeatureView) -> Iterator[Callable[[pd.DataFrame], int]]:
+def _sqlite_transaction(store: FeatureStore) -> Iterator[Callable[[_View, FeatureView], Callable[[pd.DataFrame], int]]]:
+    """One connection and transaction for the block; yields ``table_writer(layout, view)``, the batch writer of one
+    view's table. SQLite executes one batch in its own thread (it releases the GIL while it steps) while the next is
+    encoded here, so the two overlap on two cores; the last batch lands (or fails) before the commit (or rollback).
+    """
     config = store.config
     if config.online_store.vector_enabled or getattr(config.online_store, "enable_openai_compatible_store", False):
         raise OnlineWriteError(
             "the fast writer writes Feast's plain SQLite layout; with vector_enabled or "
             "enable_openai_compatible_store set, materialize with FeatureStore.materialize"
         )
-    table = compute_table_id(config.project, view, config.registry.enable_online_feature_view_versioning)
     path = SqliteOnlineStore._get_db_path(config)
-    names = sorted(layout.features)
-
-    def write(frame: pd.DataFrame) -> int:
-        rows = len(frame)
-        keys = np.array(_rows(_entity_keys(frame, layout.join_keys, layout.name), rows), dtype=object)
-        # Rows in primary-key order (entity key, feature name): the indexes are then walked, not jumped through.
-        order = np.array(sorted(range(rows), key=keys.__getitem__), dtype=np.int64)
-        frame, keys = frame.iloc[order], keys[order]
-        stored = np.empty((rows, len(names), len(_SQLITE_COLUMNS)), dtype=object)
-        stored[:, :, 0] = keys[:, None]
-        stored[:, :, 1] = np.array(names, dtype=object)
-        for j, name in enumerate(names):
-            stored[:, j, 2] = _values(frame[name], layout.features[name]).to_list()
-            stored[:, j, 3] = _value_texts(frame[name], layout.features[name])
-        stored[:, :, 4] = np.array(_Stamps.of(frame[layout.timestamp]).sqlite_values(), dtype=object)[:, None]
-        if layout.created:
-            stored[:, :, 5] = np.array(_Stamps.of(frame[layout.created]).sqlite_values(), dtype=object)[:, None]
-        statements = _upsert_statements(table, stored.reshape(-1, len(_SQLITE_COLUMNS)), per_statement)
-        if pending:
-            pending.pop().result()
-        pending.append(sqlite_thread.submit(_execute, connection, statements))
-        return rows
-
-    # SQLite executes one batch (it releases the GIL while it steps) while the next is encoded here: the two
-    # overlap on two cores. One transaction per view: readers see the whole day or none of it, synced once.
     pending: list[Future] = []
-    with (
-        closing(sqlite3.connect(path, check_same_thread=False)) as connection,
-        ThreadPoolExecutor(1, thread_name_prefix="sqlite-write") as sqlite_thread,
-    ):
+
+    def table_writer(layout: _View, view: FeatureView) -> Callable[[pd.DataFrame], int]:
+        table = compute_table_id(config.project, view, config.registry.enable_online_feature_view_versioning)
         if connection.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone() is None:
             raise OnlineWriteError(
                 f"{path}: no table {table!r}; apply the feature definitions first (feature_store(settings) or "
                 "feast apply)"
             )
+        names = sorted(layout.features)
+
+        def write(frame: pd.DataFrame) -> int:
+            rows = len(frame)
+            keys = np.array(_rows(_entity_keys(frame, layout.join_keys, layout.name), rows), dtype=object)
+            # Rows in primary-key order (entity key, feature name): the indexes are then walked, not jumped through.
+            order = np.array(sorted(range(rows), key=keys.__getitem__), dtype=np.int64)
+            frame, keys = frame.iloc[order], keys[order]
+            stored = np.empty((rows, len(names), len(_SQLITE_COLUMNS)), dtype=object)
+            stored[:, :, 0] = keys[:, None]
+            stored[:, :, 1] = np.array(names, dtype=object)
+            for j, name in enumerate(names):
+                stored[:, j, 2] = _values(frame[name], layout.features[name]).to_list()
+                stored[:, j, 3] = _value_texts(frame[name], layout.features[name])
+            stored[:, :, 4] = np.array(_Stamps.of(frame[layout.timestamp]).sqlite_values(), dtype=object)[:, None]
+            if layout.created:
+                stored[:, :, 5] = np.array(_Stamps.of(frame[layout.created]).sqlite_values(), dtype=object)[:, None]
+            statements = _upsert_statements(table, stored.reshape(-1, len(_SQLITE_COLUMNS)), per_statement)
+            if pending:
+                pending.pop().result()
+            pending.append(sqlite_thread.submit(_execute, connection, statements))
+            return rows
+
+        return write
+
+    with (
+        closing(sqlite3.connect(path, check_same_thread=False)) as connection,
+        ThreadPoolExecutor(1, thread_name_prefix="sqlite-write") as sqlite_thread,
+    ):
         per_statement = rows_per_statement(connection)
         with connection:
             try:
-                yield write
-            finally:  # the last batch lands (or fails) before the transaction commits (or rolls back)
+                yield table_writer
+            finally:
                 wait(pending)
             for batch in pending:
                 batch.result()

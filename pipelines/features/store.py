@@ -23,7 +23,7 @@ from feature_repo.definitions import definitions
 from feature_repo.parts import RepoPart, lake_table
 from pipelines.compute.engine import point_in_time
 from pipelines.data import schemas
-from pipelines.features.online_write import write_view
+from pipelines.features.online_write import online_writer
 from pipelines.features.point_in_time import service_plan
 from pipelines.features.user_features import ENTITY_COLUMN, TIMESTAMP_COLUMN
 from pipelines.lake import Lake
@@ -202,21 +202,33 @@ def materialize_day(settings: Settings, ds: dt.date, store: FeatureStore | None 
     # The day's bounds in the lake's day zone: the views are stamped there (a source cut at Shanghai midnight).
     as_of = schemas.as_of(ds, lake.day_zone)
     start = schemas.day_start(ds, lake.day_zone)
-    rows = 0
-    for name, table in present.items():
-        view = store.get_feature_view(name)
-        newest = max((end for _, end in view.materialization_intervals), default=None)
-        if newest is not None and newest > as_of:
-            log.warning("feast: skip materializing %s for ds=%s, the online store already holds %s", name, ds, newest)
-            continue
-        frame = lake.read(table, ds)
-        rows += len(frame)
-        stamps = pd.to_datetime(frame[view.batch_source.timestamp_field], utc=True)
-        in_window = (stamps >= start) & (stamps <= as_of)
-        day = frame if in_window.all() else frame[in_window]
-        written = write_view(store, view, day, settings.feast_online_write_batch_size)
+    rows, written = 0, {}
+    # One writer for the day: on SQLite every view lands in one transaction (readers never see half a day) and
+    # each view is encoded while SQLite still writes the previous one.
+    with online_writer(store, settings.feast_online_write_batch_size) as write:
+        for name, table in present.items():
+            view = store.get_feature_view(name)
+            newest = max((end for _, end in view.materialization_intervals), default=None)
+            if newest is not None and newest > as_of:
+                log.warning(
+                    "feast: skip materializing %s for ds=%s, the online store already holds %s", name, ds, newest
+                )
+                continue
+            frame = lake.read(table, ds)
+            rows += len(frame)
+            column = frame[view.batch_source.timestamp_field]
+            stamps = (
+                column.dt.tz_convert("UTC")  # the usual case: pd.to_datetime would walk a tz-aware column row by row
+                if isinstance(column.dtype, pd.DatetimeTZDtype)
+                else pd.to_datetime(column, utc=True)
+            )
+            in_window = (stamps >= start) & (stamps <= as_of)
+            day = frame if in_window.all() else frame[in_window]
+            written[name] = (view, write(view, day), len(frame))
+    # The windows are recorded once the rows are stored, as Feast's materialize does.
+    for name, (view, count, read) in written.items():
         store.registry.apply_materialization(view, store.project, start, as_of, commit=True)
-        log.info("feast: materialized %s for ds=%s: %d of %d rows written", name, ds, written, len(frame))
+        log.info("feast: materialized %s for ds=%s: %d of %d rows written", name, ds, count, read)
     return rows
 
 
