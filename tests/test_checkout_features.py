@@ -71,8 +71,9 @@ def world() -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _day_bounds(ds: dt.date, zone: str) -> tuple[pd.Timestamp, pd.Timestamp]:
-    start = pd.Timestamp(ds).tz_localize(zone).tz_convert("UTC")
-    return start, start + pd.Timedelta(hours=24)  # compute_order_features' day: 24 h from local midnight
+    # Local midnight to local midnight: 23 or 25 hours when the zone changes its clocks.
+    start, end = (pd.Timestamp(d).tz_localize(zone).tz_convert("UTC") for d in (ds, ds + dt.timedelta(days=1)))
+    return start, end
 
 
 def _chargebacks(orders: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
@@ -277,3 +278,27 @@ def test_orders_that_are_not_on_the_day_or_have_naive_times_are_refused():
         CheckoutOrder(7, day, dt.datetime(2025, 3, 1, 9), 10.0, "d", "ip", "SEO", "Chrome", 30)
     with pytest.raises(CheckoutFeatureError, match="device_id history row lacks list"):
         append_order(KeyHistories(None, {"device_id": "d"}, None), order)
+
+
+@pytest.mark.parametrize(
+    ("ds", "hours"),
+    [(dt.date(2025, 3, 9), 23), (dt.date(2025, 11, 2), 25)],  # New York's clocks go forward, then back
+)
+def test_a_day_with_a_clock_change_holds_exactly_its_own_orders_with_wall_clock_hours(world, ds, hours):
+    orders, labels = world
+    zone = "America/New_York"
+    start = pd.Timestamp(ds, tz=zone)
+    # An order every 30 minutes from an hour before the local day to an hour after it (shifted copies of real ones).
+    times = pd.date_range(start - pd.Timedelta(hours=1), start + pd.Timedelta(hours=hours + 1), freq="30min")
+    shifted = orders.iloc[: len(times)].copy()
+    shifted["purchase_time"] = times.tz_convert("UTC").as_unit(orders["purchase_time"].dt.unit)
+    shifted["order_id"] = [f"dst-{i}" for i in range(len(times))]
+
+    features = compute_order_features(shifted, labels.iloc[:0], ds, zone)
+
+    on_day = times[(times >= start) & (times < pd.Timestamp(ds + dt.timedelta(days=1), tz=zone))]
+    assert len(features) == len(on_day) == 2 * hours  # none of the next day's first hour, none of the last lost
+    assert sorted(features["hour_of_day"].astype(int)) == sorted(on_day.hour)
+    order = shifted.iloc[len(times) // 2]
+    row = features.set_index("order_id").loc[order["order_id"]]
+    assert row["hour_of_day"] == pd.Timestamp(order["purchase_time"]).tz_convert(zone).hour

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, NamedTuple
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
@@ -160,6 +161,11 @@ class KeyHistories(NamedTuple):
     user: HistoryRow | None
     device: HistoryRow | None
     ip: HistoryRow | None
+
+
+@lru_cache(maxsize=16)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
 
 
 @lru_cache(maxsize=64)
@@ -440,7 +446,7 @@ def checkout_features(
     """
     start = _day_start_us(ds, zone)
     t = order.purchase_us
-    if not start <= t < start + _DAY_US:
+    if not start <= t < _day_start_us(ds + dt.timedelta(days=1), zone):  # 23 or 25 hours on DST days
         raise CheckoutFeatureError(
             f"order purchase_time {order.purchase_time.isoformat()} is not on {ds} ({zone}); "
             "pass the day the order is placed"
@@ -489,7 +495,7 @@ def checkout_features(
 
     out["account_age_hours"] = min(max(t - order.signup_us, 0) / _HOUR_US, ACCOUNT_AGE_CAP_HOURS)
     out["customer_age"] = float(order.age)
-    out["hour_of_day"] = float((t - start) // _HOUR_US)
+    out["hour_of_day"] = float(dt.datetime.fromtimestamp(t // 1_000_000, _zone(zone)).hour)  # wall-clock hour
     out["source_code"] = _CODES.get(str(order.source), -1.0)
     out["browser_code"] = _BROWSER_CODES.get(str(order.browser), -1.0)
     return np.array([out[name] for name in FEATURE_COLUMNS], dtype="float64")

@@ -41,6 +41,7 @@ ACCOUNT_AGE_CAP_HOURS = float(HISTORY_DAYS * 24)
 
 _HOUR_US = 3_600 * 10**6
 _DAY_US = 24 * _HOUR_US
+_ONE_DAY = dt.timedelta(days=1)
 # (name suffix, window) of the velocity counts; the "_30d" counts take the whole history read.
 _WINDOWS: tuple[tuple[str, int], ...] = (("1h", _HOUR_US), ("24h", _DAY_US), ("7d", 7 * _DAY_US))
 
@@ -222,9 +223,10 @@ def compute_order_features(orders: pd.DataFrame, labels: pd.DataFrame, ds: dt.da
     """
     require_columns(orders, "orders", ORDER_COLUMNS, "order", OrderFeatureError)
     require_columns(labels, "order_labels", LABEL_COLUMNS, "order", OrderFeatureError)
-    day_start = int(_epoch_us(pd.Series([day_start_of(ds, zone)]))[0])
+    day_start, day_end = (int(v) for v in _epoch_us(pd.Series([day_start_of(d, zone) for d in (ds, ds + _ONE_DAY)])))
     t = _epoch_us(orders["purchase_time"])
-    keep = (t >= day_start - HISTORY_DAYS * _DAY_US) & (t < day_start + _DAY_US)
+    # The day ends at the next local midnight: 23 or 25 hours after its start when the zone changes its clocks.
+    keep = (t >= day_start - HISTORY_DAYS * _DAY_US) & (t < day_end)
     frame = pd.DataFrame(
         {
             "order_id": orders["order_id"].astype(str).to_numpy()[keep],
@@ -285,7 +287,8 @@ def compute_order_features(orders: pd.DataFrame, labels: pd.DataFrame, ds: dt.da
     age = np.maximum(targets["t"] - targets["signup"], 0).to_numpy() / _HOUR_US
     out["account_age_hours"] = np.minimum(age, ACCOUNT_AGE_CAP_HOURS)
     out["customer_age"] = targets["age"].to_numpy()
-    out["hour_of_day"] = ((targets["t"] - day_start) // _HOUR_US).to_numpy(dtype="float64")
+    local = pd.to_datetime(targets["t"].to_numpy(), unit="us", utc=True).tz_convert(zone)
+    out["hour_of_day"] = local.hour.to_numpy(dtype="float64")  # the wall clock's hour, DST days included
     out["source_code"] = _codes(targets["source"], SOURCES)
     out["browser_code"] = _codes(targets["browser"], BROWSERS)
 
