@@ -121,6 +121,22 @@ class CandidateSpec(_Strict):
     popularity_days: int = Field(7, gt=0, description="window of the popularity ranking")
 
 
+class MonitoringSpec(_Strict):
+    """When the daily monitoring step calls a champion drifting (pipelines/monitoring/drift.py).
+
+    A feature drifts when its PSI against the champion's training rows reaches ``psi_alert`` or its KS statistic
+    reaches ``ks_alert``; the model drifts when at least ``features_share`` of its compared features drift, or its
+    scores' PSI reaches ``prediction_psi_alert``. A day with fewer than ``min_rows`` rows is reported, not judged.
+    """
+
+    psi_alert: float = Field(0.25, gt=0, description="PSI of a feature at which it drifts (0.1 slight, 0.25 major)")
+    ks_alert: float = Field(0.2, gt=0, le=1, description="two-sample KS statistic of a feature at which it drifts")
+    features_share: float = Field(0.2, gt=0, le=1, description="share of drifting features that makes the model drift")
+    prediction_psi_alert: float = Field(0.25, gt=0, description="PSI of the champion's scores at which the model drifts")
+    bins: int = Field(10, ge=2, le=100, description="quantile bins of the reference for PSI")
+    min_rows: int = Field(100, ge=1, description="rows a day needs to be judged")
+
+
 class ModelSpec(_Strict):
     name: str
     entity: str = Field(description="an entity kind declared in pipelines/usecases/ (user, order, user_product)")
@@ -139,6 +155,7 @@ class ModelSpec(_Strict):
     approvals_required: int = Field(1, ge=1, description="approvals by distinct reviewers a promotion needs")
     approval_ttl_hours: float = Field(72, gt=0, description="hours an approval request stays answerable")
     online_freshness_hours: float = Field(48, gt=0)
+    monitoring: MonitoringSpec = MonitoringSpec()
     schedule: str | None = Field(
         FEATURES_SCHEDULE,
         description="'features': after the daily features the model reads are refreshed; a cron string; null: manual",
