@@ -5,6 +5,7 @@ histories the daily chain loaded into the online store and the pushes of the day
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import shutil
 from pathlib import Path
@@ -26,6 +27,7 @@ from pipelines.features.order_features import FEATURE_COLUMNS, compute_order_fea
 from pipelines.features.store import feature_store, materialize_day
 from pipelines.lake import Lake
 from pipelines.serving.app import create_app
+from pipelines.serving.server import serving_writer
 from pipelines.settings import PROJECT_ROOT, Settings
 
 MODEL = "order_fraud"
@@ -100,24 +102,36 @@ def _body(order: pd.Series) -> dict:
     }
 
 
-def test_each_order_scored_at_checkout_gets_its_training_rows_score(world) -> None:
+@pytest.mark.parametrize("writer", [False, True], ids=["in-process", "writer-process"])
+def test_each_order_scored_at_checkout_gets_its_training_rows_score(
+    world, writer: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In-process (the app alone) and as under mlctl serve (the writer process writes the orders back and tells
+    the worker which landed; the worker answers from its own until then)."""
     settings, orders, labels = world
     today = orders[orders["purchase_time"].dt.date == SCORED].sort_values(["purchase_time", "order_id"])
     # The training rows of the day's orders: compute_order_features, then the on-demand view's own function.
     rows = compute_order_features(orders, labels, SCORED).set_index("order_id").loc[today["order_id"]]
     rows = pd.concat([rows, order_value(rows.assign(purchase_value=today["purchase_value"].to_numpy()))], axis=1)
 
-    with TestClient(create_app(settings)) as client:
+    directory = tmp_path / "serving" if writer else None
+    with contextlib.ExitStack() as stack:
+        if directory is not None:
+            directory.mkdir()
+            for name, value in settings.environment().items():
+                monkeypatch.setenv(name, value)
+            stack.enter_context(serving_writer(directory))
+        client = stack.enter_context(TestClient(create_app(settings, writer_dir=directory)))
         served = client.app.state.serving.served[MODEL]
         booster = served.champion().booster
         expected = booster.predict(rows[NAMES].to_numpy(dtype=float), num_threads=1)
         responses = [client.post(f"/v1/models/{MODEL}/score", json=_body(o)) for _, o in today.iterrows()]
         served.state().drain()
         assert served.state().push_errors == 0
-        # Every scored order reached its account's history in the online store.
-        users = sorted(set(today["user_id"].astype(int)))
-        stored = served.state().rows_of("user", users)
-        times = {user: set(row["order_time_us"]) for user, row in zip(users, stored, strict=True) if row}
+    # Every scored order reached its account's history in the online store (the writer's by the time it stopped).
+    users = sorted(set(today["user_id"].astype(int)))
+    stored = served.state().rows_of("user", users)
+    times = {user: set(row["order_time_us"]) for user, row in zip(users, stored, strict=True) if row}
 
     assert all(r.status_code == 200 for r in responses), responses[0].text
     scores = np.array([r.json()["score"] for r in responses])

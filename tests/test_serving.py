@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import lightgbm as lgb
@@ -16,6 +17,7 @@ from mlflow.models import infer_signature
 
 from pipelines.serving.app import create_app
 from pipelines.serving.served import MAX_USER_IDS
+from pipelines.serving.server import serving_writer
 from pipelines.settings import PROJECT_ROOT, Settings, get_settings
 from pipelines.specs import load_specs
 
@@ -454,3 +456,33 @@ def test_a_key_added_while_serving_works_after_the_next_refresh(
         settings.serving_api_keys.write_text("keys: oops")  # broken on disk: the loaded keys stay in force
         client.app.state.serving.keys.refresh()
         assert client.post(f"/v1/models/{MODEL}/predict", json={"user_ids": [1]}, headers=headers).status_code == 200
+
+
+def test_under_mlctl_serve_the_writer_logs_every_prediction_and_publishes_swaps(
+    settings: Settings, registry: MlflowClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    register(FEATURES, seed=1)
+    fast = settings.model_copy(update={"serving_refresh_seconds": 0.2})
+    directory = tmp_path / "serving"
+    directory.mkdir()
+    for name, value in fast.environment().items():  # the writer's settings, as mlctl serve passes them
+        monkeypatch.setenv(name, value)
+    app = create_app(fast, feature_reader=dict_reader, writer_dir=directory)
+    with serving_writer(directory) as writer, TestClient(app) as client:
+        answers = [predict(client, [uid]) for uid in (1, 2, 99) * 20]
+        v2 = register(FEATURES, seed=2)
+        # The writer reads the registry, the worker follows its file: no registry read in the worker.
+        deadline = time.monotonic() + 20
+        while predict(client, [2]).json()["version"] != v2:
+            assert time.monotonic() < deadline, client.get("/health").json()
+            time.sleep(0.05)
+        answers.append(predict(client, [3]))
+    # Leaving the app sent what was queued; stopping the writer wrote it (nothing pending is lost).
+    assert writer.returncode == 0
+    logged = _logged(settings)
+    sent = {a.headers["x-request-id"]: a.json()["predictions"][0] for a in answers}
+    assert set(sent) <= set(logged["request_id"])  # every answer logged (the polls too)
+    mine = logged[logged["request_id"].isin(sent)].set_index("request_id").loc[list(sent)]
+    assert mine["score"].tolist() == [p["score"] for p in sent.values()]
+    assert mine["version"].tolist() == [p["version"] for p in sent.values()]
+    assert mine["version"].iloc[-1] == v2

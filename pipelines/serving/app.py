@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio
 from fastapi import FastAPI
@@ -21,14 +22,17 @@ from pipelines.serving.candidates import OnlineCandidates
 from pipelines.serving.checkout import CheckoutModel
 from pipelines.serving.features import FeastFeatures, FeatureReader, FrameFeatures
 from pipelines.serving.metrics import ServingMetrics
-from pipelines.serving.model_loader import RefreshLoop
-from pipelines.serving.prediction_log import PredictionLog
+from pipelines.serving.model_loader import Refreshable, RefreshLoop
+from pipelines.serving.prediction_log import PredictionLog, PredictionSink
 from pipelines.serving.request_id import RequestIdMiddleware
 from pipelines.serving.routes import ServingState, build_router
 from pipelines.serving.served import CandidateSource, RankedModel, ScoredModel, Served
+from pipelines.serving.writer import PublishedRegistry, RemoteLog, WriterClient
 from pipelines.settings import Settings
 from pipelines.specs import ModelSpec, load_specs
 from pipelines.usecases import use_case
+
+FOLLOW_SECONDS = 0.25  # how often a worker of mlctl serve stats the writer's registry file (at most)
 
 
 def api_keys(settings: Settings) -> ApiKeys | KeyFile:
@@ -51,8 +55,11 @@ def create_app(
     feature_reader: FeatureReader | None = None,
     specs: Mapping[str, ModelSpec] | None = None,
     candidate_source: CandidateSource | None = None,
+    writer_dir: Path | None = None,
 ) -> FastAPI:
-    """The serving app for every spec in ``settings.models_dir`` (or ``specs``)."""
+    """The serving app for every spec in ``settings.models_dir`` (or ``specs``). With ``writer_dir`` (a worker of
+    ``mlctl serve``) the prediction log, the checkout's write-back and the registry reads of the refresh are the
+    serving writer's (pipelines/serving/writer.py); without, this process does them in background threads."""
     source = FrameFeatures(settings, feature_reader) if feature_reader is not None else FeastFeatures(settings)
     all_specs = dict(specs) if specs is not None else load_specs(settings.models_dir)
     metrics = ServingMetrics()
@@ -69,6 +76,10 @@ def create_app(
             )
     holders = list(served.values())
     keys = api_keys(settings)
+    writer = WriterClient(writer_dir) if writer_dir is not None else None
+    for model in served.values():
+        if isinstance(model, CheckoutModel):
+            model.writer = writer
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -81,10 +92,18 @@ def create_app(
         # the collector's full passes, which otherwise pause a request for tens of milliseconds now and then.
         gc.collect()
         gc.freeze()
-        refreshed = [*holders, keys] if isinstance(keys, KeyFile) else holders
-        loop = RefreshLoop(refreshed, settings.serving_refresh_seconds)
+        followed: list[Refreshable] = [PublishedRegistry(writer.directory, served)] if writer else list(holders)
+        refreshed = [*followed, keys] if isinstance(keys, KeyFile) else followed
+        interval = settings.serving_refresh_seconds
+        if writer is not None:
+            # The writer publishes the registry every interval; stat'ing its file more often keeps a swap within
+            # about one interval of the alias move.
+            interval = min(interval, FOLLOW_SECONDS)
+        loop = RefreshLoop(refreshed, interval)
         loop.start()
-        log = PredictionLog(Lake(settings)) if settings.serving_log_predictions else None
+        log: PredictionSink | None = None
+        if settings.serving_log_predictions:
+            log = RemoteLog(writer) if writer is not None else PredictionLog(Lake(settings))
         for model in served.values():
             model.log = log
         try:
@@ -93,10 +112,11 @@ def create_app(
             await anyio.to_thread.run_sync(loop.stop)
             for model in served.values():
                 model.close()
-            if log is not None:
-                for model in served.values():
-                    model.log = None
+                model.log = None
+            if isinstance(log, PredictionLog):
                 await anyio.to_thread.run_sync(log.close)
+            if writer is not None:  # what is still queued for the writer: it writes it before it exits
+                await anyio.to_thread.run_sync(writer.close)
 
     # Docs are served by routes that check the API key like the scoring routes do.
     app = FastAPI(title="Storefront ML serving", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)

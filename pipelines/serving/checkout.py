@@ -26,6 +26,7 @@ from pipelines.serving.features import FeastFeatures, Features, FeaturesUnavaila
 from pipelines.serving.order_state import OrderState
 from pipelines.serving.requests import BadRequest, entity_id, number, text, timestamp
 from pipelines.serving.served import NotServable, Outcome, Served
+from pipelines.serving.writer import WriterClient
 
 
 def order_from(payload: dict[str, Any], now: dt.datetime) -> tuple[str, CheckoutOrder]:
@@ -69,13 +70,16 @@ class CheckoutModel(Served):
         self._state: OrderState | None = None
         self._zone: str | None = None
         self._lock = threading.Lock()
+        # The serving writer that writes the scored orders back (set by the app under mlctl serve; None: this
+        # process writes them).
+        self.writer: WriterClient | None = None
 
     def state(self) -> OrderState:
         if not isinstance(self.source, FeastFeatures):
             raise NotServable(f"{self.spec.name}: checkout scoring reads Feast's online store; none is configured")
         with self._lock:
             if self._state is None:
-                self._state = OrderState(self.source.store())
+                self._state = OrderState(self.source.store(), self.writer)
                 self._zone = Lake(self._settings).day_zone  # read once: the lake is not read per request
             return self._state
 

@@ -16,11 +16,15 @@ import logging
 import queue
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from pipelines.features.checkout import HISTORY_LISTS, KEY_COLUMNS, TIMESTAMP_COLUMN, KeyHistories
+
+if TYPE_CHECKING:
+    from pipelines.serving.writer import WriterClient
 
 log = logging.getLogger(__name__)
 
@@ -30,27 +34,39 @@ PUSH_INTERVAL = 0.25  # seconds a batch collects rows before it is written (a wr
 _TICK = pd.Timedelta(microseconds=1)
 
 
-class OrderState:
-    """History rows by key through the online store, with this process's pushes overlaid until they land."""
+# (entity, key, seq) of history rows written to the online store.
+Landed = list[tuple[str, object, int]]
 
-    def __init__(self, store: Any) -> None:
+
+class OrderState:
+    """History rows by key through the online store, with this process's pushes overlaid until they land.
+
+    The rows are written by a ``HistoryWriter`` in this process, or, under ``mlctl serve``, sent to the serving
+    writer process (``writer``: pipelines/serving/writer.py), which writes them and acknowledges them."""
+
+    def __init__(self, store: Any, writer: WriterClient | None = None) -> None:
         from pipelines.serving.online import RowReader
 
-        self._store = store
         self._readers = {e: RowReader(store, f"order_history_{e}") for e in ENTITIES}
-        self._views = {e: reader.view for e, reader in self._readers.items()}
         self._overlay: dict[tuple[str, object], tuple[int, dict[str, Any]]] = {}
         self._lock = threading.Lock()
         self._seq = 0
-        self._stamps: dict[tuple[str, object], pd.Timestamp] = {}  # the last stamp written per key
-        self._queue: queue.Queue[tuple[int, str, dict[str, Any], pd.Timestamp] | None] = queue.Queue()
-        self.pushed = 0
-        self.push_errors = 0
-        self._thread = threading.Thread(target=self._push_loop, name="order-history-push", daemon=True)
-        self._thread.start()
+        self._client = writer
+        self._writer = HistoryWriter(lambda: store, lambda _, rows: self._landed(rows)) if writer is None else None
+
+    @property
+    def pushed(self) -> int:
+        """Keys written by this process's writer (0 when the writer process writes them)."""
+        return self._writer.pushed if self._writer is not None else 0
+
+    @property
+    def push_errors(self) -> int:
+        return self._writer.push_errors if self._writer is not None else 0
 
     def rows(self, user_id: int, device_id: str | None, ip_address: str | None) -> KeyHistories:
         """The account's, device's and IP's histories (None: no history, or an unknown device / IP)."""
+        if self._client is not None:
+            self._landed(self._client.landed())
         found: dict[str, dict[str, Any] | None] = {}
         for entity, key in (("user", user_id), ("device", device_id), ("ip", ip_address)):
             if key is None:
@@ -70,7 +86,7 @@ class OrderState:
         return self._readers[entity].read(keys)
 
     def record(self, rows: KeyHistories, at: pd.Timestamp) -> None:
-        """Keep ``rows`` (``append_order``'s) for this process's next reads and queue their push."""
+        """Keep ``rows`` (``append_order``'s) for this process's next reads and queue their write."""
         with self._lock:
             for entity, row in zip(ENTITIES, rows, strict=True):
                 if row is None:
@@ -78,11 +94,50 @@ class OrderState:
                 self._seq += 1
                 key = row[KEY_COLUMNS[entity]]
                 self._overlay[(entity, key)] = (self._seq, row)
-                self._queue.put((self._seq, entity, row, at))
+                if self._client is not None:
+                    # Refused (the writer gone or far behind): the row stays in the overlay, as after a failed write.
+                    self._client.send(("order", self._seq, entity, row, at))
+                else:
+                    assert self._writer is not None
+                    self._writer.put(None, self._seq, entity, row, at)
+
+    def _landed(self, rows: Landed) -> None:
+        with self._lock:
+            for entity, key, seq in rows:
+                if self._overlay.get((entity, key), (None,))[0] == seq:  # not replaced meanwhile
+                    del self._overlay[(entity, key)]
+
+    def drain(self) -> None:
+        """Wait until every queued write of this process's writer has been tried (tests, shutdown)."""
+        if self._writer is not None:
+            self._writer.drain()
+
+    def close(self, timeout: float = 10.0) -> None:
+        if self._writer is not None:
+            self._writer.close(timeout)
+
+
+class HistoryWriter:
+    """Writes history rows into the online store from a thread, in batches: one write per entity with the newest
+    row of each key, at most every ``PUSH_INTERVAL`` (at a thousand orders a second, a write per order would cost
+    more than the scoring); each key's rows stamped strictly later than its last (Redis keeps a row only if it is
+    newer). ``landed(origin, rows)`` is told, per origin given to ``put``, which rows were written."""
+
+    def __init__(self, store: Callable[[], Any], landed: Callable[[Any, Landed], None]) -> None:
+        self._store = store  # called on the first write (the writer process builds it only when orders come)
+        self._landed = landed
+        self._views: dict[str, Any] = {}
+        self._stamps: dict[tuple[str, object], pd.Timestamp] = {}  # the last stamp written per key
+        self._queue: queue.Queue[tuple[Any, int, str, dict[str, Any], pd.Timestamp] | None] = queue.Queue()
+        self.pushed = 0
+        self.push_errors = 0
+        self._thread = threading.Thread(target=self._push_loop, name="order-history-push", daemon=True)
+        self._thread.start()
+
+    def put(self, origin: Any, seq: int, entity: str, row: dict[str, Any], at: pd.Timestamp) -> None:
+        self._queue.put((origin, seq, entity, row, at))
 
     def _push_loop(self) -> None:
-        """Write what is queued in batches: one write per entity with the newest row of each key, at most every
-        ``PUSH_INTERVAL`` (at a thousand orders a second, a write per order would cost more than the scoring)."""
         while (first := self._queue.get()) is not None:
             time.sleep(PUSH_INTERVAL)  # let the batch fill
             batch = [first]
@@ -105,39 +160,53 @@ class OrderState:
                 break
         self._queue.task_done()
 
-    def _push(self, batch: list[tuple[int, str, dict[str, Any], pd.Timestamp]]) -> None:
+    def _push(self, batch: list[tuple[Any, int, str, dict[str, Any], pd.Timestamp]]) -> None:
         from pipelines.features.online_write import write_view
 
-        newest: dict[tuple[str, object], tuple[int, dict[str, Any], pd.Timestamp]] = {}
-        for seq, entity, row, at in batch:
+        newest: dict[tuple[str, object], tuple[dict[str, Any], pd.Timestamp]] = {}
+        written_by: dict[tuple[str, object], list[tuple[Any, int]]] = {}
+        for origin, seq, entity, row, at in batch:
             key = (entity, row[KEY_COLUMNS[entity]])
-            # Each write of a key is stamped later than the last: Redis keeps a row only if it is newer.
             stamp = max(at, self._stamps.get(key, at - _TICK) + _TICK)
             self._stamps[key] = stamp
-            newest[key] = (seq, row, stamp)
+            newest[key] = (row, stamp)
+            written_by.setdefault(key, []).append((origin, seq))
+        try:
+            store = self._store()
+        except Exception:
+            self.push_errors += len(newest)
+            log.exception("push of %d histories failed: no online store", len(newest))
+            return
         for entity in ENTITIES:
             keys = [k for k in newest if k[0] == entity]
             if not keys:
                 continue
-            frame = pd.DataFrame([{**newest[k][1], TIMESTAMP_COLUMN: newest[k][2]} for k in keys])
+            if entity not in self._views:
+                self._views[entity] = store.get_feature_view(f"order_history_{entity}")
+            frame = pd.DataFrame([{**newest[k][0], TIMESTAMP_COLUMN: newest[k][1]} for k in keys])
             try:
-                write_view(self._store, self._views[entity], frame)
+                write_view(store, self._views[entity], frame)
             except Exception:
                 # Kept in the overlay: this process still counts the orders; the next daily build has them for all.
                 self.push_errors += len(keys)
                 log.exception("push of %d %s histories failed", len(keys), entity)
                 continue
             self.pushed += len(keys)
-            with self._lock:
-                for key in keys:
-                    if self._overlay.get(key, (None,))[0] == newest[key][0]:  # not replaced meanwhile
-                        del self._overlay[key]
+            # Every row of a written key is done with, the newest's and the ones it replaced: each origin drops
+            # its rows from its overlay (a row it replaced since then stays).
+            by_origin: dict[Any, Landed] = {}
+            for key in keys:
+                for origin, seq in written_by[key]:
+                    by_origin.setdefault(origin, []).append((key[0], key[1], seq))
+            for origin, rows in by_origin.items():
+                self._landed(origin, rows)
 
     def drain(self) -> None:
-        """Wait until every queued push has been tried (tests, shutdown)."""
+        """Wait until every queued row has been tried."""
         self._queue.join()
 
     def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued, then stop."""
         self._queue.put(None)
         self._thread.join(timeout)
 

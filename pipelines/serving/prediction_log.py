@@ -18,7 +18,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -39,12 +39,57 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _US = dt.timedelta(microseconds=1)
 
 # (model, version, request_id, arm, logged_at in µs since the epoch, entity, score, features)
-_Row = tuple[str, str, str, str, int, dict[str, Any], float, dict[str, Any]]
+PredictionRow = tuple[str, str, str, str, int, dict[str, Any], float, dict[str, Any]]
+_CHECKED_MODELS: set[str] = set()  # model names already checked (they become lake paths)
 
 
 def predictions_table(model: str) -> str:
     """The lake table of a model's logged predictions (``Lake.read_parts(predictions_table(m), day)``)."""
     return f"{PREDICTIONS_TABLE}/{model}"
+
+
+class PredictionSink(Protocol):
+    """Where a served score goes: this module's ``PredictionLog``, or the serving writer's (``RemoteLog``)."""
+
+    def append(
+        self,
+        model: str,
+        version: str,
+        request_id: str,
+        entity: Mapping[str, int | str | float],
+        score: float,
+        features: Mapping[str, float],
+        arm: str = "champion",
+        at: dt.datetime | None = None,
+    ) -> bool: ...
+
+
+def prediction_row(
+    model: str,
+    version: str,
+    request_id: str,
+    entity: Mapping[str, int | str | float],
+    score: float,
+    features: Mapping[str, float],
+    arm: str = "champion",
+    at: dt.datetime | None = None,
+) -> PredictionRow:
+    """One prediction as the log keeps it.
+
+    ``entity``: the entity's key columns (and request fields its on-demand features need, e.g. an order's
+    ``purchase_value``, so the skew check can recompute them). ``at``: when it was served (now by default; a
+    naive datetime is UTC). A ValueError means a programming error (a model name that is not a file name, a
+    key or feature named like a log column), the same for every request.
+    """
+    if model not in _CHECKED_MODELS:
+        if not _MODEL_NAME.fullmatch(model):
+            raise ValueError(f"prediction log: model name {model!r} must be a plain name ([A-Za-z0-9_.-])")
+        _CHECKED_MODELS.add(model)
+    if not (RESERVED_COLUMNS.isdisjoint(features) and RESERVED_COLUMNS.isdisjoint(entity)):
+        clash = sorted(RESERVED_COLUMNS & {*features, *entity})
+        raise ValueError(f"prediction log of {model!r}: entity keys or features {clash} clash with log columns")
+    stamp = time.time_ns() // 1000 if at is None else _micros(at)
+    return (model, version, request_id, arm, stamp, dict(entity), float(score), dict(features))
 
 
 class PredictionLog:
@@ -69,7 +114,6 @@ class PredictionLog:
         self._flush_rows = flush_rows
         self._flush_seconds = flush_seconds
         self._max_pending = max_pending
-        self._models: set[str] = set()  # names already checked (they become lake paths)
         self._reset()
         _LIVE.add(self)
 
@@ -79,7 +123,7 @@ class PredictionLog:
         self._flush_lock = threading.Lock()  # one flush at a time (the daemon, flush(), close())
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._buffer: list[_Row] = []
+        self._buffer: list[PredictionRow] = []
         self._pending = 0  # buffered + in flight + kept after a failed write
         self._closed = False
         self._appended = self._written = self._dropped = self._write_errors = 0
@@ -101,18 +145,12 @@ class PredictionLog:
     ) -> bool:
         """Log one prediction; False (and one more :attr:`dropped`) when the log is full or closed.
 
-        ``entity``: the entity's key columns (and request fields its on-demand features need, e.g. an order's
-        ``purchase_value``, so the skew check can recompute them). ``at``: when it was served (now by default; a
-        naive datetime is UTC). A ValueError means a programming error (a model name that is not a file name, a
-        key or feature named like a log column), the same for every request.
+        The arguments are :func:`prediction_row`'s (a ValueError there is a programming error).
         """
-        if model not in self._models:
-            self._check_model(model)
-        if not (RESERVED_COLUMNS.isdisjoint(features) and RESERVED_COLUMNS.isdisjoint(entity)):
-            clash = sorted(RESERVED_COLUMNS & {*features, *entity})
-            raise ValueError(f"prediction log of {model!r}: entity keys or features {clash} clash with log columns")
-        stamp = time.time_ns() // 1000 if at is None else _micros(at)
-        row = (model, version, request_id, arm, stamp, dict(entity), float(score), dict(features))
+        return self.add(prediction_row(model, version, request_id, entity, score, features, arm, at))
+
+    def add(self, row: PredictionRow) -> bool:
+        """Log a row made by :func:`prediction_row` (here or in a serving worker); False when full or closed."""
         with self._lock:
             if self._closed or self._pending >= self._max_pending:
                 self._dropped += 1
@@ -124,11 +162,6 @@ class PredictionLog:
         if full and not self._wake.is_set():
             self._wake.set()
         return True
-
-    def _check_model(self, model: str) -> None:
-        if not _MODEL_NAME.fullmatch(model):
-            raise ValueError(f"prediction log: model name {model!r} must be a plain name ([A-Za-z0-9_.-])")
-        self._models.add(model)
 
     # -- counters -------------------------------------------------------------------------------------------
     @property
@@ -209,7 +242,7 @@ class PredictionLog:
                 # A failing lake: wait a full interval instead of retrying at every append past flush_rows.
                 self._stop.wait(self._flush_seconds)
 
-    def _write(self, rows: list[_Row]) -> tuple[list[_Row], int, int]:
+    def _write(self, rows: list[PredictionRow]) -> tuple[list[PredictionRow], int, int]:
         """Write ``rows`` as one part per (model, day): the rows to keep (failed writes), rows written, rows
         dropped (rows no part can hold)."""
         stamps = [row[4] for row in rows]
@@ -222,7 +255,7 @@ class PredictionLog:
         groups: dict[tuple[str, dt.date], list[int]] = {}
         for i, row in enumerate(rows):
             groups.setdefault((row[0], days[i]), []).append(i)
-        kept: list[_Row] = []
+        kept: list[PredictionRow] = []
         written = dropped = 0
         pid = os.getpid()
         for (model, day), positions in groups.items():
@@ -275,7 +308,7 @@ def _days(stamps: list[int], zone: str) -> list[dt.date]:
     return [dates[i] for i in inverse]
 
 
-def _part_table(rows: list[_Row], stamps: list[int]) -> pa.Table:
+def _part_table(rows: list[PredictionRow], stamps: list[int]) -> pa.Table:
     """One Arrow table: base columns, entity keys (first-seen order), score, features (first-seen order)."""
     keys = _names(rows, 5)
     columns: dict[str, pa.Array] = {
@@ -301,7 +334,7 @@ def _part_table(rows: list[_Row], stamps: list[int]) -> pa.Table:
     return pa.table(columns)
 
 
-def _names(rows: list[_Row], field: int) -> list[str]:
+def _names(rows: list[PredictionRow], field: int) -> list[str]:
     """The keys of every row's mapping ``field``, in first-seen order."""
     shapes = dict.fromkeys(tuple(r[field]) for r in rows)
     return list(dict.fromkeys(name for shape in shapes for name in shape))

@@ -18,7 +18,7 @@ from pipelines.registry.rollouts import CHAMPION_ARM, Rollout, RolloutError, in_
 from pipelines.serving import request_id
 from pipelines.serving.features import RANK_KEYS, Features, FeatureSource, FeaturesUnavailable
 from pipelines.serving.model_loader import ChampionModel, FeatureMismatchError, LoadedModel, registered_model
-from pipelines.serving.prediction_log import PredictionLog
+from pipelines.serving.prediction_log import PredictionSink
 from pipelines.serving.requests import entity_id, id_list
 from pipelines.settings import Settings
 from pipelines.specs import ModelSpec
@@ -51,7 +51,7 @@ class Served:
 
     route = ""
     # Where every served score goes (set by the app; None: not logged).
-    log: PredictionLog | None = None
+    log: PredictionSink | None = None
 
     def __init__(
         self,
@@ -82,6 +82,11 @@ class Served:
         except Exception:  # the registry being down: the holder records why, the arms stay as they are
             self.holder.refresh()
             return
+        self.follow(found)
+
+    def follow(self, found: tuple[dict[str, str], dict[str, str]] | None) -> None:
+        """Follow the registered model's aliases and tags as read (``registered_model``; None: not registered),
+        here or by the serving writer (pipelines/serving/writer.py)."""
         aliases, tags = found if found is not None else ({}, {})
         self.holder.refresh(aliases)
         try:
