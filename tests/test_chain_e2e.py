@@ -9,6 +9,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -47,6 +50,19 @@ def _digest(lake: Lake, table: str, day: dt.date) -> str:
     return hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).values.tobytes()).hexdigest()
 
 
+def as_reviewer(world: AirflowWorld, reviewer: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`mlctl ARGS` as ``reviewer``, logged in with their own password in their own config dir (as they would)."""
+    env = {**os.environ, **world.env, "XDG_CONFIG_HOME": str(world.settings.home / "config" / reviewer)}
+    mlctl = str(Path(sys.executable).with_name("mlctl"))
+    if not (Path(env["XDG_CONFIG_HOME"]) / "storefront" / "identity.json").exists():
+        assert world.settings.airflow_home is not None
+        password = json.loads((world.settings.airflow_home / "passwords.json").read_text())[reviewer]
+        login = [mlctl, "login", "--user", reviewer, "--password-stdin"]
+        done = subprocess.run(login, input=password + "\n", env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+    return subprocess.run([mlctl, *args], env=env, capture_output=True, text=True, timeout=600)
+
+
 def _train(
     world: AirflowWorld, model: str, day: dt.date, answer: str | None, reviewer: str = "alice", expect: int = 0
 ) -> str | None:
@@ -57,7 +73,7 @@ def _train(
     """
     log = world.settings.home / f"train_{model}_{day}.log"
     proc = world.popen_mlctl("run", f"train_{model}", "--date", str(day), log=log)
-    client = AirflowClient(world.settings, username=reviewer)
+    client = AirflowClient(world.settings)  # the engineer account watches for the request
     deadline = time.time() + 600
     pending, version = [], None
     while proc.poll() is None and time.time() < deadline:
@@ -65,7 +81,7 @@ def _train(
         if pending:
             version = pending[0].field("version")
             assert answer is not None, "an approval was requested although the gate should have stopped it"
-            result = world.mlctl(answer, model, version, "--as", reviewer, "--comment", f"{answer} in e2e")
+            result = as_reviewer(world, reviewer, answer, model, version, "--comment", f"{answer} in e2e")
             assert result.returncode == 0, result.stdout + result.stderr
             break
         time.sleep(1)
@@ -187,3 +203,50 @@ def test_rejected_candidate_never_moves_the_alias(world: AirflowWorld) -> None:
     tags = get_version(world.settings, "purchase_intent", rejected).tags
     assert tags["approval.status"] == "rejected" and tags["approval.by"] == "bob"
     assert tags["approval.comment"] == "reject in e2e"
+
+
+def test_a_rejected_version_is_not_asked_again_on_the_same_data(world: AirflowWorld) -> None:
+    """Finding 2: retraining on the same data reused bob's rejected version, asked again and promoted it."""
+    before = get_champion(world.settings, "purchase_intent")
+    rejected = get_version(world.settings, "purchase_intent", str(int(before.version) + 1))
+    assert rejected.tags["approval.status"] == "rejected", "runs after the rejection test"
+    again = _train(world, "purchase_intent", END - dt.timedelta(days=1), answer=None)
+    assert again is None
+    assert get_champion(world.settings, "purchase_intent").version == before.version
+    outcome = Lake(world.settings).read_json(f"runs/train_purchase_intent/ds={END - dt.timedelta(days=1)}/outcome.json")
+    assert outcome["outcome"] == "skipped" and "rejected by bob" in outcome["reason"]
+    assert "mlctl reopen purchase_intent" in outcome["reason"]
+
+
+def test_the_trainer_cannot_approve_and_as_only_confirms_the_login(world: AirflowWorld) -> None:
+    """Finding 1: `--as alice` acted as alice without her password; the trainer's approval was never refused."""
+    champion = get_champion(world.settings, "purchase_intent")
+    assert champion.tags["storefront.trained_by"] == world.settings.airflow_username  # local `mlctl run`
+    mismatch = as_reviewer(world, "alice", "approve", "purchase_intent", champion.version, "--as", "bob")
+    assert mismatch.returncode == 1 and "logged in as 'alice'" in mismatch.stdout
+    mlctl = str(Path(sys.executable).with_name("mlctl"))
+    empty = {**os.environ, **world.env, "XDG_CONFIG_HOME": str(world.settings.home / "config" / "nobody")}
+    approve = [mlctl, "approve", "purchase_intent", champion.version, "--as", "alice"]
+    nobody = subprocess.run(approve, env=empty, capture_output=True, text=True)
+    assert nobody.returncode == 1 and "not logged in" in nobody.stdout
+    forged = world.settings.home / "config" / "mallory" / "storefront"
+    forged.mkdir(parents=True)
+    (forged / "identity.json").write_text(
+        json.dumps(
+            {
+                "user": "alice",
+                "token": "e30.eyJzdWIiOiJhbGljZSJ9.x",
+                "expires_at": "2099-01-01T00:00:00+00:00",
+                "api": f"in-process:{world.settings.airflow_home}",
+            }
+        )
+    )
+    (forged / "identity.json").chmod(0o600)
+    env = {**os.environ, **world.env, "XDG_CONFIG_HOME": str(forged.parent)}
+    mlctl = str(Path(sys.executable).with_name("mlctl"))
+    rolled = subprocess.run(
+        [mlctl, "rollback", "purchase_intent", "--comment", "x"], env=env, capture_output=True, text=True
+    )
+    assert rolled.returncode == 1 and "Airflow did not accept your login" in rolled.stdout
+    history = world.mlctl("history", "purchase_intent")
+    assert history.returncode == 0 and "promote" in history.stdout and "reject" in history.stdout

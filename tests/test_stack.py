@@ -8,7 +8,10 @@ calls; the newest three days go through an Airflow backfill, then training, an a
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,15 +156,34 @@ def test_training_approval_and_serving(world: StackWorld) -> None:
     proc = world.popen_mlctl("run", f"train_{MODEL}", "--date", str(LAST), log=log)
     from pipelines.orchestration.airflow_client import AirflowClient
 
-    reviewer = AirflowClient(world.settings, username="alice")
+    engineer = AirflowClient(world.settings)
     deadline, pending = time.time() + 600, []
     while not pending and proc.poll() is None and time.time() < deadline:
-        pending = reviewer.pending_approvals(dag_id=f"train_{MODEL}")
+        pending = engineer.pending_approvals(dag_id=f"train_{MODEL}")
         time.sleep(2)
     assert pending, f"no approval request reached Airflow; log:\n{log.read_text()[-5000:]}"
     version = pending[0].field("version")
     assert version is not None
-    result = world.mlctl("approve", MODEL, version, "--as", "alice", "--comment", "fine on the stack")
+    # alice logs in with her password through the stack's api-server (her own config dir), then approves.
+    env = {**world.env, "XDG_CONFIG_HOME": str(world.workdir.parent / "alice-config")}
+    password = json.loads((world.settings.airflow_home / "passwords.json").read_text())["alice"]
+    mlctl = str(Path(sys.executable).with_name("mlctl"))
+    login = subprocess.run(
+        [mlctl, "login", "--user", "alice", "--password-stdin"],
+        input=password + "\n",
+        env=env,
+        cwd=world.workdir,
+        capture_output=True,
+        text=True,
+    )
+    assert login.returncode == 0, login.stdout + login.stderr
+    result = subprocess.run(
+        [mlctl, "approve", MODEL, version, "--comment", "fine on the stack"],
+        env=env,
+        cwd=world.workdir,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert proc.wait(timeout=600) == 0, log.read_text()[-5000:]
 
