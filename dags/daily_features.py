@@ -1,5 +1,5 @@
-"""Daily features: extract -> validate -> features (one task per family) -> materialize -> skew, one run per
-complete day.
+"""Daily features: extract -> validate -> features (one task per family) -> materialize -> skew and monitor, one
+run per complete day.
 
 Logical date D is the data interval [D, D+1): the scheduler starts it after D has ended and every task reads and
 writes the partition ds = D. A family whose input tables the day lacks is skipped with the reason in its log;
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow.sdk import Asset, CronDataIntervalTimetable, dag, task
+from airflow.sdk import Asset, AssetAlias, CronDataIntervalTimetable, dag, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from pipelines.flows.daily_plan import NOT_RETRYABLE, FamilySkipped, feature_families, schedule_window
@@ -39,6 +39,14 @@ def once(step, *args) -> dict:
 
 def feature_asset(family: str) -> Asset:
     return Asset(f"storefront://features/{family}")
+
+
+def drift_asset(model: str) -> Asset:
+    return Asset(f"storefront://drift/{model}")
+
+
+# Drift events go through an alias: only the models found drifting get one (a plain outlet always emits).
+DRIFT_ALIAS = AssetAlias("storefront-drift")
 
 
 def midnight(day: dt.date) -> dt.datetime:
@@ -90,10 +98,18 @@ def daily_features():
     def skew(ds: str | None = None) -> dict:
         return flow().skew(get_settings(), ds)
 
+    # Each champion against its training rows; a drifting one triggers its training DAG (gate and approval apply).
+    @task(outlets=[DRIFT_ALIAS])
+    def monitor(ds: str | None = None, outlet_events=None) -> dict:
+        monitored = flow().monitor(get_settings(), ds)
+        for model, extra in flow().drift_events(monitored, ds).items():
+            outlet_events[DRIFT_ALIAS].add(drift_asset(model), extra=extra)
+        return monitored
+
     validated = validate()
     extract() >> validated
     materialized = materialize()
-    validated >> materialized >> skew()
+    validated >> materialized >> [skew(), monitor()]
     for family in FAMILIES:
         validated >> family_task(family) >> materialized
 

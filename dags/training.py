@@ -2,7 +2,8 @@
 promote.
 
 Schedule (the spec's ``schedule``): ``features`` (default) runs after the daily features the model reads were
-refreshed (Airflow Assets; the run trains for the day the asset events name), a cron string runs on that cron,
+refreshed, or after the daily monitoring found the champion drifting (Airflow Assets; the run trains for the day
+the asset events name; its candidate still goes through gate and approval), a cron string runs on that cron,
 ``null`` only when triggered (`mlctl run train_MODEL --date D`). The first task checks the lake holds the history
 the spec needs and skips the run with the reason when it does not, so a fresh stack never fails training; runs
 triggered only by a backfill's asset events are skipped too (train a backfilled day with `mlctl run`).
@@ -13,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
-from airflow.sdk import Asset, Param, chain, dag, task
+from airflow.sdk import Asset, AssetAll, AssetAny, Param, chain, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
 
 from pipelines.flows.daily_plan import schedule_window
@@ -71,13 +72,15 @@ def approval_task_id(index: int) -> str:
     return "approval" if index == 0 else f"approval_{index + 1}"
 
 
-def training_schedule(spec: ModelSpec) -> list[Asset] | str | None:
+def training_schedule(spec: ModelSpec) -> AssetAny | str | None:
     """The spec's schedule in Airflow's terms; STOREFRONT_TRAINING_SCHEDULES=false turns every one off (tests)."""
     if not settings.training_schedules or spec.schedule is None:
         return None
     if spec.schedule == FEATURES_SCHEDULE:
-        # The same URIs as dags/daily_features.py's outlets: a run once every family the model reads was refreshed.
-        return [Asset(f"storefront://features/{family}") for family in families_for([spec])]
+        # The same URIs as dags/daily_features.py's outlets: a run once every family the model reads was refreshed,
+        # or once the monitoring step found the champion drifting.
+        refreshed = AssetAll(*(Asset(f"storefront://features/{family}") for family in families_for([spec])))
+        return refreshed | Asset(f"storefront://drift/{spec.name}")
     return spec.schedule
 
 

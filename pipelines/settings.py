@@ -108,6 +108,12 @@ class Settings(BaseSettings):
     )
     sim_seed: int = 7
     sim_users: int = 5000
+    sim_shift_day: dt.date | None = Field(
+        default=None,
+        description="From this day on the simulated users browse sim_shift_sessions times as often (a change of "
+        "behaviour that monitoring should see as drift); None: no change.",
+    )
+    sim_shift_sessions: float = Field(default=3.0, gt=0, description="Session-rate multiplier from sim_shift_day.")
     # Model specs (tests point this at small specs)
     models_dir: Path = PROJECT_ROOT / "models"
     # Compute

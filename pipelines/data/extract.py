@@ -15,8 +15,14 @@ from pipelines.settings import Settings
 
 
 def simulation_config(settings: Settings) -> SimulationConfig:
-    """The simulated world of ``settings`` (seed, users, first day)."""
-    return SimulationConfig(seed=settings.sim_seed, n_users=settings.sim_users, start=settings.start_date)
+    """The simulated world of ``settings`` (seed, users, first day, a change of behaviour if one is set)."""
+    return SimulationConfig(
+        seed=settings.sim_seed,
+        n_users=settings.sim_users,
+        start=settings.start_date,
+        shift_day=settings.sim_shift_day,
+        shift_sessions=settings.sim_shift_sessions,
+    )
 
 
 def day_tables(config: SimulationConfig, ds: dt.date, threads: int = 1) -> dict[str, pd.DataFrame]:

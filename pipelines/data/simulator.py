@@ -101,6 +101,10 @@ class SimulationConfig:
     extra_items_per_purchase: float = 0.3  # Poisson mean of items bought beyond the first
     # Ground truth: Monte-Carlo replicas of the next days (Rao-Blackwellised, see intent_truth.purchase_truth).
     truth_replicas: int = 200
+    # A change of behaviour (to watch drift): from shift_day on, every user's sessions per day are multiplied by
+    # shift_sessions (views, carts and purchases follow). None: the world never changes.
+    shift_day: dt.date | None = None
+    shift_sessions: float = 3.0
 
     def day_index(self, ds: dt.date) -> int:
         index = (ds - self.start).days
@@ -339,6 +343,8 @@ def _weekday(config: SimulationConfig, t: int) -> int:
 def _session_rate(config: SimulationConfig, world: _Static, t: int) -> np.ndarray:
     """Poisson mean of each user's sessions on day t (0 before signing up)."""
     rate = config.sessions_per_day * world.theta**config.sessions_theta_power
+    if config.shift_day is not None and t >= (config.shift_day - config.start).days:
+        rate = rate * config.shift_sessions
     return np.where(_active(world, t), rate * config.activity_by_weekday[_weekday(config, t)], 0.0)
 
 

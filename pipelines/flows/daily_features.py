@@ -1,5 +1,6 @@
 """The daily chain for one logical date: extract -> validate -> features (one step per family) -> materialize
--> skew (what serving logged that day against the offline features).
+-> skew (what serving logged that day against the offline features) and monitor (each champion's drift against
+its training rows, its realised metric once labels matured).
 
 A logical date D is the day D itself, processed once it has ended. Each step reads only its inputs for the day
 and replaces its one output atomically, so rerunning a day changes nothing and a failed day can simply be
@@ -38,6 +39,7 @@ __all__ = [
     "feature_family",
     "features",
     "materialize",
+    "monitor",
     "skew",
     "validate",
 ]
@@ -151,3 +153,42 @@ def skew(settings: Settings, ds: str | dt.date) -> dict:
         publish_skew(settings, report, lake)
         models[spec.name] = {"rows": report.rows, "flagged": report.flagged}
     return {"models": models}
+
+
+def monitor(settings: Settings, ds: str | dt.date) -> dict:
+    """Drift of every champion on day ``ds`` against the rows it was trained on (features and scores, thresholds of
+    the spec's ``monitoring:`` block) and its realised main metric on the newest day whose labels matured,
+    published to ``monitoring/drift/<model>/ds=...`` (replacing the day's previous report). A model without a
+    champion is not watched; one that cannot be (its training set gone, the day lacking its features) is listed
+    under ``unwatched`` with the reason. A day of late labels only has no features to watch."""
+    # Imported here: the point-in-time join imports Feast and scoring MLflow; only this step needs them.
+    from pipelines.monitoring.watch import MonitoringError, monitor_model, publish_drift
+    from pipelines.specs import load_specs
+    from pipelines.training.dataset import TrainingSetError
+
+    day, lake = as_date(ds), Lake(settings)
+    models: dict[str, dict] = {}
+    unwatched: dict[str, str] = {}
+    if not _families_built(settings, lake, day):
+        return {"models": models, "unwatched": unwatched}
+    for spec in load_specs(settings.models_dir).values():
+        try:
+            report = monitor_model(settings, spec, day, lake)
+        except (MonitoringError, TrainingSetError) as exc:
+            unwatched[spec.name] = str(exc)
+            continue
+        if report is not None:
+            publish_drift(lake, report)
+            models[spec.name] = {"drifting": report.drifting, "flagged": report.flagged, "summary": report.summary}
+    return {"models": models, "unwatched": unwatched}
+
+
+def drift_events(monitored: dict, ds: str | dt.date) -> dict[str, dict]:
+    """The Asset event extras of :func:`monitor`'s drifting models (model -> {"ds", "model", "features"}): what
+    triggers each one's training DAG."""
+    day = as_date(ds).isoformat()
+    return {
+        name: {"ds": day, "model": name, "features": result["flagged"]}
+        for name, result in monitored["models"].items()
+        if result["drifting"]
+    }
