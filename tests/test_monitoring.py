@@ -15,6 +15,7 @@ from pipelines.data.extract import simulation_config
 from pipelines.features.user_features import build_user_features, write_user_features
 from pipelines.flows import daily_features
 from pipelines.lake import Lake, date_range
+from pipelines.monitoring.page import build_monitoring_page
 from pipelines.monitoring.watch import drift_days, drift_history, monitoring_line, read_drift
 from pipelines.registry.registry import CHAMPION, set_alias
 from pipelines.settings import PROJECT_ROOT, Settings
@@ -101,3 +102,12 @@ def test_a_shift_in_behaviour_raises_drift_and_names_the_event_that_triggers_tra
     assert drift_days(lake, "purchase_intent") == [calm_day, LAST]
     assert [r["drifting"] for r in drift_history(lake, "purchase_intent")] == [False, True]
     assert monitoring_line(lake, "purchase_intent").startswith(f"{LAST} v1: drifting: ")
+
+    # The page: verdict first, the plots embedded, the newest day's features with the drifting ones marked.
+    page = build_monitoring_page(world, "purchase_intent", days=30)
+    html = page.read_text()
+    assert page == world.home / "reports" / "purchase_intent" / "monitoring" / "index.html"
+    assert f"Drifting since {LAST}: {len(flagged)} of 19 features over PSI 0.25" in html
+    assert html.index("Drifting since") < html.index("data:image/png;base64,")
+    assert html.count("data:image/png;base64,") == 3 and "Realised roc_auc on" in html
+    assert html.count("<span class='bad'>drifting</span>") == len(flagged)
