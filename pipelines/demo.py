@@ -314,6 +314,19 @@ def _serve_and_score(settings: Settings, specs: list[ModelSpec], console: Consol
                 server.kill()
 
 
+def _monitoring_pages(settings: Settings, day: dt.date, console: Console) -> None:
+    """The daily monitor step of the last day, now that the models have champions, and each one's page (what
+    `mlctl monitor MODEL --date DAY` does)."""
+    from pipelines.flows.daily_features import monitor
+    from pipelines.monitoring.page import build_monitoring_page
+
+    monitored = monitor(settings, day)
+    for name, result in monitored["models"].items():
+        console.print(f"monitoring page of {name} ({result['summary']}): {build_monitoring_page(settings, name)}")
+    for name, reason in monitored["unwatched"].items():
+        console.print(f"{name} is not watched: {reason}", markup=False, highlight=False)
+
+
 def _summary(settings: Settings, specs: list[ModelSpec], started: float, console: Console) -> bool:
     """Every champion's main metric next to the best achievable on the same rows (simulator truth) and the
     baseline; False when a model has no champion."""
@@ -395,5 +408,6 @@ def run_demo(settings: Settings, n_days: int, console: Console) -> int:
     console.rule("3/4 Serving")
     if not _serve_and_score(settings, specs, console):
         return 1
+    _monitoring_pages(settings, end, console)
     console.rule("4/4 Summary")
     return 0 if _summary(settings, specs, started, console) else 1
