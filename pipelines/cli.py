@@ -55,6 +55,12 @@ def _print_outcomes(settings: Settings, title: str, outcomes: list) -> int:
         for s, o in zip(summaries, outcomes, strict=True)
     ]
     console.print(runs_table(title, rows, lines))
+    for stuck in (s for o in outcomes for s in o.replaced):
+        console.print(
+            f"replaced {stuck.dag_id} {stuck.logical_date}'s run {stuck.run_id}, left 'running' because {stuck.reason}",
+            markup=False,
+            highlight=False,
+        )
     return exit_code(summaries)
 
 
@@ -546,10 +552,35 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
         console.print(report["airflow_error"], markup=False, highlight=False)
     else:
         console.print(dag_runs_table(report["dags"]))
+    for run in report.get("stuck_runs") or []:
+        console.print("[red]stuck run:[/red] ", end="")
+        console.print(
+            f"{run['dag_id']} {run['logical_date']} ({run['run_id']}) is still 'running' but {run['reason']}; "
+            f"rerun it: {run['command']}",
+            markup=False,
+            highlight=False,
+        )
+    _print_online_views(report)
     if report.get("validation"):
         console.print(validation_table(report["validation"]))
     elif report.get("validation_error"):
         console.print(f"[red]validation reports unreadable:[/red] {report['validation_error']}")
+
+
+def _print_online_views(report: dict) -> None:
+    """One line when every online view is materialized as far as its lake; a red line per view behind."""
+    if report.get("online_error"):
+        console.print("[red]online store unreadable:[/red] ", end="")
+        console.print(report["online_error"], markup=False, highlight=False)
+        return
+    views = report.get("online_views") or []
+    behind = [v for v in views if v["behind"]]
+    for view in behind:
+        console.print("[red]online store:[/red] ", end="")
+        console.print(view["message"], markup=False, highlight=False)
+    if views and not behind:
+        newest = max((v["materialized_through"] for v in views if v["materialized_through"]), default=None)
+        console.print(f"online store: all {len(views)} views materialized as far as the lake (through ds={newest})")
 
 
 @app.command()

@@ -1,17 +1,20 @@
 """What `mlctl status` reports: per model the champion, its main metric against the best achievable and the
 baseline, its approval record, what is waiting (a candidate to approve, a rejected one, no champion) and any alias
 the audit log does not account for; per DAG its last runs (daily runs with the families they skipped); per table
-the validation outcome of the latest days and the partitions in quarantine. ``--json`` keeps everything, the
-terminal gets the summary."""
+the validation outcome of the latest days and the partitions in quarantine; per online view how far it is
+materialized (a view behind its lake is flagged) and, locally, runs left `running` by a process that died.
+``--json`` keeps everything, the terminal gets the summary."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict
 from typing import Any
 
 from pipelines.flows.daily_plan import skipped_families
 from pipelines.lake import Lake, as_date
 from pipelines.orchestration.airflow_client import AirflowAPIError, AirflowClient
+from pipelines.orchestration.run_leases import stuck_runs
 from pipelines.registry.registry import ModelVersionInfo, get_champion, list_versions
 from pipelines.registry.tamper import verify_aliases
 from pipelines.settings import Settings
@@ -58,6 +61,19 @@ def collect_status(settings: Settings, runs_per_dag: int = 5, validation_days: i
         airflow_error = None
     except (AirflowAPIError, OSError) as exc:
         airflow_error = str(exc)
+    stuck, online, online_error = [], None, None
+    if settings.profile == "local":  # on the stack the scheduler fails the tasks of a dead worker itself
+        try:
+            stuck = [asdict(run) | {"command": run.command()} for run in stuck_runs(settings)]
+        except Exception as exc:  # noqa: BLE001 - the metadata DB unreadable: Airflow's error above says so
+            airflow_error = airflow_error or str(exc)
+    try:
+        from pipelines.features.store import online_lag  # imports Feast: seconds, and only this part needs it
+
+        logging.getLogger("feast").setLevel(logging.WARNING)  # its registry-cache lines would break --json
+        online = [asdict(lag) | {"message": lag.message()} for lag in online_lag(settings)]
+    except Exception as exc:  # noqa: BLE001 - the registry or online store unreachable: say so, report the rest
+        online_error = f"{type(exc).__name__}: {exc}"
     validation, validation_error = None, None
     try:
         validation = validation_summary(lake, days=validation_days)
@@ -68,6 +84,9 @@ def collect_status(settings: Settings, runs_per_dag: int = 5, validation_days: i
         "models": models,
         "dags": dags,
         "airflow_error": airflow_error,
+        "stuck_runs": stuck,
+        "online_views": online,
+        "online_error": online_error,
         "validation": validation,
         "validation_error": validation_error,
     }

@@ -22,7 +22,7 @@ from feature_repo.definitions import definitions
 from feature_repo.parts import lake_table
 from pipelines.data import schemas
 from pipelines.features.online_write import OnlineWriteError, online_writer, write_view
-from pipelines.features.store import materialize_day, repo_config
+from pipelines.features.store import materialize_day, online_lag, repo_config
 from pipelines.lake import Lake
 from pipelines.settings import Settings, get_settings
 from tests.conftest import service_unavailable
@@ -346,3 +346,20 @@ def test_a_view_failing_leaves_the_views_written_before_it_in_the_same_block_unw
 
     with sqlite3.connect(settings.feast_online_path) as db:
         assert db.execute('SELECT COUNT(*) FROM "p_user_behavior"').fetchone() == (0,)
+
+
+def test_online_lag_names_the_views_whose_newest_lake_day_is_not_materialized(tmp_path):
+    settings = _settings(tmp_path, "p")
+    _build_lake(settings)  # days D1 and D2 of every view
+    store = _store(settings)
+    materialize_day(settings, D1, store=store)
+
+    lags = online_lag(settings, store)
+
+    assert {lag.view for lag in lags} == {v.name for v in definitions(settings).views if v.online}
+    assert all(lag.behind and lag.built == D2 and lag.materialized_through == D1 for lag in lags)
+    assert f"materialized through ds={D1}, the lake has ds={D2}" in lags[0].message()
+    assert f"mlctl run daily_features --date {D2}" in lags[0].message()
+
+    materialize_day(settings, D2, store=store)
+    assert not any(lag.behind for lag in online_lag(settings, store))

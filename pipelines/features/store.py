@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
 from feast import FeatureService, FeatureStore, FeatureView, RepoConfig
+from feast.errors import FeatureViewNotFoundException
 from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 
 from feature_repo.definitions import definitions
@@ -230,6 +232,49 @@ def materialize_day(settings: Settings, ds: dt.date, store: FeatureStore | None 
         store.registry.apply_materialization(view, store.project, start, as_of, commit=True)
         log.info("feast: materialized %s for ds=%s: %d of %d rows written", name, ds, count, read)
     return rows
+
+
+@dataclass(frozen=True)
+class ViewLag:
+    """How far one view's online rows are behind its lake: the newest day built and the newest materialized."""
+
+    view: str
+    built: dt.date | None  # the view's newest lake partition
+    materialized_through: dt.date | None  # the newest day its materialization windows in the registry cover
+    behind: bool
+
+    def message(self) -> str:
+        through = f"ds={self.materialized_through}" if self.materialized_through else "no day"
+        if not self.behind:
+            return f"view {self.view!r} materialized through {through}"
+        return (
+            f"view {self.view!r} is BEHIND its lake: materialized through {through}, the lake has ds={self.built}; "
+            f"run `mlctl run daily_features --date {self.built}`"
+        )
+
+
+def online_lag(settings: Settings, store: FeatureStore | None = None) -> list[ViewLag]:
+    """Every online view's newest built day against what the registry says was materialized: a day whose
+    materialization stopped part-way (Redis writes view after view) shows which views are behind. Reads only:
+    definitions not applied yet count as never materialized."""
+    lake = Lake(settings)
+    store = store or FeatureStore(config=repo_config(settings))
+    zone = ZoneInfo(lake.day_zone)
+    lags = []
+    for view in definitions(settings).views:
+        if not view.online:
+            continue
+        try:
+            intervals = store.registry.get_feature_view(view.name, store.project).materialization_intervals
+        except FeatureViewNotFoundException:
+            intervals = []
+        days = lake.partitions(lake_table(view))
+        built = days[-1] if days else None
+        until = max((end for _, end in intervals), default=None)
+        # A day's window ends at its as-of instant (the next local midnight): the day just before it.
+        through = (until.astimezone(zone) - dt.timedelta(microseconds=1)).date() if until else None
+        lags.append(ViewLag(view.name, built, through, built is not None and (through is None or through < built)))
+    return lags
 
 
 # -- online reads ------------------------------------------------------------------------------------------

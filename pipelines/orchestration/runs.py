@@ -26,6 +26,7 @@ from pipelines.orchestration.outcomes import (
     structured_log_error,
     task_log_section,
 )
+from pipelines.orchestration.run_leases import StuckRun, lease, stuck_runs
 from pipelines.settings import Settings
 
 FINISHED = {"success", "failed"}
@@ -48,6 +49,7 @@ class RunOutcome:
     tasks: list[TaskState] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)  # failed task -> its error message
     log_path: str | None = None
+    replaced: list[StuckRun] = field(default_factory=list)  # stuck runs of the day this run replaced
 
 
 def logical_datetime(day: str | dt.date) -> dt.datetime:
@@ -138,9 +140,11 @@ def run_in_process(
         else:
             start = logfile.stat().st_size if logfile is not None and logfile.exists() else 0
             with output_to(logfile):
-                run = dag.test(logical_date=logical_datetime(day))
+                replaced = stuck_runs(settings, dag_id, day)  # before taking the lease; dag.test deletes them
+                with lease(settings, dag_id, day):
+                    run = dag.test(logical_date=logical_datetime(day))
             state = str(getattr(run.state, "value", run.state)) if run is not None else "failed"
-            outcome = RunOutcome(dag_id, day.isoformat(), state, getattr(run, "run_id", ""))
+            outcome = RunOutcome(dag_id, day.isoformat(), state, getattr(run, "run_id", ""), replaced=replaced)
             if run is not None:
                 outcome.tasks = [
                     TaskState(ti.task_id, _state(ti.state), ti.try_number) for ti in run.get_task_instances()
