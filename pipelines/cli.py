@@ -490,6 +490,40 @@ def report(
 
 
 @app.command()
+def monitor(
+    model: Annotated[str, typer.Argument(help="Model name (a spec in models/)")],
+    days: Annotated[int, typer.Option("--days", min=1, help="Newest daily reports shown")] = 30,
+    date: Annotated[
+        str | None, typer.Option("--date", help="(Re)compute the report of this day YYYY-MM-DD first")
+    ] = None,
+    open_page: Annotated[bool, typer.Option("--open/--no-open", help="Open the page in a web browser")] = True,
+) -> None:
+    """The monitoring page of MODEL's champion (HTML): drift of its features and scores against its training rows
+    per day, its realised main metric once labels matured; prints the page's path."""
+    import webbrowser
+
+    from pipelines.lake import Lake
+    from pipelines.monitoring.page import build_monitoring_page
+    from pipelines.monitoring.watch import MonitoringError, monitor_model, publish_drift
+    from pipelines.training.dataset import TrainingSetError
+
+    settings, spec = _spec(model)
+    try:
+        if date is not None:
+            lake = Lake(settings)
+            report = monitor_model(settings, spec, date, lake)
+            if report is None:
+                _fail(f"model {model!r} has no champion to watch; promote one first (mlctl status)")
+            publish_drift(lake, report)
+        page = build_monitoring_page(settings, model, days)
+    except (MonitoringError, TrainingSetError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(page)
+    if open_page:
+        webbrowser.open(page.resolve().as_uri())
+
+
+@app.command()
 def check(
     model: Annotated[str, typer.Argument(help="Model name (a spec in models/)")],
     date: Annotated[str, typer.Option("--date", help="Logical date YYYY-MM-DD of the training run")],
@@ -547,6 +581,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
             console.print("[red]alias disagrees with the audit log:[/red] ", end="")
             console.print(f"{finding['message']}; fix: {finding['fix']}", markup=False, highlight=False)
         console.print(skew_line(model.get("skew")), markup=False, highlight=False)
+        console.print(model["drift"], markup=False, highlight=False)
     if report.get("airflow_error"):
         console.print("[red]Airflow unreachable:[/red] ", end="")
         console.print(report["airflow_error"], markup=False, highlight=False)

@@ -37,6 +37,7 @@ def collect_status(settings: Settings, runs_per_dag: int = 5, validation_days: i
             "champion": champion.to_dict() if champion else None,
             "summary": model_summary(spec, champion, versions[-1] if versions else None),
             "skew": _skew(settings, lake, name),
+            "drift": _drift(lake, name),
             "alias_findings": [asdict(f) for f in verify_aliases(settings, spec)],
         }
     dags: dict[str, list[dict]] = {}
@@ -100,6 +101,16 @@ def _skew(settings: Settings, lake: Lake, model: str) -> dict[str, Any] | None:
         return latest_skew(settings, model, lake)
     except OSError:
         return None
+
+
+def _drift(lake: Lake, model: str) -> str:
+    """One line on the model's newest drift report (pipelines/monitoring/watch.py)."""
+    from pipelines.monitoring.watch import monitoring_line
+
+    try:
+        return monitoring_line(lake, model)
+    except OSError as exc:
+        return f"drift: monitoring reports unreadable ({exc})"
 
 
 def skew_line(report: dict[str, Any] | None) -> str:

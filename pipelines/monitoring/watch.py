@@ -212,11 +212,11 @@ def drifting_since(history: list[dict[str, Any]]) -> str | None:
     return since
 
 
-def monitoring_line(lake: Lake, model: str) -> str | None:
-    """One line for ``mlctl status``: the newest report's verdict (and since when it drifts), or None."""
+def monitoring_line(lake: Lake, model: str) -> str:
+    """One line for ``mlctl status``: the newest report's verdict (and since when it drifts)."""
     history = drift_history(lake, model, days=30)
     if not history:
-        return None
+        return "drift: no monitoring report yet (the daily monitor task writes one a day once there is a champion)"
     newest, since = history[-1], drifting_since(history)
     started = f" since {since}" if since and since != newest["day"] else ""
-    return f"{newest['day']} v{newest['version']}: {newest['summary']}{started}"
+    return f"drift on {newest['day']} (v{newest['version']}): {newest['summary']}{started}; mlctl monitor {model}"
