@@ -28,10 +28,11 @@ from pipelines.data.simulator import (
 )
 
 HORIZON = 7
-# Replicas per block: about this many (replica, user) rows, so memory is bounded (~100 MB a block) and a block's
-# arrays stay near the CPU caches (measured: 0.5-1M rows beat 2-4M). Block b draws from stream [seed, 3, day, b]:
-# a day's truth is a function of the config and the day, never of the machine or the thread count.
-BLOCK_ROWS = 1_000_000
+# Replicas per block: about this many (replica, user) rows, so memory is bounded (~50 MB a block) and a block's
+# arrays stay near the CPU caches (measured: 0.5-1M rows beat 2-4M); at 5,000 users the 200 replicas make two
+# blocks, so two threads share a day. Block b draws from stream [seed, 3, day, b]: a day's truth is a function of
+# the config and the day, never of the machine or the thread count.
+BLOCK_ROWS = 500_000
 # Counts with a mean up to this are drawn by inverting their CDF (about one pass over the rows); larger ones by
 # numpy's samplers, since the inversion loop would run about mean times.
 _INVERT_UP_TO = 8.0
