@@ -5,11 +5,14 @@ replaces it), the step names the drift event that triggers training, and its rea
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from pipelines.cli import app
 from pipelines.data import schemas, simulator
 from pipelines.data.extract import simulation_config
 from pipelines.features.user_features import build_user_features, write_user_features
@@ -18,7 +21,7 @@ from pipelines.lake import Lake, date_range
 from pipelines.monitoring.page import build_monitoring_page
 from pipelines.monitoring.watch import drift_days, drift_history, monitoring_line, read_drift
 from pipelines.registry.registry import CHAMPION, set_alias
-from pipelines.settings import PROJECT_ROOT, Settings
+from pipelines.settings import PROJECT_ROOT, Settings, get_settings
 from pipelines.specs import load_spec
 from pipelines.training.dataset import build_training_set
 from pipelines.training.train import train_model
@@ -58,9 +61,15 @@ def shifted_world(base: Settings, root: Path) -> Settings:
     return settings
 
 
-@pytest.fixture
-def world(mlflow_settings: Settings, tmp_path: Path) -> Settings:
-    return shifted_world(mlflow_settings, tmp_path)
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, migrated_mlflow_db: Path) -> Settings:
+    """One world for the module's tests (building it is most of their time)."""
+    root = tmp_path_factory.mktemp("monitoring")
+    base = get_settings(home=root / ".storefront", num_threads=1)
+    db = Path(base.mlflow_tracking_uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True)
+    shutil.copy(migrated_mlflow_db, db)
+    return shifted_world(base, root)
 
 
 def test_the_shift_setting_changes_behaviour_from_its_day_only() -> None:
@@ -101,7 +110,7 @@ def test_a_shift_in_behaviour_raises_drift_and_names_the_event_that_triggers_tra
     daily_features.monitor(world, LAST)
     assert drift_days(lake, "purchase_intent") == [calm_day, LAST]
     assert [r["drifting"] for r in drift_history(lake, "purchase_intent")] == [False, True]
-    assert monitoring_line(lake, "purchase_intent").startswith(f"{LAST} v1: drifting: ")
+    assert monitoring_line(lake, "purchase_intent").startswith(f"drift on {LAST} (v1): drifting: ")
 
     # The page: verdict first, the plots embedded, the newest day's features with the drifting ones marked.
     page = build_monitoring_page(world, "purchase_intent", days=30)
@@ -111,3 +120,16 @@ def test_a_shift_in_behaviour_raises_drift_and_names_the_event_that_triggers_tra
     assert html.index("Drifting since") < html.index("data:image/png;base64,")
     assert html.count("data:image/png;base64,") == 3 and "Realised roc_auc on" in html
     assert html.count("<span class='bad'>drifting</span>") == len(flagged)
+
+
+def test_mlctl_monitor_computes_a_day_and_prints_the_page(world: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in world.environment().items():
+        monkeypatch.setenv(key, value)
+
+    shown = CliRunner().invoke(app, ["monitor", "purchase_intent", "--date", LAST.isoformat(), "--no-open"])
+    missing = CliRunner().invoke(app, ["monitor", "no_such_model", "--no-open"])
+
+    assert shown.exit_code == 0, shown.output
+    assert shown.output.strip().endswith("reports/purchase_intent/monitoring/index.html")
+    assert read_drift(Lake(world), "purchase_intent", LAST)["drifting"] is True
+    assert missing.exit_code == 1 and "no_such_model" in missing.output
