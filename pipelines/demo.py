@@ -2,8 +2,8 @@
 
 Simulate a social-commerce world, run the daily features DAG for every day through Airflow, run the training
 DAG, play the reviewer (`mlctl login`, then `mlctl approve`: the same REST calls a person makes), start the serving app,
-score users over HTTP, and print where everything is. Rerunning it skips days already done and never
-duplicates a model version or an alias move.
+score users over HTTP, show a model's audited history and its rollback command, and print where everything is.
+Rerunning it skips days already done and never duplicates a model version or an alias move.
 """
 
 from __future__ import annotations
@@ -327,6 +327,35 @@ def _monitoring_pages(settings: Settings, day: dt.date, console: Console) -> Non
         console.print(f"{name} is not watched: {reason}", markup=False, highlight=False)
 
 
+def _history_and_rollback(settings: Settings, spec: ModelSpec, console: Console) -> None:
+    """The model's audit log (`mlctl history`, run) and its rollback command (printed, not run). A rollback goes to
+    the champion the audit log holds before the current one: a fresh world has none (each model's first version
+    is its champion), so the demo says where a rollback would go, or why it has nowhere to go, with the same
+    look-up `mlctl rollback` makes; it never undoes the promotion it just made. Running the command would cost
+    the in-process Airflow's token check (~20 s) for a refusal."""
+    from pipelines.registry.promotion import rollback_target
+    from pipelines.registry.registry import get_champion
+
+    champion = get_champion(settings, spec.name)
+    if champion is None:
+        return
+    console.print(f"$ mlctl history {spec.name}")
+    subprocess.run([_mlctl(), "history", spec.name], env=os.environ.copy())
+    command = shlex.join(["mlctl", "rollback", spec.name, "--comment", "WHY"])
+    target = rollback_target(settings, spec.name, champion.version)
+    if target is None:
+        console.print(
+            f"A reviewer rolls {spec.name} back with `{command}`: v{champion.version} is its first champion, so "
+            "the audit log holds nothing to go back to and the command would refuse (exit 1). After the next "
+            f"promotion it puts v{champion.version} back and serving follows within its refresh interval."
+        )
+    else:
+        console.print(
+            f"A reviewer rolls {spec.name} back with `{command}`: v{target} would be the champion again (from the "
+            "audit log) and serving follows within its refresh interval."
+        )
+
+
 def _summary(settings: Settings, specs: list[ModelSpec], started: float, console: Console) -> bool:
     """Every champion's main metric next to the best achievable on the same rows (simulator truth) and the
     baseline; False when a model has no champion."""
@@ -383,7 +412,7 @@ def run_demo(settings: Settings, n_days: int, console: Console) -> int:
     days = [settings.start_date + dt.timedelta(days=i) for i in range(n_days)]
     end = days[-1]
     specs = list(load_specs(settings.models_dir).values())
-    console.rule(f"1/4 Daily features DAG: {days[0]} .. {end}, {settings.sim_users} users")
+    console.rule(f"1/5 Daily features DAG: {days[0]} .. {end}, {settings.sim_users} users")
     if not _daily_runs(settings, days, console):
         return 1
     # Each model's run starts when the previous one waits for its reviewer: the review and promotion of one model
@@ -396,7 +425,7 @@ def run_demo(settings: Settings, n_days: int, console: Console) -> int:
             trainings[specs[index].name] = _start_training(settings, specs[index], end, console)
 
     for index, spec in enumerate(specs):
-        console.rule(f"2/4 Training DAG train_{spec.name} for {end}: train, evaluate, gate, review, promote")
+        console.rule(f"2/5 Training DAG train_{spec.name} for {end}: train, evaluate, gate, review, promote")
         if spec.name in trainings:
             console.print(f"train_{spec.name} has been running since the previous model's review")
         start(index)
@@ -405,9 +434,11 @@ def run_demo(settings: Settings, n_days: int, console: Console) -> int:
                 if other.process.poll() is None:
                     other.process.kill()  # dag.test ignores SIGTERM
             return 1
-    console.rule("3/4 Serving")
+    console.rule("3/5 Serving")
     if not _serve_and_score(settings, specs, console):
         return 1
     _monitoring_pages(settings, end, console)
-    console.rule("4/4 Summary")
+    console.rule(f"4/5 History and rollback of {specs[0].name}")
+    _history_and_rollback(settings, specs[0], console)
+    console.rule("5/5 Summary")
     return 0 if _summary(settings, specs, started, console) else 1

@@ -32,6 +32,7 @@ from pipelines.registry.promotion import (
     promote,
     record_rejection,
     rollback,
+    rollback_target,
 )
 from pipelines.registry.registry import (
     CHAMPION,
@@ -222,7 +223,9 @@ def test_rollback_goes_to_the_previous_audited_champion_not_the_previous_alias(
 ) -> None:
     """Finding 4: no rollback but a function only tests called, following a `previous` alias anyone could move."""
     first = promoted(settings, spec)
+    assert rollback_target(settings, MODEL, first) is None  # a first champion has nothing to go back to
     second = promoted(settings, spec, by="bob")
+    assert rollback_target(settings, MODEL, second) == first
     set_alias(settings, MODEL, "previous", second)  # a hand-made move of `previous` must not steer a rollback
     result = rollback(settings, spec, "alice", "second hurts conversion")
     assert (result.version, result.previous_version) == (first, second)

@@ -243,6 +243,13 @@ def record_rejection(settings: Settings, spec: ModelSpec, version: str, approval
     )
 
 
+def rollback_target(settings: Settings, model: str, champion: str) -> str | None:
+    """The version a rollback of ``champion`` would restore: the newest other champion the audit log holds."""
+    moves = [e for e in read_audit(Lake(settings), model) if e.get("action") in CHAMPION_MOVES]
+    earlier = [str(e["version"]) for e in moves if not e.get("champion_removed") and str(e["version"]) != champion]
+    return earlier[-1] if earlier else None
+
+
 def rollback(settings: Settings, spec: ModelSpec, by: str, comment: str = "") -> PromotionResult:
     """Move ``champion`` back to the version promoted before it (by the audit log), audited.
 
@@ -256,15 +263,11 @@ def rollback(settings: Settings, spec: ModelSpec, by: str, comment: str = "") ->
     champion = get_alias(settings, spec.name, CHAMPION)
     if champion is None:
         raise PromotionRefused(f"{spec.name}: there is no champion to roll back")
-    moves = [e for e in read_audit(Lake(settings), spec.name) if e.get("action") in CHAMPION_MOVES]
-    earlier = [
-        str(e["version"]) for e in moves if not e.get("champion_removed") and str(e["version"]) != champion.version
-    ]
-    if not earlier:
+    target = rollback_target(settings, spec.name, champion.version)
+    if target is None:
         raise PromotionRefused(
             f"{spec.name}: rollback needs a champion promoted before v{champion.version}; none is audited"
         )
-    target = earlier[-1]
     set_alias(settings, spec.name, CHAMPION, target)
     set_alias(settings, spec.name, PREVIOUS, champion.version)
     now = dt.datetime.now(dt.UTC)
