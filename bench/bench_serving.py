@@ -7,8 +7,9 @@ It prints one table per run (and writes it as JSON with ``--json``), about 8 min
 What is measured, for each online store: ``sqlite`` is the demo's store as is; ``redis`` is a temporary Feast
 project (own registry file, keys deleted at the end) holding the lake's newest feature day. On each store:
 
-- ``mlctl serve`` as production runs it: 2 worker processes, the champion alias checked every second, API keys on
-  (wrk sends a bearer token), each route of ``ROUTES`` with one random known user id per request (ids from the
+- ``mlctl serve`` as production runs it: 2 worker processes and its writer process (prediction log, checkout
+  write-back, registry reads), the registry read every 5 s (every second in the swap run), API keys on (wrk sends a
+  bearer token), each route of ``ROUTES`` with one random known user id per request (ids from the
   lake's newest user feature partition);
 - ``feast serve`` on the same store and feature service (2 gunicorn workers, worker recycling off): the features
   alone, no model, no auth. "vs feast" is ours / feast's for req/s and for p99.

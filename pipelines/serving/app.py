@@ -92,7 +92,7 @@ def create_app(
         # the collector's full passes, which otherwise pause a request for tens of milliseconds now and then.
         gc.collect()
         gc.freeze()
-        followed: list[Refreshable] = [PublishedRegistry(writer.directory, served)] if writer else list(holders)
+        followed: list[Refreshable] = [PublishedRegistry(writer.directory, served), writer] if writer else list(holders)
         refreshed = [*followed, keys] if isinstance(keys, KeyFile) else followed
         interval = settings.serving_refresh_seconds
         if writer is not None:

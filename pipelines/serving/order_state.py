@@ -206,9 +206,11 @@ class HistoryWriter:
         self._queue.join()
 
     def close(self, timeout: float = 10.0) -> None:
-        """Write what is queued, then stop."""
+        """Write what is queued, then stop (waiting up to ``timeout`` seconds)."""
         self._queue.put(None)
         self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("order histories: %d row(s) not written within %g s at shutdown", self._queue.qsize(), timeout)
 
 
 def _lists(row: dict[str, Any]) -> dict[str, list]:

@@ -50,6 +50,7 @@ QUEUED_MESSAGES = 50_000  # a worker's messages held while the writer is busy or
 RECONNECT_SECONDS = 0.2  # a worker retries connecting at most this often
 BATCH_SECONDS = 0.01  # the writer reads its sockets at most this often: fewer wake-ups on the shared cores
 STOP_GRACE_SECONDS = 10.0  # after stdin closes, how long to wait for workers still connected
+STOP_WRITE_SECONDS = 20.0  # then for the pending history writes, then for the prediction log's
 
 # Messages, worker -> writer: ("log", prediction row) | ("order", seq, entity, row, at); writer -> worker:
 # ("landed", [(entity, key, seq), ...]).
@@ -67,7 +68,10 @@ def registry_path(directory: Path) -> Path:
 # -- the worker's side -------------------------------------------------------------------------------------------
 class WriterClient:
     """A worker's connection to the writer: ``send`` never blocks (a message the socket cannot take now is queued,
-    up to QUEUED_MESSAGES, and sent with the next one); ``landed`` returns the acknowledgements received."""
+    up to QUEUED_MESSAGES, and sent with the next one or by ``refresh``, which the worker's refresh loop calls);
+    ``landed`` returns the acknowledgements received."""
+
+    name = "writer"
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -84,11 +88,25 @@ class WriterClient:
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
         with self._lock:
             if self._closed or len(self._queued) >= QUEUED_MESSAGES:
+                if self.refused % 10_000 == 0:
+                    log.error(
+                        "serving writer at %s unreachable or %d messages behind: refusing rows (%d so far; they "
+                        "count in storefront_serving_predictions_not_logged_total); see the writer's log",
+                        self._path,
+                        len(self._queued),
+                        self.refused + 1,
+                    )
                 self.refused += 1
                 return False
             self._queued.append(data)
             self._send_queued()
             return True
+
+    def refresh(self) -> None:
+        """Send what is queued (when requests stop, nothing else would)."""
+        with self._lock:
+            if not self._closed:
+                self._send_queued()
 
     def landed(self) -> list[tuple[str, object, int]]:
         """(entity, key, seq) of every history row the writer wrote since the last call."""
@@ -350,6 +368,7 @@ def main(directory: Path) -> None:
     from pipelines.serving.prediction_log import PredictionLog
     from pipelines.settings import get_settings
     from pipelines.specs import load_specs
+    from pipelines.usecases import use_case
 
     # Ctrl-C and the server's SIGTERM reach this process's group too: this process stops when server.py says so
     # (its stdin closes), after the workers sent their last rows.
@@ -363,8 +382,16 @@ def main(directory: Path) -> None:
         if prediction_log is not None and not prediction_log.add(row):
             metrics.unlogged.labels(row[0]).inc()
 
-    writer = Writer(directory, on_log, FeastFeatures(settings).store)
-    names = sorted(load_specs(settings.models_dir))
+    specs = load_specs(settings.models_dir)
+    features = FeastFeatures(settings)
+    if any(use_case(spec.entity).serving == "checkout" for spec in specs.values()):
+        # Built before the first orders come (it takes seconds), so their write-back does not wait for it.
+        try:
+            features.store()
+        except Exception:  # retried by the first write; the workers keep their orders until then
+            log.exception("serving writer: the Feast store for the order histories could not be built")
+    writer = Writer(directory, on_log, features.store)
+    names = sorted(specs)
     publisher = RegistryPublisher(settings, names, directory, settings.serving_refresh_seconds)
     publisher.start()
     stopping = threading.Event()
@@ -373,13 +400,15 @@ def main(directory: Path) -> None:
         writer.serve(stopping)
     finally:
         publisher.stop()
-        writer.histories.close()
+        # Within server.py's WRITER_STOP_SECONDS: the first history write may still be building the Feast store.
+        writer.histories.close(timeout=STOP_WRITE_SECONDS)
         if prediction_log is not None:
-            prediction_log.close()
+            prediction_log.close(timeout=STOP_WRITE_SECONDS)
 
 
 if __name__ == "__main__":
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s [%(process)d writer] %(message)s"
     )
+    logging.getLogger("feast").setLevel(logging.WARNING)  # as in the workers: Feast logs every registry refresh
     main(Path(sys.argv[1]))
