@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow.fs as pafs
@@ -38,6 +38,9 @@ from pipelines.training.dataset import (
 )
 from pipelines.training.train import TAG_LOGICAL_DATE
 from pipelines.usecases import use_case
+
+if TYPE_CHECKING:
+    import lightgbm as lgb
 
 DRIFT_PREFIX = "monitoring/drift"
 # Rows of the reference and of a day's population compared at most (seeded samples): PSI and KS settle long before.
@@ -117,7 +120,7 @@ def day_population(settings: Settings, lake: Lake, spec: ModelSpec, day: dt.date
 
 
 # -- realised metric ------------------------------------------------------------------------------------------------
-def realised(settings: Settings, lake: Lake, spec: ModelSpec, booster: Any, day: dt.date) -> RealisedMetric:
+def realised(settings: Settings, lake: Lake, spec: ModelSpec, booster: lgb.Booster, day: dt.date) -> RealisedMetric:
     """The champion's main metric on the newest as-of day whose labels are complete on ``day`` (``day`` minus the
     label's maturity), on the rows training would build for it; NaN with the reason when they cannot be built."""
     labelled = day - dt.timedelta(days=spec.label.maturity_days)
@@ -144,14 +147,15 @@ def monitor_model(
     population, source = day_population(settings, lake, spec, day)
     features, not_compared = features_drift(reference, population, training.feature_columns, spec.monitoring)
     booster = load_booster(settings, spec.name, champion.version)
-    # Its scores on rows it did not learn from: on its own training rows they are more extreme than on any new day.
-    ref_scores = score(booster, _sample(training.frame[training.frame[SPLIT_COLUMN] != "train"]), settings.num_threads)
     missing = [c for c in booster.feature_name() if c not in population]
     if missing or population.empty:
         prediction, histograms = None, None
         if missing:
             not_compared["score"] = f"the day's rows lack the champion's feature(s) {missing}"
     else:
+        # Its scores on rows it did not learn from: on its own train rows they are more extreme than on any new day.
+        held_out = _sample(training.frame[training.frame[SPLIT_COLUMN] != "train"])
+        ref_scores = score(booster, held_out, settings.num_threads)
         day_scores = score(booster, population, settings.num_threads)
         prediction = prediction_drift(ref_scores, day_scores, spec.monitoring)
         histograms = score_histograms(ref_scores, day_scores)
