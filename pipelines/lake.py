@@ -33,6 +33,10 @@ class PartitionNotFound(FileNotFoundError):
     """A table has no partition for the requested day."""
 
 
+class LakeWriteError(OSError):
+    """A partition or part could not be written (disk full, read-only directory, S3 down): nothing was published."""
+
+
 def as_date(value: str | dt.date | dt.datetime) -> dt.date:
     if isinstance(value, dt.datetime):
         return value.date()
@@ -171,19 +175,7 @@ class Lake:
         if "/" in name or not (name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX)):
             raise ValueError(f"part name {name!r}: expected '{PART_PREFIX}<id>{PART_SUFFIX}' without '/'")
         arrow = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, schema=schema, preserve_index=False)
-        final = f"{self._dir(table, ds)}/{name}"
-        if self.settings.lake_is_s3:
-            pq.write_table(arrow, final, filesystem=self.fs)
-        else:
-            self.fs.create_dir(self._dir(table, ds), recursive=True)
-            tmp = f"{self._dir(table, ds)}/.{name}.{uuid.uuid4().hex}.tmp"  # hidden: never read as a part
-            try:
-                pq.write_table(arrow, tmp, filesystem=self.fs)
-                self.fs.move(tmp, final)
-            except BaseException:
-                with contextlib.suppress(OSError):  # best effort: a hidden temp file is never read anyway
-                    self.fs.delete_file(tmp)
-                raise
+        self._publish(arrow, self._dir(table, ds), name)
         return self.uri(table, f"ds={as_date(ds).isoformat()}", name)
 
     def read_parts(self, table: str, ds: dt.date | str, max_rows: int | None = None, seed: int = 0) -> pd.DataFrame:
@@ -212,16 +204,33 @@ class Lake:
     def write(self, table: str, ds: dt.date | str, df: pd.DataFrame, schema: pa.Schema | None = None) -> str:
         """Publish ``df`` as the partition of ``ds``, replacing any previous one atomically."""
         arrow = pa.Table.from_pandas(df, schema=schema, preserve_index=False)
-        final = self._file(table, ds)
-        if self.settings.lake_is_s3:
-            # One PUT is atomic on S3: readers see the old object or the new one, never a part.
-            pq.write_table(arrow, final, filesystem=self.fs)
-        else:
-            self.fs.create_dir(self._dir(table, ds), recursive=True)
-            tmp = f"{self._dir(table, ds)}/.{PARTITION_FILE}.{uuid.uuid4().hex}.tmp"
-            pq.write_table(arrow, tmp, filesystem=self.fs)
-            self.fs.move(tmp, final)  # rename(2): atomic on one filesystem
+        self._publish(arrow, self._dir(table, ds), PARTITION_FILE)
         return self.partition_uri(table, ds)
+
+    def _publish(self, arrow: pa.Table, directory: str, name: str) -> None:
+        """Write ``arrow`` as ``directory/name`` all at once: one PUT on S3 (readers see the old object or the new
+        one), else a hidden temp file renamed over it (rename(2) is atomic on one filesystem). A failed write leaves
+        the previous file as it was and raises ``LakeWriteError`` naming the file: pyarrow's own error does not."""
+        final = f"{directory}/{name}"
+        tmp = f"{directory}/.{name}.{uuid.uuid4().hex}.tmp"  # hidden: never read as a partition or a part
+        try:
+            if self.settings.lake_is_s3:
+                pq.write_table(arrow, final, filesystem=self.fs)
+                return
+            self.fs.create_dir(directory, recursive=True)
+            pq.write_table(arrow, tmp, filesystem=self.fs)
+            self.fs.move(tmp, final)
+        except BaseException as exc:
+            if not self.settings.lake_is_s3:
+                with contextlib.suppress(OSError):  # best effort: a hidden temp file is never read anyway
+                    self.fs.delete_file(tmp)
+            if not isinstance(exc, OSError):
+                raise
+            where = f"s3://{final}" if self.settings.lake_is_s3 else final
+            raise LakeWriteError(
+                f"{where}: not written ({exc}); nothing was published and the previous version, if any, is unchanged: "
+                "free space, fix the directory's permissions or bring the store back, then rerun the step"
+            ) from exc
 
     def write_json(self, key: str, payload: dict) -> str:
         """Write a small JSON document (reports, markers) atomically at ``key`` inside the lake."""

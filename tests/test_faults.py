@@ -1,0 +1,542 @@
+"""Faults injected for real (processes killed, services stopped, files corrupted, a directory filled), each made
+visible, recovered from and rerun; one checker then proves the platform converged: no lake row lost or duplicated
+against a clean run, the online store level with the lake, no registry alias moved. docs/reliability.md has the
+table of faults.
+
+Two worlds per module: a local-profile one (in-process steps, SQLite or a private Redis) and one private stack
+(``mlctl stack up`` with its own Redis server, which the tests stop and start). The machine's shared PostgreSQL and
+Redis are never stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+import redis
+from feast import FeatureStore
+
+from feature_repo.definitions import definitions
+from feature_repo.parts import lake_table
+from pipelines.features.store import feature_store, online_lag, repo_config
+from pipelines.flows import daily_features
+from pipelines.lake import Lake, LakeWriteError
+from pipelines.orchestration.airflow_client import AirflowClient
+from pipelines.registry.registry import aliases
+from pipelines.settings import PROJECT_ROOT, Settings
+from pipelines.specs import load_specs
+from pipelines.stack import supervisor
+from pipelines.stack.ports import free_ports
+from pipelines.usecases import raw_tables
+from tests.stack_support import DAYS, HISTORY, StackWorld, start_world
+
+pytestmark = pytest.mark.integration
+
+MODEL = "purchase_intent"
+LOCAL_DAYS = DAYS[:5]
+NEWEST = LOCAL_DAYS[-1]
+
+
+# -- the one checker ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Baseline:
+    """What a clean run left: rows and a digest of the key columns per (table, day), aliases per model."""
+
+    lake: dict[tuple[str, dt.date], tuple[int, str]]
+    aliases: dict[str, dict[str, str]]
+
+
+def _tables(settings: Settings) -> list[str]:
+    return [*raw_tables(), *sorted({lake_table(v) for v in definitions(settings).views})]
+
+
+def _key_digest(frame: pd.DataFrame) -> str:
+    """Order-free digest of the key columns (``*_id``; every column when there are none), duplicates counted."""
+    keys = [c for c in frame.columns if c.endswith("_id")] or list(frame.columns)
+    hashes = np.sort(pd.util.hash_pandas_object(frame[keys], index=False).to_numpy())
+    return hashlib.sha256(hashes.tobytes()).hexdigest()
+
+
+def snapshot(settings: Settings, days: list[dt.date]) -> Baseline:
+    lake = Lake(settings)
+    parts = {
+        (table, day): (len(frame), _key_digest(frame))
+        for table in _tables(settings)
+        for day in days
+        if lake.exists(table, day)
+        for frame in [lake.read(table, day)]
+    }
+    models = load_specs(settings.models_dir)
+    return Baseline(parts, {name: aliases(settings, name) for name in models})
+
+
+def online_mismatches(settings: Settings, sample: int = 40) -> list[str]:
+    """Views behind their lake (registry windows), and sampled keys whose online values differ from the newest lake
+    partition's (the newest row per key, as materialization keeps)."""
+    problems = [lag.message() for lag in online_lag(settings) if lag.behind]
+    store, lake = FeatureStore(config=repo_config(settings)), Lake(settings)
+    for view in definitions(settings).views:
+        days = lake.partitions(lake_table(view)) if view.online else []
+        if not days:
+            continue
+        stamp, keys = view.batch_source.timestamp_field, view.join_keys
+        newest = lake.read(lake_table(view), days[-1]).sort_values(stamp, kind="stable")
+        newest = newest.drop_duplicates(keys, keep="last").reset_index(drop=True)
+        picked = newest.iloc[:: max(1, len(newest) // sample)].head(sample).reset_index(drop=True)
+        names = [f.name for f in view.features]
+        rows = [{k: int(v) for k, v in r.items()} for r in picked[keys].to_dict("records")]
+        online = store.get_online_features([f"{view.name}:{n}" for n in names], rows).to_df()
+        for name in names:
+            want, got = picked[name].astype("float64").to_numpy(), online[name].astype("float64").to_numpy()
+            differ = ~np.isclose(want, got, equal_nan=True)
+            if differ.any():
+                problems.append(f"view {view.name!r} ds={days[-1]}: {name} differs online for {int(differ.sum())} keys")
+    return problems
+
+
+def all_built_views_behind(settings: Settings) -> bool:
+    """Every view with a lake partition reads as behind it (views never built have nothing to be behind)."""
+    built = [lag for lag in online_lag(settings) if lag.built is not None]
+    return bool(built) and all(lag.behind for lag in built)
+
+
+def check_converged(settings: Settings, baseline: Baseline) -> None:
+    """0 rows lost or duplicated against the clean run, online store level with the lake, no alias moved."""
+    lake = Lake(settings)
+    for (table, day), (rows, digest) in baseline.lake.items():
+        assert lake.exists(table, day), f"{table} ds={day}: partition lost"
+        frame = lake.read(table, day)
+        assert len(frame) == rows, f"{table} ds={day}: {len(frame)} rows, the clean run had {rows}"
+        assert _key_digest(frame) == digest, f"{table} ds={day}: keys differ from the clean run's"
+    assert online_mismatches(settings) == []
+    now = {name: aliases(settings, name) for name in baseline.aliases}
+    assert now == baseline.aliases, "a registry alias moved"
+
+
+# -- helpers -----------------------------------------------------------------------------------------------
+def rerun_day(settings: Settings, day: dt.date) -> None:
+    """The recovery a user runs: the day's chain again (every step replaces its output)."""
+    for step in (daily_features.extract, daily_features.validate, daily_features.features):
+        step(settings, str(day))
+    daily_features.materialize(settings, str(day))
+
+
+def wait_for(what: str, condition: Callable[[], object], seconds: float = 120, every: float = 0.2) -> object:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if found := condition():
+            return found
+        time.sleep(every)
+    raise AssertionError(f"{what}: not within {seconds:.0f} s")
+
+
+class PrivateRedis:
+    """A redis-server of the test's own on a free loopback port, without persistence: stopping it is a crash that
+    loses nothing the platform cannot rebuild, and nobody else's keys."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_ports(1)[0]
+        self.url = f"127.0.0.1:{self.port}"
+        self.workdir = workdir
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        if shutil.which("redis-server") is None:
+            from tests.conftest import service_unavailable
+
+            service_unavailable("redis-server", "not on PATH (the fault tests start their own Redis)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        log = open(self.workdir / "redis.log", "ab")  # noqa: SIM115 - the child holds it
+        self.proc = subprocess.Popen([*argv, "--dir", str(self.workdir)], stdout=log, stderr=subprocess.STDOUT)
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=1)
+        wait_for(f"redis-server on {self.url}", lambda: _pings(client), seconds=20)
+
+    def kill(self) -> None:
+        """SIGKILL, as an OOM kill or a crashed host would stop it."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=20)
+            self.proc = None
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+@contextlib.contextmanager
+def full_directory(path: Path) -> Iterator[None]:
+    """Make writes into ``path`` fail: as root a tiny tmpfs mounted over it and filled (ENOSPC, the files already
+    there copied in), otherwise the directory made read-only (EACCES)."""
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        try:
+            yield
+        finally:
+            path.chmod(0o755)
+        return
+    kept = {p.name: p.read_bytes() for p in path.iterdir() if p.is_file()}
+    size = sum(len(b) for b in kept.values()) + 64 * 1024
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        for name, data in kept.items():
+            (path / name).write_bytes(data)
+        with contextlib.suppress(OSError), open(path / "filler", "wb") as filler:
+            filler.write(b"\0" * size)
+        yield
+    finally:
+        # Lazily: pyarrow's failed output stream may stay open until the exception holding it is collected.
+        subprocess.run(["umount", "--lazy", str(path)], check=True)
+
+
+# -- the local-profile world -------------------------------------------------------------------------------
+@dataclass
+class LocalWorld:
+    settings: Settings
+    baseline: Baseline
+
+
+def _local_settings(root: Path, **overrides: object) -> Settings:
+    models = root / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    shutil.copy(PROJECT_ROOT / "models" / f"{MODEL}.yaml", models)
+    fields: dict = dict(
+        profile="local",
+        home=root / "home",
+        models_dir=models,
+        sim_users=200,
+        start_date=DAYS[0],
+        end_date=DAYS[-1],
+        num_threads=1,
+    )
+    return Settings(**(fields | overrides))
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory: pytest.TempPathFactory) -> LocalWorld:
+    """Five days in the lake, the fourth materialized (SQLite): the fifth is the day the faults hit."""
+    settings = _local_settings(tmp_path_factory.mktemp("local"))
+    for day in LOCAL_DAYS:
+        for step in (daily_features.extract, daily_features.validate, daily_features.features):
+            step(settings, str(day))
+    baseline = snapshot(settings, LOCAL_DAYS)
+    daily_features.materialize(settings, str(LOCAL_DAYS[-2]))
+    return LocalWorld(settings, baseline)
+
+
+def _online_db_rows(settings: Settings) -> dict[str, bytes]:
+    """Each SQLite online table's rows, as one digest per table (to tell which day a view holds)."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(settings.feast_online_path)) as conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {
+            t: hashlib.sha256(repr(conn.execute(f'SELECT * FROM "{t}" ORDER BY 1, 2').fetchall()).encode()).digest()
+            for t in tables
+        }
+
+
+def test_kill_9_during_sqlite_materialization_leaves_no_view_half_written(local: LocalWorld, tmp_path: Path) -> None:
+    settings = local.settings
+    before = _online_db_rows(settings)
+    journal = Path(f"{settings.feast_online_path}-journal")
+    code = (
+        "import sys; from pipelines.settings import get_settings; from pipelines.flows import daily_features; "
+        "daily_features.materialize(get_settings(), sys.argv[1])"
+    )
+    # One row per statement: the day's transaction lasts long enough to be caught open.
+    env = {**os.environ, **settings.environment(), "STOREFRONT_FEAST_ONLINE_WRITE_BATCH_SIZE": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(NEWEST)], env=env, cwd=PROJECT_ROOT)
+    try:
+        wait_for(
+            "the materialization's SQLite transaction", lambda: journal.exists() or proc.poll() is not None, 180, 0.002
+        )
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "materialize ended before the kill: nothing was tested"
+
+    after = _online_db_rows(settings)  # opening the database rolls the hot journal back
+    changed = sorted(t for t in after if after[t] != before.get(t))
+    assert changed in ([], sorted(after)), f"views half-written by the killed day: {changed} changed, not the others"
+    if not changed:  # killed inside the transaction: the registry must not claim the day either
+        assert any("BEHIND" in p for p in online_mismatches(settings))
+
+    rerun_day(settings, NEWEST)
+    check_converged(settings, local.baseline)
+
+
+def test_corrupt_lake_partition_fails_naming_the_file_and_publishes_nothing(local: LocalWorld) -> None:
+    settings, lake = local.settings, Lake(local.settings)
+    events = Path(lake._file("events", NEWEST))
+    features = Path(lake._file("features/user_behavior", NEWEST))
+    published = features.read_bytes()
+    events.write_bytes(events.read_bytes()[: events.stat().st_size // 2])  # a torn copy: no parquet footer
+
+    for step in (daily_features.validate, daily_features.features):
+        with pytest.raises(pa.ArrowInvalid, match=f"'{events}'.*corrupted"):
+            step(settings, str(NEWEST))
+    assert features.read_bytes() == published, "a feature partition was published from a corrupt input"
+
+    rerun_day(settings, NEWEST)  # extract lands the day again
+    check_converged(settings, local.baseline)
+
+
+def test_half_written_temp_files_in_the_lake_are_ignored(local: LocalWorld) -> None:
+    settings, lake = local.settings, Lake(local.settings)
+    table = "features/user_behavior"
+    whole = Path(lake._file(table, NEWEST)).read_bytes()
+    # What a writer killed between its temp file and the rename leaves: beside a published day, and alone in a
+    # day that was never published.
+    beside = Path(lake._dir(table, NEWEST)) / ".data.parquet.0123abcd.tmp"
+    beside.write_bytes(whole[: len(whole) // 3])
+    alone = Path(lake._dir(table, NEWEST + dt.timedelta(days=1)))
+    alone.mkdir()
+    (alone / ".data.parquet.4567cdef.tmp").write_bytes(whole[: len(whole) // 2])
+
+    assert NEWEST + dt.timedelta(days=1) not in lake.partitions(table)
+    assert lake.read(table, NEWEST).shape[0] == local.baseline.lake[(table, NEWEST)][0]
+    rerun_day(settings, NEWEST)
+    check_converged(settings, local.baseline)
+
+
+def test_a_full_lake_directory_fails_naming_the_path_and_keeps_the_published_day(local: LocalWorld) -> None:
+    settings, lake = local.settings, Lake(local.settings)
+    table = "features/user_behavior"
+    directory = Path(lake._dir(table, NEWEST))
+    published = (directory / "data.parquet").read_bytes()
+    temp_files = set(directory.glob(".*.tmp"))  # another fault's leftovers, if it ran first
+    with full_directory(directory):
+        with pytest.raises(LakeWriteError, match=f"{directory}/data.parquet: not written") as failure:
+            daily_features.features(settings, str(NEWEST))
+        assert "No space left" in str(failure.value) or "Permission denied" in str(failure.value)
+        assert (directory / "data.parquet").read_bytes() == published
+        assert set(directory.glob(".*.tmp")) == temp_files, "the failed write left its temp file"
+    rerun_day(settings, NEWEST)
+    check_converged(settings, local.baseline)
+
+
+def test_an_unreadable_feast_registry_fails_and_a_fresh_one_flags_every_view_behind(local: LocalWorld) -> None:
+    settings = local.settings
+    registry = Path(settings.feast_registry)
+    registry.write_bytes(b"\x00not a registry\xff" * 8)
+    with pytest.raises(Exception, match="feast.core.Registry"):
+        daily_features.materialize(settings, str(NEWEST))
+
+    # Recovery: move the file away. The next step re-applies the definitions; until the day is materialized again
+    # every view reads as behind (its materialization windows were in the lost file), never as current.
+    registry.rename(registry.with_suffix(".corrupt"))
+    feature_store(settings)
+    assert all_built_views_behind(settings)
+    rerun_day(settings, NEWEST)
+    check_converged(settings, local.baseline)
+
+
+# -- local profile on a private Redis ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def redis_local(
+    local: LocalWorld, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[LocalWorld, PrivateRedis]]:
+    """The local world's lake, its online store on a Redis server of its own (own Feast registry file)."""
+    root = tmp_path_factory.mktemp("redis-local")
+    server = PrivateRedis(root / "redis")
+    server.start()
+    settings = local.settings.model_copy(
+        update={"feast_online_store": "redis", "redis_url": server.url, "feast_registry": str(root / "registry.db")}
+    )
+    try:
+        yield LocalWorld(settings, local.baseline), server
+    finally:
+        server.kill()
+
+
+def test_redis_down_during_materialization_records_nothing_and_the_rerun_converges(redis_local) -> None:
+    world, server = redis_local
+    server.kill()
+    with pytest.raises(Exception, match=f"(?i)connect.*{server.port}|{server.port}.*refused|Connection refused"):
+        daily_features.materialize(world.settings, str(NEWEST))
+    server.start()
+    # No window was recorded for a day whose rows did not all land: every view says it is behind.
+    assert all_built_views_behind(world.settings)
+    daily_features.materialize(world.settings, str(NEWEST))
+    check_converged(world.settings, world.baseline)
+
+
+def test_redis_restarted_empty_is_caught_by_the_checker_and_rematerializing_converges(redis_local) -> None:
+    world, server = redis_local
+    if online_mismatches(world.settings):
+        daily_features.materialize(world.settings, str(NEWEST))
+    server.kill()
+    server.start()  # no persistence: the online rows are gone, the registry still records the day
+    problems = online_mismatches(world.settings)
+    assert problems and not any("BEHIND" in p for p in problems), problems
+    daily_features.materialize(world.settings, str(NEWEST))
+    check_converged(world.settings, world.baseline)
+
+
+# -- the stack ---------------------------------------------------------------------------------------------
+@dataclass
+class FaultStack:
+    world: StackWorld
+    redis: PrivateRedis
+    baseline: Baseline
+
+    @property
+    def client(self) -> AirflowClient:
+        return AirflowClient(self.world.settings)
+
+    def tries(self, run_id: str) -> dict[str, int]:
+        return {t["task_id"]: int(t["try_number"]) for t in self.client.task_instances("daily_features", run_id)}
+
+    def run_of(self, day: dt.date) -> dict | None:
+        stamp = f"{day}T00:00:00Z"
+        runs = self.client.runs_between("daily_features", stamp, stamp)
+        return runs[0] if runs else None
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
+    """One private stack (LocalExecutor, pandas) with a Redis of its own; every day's lake built in-process as the
+    clean reference, the history materialized. The faults then run the last three days through Airflow."""
+    root = tmp_path_factory.mktemp("fault-stack")
+    server = PrivateRedis(root / "redis")
+    server.start()
+    try:
+        with start_world(root, redis_url=server.url, sim_users=300) as world, pytest.MonkeyPatch.context() as patch:
+            for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+                patch.setenv(key, world.env[key])
+            for day in DAYS:
+                for step in (daily_features.extract, daily_features.validate, daily_features.features):
+                    step(world.settings, str(day))
+            daily_features.materialize(world.settings, str(HISTORY[-1]))
+            yield FaultStack(world, server, snapshot(world.settings, DAYS))
+    finally:
+        server.kill()
+
+
+def _task_process(ti_id: str) -> int | None:
+    """The pid of the Airflow task process running task instance ``ti_id`` (its title is ``airflow worker -- ID``)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if f"airflow worker -- {ti_id}".encode() in (entry / "cmdline").read_bytes():
+                    return int(entry.name)
+    return None
+
+
+def _service_pid(state: dict, command: str) -> int:
+    """The stack's ``airflow COMMAND`` process (its command line: python, .../airflow, COMMAND)."""
+    for pid in supervisor.stack_pids(state):
+        with contextlib.suppress(OSError):
+            argv = [a for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+            if argv[-1:] == [command.encode()] and any(a.endswith(b"/airflow") for a in argv):
+                return pid
+    raise AssertionError(f"no `airflow {command}` process in the stack")
+
+
+def _running_task(fault: FaultStack, day: dt.date, task_id: str) -> tuple[str, int] | None:
+    run = fault.run_of(day)
+    if run is None:
+        return None
+    for ti in fault.client.task_instances("daily_features", run["dag_run_id"]):
+        if ti["task_id"] == task_id and ti.get("state") == "running" and (pid := _task_process(ti["id"])):
+            return run["dag_run_id"], pid
+    return None
+
+
+def _ti_state(fault: FaultStack, run_id: str, task_id: str) -> str | None:
+    states = {t["task_id"]: t.get("state") for t in fault.client.task_instances("daily_features", run_id)}
+    return states.get(task_id)
+
+
+def _log_text(fault: FaultStack, run_id: str, task_id: str, try_number: int) -> str:
+    return json.dumps(fault.client.task_log("daily_features", run_id, task_id, try_number))
+
+
+def test_stack_task_killed_and_redis_down_are_retried_with_their_cause(stack: FaultStack, tmp_path: Path) -> None:
+    """kill -9 of a feature task's process, and Redis down when materialize runs: both tasks fail their first try
+    with the cause in its log, Airflow retries them, the run succeeds once Redis is back."""
+    day = DAYS[4]
+    stack.redis.kill()
+    log = tmp_path / "run.log"
+    proc = stack.world.popen_mlctl("run", "daily_features", "--date", str(day), log=log)
+    try:
+        run_id, pid = wait_for(
+            "a running features task", lambda: _running_task(stack, day, "features_user_behavior"), 300, 0.5
+        )
+        os.kill(pid, signal.SIGKILL)
+        wait_for(
+            "materialize's first try to fail", lambda: _ti_state(stack, run_id, "materialize") == "up_for_retry", 300, 1
+        )
+    finally:
+        stack.redis.start()
+    assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+
+    tries = stack.tries(run_id)
+    assert tries["features_user_behavior"] == 2 and tries["materialize"] == 2, tries
+    assert "-9" in _log_text(stack, run_id, "features_user_behavior", 1) or "SIGKILL" in _log_text(
+        stack, run_id, "features_user_behavior", 1
+    )
+    assert str(stack.redis.port) in _log_text(stack, run_id, "materialize", 1)
+    check_converged(stack.world.settings, stack.baseline)
+
+
+def test_stack_backfill_and_manual_run_of_the_same_day_at_once(stack: FaultStack, tmp_path: Path) -> None:
+    day = DAYS[5]
+    backfill = stack.world.popen_mlctl(
+        "backfill", "--dag", "daily_features", "--from", str(day), "--to", str(day), log=tmp_path / "backfill.log"
+    )
+    manual = stack.world.popen_mlctl("run", "daily_features", "--date", str(day), log=tmp_path / "manual.log")
+    codes = {"backfill": backfill.wait(timeout=400), "manual": manual.wait(timeout=400)}
+    outputs = {name: (tmp_path / f"{name}.log").read_text() for name in codes}
+    assert codes == {"backfill": 0, "manual": 0}, outputs
+    stamp = f"{day}T00:00:00Z"
+    runs = stack.client.runs_between("daily_features", stamp, stamp)
+    assert len(runs) == 1 and runs[0]["state"] == "success", runs
+    check_converged(stack.world.settings, stack.baseline)
+
+
+def test_stack_scheduler_killed_mid_run_stops_the_stack_and_the_rerun_converges(
+    stack: FaultStack, tmp_path: Path
+) -> None:
+    day, world = DAYS[6], stack.world
+    log = tmp_path / "run.log"
+    proc = world.popen_mlctl("run", "daily_features", "--date", str(day), log=log)
+    wait_for("a running extract task", lambda: _running_task(stack, day, "extract"), 300, 0.5)
+    state = supervisor.read_state(world.settings)
+    assert state is not None
+    scheduler = _service_pid(state, "scheduler")
+    os.kill(scheduler, signal.SIGKILL)
+
+    # honcho stops every service when one dies: the stack is visibly down, the waiting command fails.
+    assert proc.wait(timeout=300) != 0
+    wait_for("the stack to stop", lambda: not supervisor.status(world.settings).running, 120, 1)
+    printed = world.mlctl("stack", "status")
+    assert "not running" in (printed.stdout + printed.stderr).lower(), printed.stdout + printed.stderr
+
+    assert world.mlctl("stack", "down").returncode == 0
+    up = world.mlctl("stack", "up", "--timeout", "300")
+    assert up.returncode == 0, up.stdout + up.stderr
+    rerun = world.mlctl("run", "daily_features", "--date", str(day))
+    if rerun.returncode != 0:  # the interrupted run ended failed once the new scheduler reaped it: run it again
+        rerun = world.mlctl("run", "daily_features", "--date", str(day))
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    check_converged(world.settings, stack.baseline)
