@@ -7,8 +7,9 @@ online store is loaded (training does not read it). A day whose feature tables a
 a stopped build resumes. Each day's seconds go to ``--log``. Training is ``mlctl run train_MODEL --date LAST``;
 ``--report`` prints one table from the newest MLflow run of each model.
 
-A training run whose gate passes waits for a reviewer (answer with ``mlctl reject MODEL VERSION --as REVIEWER`` from
-another shell; this home has no online store, so an approved model would fail at promotion).
+A training run whose gate passes waits for a reviewer (from another shell, ``mlctl login --user REVIEWER`` then
+``mlctl reject MODEL VERSION --comment ...``; this home has no online store, so an approved model would fail at
+promotion).
 
 Run (57 days are the fewest for which every train as-of day of purchase_intent and product_ranking has full 30-day
 windows; see docs/models.md "At 50,000 users"):

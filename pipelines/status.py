@@ -171,7 +171,7 @@ def model_summary(spec: ModelSpec, champion: ModelVersionInfo | None, latest: Mo
         elif gate == "passed":
             summary["waiting"] = (
                 f"candidate v{latest.version} waits for approval: "
-                f"mlctl approve {spec.name} {latest.version} --as REVIEWER --comment '...'"
+                f"mlctl login --user REVIEWER, then mlctl approve {spec.name} {latest.version} --comment '...'"
             )
         else:
             summary["waiting"] = f"candidate v{latest.version} not gated yet (its training run did not finish)"

@@ -106,7 +106,7 @@ def test_a_rejected_gate_prints_the_failed_checks_and_exits_2(lake: Lake) -> Non
     ("outcome", "details", "expected"),
     [
         ("skipped", {"reason": "order_fraud cannot train for 2017-12-03: ..."}, "skipped: order_fraud cannot train"),
-        ("passed", {"version": "4"}, "waiting for approval: mlctl approve order_fraud 4 --as REVIEWER"),
+        ("passed", {"version": "4"}, "then mlctl approve order_fraud 4 --comment"),
         ("promoted", {"version": "4", "by": "carol"}, "version 4 is the champion (approved by carol)"),
         ("approval_rejected", {"version": "4", "by": "bob", "comment": "too few rows"}, "bob rejected it: too few"),
         ("already_champion", {"version": "4"}, "already is the champion"),

@@ -71,7 +71,7 @@ def test_status_shows_one_table_per_model_with_champion_metric_and_what_waits() 
     assert "version 2" in text
     assert "pr_auc" in text and "0.4100 (best achievable 0.5200, baseline 0.3000)" in text
     assert "carol at 2026-12-05T10:00:00: 'beats v1'" in text
-    assert "candidate v3 waits for approval: mlctl approve order_fraud 3 --as REVIEWER" in text
+    assert "candidate v3 waits for approval: mlctl login --user REVIEWER, then mlctl approve order_fraud 3" in text
     assert "lr" not in text.split()
 
 

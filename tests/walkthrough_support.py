@@ -10,7 +10,8 @@ command: each of its lines must appear in what the command printed.
 The run happens in a stand-in for a fresh clone: a directory whose entries link to the repository's, without its
 local state (``.storefront*``, ``.env``, ``data/``), next to a ``shared`` link, so ``../shared/...`` paths of the
 page resolve as they do from the repository. Only a minimal environment reaches bash: the reader's PATH without
-the project's virtualenv, HOME, locale and temporary directory; every other variable must come from the page.
+the project's virtualenv, HOME, locale, temporary directory and a config directory of the part's own
+(``XDG_CONFIG_HOME``, where ``mlctl login`` keeps a reviewer's token); every other variable must come from the page.
 """
 
 from __future__ import annotations
@@ -237,14 +238,18 @@ def _split(output: str, commands: list[Command]) -> list[StepResult]:
 def run_part(clone: Path, preamble: list[Command], part: Part, timeout: float) -> PartRun:
     """Run the preamble and ``part`` in one new bash process in ``clone``; kill whatever is left at the end."""
     commands = [*preamble, *part.commands]
-    log = clone.parent / f"walkthrough-{re.sub(r'[^a-z0-9]+', '-', part.title.lower()).strip('-')}.log"
+    slug = re.sub(r"[^a-z0-9]+", "-", part.title.lower()).strip("-")
+    log = clone.parent / f"walkthrough-{slug}.log"
+    # Each part is a reader of their own: a config dir of their own keeps the reviewer logins (`mlctl login`) of
+    # parts running side by side apart, and out of the tester's ~/.config.
+    env = {**reader_environment(), "XDG_CONFIG_HOME": str(clone.parent / f"config-{slug}")}
     started = time.monotonic()
     timed_out = False
     with open(log, "w") as sink:
         proc = subprocess.Popen(
             ["bash", "-c", _script(commands)],
             cwd=clone,
-            env=reader_environment(),
+            env=env,
             stdout=sink,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -337,8 +337,9 @@ def render_html(inputs: ReportInputs, captions: dict[str, str], pngs: dict[str, 
         ]
     )
     footer = (
-        f"<p class='small' style='margin-top:40px'>Generated {generated}. Approve or reject with "
-        f"<code>mlctl approve {_e(inputs.spec.name)} {_e(inputs.evaluation.candidate_version)} --as YOU "
+        f"<p class='small' style='margin-top:40px'>Generated {generated}. Logged in as yourself "
+        "(<code>mlctl login</code>), approve or reject with "
+        f"<code>mlctl approve {_e(inputs.spec.name)} {_e(inputs.evaluation.candidate_version)} "
         "--comment ...</code>"
         f" / <code>mlctl reject ...</code>.</p>"
     )

@@ -461,7 +461,7 @@ arms' if r.paired else 'unpaired: each arm on its own users' }}).</p>
 {% for n in r.notes %}<p class='note'>{{ n }}</p>{% endfor %}
 <p class='small' style='margin-top:40px'>Generated {{ r.generated_at.strftime('%Y-%m-%d %H:%M UTC') }}.
 {% if ro.active %}End the rollout with
-<code>mlctl rollout-end {{ r.model }} --name {{ ro.name }} --as YOU --promote</code>
+<code>mlctl rollout-end {{ r.model }} --name {{ ro.name }} --promote</code>
 / <code>--stop</code>.{% endif %}</p>
 </main></body></html>"""
 

@@ -141,7 +141,7 @@ def describe_training(model: str, outcome: dict[str, Any] | None) -> tuple[str, 
     if kind == "already_champion":
         return f"version {version} already is the champion: nothing to approve", EXIT_OK
     if kind == "passed":
-        command = f"mlctl approve {model} {version} --as REVIEWER --comment '...'"
+        command = f"mlctl login --user REVIEWER, then mlctl approve {model} {version} --comment '...'"
         return f"gate passed version {version}; waiting for approval: {command} (or mlctl reject)", EXIT_OK
     if kind == "promoted":
         by = f" (approved by {outcome['by']})" if outcome.get("by") else ""

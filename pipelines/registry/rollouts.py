@@ -183,7 +183,7 @@ def find_rollout(settings: Settings, model: str, name: str | None = None, active
     if active_only or not history:
         raise RolloutError(
             f"model {model!r} has no {'active ' if active_only else ''}rollout; start one with "
-            f"`mlctl rollout {model} VERSION --mode shadow|split --as REVIEWER`"
+            f"`mlctl rollout {model} VERSION --mode shadow|split`"
         )
     return history[-1]
 
@@ -259,7 +259,7 @@ def start_rollout(
         raise RolloutError(
             f"{model} has an active rollout {other.name!r} ({other.mode}, v{other.version}, started by "
             f"{other.started_by} at {other.started_at:%Y-%m-%d %H:%M}); end it first with "
-            f"`mlctl rollout-end {model} --name {other.name} --as REVIEWER --stop|--promote`"
+            f"`mlctl rollout-end {model} --name {other.name} --stop|--promote`"
         )
     if any(r.name == name for r in rollout_history(settings, model)):
         raise RolloutError(f"{model} had a rollout named {name!r} already (its tags are its history); pick another")
