@@ -486,3 +486,25 @@ def test_under_mlctl_serve_the_writer_logs_every_prediction_and_publishes_swaps(
     assert mine["score"].tolist() == [p["score"] for p in sent.values()]
     assert mine["version"].tolist() == [p["version"] for p in sent.values()]
     assert mine["version"].iloc[-1] == v2
+
+
+def test_the_writer_receives_every_row_in_order_large_ones_too(tmp_path: Path) -> None:
+    """A burst beyond what the socket buffers (queued in the worker, sent as the writer reads) and rows of
+    hundreds of kilobytes (an IP shared by thousands of orders) all arrive, in order."""
+    import threading
+
+    from pipelines.serving.writer import Writer, WriterClient
+
+    received: list[tuple] = []
+    writer = Writer(tmp_path, received.append, store=lambda: None)
+    stopping = threading.Event()
+    reader = threading.Thread(target=writer.serve, args=(stopping,))
+    reader.start()
+    client = WriterClient(tmp_path)
+    rows = [("small", i) for i in range(20_000)] + [("large", "x" * 600_000)]
+    assert all(client.send(("log", row)) for row in rows)
+    client.close()
+    stopping.set()
+    reader.join(30)
+    writer.histories.close()
+    assert received == rows and client.refused == 0

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import itertools
 import json
 import logging
@@ -45,7 +46,10 @@ log = logging.getLogger(__name__)
 
 SOCKET_NAME = "writer.sock"
 REGISTRY_NAME = "registry.json"
-MESSAGE_BYTES = 1 << 18  # the largest message (a history row of a busy key is a few kilobytes)
+# The largest message read (a history row of a busy key is a few kilobytes, of an IP shared by thousands of orders
+# a month hundreds). A seqpacket message must also fit in the sender's socket buffer: it is raised towards this, as
+# far as the kernel allows (net.core.wmem_max); a message that still does not fit is dropped and logged.
+MESSAGE_BYTES = 4 << 20
 QUEUED_MESSAGES = 50_000  # a worker's messages held while the writer is busy or not up yet; then refused
 RECONNECT_SECONDS = 0.2  # a worker retries connecting at most this often
 BATCH_SECONDS = 0.01  # the writer reads its sockets at most this often: fewer wake-ups on the shared cores
@@ -81,13 +85,14 @@ class WriterClient:
         self._lock = threading.Lock()
         self._next_connect = 0.0
         self._closed = False
+        self._received = bytearray(MESSAGE_BYTES)
         self.refused = 0
 
     def send(self, message: Message) -> bool:
         """Queue ``message`` for the writer; False when it is refused (the writer gone or too far behind)."""
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
         with self._lock:
-            if self._closed or len(self._queued) >= QUEUED_MESSAGES:
+            if self._closed or len(self._queued) >= QUEUED_MESSAGES or len(data) > MESSAGE_BYTES:
                 if self.refused % 10_000 == 0:
                     log.error(
                         "serving writer at %s unreachable or %d messages behind: refusing rows (%d so far; they "
@@ -115,16 +120,16 @@ class WriterClient:
             sock = self._sock
             while sock is not None:
                 try:
-                    data = sock.recv(MESSAGE_BYTES)
+                    size = sock.recv_into(self._received)
                 except BlockingIOError:
                     break
                 except OSError:
                     self._drop()
                     break
-                if not data:
+                if not size:
                     self._drop()
                     break
-                rows.extend(pickle.loads(data)[1])
+                rows.extend(pickle.loads(memoryview(self._received)[:size])[1])
         return rows
 
     def close(self, timeout: float = 10.0) -> None:
@@ -147,9 +152,12 @@ class WriterClient:
                 sock.send(self._queued[0])
             except BlockingIOError:
                 return
-            except OSError:
-                self._drop()
-                return
+            except OSError as exc:
+                if exc.errno != errno.EMSGSIZE:
+                    self._drop()  # the writer went away: reconnect on the next send
+                    return
+                log.error("serving writer: a %d-byte message does not fit the socket; dropped", len(self._queued[0]))
+                self.refused += 1
             self._queued.popleft()
 
     def _connected(self) -> socket.socket | None:
@@ -162,6 +170,7 @@ class WriterClient:
             sock.close()
             self._next_connect = time.monotonic() + RECONNECT_SECONDS
             return None
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, MESSAGE_BYTES)
         sock.setblocking(False)
         self._sock = sock
         return sock
@@ -280,6 +289,7 @@ class Writer:
         self._server.listen(64)
         self._server.setblocking(False)
         self._selector.register(self._server, selectors.EVENT_READ)
+        self._received = bytearray(MESSAGE_BYTES)
         self._connections: dict[int, socket.socket] = {}  # by origin: a number never reused (fds are)
         self._origins = itertools.count(1)
         self._lock = threading.Lock()
@@ -322,6 +332,7 @@ class Writer:
     def _accept(self) -> None:
         with contextlib.suppress(BlockingIOError):
             sock, _ = self._server.accept()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, MESSAGE_BYTES)
             sock.setblocking(False)
             origin = next(self._origins)
             with self._lock:
@@ -332,15 +343,18 @@ class Writer:
         sock = self._connections.get(origin)
         while sock is not None:
             try:
-                data = sock.recv(MESSAGE_BYTES)
+                size = sock.recv_into(self._received)
             except BlockingIOError:
                 return
             except OSError:
-                data = b""
-            if not data:
+                size = 0
+            if not size:
                 self._disconnect(origin)
                 return
-            self._dispatch(origin, pickle.loads(data))
+            try:
+                self._dispatch(origin, pickle.loads(memoryview(self._received)[:size]))
+            except Exception:  # one bad message must not stop the writer
+                log.exception("serving writer: a %d-byte message from a worker could not be handled", size)
 
     def _dispatch(self, origin: int, message: Message) -> None:
         kind = message[0]
