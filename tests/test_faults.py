@@ -15,6 +15,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -24,6 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -33,7 +35,7 @@ from feast import FeatureStore
 
 from feature_repo.definitions import definitions
 from feature_repo.parts import lake_table
-from pipelines.features.store import feature_store, online_lag, repo_config
+from pipelines.features.store import feature_store, online_features, online_lag, repo_config
 from pipelines.flows import daily_features
 from pipelines.lake import Lake, LakeWriteError
 from pipelines.orchestration.airflow_client import AirflowClient
@@ -42,6 +44,8 @@ from pipelines.settings import PROJECT_ROOT, Settings
 from pipelines.specs import load_specs
 from pipelines.stack import supervisor
 from pipelines.stack.ports import free_ports
+from pipelines.stack.resources import ensure_buckets, write_s3_identities
+from pipelines.stack.services import InternalPorts, services
 from pipelines.usecases import raw_tables
 from tests.stack_support import DAYS, HISTORY, StackWorld, start_world
 
@@ -59,6 +63,10 @@ class Baseline:
 
     lake: dict[tuple[str, dt.date], tuple[int, str]]
     aliases: dict[str, dict[str, str]]
+
+    def through(self, day: dt.date) -> Baseline:
+        """The clean run's partitions up to ``day``: what a world that ran that far must hold."""
+        return Baseline({key: value for key, value in self.lake.items() if key[1] <= day}, self.aliases)
 
 
 def _tables(settings: Settings) -> list[str]:
@@ -363,6 +371,7 @@ def redis_local(
         update={"feast_online_store": "redis", "redis_url": server.url, "feast_registry": str(root / "registry.db")}
     )
     try:
+        daily_features.materialize(settings, str(LOCAL_DAYS[-2]))
         yield LocalWorld(settings, local.baseline), server
     finally:
         server.kill()
@@ -370,26 +379,249 @@ def redis_local(
 
 def test_redis_down_during_materialization_records_nothing_and_the_rerun_converges(redis_local) -> None:
     world, server = redis_local
+    through = {lag.view: lag.materialized_through for lag in online_lag(world.settings)}
     server.kill()
     with pytest.raises(Exception, match=f"(?i)connect.*{server.port}|{server.port}.*refused|Connection refused"):
         daily_features.materialize(world.settings, str(NEWEST))
     server.start()
-    # No window was recorded for a day whose rows did not all land: every view says it is behind.
-    assert all_built_views_behind(world.settings)
+    # No window was recorded for a day whose rows did not all land.
+    assert {lag.view: lag.materialized_through for lag in online_lag(world.settings)} == through
     daily_features.materialize(world.settings, str(NEWEST))
     check_converged(world.settings, world.baseline)
 
 
 def test_redis_restarted_empty_is_caught_by_the_checker_and_rematerializing_converges(redis_local) -> None:
     world, server = redis_local
-    if online_mismatches(world.settings):
-        daily_features.materialize(world.settings, str(NEWEST))
+    daily_features.materialize(world.settings, str(NEWEST))
     server.kill()
     server.start()  # no persistence: the online rows are gone, the registry still records the day
     problems = online_mismatches(world.settings)
     assert problems and not any("BEHIND" in p for p in problems), problems
     daily_features.materialize(world.settings, str(NEWEST))
     check_converged(world.settings, world.baseline)
+
+
+# -- local profile on a private S3 ---------------------------------------------------------------------------
+class PrivateS3:
+    """SeaweedFS (``weed mini``, the stack's S3 service and command line) of the test's own, its data kept in a
+    directory so that a restart finds the objects again."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        assert settings.stack_dir is not None
+        self.argv = services(settings, InternalPorts.pick(free_ports(InternalPorts.COUNT)))[0].argv
+        write_s3_identities(settings, settings.stack_dir / "s3-identities.json")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        assert self.settings.stack_dir is not None and self.settings.s3_endpoint_url is not None
+        log = open(self.settings.stack_dir / "s3.log", "ab")  # noqa: SIM115 - the child holds it
+        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for("SeaweedFS S3", lambda: _answers(self.settings.s3_endpoint_url), seconds=120, every=0.5)
+        wait_for("the lake's bucket", lambda: ensure_buckets(self.settings) is not None, seconds=60, every=1)
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=20)
+            self.proc = None
+
+
+@pytest.fixture(scope="module")
+def s3_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalWorld, PrivateS3]]:
+    """A local-profile world whose lake is in a private S3: two days built and materialized."""
+    root = tmp_path_factory.mktemp("s3-local")
+    credentials = {"AWS_ACCESS_KEY_ID": "SFFAULTS", "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(24)}
+    settings = _local_settings(
+        root,
+        lake_uri="s3://faults/lake",
+        s3_endpoint_url=f"http://127.0.0.1:{free_ports(1)[0]}",
+        stack_dir=root / "s3",
+        sim_users=100,
+        **credentials,
+    )
+    server = PrivateS3(settings)
+    server.start()
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            for key, value in credentials.items():  # readers that take them from the environment (s3fs)
+                patch.setenv(key, value)
+            for day in DAYS[:2]:
+                rerun_day(settings, day)
+            yield LocalWorld(settings, snapshot(settings, DAYS[:2])), server
+    finally:
+        server.kill()
+
+
+def test_s3_down_during_a_lake_write_fails_naming_the_object_and_the_rerun_converges(s3_local) -> None:
+    world, server = s3_local
+    day = DAYS[1]
+    server.kill()
+    with pytest.raises(LakeWriteError, match=r"s3://faults/lake/.*ds=2025-01-02/data\.parquet: not written"):
+        daily_features.extract(world.settings, str(day))
+    server.start()  # the same data directory: what was published before the fault is there again
+    rerun_day(world.settings, day)
+    check_converged(world.settings, world.baseline)
+
+
+# -- serving on the local profile: a private MLflow server and the private Redis --------------------------
+class PrivateMlflow:
+    """``mlflow server`` of the test's own (SQLite store and artifacts under tmp) on a free loopback port."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_ports(1)[0]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.workdir = workdir
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            str(Path(sys.executable).with_name("mlflow")),
+            *("server", "--backend-store-uri", f"sqlite:///{self.workdir / 'mlflow.db'}"),
+            *("--artifacts-destination", (self.workdir / "artifacts").as_uri()),
+            *("--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"),
+        ]
+        log = open(self.workdir / "mlflow.log", "ab")  # noqa: SIM115 - the child holds it
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(f"mlflow server on {self.url}", lambda: _answers(f"{self.url}/health"), seconds=120, every=0.5)
+
+    def kill(self) -> None:
+        """SIGKILL to the server and its gunicorn/uvicorn worker (its own session)."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=20)
+            self.proc = None
+
+
+def _answers(url: str, **kwargs: object) -> httpx.Response | None:
+    try:
+        return httpx.get(url, timeout=2, **kwargs)
+    except httpx.HTTPError:
+        return None
+
+
+def _register_champion(settings: Settings) -> str:
+    """A small booster on the service's features, logged and promoted as the audit log requires."""
+    import lightgbm as lgb
+    import mlflow
+
+    from pipelines.registry.registry import ensure_experiment
+    from tests.audit_support import audit_promotion
+
+    names = list(online_features(settings, MODEL, [1]).columns[1:])
+    rng = np.random.default_rng(0)
+    x = pd.DataFrame(rng.random((200, len(names))), columns=names)
+    params = {"objective": "binary", "num_threads": 1, "verbose": -1, "num_leaves": 4, "min_data_in_leaf": 5}
+    booster = lgb.train(params, lgb.Dataset(x, (x.iloc[:, 0] > 0.5).astype(int)), num_boost_round=5)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    try:
+        with mlflow.start_run(experiment_id=ensure_experiment(settings, "faults")):
+            info = mlflow.lightgbm.log_model(
+                booster, name="model", registered_model_name=MODEL, pip_requirements=["lightgbm"]
+            )
+    finally:
+        mlflow.set_tracking_uri(previous)
+    version = str(info.registered_model_version)
+    audit_promotion(settings, MODEL, version)
+    return version
+
+
+@dataclass
+class Served:
+    world: LocalWorld
+    redis: PrivateRedis
+    mlflow: PrivateMlflow
+    version: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.world.settings.serving_port}"
+
+    def predict(self, user_ids: list[int]) -> httpx.Response:
+        return httpx.post(f"{self.url}/v1/models/{MODEL}/predict", json={"user_ids": user_ids}, timeout=10)
+
+    def health(self) -> dict:
+        resp = _answers(f"{self.url}/health")
+        return resp.json() if resp is not None else {}
+
+
+@pytest.fixture(scope="module")
+def served(redis_local, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """``mlctl serve`` (a real process) on the Redis world, its champion in a private MLflow server."""
+    world, server = redis_local
+    root = tmp_path_factory.mktemp("served")
+    registry = PrivateMlflow(root / "mlflow")
+    registry.start()
+    settings = world.settings.model_copy(
+        update={
+            "mlflow_tracking_uri": registry.url,
+            "serving_port": free_ports(1)[0],
+            "serving_refresh_seconds": 1.0,
+            "serving_workers": 1,
+        }
+    )
+    daily_features.materialize(settings, str(NEWEST))
+    version = _register_champion(settings)
+    log = open(root / "serve.log", "ab")  # noqa: SIM115 - the child holds it
+    # MLflow's client retries a refused connection 7 times with backoff (about 4 min): serving's /health would say
+    # nothing of a registry that is down for that long (reported). Two tries make the fault visible in seconds.
+    retries = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    env = {**os.environ, **settings.environment(), **retries}
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("mlctl")), "serve"],
+        env=env,
+        cwd=root,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    up = Served(
+        LocalWorld(settings, Baseline(world.baseline.lake, {MODEL: {"champion": version}})), server, registry, version
+    )
+    try:
+        wait_for("the champion served", lambda: up.health().get("models", {}).get(MODEL, {}).get("version"), 180, 1)
+        yield up
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+        registry.kill()
+
+
+def test_redis_down_while_serving_answers_503_and_recovers_without_a_restart(served: Served) -> None:
+    users = [int(u) for u in Lake(served.world.settings).read("features/user_behavior", NEWEST)["user_id"][:5]]
+    assert served.predict(users).status_code == 200
+    served.redis.kill()
+    resp = served.predict(users)
+    assert resp.status_code == 503, resp.text
+    assert "online features" in resp.text.lower() or "feature" in resp.text.lower(), resp.text
+    served.redis.start()  # empty (no persistence): the day's rows are loaded again, the server is not restarted
+    daily_features.materialize(served.world.settings, str(NEWEST))
+    resp = wait_for("predictions again", lambda: (r := served.predict(users)).status_code == 200 and r, 60, 0.5)
+    body = resp.json()
+    assert body["version"] == served.version and all(p["features_found"] for p in body["predictions"]), body
+    check_converged(served.world.settings, served.world.baseline)
+
+
+def test_mlflow_down_while_serving_keeps_the_model_and_health_says_so(served: Served) -> None:
+    users = [1, 2, 3]
+    served.mlflow.kill()
+    health = wait_for(
+        "/health to report the registry error",
+        lambda: (h := served.health()).get("models", {}).get(MODEL, {}).get("last_error") and h,
+        60,
+        0.5,
+    )
+    assert health["models"][MODEL]["version"] == served.version, health
+    resp = served.predict(users)
+    assert resp.status_code == 200 and resp.json()["version"] == served.version, resp.text
+    served.mlflow.start()
+    wait_for("/health to clear the error", lambda: not served.health()["models"][MODEL].get("last_error"), 60, 0.5)
+    check_converged(served.world.settings, served.world.baseline)
 
 
 # -- the stack ---------------------------------------------------------------------------------------------
@@ -427,7 +659,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
                 for step in (daily_features.extract, daily_features.validate, daily_features.features):
                     step(world.settings, str(day))
             daily_features.materialize(world.settings, str(HISTORY[-1]))
-            yield FaultStack(world, server, snapshot(world.settings, DAYS))
+            baseline = snapshot(world.settings, DAYS)
+            # The days the faults hit are rebuilt by Airflow from nothing, as new days would be.
+            lake = Lake(world.settings)
+            for table in _tables(world.settings):
+                lake.delete(table, DAYS[len(HISTORY) :])
+            yield FaultStack(world, server, baseline)
     finally:
         server.kill()
 
@@ -496,7 +733,7 @@ def test_stack_task_killed_and_redis_down_are_retried_with_their_cause(stack: Fa
         stack, run_id, "features_user_behavior", 1
     )
     assert str(stack.redis.port) in _log_text(stack, run_id, "materialize", 1)
-    check_converged(stack.world.settings, stack.baseline)
+    check_converged(stack.world.settings, stack.baseline.through(day))
 
 
 def test_stack_backfill_and_manual_run_of_the_same_day_at_once(stack: FaultStack, tmp_path: Path) -> None:
@@ -511,7 +748,7 @@ def test_stack_backfill_and_manual_run_of_the_same_day_at_once(stack: FaultStack
     stamp = f"{day}T00:00:00Z"
     runs = stack.client.runs_between("daily_features", stamp, stamp)
     assert len(runs) == 1 and runs[0]["state"] == "success", runs
-    check_converged(stack.world.settings, stack.baseline)
+    check_converged(stack.world.settings, stack.baseline.through(day))
 
 
 def test_stack_scheduler_killed_mid_run_stops_the_stack_and_the_rerun_converges(
@@ -539,4 +776,4 @@ def test_stack_scheduler_killed_mid_run_stops_the_stack_and_the_rerun_converges(
     if rerun.returncode != 0:  # the interrupted run ended failed once the new scheduler reaped it: run it again
         rerun = world.mlctl("run", "daily_features", "--date", str(day))
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    check_converged(world.settings, stack.baseline)
+    check_converged(world.settings, stack.baseline.through(day))
