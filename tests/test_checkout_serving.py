@@ -29,6 +29,7 @@ from pipelines.lake import Lake
 from pipelines.serving.app import create_app
 from pipelines.serving.server import serving_writer
 from pipelines.settings import PROJECT_ROOT, Settings
+from tests.audit_support import audit_promotion
 
 MODEL = "order_fraud"
 CONFIG = SimulationConfig(n_users=1500, n_products=200, n_merchants=10, start=dt.date(2025, 3, 1))
@@ -69,7 +70,7 @@ def world(mlflow_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> tuple[S
         info = mlflow.lightgbm.log_model(
             booster, name="model", registered_model_name=MODEL, pip_requirements=["lightgbm"]
         )
-    MlflowClient().set_registered_model_alias(MODEL, "champion", str(info.registered_model_version))
+    audit_promotion(settings, MODEL, str(info.registered_model_version), by="carol")
     return settings, orders, labels
 
 

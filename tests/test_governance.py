@@ -232,3 +232,15 @@ def test_rollback_goes_to_the_previous_audited_champion_not_the_previous_alias(
     assert aliases(settings, MODEL) == {CHAMPION: first, "previous": second}
     assert verify_aliases(settings, spec) == []
     assert read_audit(Lake(settings), MODEL)[-1]["action"] == "rollback"
+
+
+def test_the_daily_skew_step_flags_an_alias_moved_outside_mlctl(settings: Settings, spec: ModelSpec) -> None:
+    """Finding 3: the daily DAG said nothing about a hand-moved champion; its skew step now names it and the fix."""
+    from pipelines.flows.daily_features import skew
+
+    promoted(settings, spec)
+    assert skew(settings, dt.date(2025, 2, 4))["aliases"] == {}
+    set_alias(settings, MODEL, CHAMPION, register_version(settings))
+    flagged = skew(settings, dt.date(2025, 2, 4))["aliases"]
+    assert list(flagged) == [MODEL]
+    assert "champion is on v2" in flagged[MODEL][0] and f"mlctl restore {MODEL}" in flagged[MODEL][0]

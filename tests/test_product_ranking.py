@@ -32,7 +32,7 @@ from pipelines.features.product_features import (
 from pipelines.features.user_features import FEATURE_COLUMNS as USER_FEATURES
 from pipelines.features.user_features import build_user_features, write_user_features
 from pipelines.lake import Lake
-from pipelines.registry.registry import connect, ensure_experiment
+from pipelines.registry.registry import ensure_experiment
 from pipelines.serving.app import create_app
 from pipelines.settings import PROJECT_ROOT, Settings
 from pipelines.specs import CandidateSpec, WindowSpec, load_spec
@@ -40,6 +40,7 @@ from pipelines.training.dataset import GROUP_COLUMN, LABEL_COLUMN, SPLIT_COLUMN,
 from pipelines.training.ranking_truth import expected_gain
 from pipelines.training.rows_ranking import build_frame, oracle_scores, relevance_labels
 from pipelines.validation.quarantine import ValidationFailed
+from tests.audit_support import audit_promotion
 
 D0 = dt.date(2024, 3, 1)
 H = pd.Timedelta(hours=1)
@@ -362,7 +363,6 @@ def register_ranker(settings: Settings) -> str:
     y = np.where(x["user_product_in_open_cart"] == 1, 2, (x["product_views_7d"] > 30).astype(int))
     params = {"objective": "lambdarank", "num_threads": 1, "verbose": -1, "min_data_in_leaf": 5, "num_leaves": 4}
     booster = lgb.train(params, lgb.Dataset(x, y, group=[20] * 20), num_boost_round=20)
-    client = connect(settings)
     mlflow.set_experiment(experiment_id=ensure_experiment(settings, "product_ranking"))
     with mlflow.start_run():
         info = mlflow.lightgbm.log_model(
@@ -373,7 +373,7 @@ def register_ranker(settings: Settings) -> str:
             pip_requirements=["lightgbm"],
         )
     version = str(info.registered_model_version)
-    client.set_registered_model_alias("product_ranking", "champion", version)
+    audit_promotion(settings, "product_ranking", version)
     return version
 
 

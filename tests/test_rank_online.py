@@ -186,10 +186,11 @@ def test_the_rank_route_answers_with_the_lake_gone(
     register_ranker(mlflow_settings)
     expected = {u: lake_candidates(world, SPEC, [u])["product_id"].tolist() for u in (1, UNKNOWN_USER)}
     lake_dir = Path(mlflow_settings.lake_uri)
-    shutil.rmtree(lake_dir)  # any lake read on the request path would now fail
     settings = mlflow_settings.model_copy(update={"serving_log_predictions": False})
 
     with TestClient(create_app(settings, specs={"product_ranking": spec})) as client:
+        # Loading the champion checks it against the audit log in the lake; answering must not read the lake.
+        shutil.rmtree(lake_dir)  # any lake read on the request path would now fail
         generated = client.post("/v1/models/product_ranking/rank", json={"user_id": 1})
         unknown = client.post("/v1/models/product_ranking/rank", json={"user_id": UNKNOWN_USER})
         named = client.post("/v1/models/product_ranking/rank", json={"user_id": 1, "product_ids": [1, 5, 99]})

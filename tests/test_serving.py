@@ -20,6 +20,7 @@ from pipelines.serving.served import MAX_USER_IDS
 from pipelines.serving.server import serving_writer
 from pipelines.settings import PROJECT_ROOT, Settings, get_settings
 from pipelines.specs import load_specs
+from tests.audit_support import audit_promotion, audit_rollout_start
 
 MODEL = "purchase_intent"
 FEATURES = ["views_7d", "carts_7d", "days_since_last_event"]
@@ -62,6 +63,7 @@ def registry(settings: Settings, empty_mlflow_db: Path, monkeypatch: pytest.Monk
     (settings.home / "mlflow").mkdir(parents=True)
     shutil.copyfile(empty_mlflow_db, settings.home / "mlflow" / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri)
+    monkeypatch.setenv("STOREFRONT_HOME", str(settings.home))  # register() audits its promotions in this lake
     # Other modules may have pointed MLflow's fluent API elsewhere in this process: point it here.
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     mlflow.set_registry_uri(settings.mlflow_tracking_uri)
@@ -73,7 +75,8 @@ def registry(settings: Settings, empty_mlflow_db: Path, monkeypatch: pytest.Monk
 
 
 def register(features: list[str], seed: int, champion: bool = True) -> str:
-    """Train a tiny booster on random data, log and register it; optionally make it champion."""
+    """Train a tiny booster on random data, log and register it; optionally make it champion through an audited
+    promotion (serving loads nothing else)."""
     rng = np.random.default_rng(seed)
     x = pd.DataFrame(rng.random((200, len(features))) * 10, columns=features)
     y = (x.iloc[:, 0] + rng.normal(0, 2, len(x)) > 5).astype(int)
@@ -89,7 +92,7 @@ def register(features: list[str], seed: int, champion: bool = True) -> str:
         )
     version = str(info.registered_model_version)
     if champion:
-        MlflowClient().set_registered_model_alias(MODEL, "champion", version)
+        audit_promotion(get_settings(num_threads=1), MODEL, version)
     return version
 
 
@@ -159,13 +162,67 @@ def test_version_that_fails_to_load_is_refused(client: TestClient, registry: Mlf
     register(FEATURES, seed=1)
     client.app.state.serving.served[MODEL].holder.refresh()
     broken = registry.create_model_version(MODEL, source="file:///nonexistent/model")
-    registry.set_registered_model_alias(MODEL, "champion", broken.version)
+    audit_promotion(get_settings(num_threads=1), MODEL, str(broken.version))
     client.app.state.serving.served[MODEL].holder.refresh()
 
     assert predict(client, [2]).json()["version"] == "1"
     health = client.get("/health").json()["models"][MODEL]
     assert health["champion_version"] == "2" and health["version"] == "1"
     assert "failed to load" in health["last_refusal"]["reason"]
+
+
+def test_an_alias_moved_outside_mlctl_is_refused_and_flagged_until_restored(client: TestClient) -> None:
+    """Issue 13: a champion alias set by hand on a version whose gate failed was served within 2 s, /health ok."""
+    from pipelines.registry.tamper import restore_aliases
+
+    register(FEATURES, seed=1)
+    served = client.app.state.serving.served[MODEL]
+    served.holder.refresh()
+    hand_moved = register(FEATURES, seed=2, champion=False)
+    MlflowClient().set_registered_model_alias(MODEL, "champion", hand_moved)
+    metrics = lambda: client.get("/metrics").text  # noqa: E731
+    for _ in range(3):  # every refresh checks again; the refusal is counted once
+        served.holder.refresh()
+    assert predict(client, [2]).json()["version"] == "1"
+    health = client.get("/health").json()
+    model = health["models"][MODEL]
+    assert health["status"] == "degraded" and model["version"] == "1" and model["champion_version"] == "2"
+    assert "audit log's last move put v1 there" in model["finding"] and "mlctl restore" in model["finding"]
+    assert model["last_refusal"]["version"] == "2"
+    assert [line for line in metrics().splitlines() if line.startswith("storefront_serving_refusals_total{")] == [
+        f'storefront_serving_refusals_total{{model="{MODEL}"}} 1.0'
+    ]
+    settings = get_settings(num_threads=1)
+    restore_aliases(settings, load_specs(PROJECT_ROOT / "models")[MODEL], "alice", "put back after a hand move")
+    served.holder.refresh()
+    assert client.get("/health").json()["status"] == "ok"
+    # The same version, promoted through the audit log later, is served: a tamper refusal is not for ever.
+    audit_promotion(settings, MODEL, hand_moved)
+    served.holder.refresh()
+    assert predict(client, [2]).json()["version"] == hand_moved
+
+
+def test_a_version_whose_gate_failed_or_approval_was_edited_is_not_served(client: TestClient) -> None:
+    from pipelines.registry.registry import delete_alias, set_version_tags
+
+    register(FEATURES, seed=1)
+    holder = client.app.state.serving.served[MODEL].holder
+    holder.refresh()
+    settings = get_settings(num_threads=1)
+    failed = register(FEATURES, seed=2, champion=False)
+    audit_promotion(settings, MODEL, failed)
+    set_version_tags(settings, MODEL, failed, {"gate.status": "failed"})  # edited after the promotion
+    holder.refresh()
+    assert "gate did not pass" in holder.status().last_refusal.reason and holder.current().version == "1"
+    edited = register(FEATURES, seed=3, champion=False)
+    audit_promotion(settings, MODEL, edited, by="bob")
+    set_version_tags(settings, MODEL, edited, {"approval.by": "mallory"})
+    holder.refresh()
+    assert "do not match its audited promotion" in holder.status().last_refusal.reason
+    assert holder.current().version == "1"
+    delete_alias(settings, MODEL, "champion")  # deleted outside mlctl: v1 keeps serving, flagged
+    holder.refresh()
+    assert holder.current().version == "1" and "alias was deleted" in holder.status().finding
 
 
 def test_no_champion_yet_is_503_with_next_step(client: TestClient) -> None:
@@ -375,6 +432,7 @@ def test_every_prediction_is_logged_with_its_request_id_version_and_features(
 
 def _start_rollout(mode: str, share: float, version: str) -> None:
     """What `mlctl rollout` leaves in the registry: the challenger's alias and the terms as model tags."""
+    audit_rollout_start(get_settings(num_threads=1), MODEL, "ab1", version)
     client = MlflowClient()
     client.set_registered_model_alias(MODEL, "rollout-ab1", version)
     for key, value in {

@@ -11,6 +11,7 @@ lake for ``mlctl status``); a day where no family could run fails.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
 from pipelines.data.extract import extract_day, simulation_config
 from pipelines.data.landed import day_timezone
@@ -29,6 +30,8 @@ from pipelines.lake import Lake, as_date
 from pipelines.settings import Settings
 from pipelines.usecases import family, raw_tables
 from pipelines.validation.daily import validate_day
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "FamilySkipped",
@@ -138,21 +141,28 @@ def skew(settings: Settings, ds: str | dt.date) -> dict:
     """Training/serving skew of every model served on day ``ds``: the online features its prediction log holds
     against the offline point-in-time features of the same entities and instants, per feature, published to
     ``monitoring/skew/<model>/ds=...`` for ``mlctl status`` and the reviewer's report. Nothing served that day:
-    nothing to compare (``{"models": {}}``)."""
+    nothing to compare (``{"models": {}}``). Also flags every alias that disagrees with the audit log (``aliases``:
+    model -> findings with the command that fixes each, logged as errors) without failing the run: serving
+    already refuses such a version, and the fix is a reviewer's (`mlctl restore`)."""
     # Imported here: the point-in-time join imports Feast, and only this step needs it.
     from pipelines.monitoring.skew import publish_skew, training_serving_skew
+    from pipelines.registry.tamper import verify_aliases
     from pipelines.serving.prediction_log import predictions_table
     from pipelines.specs import load_specs
 
     day, lake = as_date(ds), Lake(settings)
-    models = {}
+    models, flagged = {}, {}
     for spec in load_specs(settings.models_dir).values():
+        if findings := [f"{f.alias}: {f.message}; fix: {f.fix}" for f in verify_aliases(settings, spec)]:
+            flagged[spec.name] = findings
+            for finding in findings:
+                log.error("%s: alias disagrees with the audit log: %s", spec.name, finding)
         if not lake.part_files(predictions_table(spec.name), day):
             continue
         report = training_serving_skew(settings, spec, day, lake)
         publish_skew(settings, report, lake)
         models[spec.name] = {"rows": report.rows, "flagged": report.flagged}
-    return {"models": models}
+    return {"models": models, "aliases": flagged}
 
 
 def monitor(settings: Settings, ds: str | dt.date) -> dict:

@@ -2,7 +2,8 @@
 
 An alias moved by hand in MLflow (``set_registered_model_alias``) or deleted has no matching audit event; an
 edited audit event breaks the log's chain. :func:`verify_aliases` names each with the command that fixes it;
-`mlctl status` prints them in red; serving and the daily DAG are to refuse on them (docs/governance.md).
+`mlctl status` prints them in red and the daily DAG's `skew` step flags them; serving loads a version only when
+:func:`serving_refusal` finds nothing wrong with it (docs/governance.md).
 """
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from pipelines.evaluation.gate import TAG_STATUS as GATE_STATUS
 from pipelines.lake import Lake
+from pipelines.registry.approval import TAG_BY as APPROVAL_BY
+from pipelines.registry.approval import TAG_STATUS as APPROVAL_STATUS
 from pipelines.registry.audit import read_audit, verify_chain, write_audit
-from pipelines.registry.registry import CHAMPION, aliases, delete_alias, set_alias
+from pipelines.registry.registry import CHAMPION, aliases, delete_alias, get_version, set_alias
 from pipelines.registry.rollouts import ALIAS_PREFIX
 from pipelines.settings import Settings
 from pipelines.specs import ModelSpec
@@ -85,6 +89,51 @@ def verify_aliases(settings: Settings, spec: ModelSpec) -> list[Finding]:
             message = f"{alias} (v{version}) was deleted without an audited end of the rollout"
             findings.append(Finding(model, alias, message, restore))
     return findings
+
+
+def serving_refusal(settings: Settings, model: str, alias: str, version: str | None) -> str | None:
+    """Why serving must not load ``version`` under ``alias`` (``champion`` or a rollout's), or, with ``version``
+    None, why a missing alias is wrong; None when the version may be served. Serving asks only when the alias
+    points somewhere new (or keeps pointing at a version it refused), so reading the log and the version's tags
+    costs nothing on the request path."""
+    events = read_audit(Lake(settings), model)
+    restore = f"fix: mlctl restore {model} --comment '...'"
+    broken = verify_chain(events)
+    if broken:
+        return f"the audit log of {model} is broken ({broken[0]}); restore audit/{model}/ from its backup"
+    if alias == CHAMPION:
+        expected = audited_champion(events)
+        if version is None:
+            if expected is None:
+                return None
+            return (
+                f"the champion alias was deleted outside mlctl; the audit log's last move put v{expected} there; "
+                + restore
+            )
+        if version != expected:
+            where = " holds no promotion" if expected is None else f"'s last move put v{expected} there"
+            return f"champion is on v{version}, but the audit log{where} (moved outside mlctl); {restore}"
+    elif version is None:
+        return None  # a rollout's alias goes when the rollout ends; verify_aliases flags one deleted by hand
+    elif audited_rollouts(events).get(alias) != version:
+        return f"{alias} is on v{version} with no audited rollout start of that version; {restore}"
+    tags = get_version(settings, model, version).tags
+    if tags.get(GATE_STATUS) != "passed":
+        return f"v{version}'s gate did not pass (gate.status {tags.get(GATE_STATUS)!r}); it is never served"
+    if alias != CHAMPION:
+        return None
+    promotion = next(
+        (e for e in reversed(events) if e.get("action") == "promote" and str(e.get("version")) == version), None
+    )
+    if promotion is None:
+        return f"the audit log holds no promotion of v{version} (an approved promotion puts a champion there)"
+    approvers = {a.get(APPROVAL_BY) for a in promotion.get("approvals") or []} | {promotion.get("by")}
+    if tags.get(APPROVAL_STATUS) != "approved" or tags.get(APPROVAL_BY) not in approvers:
+        return (
+            f"v{version}'s approval tags ({tags.get(APPROVAL_STATUS)!r} by {tags.get(APPROVAL_BY)!r}) do not match "
+            f"its audited promotion (approved by {sorted(a for a in approvers if a)}); edited outside mlctl"
+        )
+    return None
 
 
 def restore_aliases(settings: Settings, spec: ModelSpec, by: str, comment: str) -> str:

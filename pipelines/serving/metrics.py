@@ -50,7 +50,10 @@ class ServingMetrics:
         )
         self.swaps = Counter("storefront_serving_swaps", "Champion versions swapped in.", ["model"], registry=r)
         self.refusals = Counter(
-            "storefront_serving_refusals", "Versions refused (failed to load or the canary).", ["model"], registry=r
+            "storefront_serving_refusals",
+            "Versions refused (the audit check, the load or the canary failed).",
+            ["model"],
+            registry=r,
         )
         self.auth_failures = Counter(
             "storefront_serving_auth_failures",

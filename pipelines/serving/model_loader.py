@@ -1,7 +1,8 @@
 """Keep each model's champion in memory and hot-swap it when the ``champion`` alias moves.
 
-A new version is swapped in only after it loaded and scored a canary; otherwise it is refused and the old one
-keeps serving (the contract in DESIGN.md: serving never goes down on a bad model).
+A new version is swapped in only after its audit check (``vet``: gate passed, approval and alias match the audit
+log, pipelines/registry/tamper.py), its load and a canary; otherwise it is refused and the old one keeps serving
+(the contract in DESIGN.md: serving never goes down on a bad model).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ SINGLE_THREAD_ROWS = 2_000
 
 # Returns online feature rows for a canary entity (one row or more, feature columns by name).
 CanaryFeatures = Callable[[], pd.DataFrame]
+# (model, alias, version or None when the alias is absent) -> why it must not be served, or None.
+Vet = Callable[[str, str, str | None], str | None]
 
 
 class FeatureMismatchError(ValueError):
@@ -109,6 +112,8 @@ class ModelStatus:
     last_refusal: Refusal | None
     last_error: str | None
     refused_versions: list[str] = field(default_factory=list)
+    # Why the alias as it stands now is not trusted (moved or deleted outside mlctl, ...); None when it is.
+    finding: str | None = None
 
 
 def _now() -> datetime:
@@ -192,15 +197,19 @@ class ChampionModel:
         probabilities: bool = True,
         on_event: Callable[[str, str], None] | None = None,
         alias: str = CHAMPION_ALIAS,
+        vet: Vet | None = None,
     ) -> None:
         """Follows ``alias`` (the champion, or a rollout's challenger); ``on_event(model, "swap" | "refusal")`` is
-        told of every swap and refusal (metrics)."""
+        told of every swap and refusal (metrics); ``vet`` is asked before a version is loaded (None: no audit
+        check, for a bare registry)."""
         self.name = name
         self.alias = alias
         self._on_event = on_event
         self._probabilities = probabilities
         self._settings = settings
         self._canary_features = canary_features
+        self._vet = vet
+        self._finding: str | None = None
         self._current: LoadedModel | None = None
         self._swap_lock = threading.Lock()
         # One refresh at a time: the background loop and a manual call must not load the same version twice.
@@ -236,10 +245,22 @@ class ChampionModel:
                 return self.current()
             self._champion_version = version
             current = self.current()
-            if version is None or (current is not None and current.version == version):
-                self._last_error = None
+            if current is not None and current.version == version:
+                self._last_error = self._finding = None
                 return current
             if version in self._refused:
+                return current
+            try:
+                # Not cached like a failed load: the audit log may catch up (a restore, an audited promotion).
+                self._finding = self._vet(self.name, self.alias, version) if self._vet else None
+            except Exception as exc:  # the registry or the lake being down: keep serving, check again next time
+                self._record_error(f"could not check {self.name} v{version} against the audit log: {exc}")
+                return current
+            if version is None:
+                self._last_error = None
+                return current
+            if self._finding is not None:
+                self._distrust(version, self._finding)
                 return current
             try:
                 candidate = load_version(self._settings, self.name, version)
@@ -280,11 +301,22 @@ class ChampionModel:
             last_refusal=self._last_refusal,
             last_error=self._last_error,
             refused_versions=sorted(self._refused, key=lambda v: (len(v), v)),
+            finding=self._finding,
         )
+
+    def _distrust(self, version: str, reason: str) -> None:
+        """Refuse a version the audit log does not vouch for, once per finding (the check repeats every refresh)."""
+        last = self._last_refusal
+        if last is None or (last.version, last.reason) != (version, reason):
+            self._refusal(Refusal(version=version, reason=reason, at=_now()))
 
     def _refuse(self, version: str, reason: str) -> None:
         refusal = Refusal(version=version, reason=reason, at=_now())
         self._refused[version] = refusal
+        self._refusal(refusal)
+
+    def _refusal(self, refusal: Refusal) -> None:
+        version, reason = refusal.version, refusal.reason
         self._last_refusal = refusal
         self._tell("refusal")
         current = self.current()

@@ -156,8 +156,9 @@ def build_router(state: ServingState) -> APIRouter:
                 if refusal
                 else None,
                 last_error=st.last_error,
+                finding=st.finding,
             )
-        ok = all(m.version is not None for m in models.values())
+        ok = all(m.version is not None and m.finding is None for m in models.values())
         return HealthResponse(status="ok" if ok else "degraded", auth=state.keys.enabled, models=models)
 
     @router.get("/v1/models", response_model=ModelsResponse)

@@ -107,10 +107,16 @@ class ModelHealth(BaseModel):
     last_checked: datetime | None
     last_refusal: RefusalInfo | None
     last_error: str | None
+    finding: str | None = Field(
+        None, description="Why the champion alias as it stands is not trusted (it disagrees with the audit log)."
+    )
 
 
 class HealthResponse(BaseModel):
-    status: str = Field(description="ok when every served model has a loaded champion, else degraded.")
+    status: str = Field(
+        description="ok when every served model has a loaded champion and no finding against the audit log, "
+        "else degraded."
+    )
     auth: bool = Field(description="Whether the scoring routes require an API key.")
     models: dict[str, ModelHealth]
 

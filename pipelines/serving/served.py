@@ -6,6 +6,7 @@ parsed request, reads online features, scores with the champion its ``ChampionMo
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.registry.rollouts import CHAMPION_ARM, Rollout, RolloutError, in_split, parse_rollouts
+from pipelines.registry.tamper import serving_refusal
 from pipelines.serving import request_id
 from pipelines.serving.features import RANK_KEYS, Features, FeatureSource, FeaturesUnavailable
 from pipelines.serving.model_loader import ChampionModel, FeatureMismatchError, LoadedModel, registered_model
@@ -64,7 +66,13 @@ class Served:
         self.spec = spec
         self.source = source
         self._settings = settings
-        self._holder_args = {"canary_features": self._canary, "probabilities": probabilities, "on_event": on_event}
+        self._holder_args = {
+            "canary_features": self._canary,
+            "probabilities": probabilities,
+            "on_event": on_event,
+            # Only a version the audit log vouches for is loaded (issue 13: a hand-moved alias was served in 2 s).
+            "vet": functools.partial(serving_refusal, settings),
+        }
         self.holder = ChampionModel(spec.name, settings, **self._holder_args)
         # A rollout in progress and the holder of its challenger (pipelines/registry/rollouts.py).
         self.rollout: Rollout | None = None
