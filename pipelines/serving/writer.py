@@ -251,7 +251,7 @@ class RegistryPublisher:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(30)
+        self._thread.join(STOP_GRACE_SECONDS)  # a registry read in progress; the last writes come after
 
     def publish(self) -> None:
         from pipelines.serving.model_loader import registered_model
