@@ -207,3 +207,30 @@ def test_the_rank_route_answers_with_the_lake_gone(
     assert found[99] == {"user": True, "product": False, "user_category": False, "user_product": False}
     unknown_found = [p["features_found"] for p in unknown.json()["products"]]
     assert unknown_found and all(not f["user"] and f["product"] for f in unknown_found)
+
+
+def test_health_says_which_online_views_are_behind_their_lake(
+    mlflow_settings: Settings, world: Lake, spec, monkeypatch: pytest.MonkeyPatch
+):
+    # The lake holds the last day, the online store only an earlier one (a materialization that did not run or
+    # stopped): /health lists every view with how far it is materialized and is degraded until it is caught up.
+    monkeypatch.setenv("MLFLOW_UV_AUTO_DETECT", "false")
+    register_ranker(mlflow_settings)
+    settings = mlflow_settings.model_copy(update={"serving_log_predictions": False})
+    store = feature_store(settings)
+    materialize_day(settings, DAYS[1], store=store)
+    online_views = {v.name for v in store.list_feature_views() if v.online}
+
+    with TestClient(create_app(settings, specs={"product_ranking": spec})) as client:
+        behind = client.get("/health").json()
+    materialize_day(settings, LAST, store=store)
+    with TestClient(create_app(settings, specs={"product_ranking": spec})) as client:
+        caught_up = client.get("/health").json()
+
+    assert behind["status"] == "degraded"
+    assert {v["view"] for v in behind["online_views"]} == online_views
+    built = [v for v in behind["online_views"] if v["built"]]  # this world has no order tables
+    assert {v["view"] for v in built} >= {"user_behavior", "user_candidates", "product_catalogue"}
+    assert all(v["behind"] and v["built"] == str(LAST) and v["materialized_through"] == str(DAYS[1]) for v in built)
+    assert caught_up["status"] == "ok", caught_up
+    assert not any(v["behind"] for v in caught_up["online_views"]) and caught_up["online_error"] is None

@@ -21,6 +21,7 @@ from pipelines.serving.auth import ApiKeys, KeyFile
 from pipelines.serving.candidates import OnlineCandidates
 from pipelines.serving.checkout import CheckoutModel
 from pipelines.serving.features import FeastFeatures, FeatureReader, FrameFeatures
+from pipelines.serving.freshness import OnlineFreshness
 from pipelines.serving.metrics import ServingMetrics
 from pipelines.serving.model_loader import Refreshable, RefreshLoop
 from pipelines.serving.prediction_log import PredictionLog, PredictionSink
@@ -76,6 +77,7 @@ def create_app(
             )
     holders = list(served.values())
     keys = api_keys(settings)
+    freshness = OnlineFreshness(settings) if isinstance(source, FeastFeatures) else None
     writer = WriterClient(writer_dir) if writer_dir is not None else None
     for model in served.values():
         if isinstance(model, CheckoutModel):
@@ -88,12 +90,16 @@ def create_app(
                 holder.refresh()
 
         await anyio.to_thread.run_sync(refresh_all)
+        if freshness is not None:
+            await anyio.to_thread.run_sync(freshness.refresh)
         # Everything loaded so far (Feast, MLflow, pandas, the models) lives as long as the worker: keep it out of
         # the collector's full passes, which otherwise pause a request for tens of milliseconds now and then.
         gc.collect()
         gc.freeze()
         followed: list[Refreshable] = [PublishedRegistry(writer.directory, served), writer] if writer else list(holders)
         refreshed = [*followed, keys] if isinstance(keys, KeyFile) else followed
+        if freshness is not None:
+            refreshed = [*refreshed, freshness]
         interval = settings.serving_refresh_seconds
         if writer is not None:
             # The writer publishes the registry every interval; stat'ing its file more often keeps a swap within
@@ -120,7 +126,7 @@ def create_app(
 
     # Docs are served by routes that check the API key like the scoring routes do.
     app = FastAPI(title="Storefront ML serving", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    state = ServingState(specs=all_specs, served=served, keys=keys, metrics=metrics)
+    state = ServingState(specs=all_specs, served=served, keys=keys, metrics=metrics, freshness=freshness)
     app.include_router(build_router(state))
     app.add_middleware(RequestIdMiddleware)
     app.state.serving = state

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from pipelines.serving import request_id
 from pipelines.serving.auth import ApiKeys, Forbidden, KeyFile, Unauthorized
 from pipelines.serving.features import FeaturesUnavailable
+from pipelines.serving.freshness import OnlineFreshness
 from pipelines.serving.metrics import ServingMetrics
 from pipelines.serving.requests import BadRequest, json_object
 from pipelines.serving.schemas import (
@@ -26,6 +27,7 @@ from pipelines.serving.schemas import (
     ModelsResponse,
     RefusalInfo,
     RolloutInfo,
+    ViewFreshness,
     api_docs,
 )
 from pipelines.serving.served import NotServable, Served
@@ -40,6 +42,7 @@ class ServingState:
     served: dict[str, Served]
     keys: ApiKeys | KeyFile
     metrics: ServingMetrics
+    freshness: OnlineFreshness | None = None  # None when features do not come from the online store
 
 
 class _Refused(Exception):
@@ -159,7 +162,23 @@ def build_router(state: ServingState) -> APIRouter:
                 finding=st.finding,
             )
         ok = all(m.version is not None and m.finding is None for m in models.values())
-        return HealthResponse(status="ok" if ok else "degraded", auth=state.keys.enabled, models=models)
+        lag = state.freshness.current() if state.freshness is not None else None
+        views = (
+            [
+                ViewFreshness(view=v.view, built=v.built, materialized_through=v.materialized_through, behind=v.behind)
+                for v in lag.views
+            ]
+            if lag is not None
+            else None
+        )
+        ok = ok and not any(v.behind for v in views or [])
+        return HealthResponse(
+            status="ok" if ok else "degraded",
+            auth=state.keys.enabled,
+            models=models,
+            online_views=views,
+            online_error=lag.error if lag is not None else None,
+        )
 
     @router.get("/v1/models", response_model=ModelsResponse)
     def list_models(request: Request) -> Any:

@@ -3,7 +3,7 @@ by hand (pipelines/serving/requests.py) for speed; these models describe them an
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -112,13 +112,24 @@ class ModelHealth(BaseModel):
     )
 
 
+class ViewFreshness(BaseModel):
+    view: str
+    built: date | None = Field(description="The view's newest day in the lake.")
+    materialized_through: date | None = Field(description="The newest day the online store holds for it.")
+    behind: bool
+
+
 class HealthResponse(BaseModel):
     status: str = Field(
-        description="ok when every served model has a loaded champion and no finding against the audit log, "
-        "else degraded."
+        description="ok when every served model has a loaded champion and no finding against the audit log and "
+        "no online view is behind its lake, else degraded."
     )
     auth: bool = Field(description="Whether the scoring routes require an API key.")
     models: dict[str, ModelHealth]
+    online_views: list[ViewFreshness] | None = Field(
+        None, description="Per online view, how far it is materialized (checked at most once a minute)."
+    )
+    online_error: str | None = Field(None, description="Why the views' freshness could not be read.")
 
 
 class ModelInfo(BaseModel):
