@@ -22,7 +22,7 @@ from feature_repo.definitions import definitions
 from feature_repo.parts import lake_table
 from pipelines.data import schemas
 from pipelines.features.online_write import OnlineWriteError, online_writer, write_view
-from pipelines.features.store import materialize_day, online_lag, repo_config
+from pipelines.features.store import materialize_day, online_freshness, online_lag, repo_config
 from pipelines.lake import Lake
 from pipelines.settings import Settings, get_settings
 from tests.conftest import service_unavailable
@@ -363,3 +363,19 @@ def test_online_lag_names_the_views_whose_newest_lake_day_is_not_materialized(tm
 
     materialize_day(settings, D2, store=store)
     assert not any(lag.behind for lag in online_lag(settings, store))
+
+
+def test_a_view_behind_its_lake_makes_the_service_stale_for_promotion(tmp_path):
+    settings = _settings(tmp_path, "p")
+    _build_lake(settings)
+    store = _store(settings)
+    materialize_day(settings, D1, store=store)
+    now = pd.Timestamp(D2, tz="UTC") + pd.Timedelta(hours=12)  # D1's rows are young enough by age alone
+
+    report = online_freshness(settings, "purchase_intent", max_age=dt.timedelta(days=3), now=now, store=store)
+
+    assert not report.fresh
+    assert "'user_behavior' is BEHIND its lake" in report.message
+    assert f"mlctl run daily_features --date {D2}" in report.message
+    materialize_day(settings, D2, store=store)
+    assert online_freshness(settings, "purchase_intent", max_age=dt.timedelta(days=3), now=now, store=store).fresh

@@ -382,7 +382,8 @@ def online_freshness(
     """Are the online features of every stored view of ``feature_service`` at most ``max_age`` old at ``now``?
 
     Checked per view on a sample of keys: the newest event timestamp among sampled keys that have online
-    features stands for the view's last materialized day; the stalest view decides. A view with no sampled key
+    features stands for the view's last materialized day; the stalest view decides. A view whose newest lake day
+    is not materialized is stale, named with the command that catches it up. A view with no sampled key
     found counts as stale. ``sample_user_ids`` samples user-keyed views (otherwise ``sample_size`` keys of the
     view's newest lake partition); ``now`` defaults to the current time.
     """
@@ -390,7 +391,13 @@ def online_freshness(
     store = store or feature_store(settings)
     service = _service(store, feature_service)
     reports = []
+    # A view behind its lake (its newest built day not materialized: a day stopped part-way) is stale whatever
+    # the age of what it holds.
+    behind = {lag.view: lag for lag in online_lag(settings, store) if lag.behind}
     for view in _service_views(store, service):
+        if view.name in behind:
+            reports.append(FreshnessReport(False, None, 0, behind[view.name].message()))
+            continue
         if sample_user_ids is not None and view.join_keys == [ENTITY_COLUMN]:
             sample = _entity_rows(list(sample_user_ids))
         else:
