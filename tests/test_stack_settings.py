@@ -93,3 +93,29 @@ def test_a_remote_dask_scheduler_is_used_not_started(tmp_path: Path) -> None:
     settings = get_settings(profile="stack", home=tmp_path, compute="dask", dask_scheduler="tcp://dask.prod:8786")
     internal = InternalPorts.pick(list(range(40000, 40000 + InternalPorts.COUNT)))
     assert not {s.name for s in services(settings, internal)} & {"dask-scheduler", "dask-workers"}
+
+
+def test_no_password_on_a_command_line_or_in_a_readable_procfile(tmp_path: Path) -> None:
+    """Issue 13: `mlflow server` got the PostgreSQL URL with its password as an argument (visible in `ps`) and the
+    Procfile holding it was world-readable."""
+    from pipelines.stack.resources import write_mlflow_env, write_private
+    from pipelines.stack.services import MLFLOW_ENV
+
+    password = "pg-s3cr3t"
+    postgres = f"postgresql://storefront:{password}@127.0.0.1:5432"
+    settings = get_settings(profile="stack", home=tmp_path, postgres_url=postgres)
+    assert settings.stack_dir is not None
+    internal = InternalPorts.pick(list(range(40000, 40000 + InternalPorts.COUNT)))
+    found = services(settings, internal)
+    mlflow = next(s for s in found if s.name == "mlflow")
+    assert "--backend-store-uri" not in mlflow.argv and mlflow.env_file == settings.stack_dir / MLFLOW_ENV
+    procfile = "".join(s.procfile_line(tmp_path / "logs") + "\n" for s in found)
+    assert password not in procfile
+    line = next(line for line in procfile.splitlines() if line.startswith("mlflow:"))
+    assert line.startswith(f"mlflow: . {settings.stack_dir / MLFLOW_ENV} && exec ")
+    write_mlflow_env(settings, settings.stack_dir / MLFLOW_ENV)
+    written = (settings.stack_dir / MLFLOW_ENV).read_text()
+    assert written == f"export MLFLOW_BACKEND_STORE_URI={postgres}/storefront_mlflow\n"
+    write_private(tmp_path / "Procfile", procfile)
+    for path in (settings.stack_dir / MLFLOW_ENV, tmp_path / "Procfile"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path

@@ -105,6 +105,27 @@ def s3_credentials(settings: Settings) -> tuple[str, str]:
     return settings.aws_access_key_id.get_secret_value(), settings.aws_secret_access_key.get_secret_value()
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to a file created 0600 (never readable by others, even for an instant)."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    tmp.replace(path)
+
+
+def write_mlflow_env(settings: Settings, path: Path) -> None:
+    """What `mlflow server` reads besides its arguments: the backend store's URL (with the database password),
+    as ``export`` lines its Procfile entry sources (mode 0600)."""
+    import shlex
+
+    write_private(path, f"export MLFLOW_BACKEND_STORE_URI={shlex.quote(settings.mlflow_backend_store_uri)}\n")
+
+
 def write_s3_identities(settings: Settings, path: Path) -> None:
     """SeaweedFS's identities file: one identity with the configured key pair (file mode 0600)."""
     key, secret = s3_credentials(settings)
@@ -117,11 +138,7 @@ def write_s3_identities(settings: Settings, path: Path) -> None:
             }
         ]
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(config))
-    tmp.chmod(0o600)
-    tmp.replace(path)
+    write_private(path, json.dumps(config))
 
 
 def s3_client(settings: Settings):

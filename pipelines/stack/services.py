@@ -17,15 +17,21 @@ from pipelines.stack.resources import s3_credentials
 AIRFLOW_COMPONENTS = ("scheduler", "dag-processor", "triggerer")
 
 
+MLFLOW_ENV = "mlflow.env"
+
+
 @dataclass(frozen=True)
 class Service:
     name: str
     argv: list[str]
     url: str = ""
+    # A 0600 file of `export NAME=value` lines the shell reads before exec: secrets stay off command lines.
+    env_file: Path | None = None
 
     def procfile_line(self, logs: Path) -> str:
         # Each service logs to its own file; honcho's own output only says who started and stopped.
-        return f"{self.name}: exec {shlex.join(self.argv)} >> {shlex.quote(str(logs / self.name))}.log 2>&1"
+        source = f". {shlex.quote(str(self.env_file))} && " if self.env_file else ""
+        return f"{self.name}: {source}exec {shlex.join(self.argv)} >> {shlex.quote(str(logs / self.name))}.log 2>&1"
 
 
 @dataclass(frozen=True)
@@ -81,11 +87,11 @@ def services(settings: Settings, internal: InternalPorts) -> list[Service]:
         ]
         found.append(Service("s3", weed, settings.s3_endpoint_url))
     host, port = host_port(settings.mlflow_tracking_uri, 5000)
+    # The backend store's URL holds the database password: MLFLOW_BACKEND_STORE_URI in a 0600 file
+    # (resources.write_mlflow_env), never an argument `ps` shows.
     mlflow = [
         _bin("mlflow"),
         "server",
-        "--backend-store-uri",
-        settings.mlflow_backend_store_uri,
         "--artifacts-destination",
         settings.mlflow_artifacts_destination,
         "--host",
@@ -95,7 +101,7 @@ def services(settings: Settings, internal: InternalPorts) -> list[Service]:
         "--workers",
         "1",
     ]
-    found.append(Service("mlflow", mlflow, settings.mlflow_tracking_uri))
+    found.append(Service("mlflow", mlflow, settings.mlflow_tracking_uri, settings.stack_dir / MLFLOW_ENV))
     host, port = host_port(settings.airflow_api_url, 8080)
     found.append(
         Service(
@@ -160,6 +166,10 @@ def environment(settings: Settings, internal: InternalPorts, stack_id: str) -> d
         "AIRFLOW__CORE__EXECUTOR": settings.airflow_executor,
         "AIRFLOW__API__BASE_URL": settings.airflow_api_url,
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+        # A scheduler that died leaves its tasks `running`; the restarted one resets them at its first orphan check
+        # after the dead one's heartbeat is 30 s old. Airflow checks every 300 s: a killed scheduler's day then
+        # waited 5 min after `stack up` (tests/test_faults.py). Once a minute costs one small query.
+        "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "60",
         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(internal.worker_log_server),
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(internal.trigger_log_server),
         "AWS_ACCESS_KEY_ID": key,

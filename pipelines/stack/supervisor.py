@@ -24,7 +24,15 @@ from pipelines.settings import Settings
 from pipelines.stack import resources
 from pipelines.stack.ports import free_ports, host_port, port_is_free
 from pipelines.stack.resources import StackError
-from pipelines.stack.services import InternalPorts, environment, health, runs_own_dask, services, serving_keys_path
+from pipelines.stack.services import (
+    MLFLOW_ENV,
+    InternalPorts,
+    environment,
+    health,
+    runs_own_dask,
+    services,
+    serving_keys_path,
+)
 
 STATE_FILE = "stack.json"
 
@@ -166,8 +174,10 @@ def up(settings: Settings, timeout: float = 180.0, on_event: Callable[[str], Non
     if settings.serving_api_keys is None:
         token = ensure_admin_key(serving_keys_path(settings))
         on_event(f"serving requires an API key: an all-models token is in {token} (0600)")
+    resources.write_mlflow_env(settings, settings.stack_dir / MLFLOW_ENV)
     procfile = settings.stack_dir / "Procfile"
-    procfile.write_text("".join(p.procfile_line(logs) + "\n" for p in procs))
+    # 0600 like the env files it names: what the stack runs is the stack owner's business alone.
+    resources.write_private(procfile, "".join(p.procfile_line(logs) + "\n" for p in procs))
     honcho = str(Path(sys.executable).with_name("honcho"))
     with open(logs / "honcho.log", "ab") as sink:
         proc = subprocess.Popen(
