@@ -8,16 +8,25 @@ splits) is trained three ways with the same booster params, rounds, early stoppi
 - ``train_model``: the whole training step (fit, validation/test metrics, importance, MLflow run, logged and
   registered model) on a local SQLite MLflow store.
 
-Ratios are against the raw call; the boosters must stop at the same iteration. Run:
-``uv run python -m bench.bench_train [--rows 1000000] [--features 40] [--rounds 200] [--threads 2]``.
+The three run ``--repeat`` times (default 3), each repeat in its own process (a training task's first MLflow
+model log pays one-off costs a warm process would hide) on a fresh lake and MLflow store (so ``train_model`` trains
+rather than reuses a version), in a rotated order (raw, fit, step; fit, step, raw; ...) so none of them always runs
+first or last on a machine whose load drifts. The table gives each step's median wall and CPU seconds and the median
+of its per-repeat ratios to the raw call of the same repeat; the boosters must stop at the same iteration. Run:
+``uv run python -m bench.bench_train [--rows 1000000] [--features 40] [--rounds 200] [--threads 2] [--repeat 3]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import lightgbm as lgb
@@ -42,6 +51,11 @@ from pipelines.training.train import fit_booster, lightgbm_params, train_model
 
 ROOT = Path(__file__).resolve().parents[1]
 LOGICAL_DATE = dt.date(2025, 3, 31)
+STEPS = {
+    "raw": "raw lightgbm.train (numpy)",
+    "fit": "fit_booster (platform fit)",
+    "step": "train_model (fit + metrics + MLflow run)",
+}
 
 
 def _spec(rounds: int) -> ModelSpec:
@@ -83,46 +97,67 @@ def _raw(params: dict, rounds: int, patience: int, x: dict, y: dict) -> lgb.Boos
     )
 
 
-def _timed(fn):
-    """The result, wall seconds and CPU seconds (all threads) of ``fn()``: CPU time is less distorted than wall
-    time on a busy shared machine."""
+def _timed(fn: Callable[[], int]) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds (all threads) and the best iteration ``fn()`` returns: CPU time is less distorted
+    than wall time on a busy shared machine."""
     wall, cpu = time.perf_counter(), time.process_time()
-    out = fn()
-    return out, (time.perf_counter() - wall, time.process_time() - cpu)
+    best = fn()
+    return time.perf_counter() - wall, time.process_time() - cpu, best
 
 
-def measure(rows: int, features: int, rounds: int, threads: int) -> list[dict]:
-    """Raw ``lightgbm.train``, the platform's fit and its whole training step on one saved training set: wall and
-    CPU seconds and the best iteration of each."""
+def _repeat(rows: int, features: int, rounds: int, threads: int, order: list[str]) -> dict:
+    """One timing of each step, in ``order``, on a fresh lake and MLflow store; and the train split's rows."""
     spec = _spec(rounds)
+    frame = _frame(spec, rows, features)
+    params, cap, patience = lightgbm_params(spec, threads)
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         settings = get_settings(home=Path(tmp), num_threads=threads, data_source="ingested")
         lake = Lake(settings)
-        training_set = save_training_set(lake, spec, LOGICAL_DATE, _frame(spec, rows, features))
+        training_set = save_training_set(lake, spec, LOGICAL_DATE, frame)
         # What the training-set step keeps beside the set (no simulated truth here), and MLflow's store migration:
         # set-up, not training.
         training_set = save_step_outputs(lake, spec, training_set, None, feature_lineage(settings, spec))
         ensure_experiment(settings, spec.name)
-        params, cap, patience = lightgbm_params(spec, threads)
-        frame = training_set.frame
         cols = training_set.feature_columns
         x = {s: frame.loc[frame[SPLIT_COLUMN] == s, cols].to_numpy() for s in ("train", "validation")}
         y = {s: frame.loc[frame[SPLIT_COLUMN] == s, LABEL_COLUMN].to_numpy() for s in ("train", "validation")}
+        steps = {
+            "raw": lambda: _raw(params, cap, patience, x, y).best_iteration,
+            "fit": lambda: fit_booster(spec, training_set, threads)[0].best_iteration,
+            "step": lambda: int(train_model(settings, spec, training_set).metrics["best_iteration"]),
+        }
+        return {name: _timed(steps[name]) for name in order} | {"train_rows": training_set.row_counts["train"]}
 
-        raw, raw_s = _timed(lambda: _raw(params, cap, patience, x, y))
-        (fit, _), fit_s = _timed(lambda: fit_booster(spec, training_set, threads))
-        result, step_s = _timed(lambda: train_model(settings, spec, training_set))
-    return [
-        {"step": "raw lightgbm.train (numpy)", "wall": raw_s[0], "cpu": raw_s[1], "best": raw.best_iteration},
-        {"step": "fit_booster (platform fit)", "wall": fit_s[0], "cpu": fit_s[1], "best": fit.best_iteration},
-        {
-            "step": "train_model (fit + metrics + MLflow run)",
-            "wall": step_s[0],
-            "cpu": step_s[1],
-            "best": int(result.metrics["best_iteration"]),
-            "train_rows": training_set.row_counts["train"],
-        },
-    ]
+
+def measure(rows: int, features: int, rounds: int, threads: int, repeats: int = 1) -> list[dict]:
+    """Raw ``lightgbm.train``, the platform's fit and its whole training step on one training set, ``repeats``
+    times (a process each) in rotated orders: median wall and CPU seconds of each, the median of its per-repeat
+    ratios to the raw call and the best iterations seen."""
+    names = list(STEPS)
+    runs = []
+    for i in range(repeats):
+        order = names[i % len(names) :] + names[: i % len(names)]
+        with tempfile.TemporaryDirectory(prefix="bench-train-out-") as tmp:
+            out = Path(tmp) / "repeat.json"
+            args = [f"--rows={rows}", f"--features={features}", f"--rounds={rounds}", f"--threads={threads}"]
+            worker = ["--order", ",".join(order), "--out", str(out)]
+            subprocess.run([sys.executable, "-m", "bench.bench_train", *args, *worker], check=True, cwd=ROOT)
+            runs.append(json.loads(out.read_text()))
+    steps = []
+    for name, label in STEPS.items():
+        wall, cpu, best = zip(*(run[name] for run in runs), strict=True)
+        steps.append(
+            {
+                "step": label,
+                "wall": statistics.median(wall),
+                "cpu": statistics.median(cpu),
+                "wall_ratio": statistics.median(run[name][0] / run["raw"][0] for run in runs),
+                "cpu_ratio": statistics.median(run[name][1] / run["raw"][1] for run in runs),
+                "best": "/".join(str(b) for b in sorted(set(best))),
+                "train_rows": runs[0]["train_rows"],
+            }
+        )
+    return steps
 
 
 def main() -> None:
@@ -131,19 +166,25 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=200, help="boosting rounds cap (early stopping may end sooner)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3, help="timings of each step (medians are shown)")
+    parser.add_argument("--order", help=argparse.SUPPRESS)  # a repeat's process: steps to time, comma-separated
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)  # ... and where it writes their timings
     args = parser.parse_args()
-    steps = measure(args.rows, args.features, args.rounds, args.threads)
+    if args.order:
+        run = _repeat(args.rows, args.features, args.rounds, args.threads, args.order.split(","))
+        args.out.write_text(json.dumps(run))
+        return
+    steps = measure(args.rows, args.features, args.rounds, args.threads, args.repeat)
     print(
         f"training set: {args.rows:,} rows x {args.features} features ({steps[-1]['train_rows']:,} train), "
-        f"cap {args.rounds} rounds, {args.threads} threads"
+        f"cap {args.rounds} rounds, {args.threads} threads, median of {args.repeat} rotated repeats"
     )
     print(f"{'step':<44} | {'wall s':>8} | {'CPU s':>8} | {'best iteration':>14} | {'wall ratio':>10} | CPU ratio")
     print("-" * 108)
-    raw = steps[0]
     for s in steps:
         print(
             f"{s['step']:<44} | {s['wall']:>8.2f} | {s['cpu']:>8.2f} | {s['best']:>14} | "
-            f"{s['wall'] / raw['wall']:>9.2f}x | {s['cpu'] / raw['cpu']:>8.2f}x"
+            f"{s['wall_ratio']:>9.2f}x | {s['cpu_ratio']:>8.2f}x"
         )
 
 

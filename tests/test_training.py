@@ -18,6 +18,7 @@ from pipelines.registry.registry import list_versions
 from pipelines.settings import Settings
 from pipelines.specs import ModelSpec
 from pipelines.training.dataset import (
+    TrainingSet,
     TrainingSetError,
     assemble_training_frame,
     load_training_set,
@@ -65,6 +66,28 @@ def test_training_set_round_trips_through_the_lake_with_the_same_digest(spec: Mo
     assert 0.0 < loaded.label_rate < 1.0
     changed = frame.assign(label=1 - frame["label"])
     assert save_training_set(lake, spec, DAY, changed).digest != saved.digest
+
+
+def test_split_columns_and_matrices_are_the_split_rows_whether_contiguous_or_not(spec: ModelSpec) -> None:
+    frame = synthetic_training_frame(spec, DAY, users_per_day=20)
+    ordered = TrainingSet(spec.name, DAY, ("user_id",), frame, "mem://ordered", "d")
+    shuffled = frame.sample(frac=1.0, random_state=1)  # interleaved splits: index arrays, not slices
+    mixed = TrainingSet(spec.name, DAY, ("user_id",), shuffled, "mem://mixed", "d")
+
+    for ts in (ordered, mixed):
+        for name in ("train", "validation", "test"):
+            rows = ts.frame[ts.frame["split"] == name]
+            assert ts.row_counts[name] == len(rows)
+            matrix = ts.matrix(name)
+            assert matrix.dtype == np.float64 and matrix.shape == (len(rows), len(ts.feature_columns))
+            np.testing.assert_array_equal(matrix, rows[ts.feature_columns].to_numpy(dtype="float64"))
+            np.testing.assert_array_equal(ts.labels(name), rows["label"].to_numpy())
+            pd.testing.assert_frame_equal(ts.split(name), rows)
+            pd.testing.assert_frame_equal(ts.features(name, head=3), rows[ts.feature_columns].head(3))
+    with pytest.raises(ValueError, match="read-only"):
+        ordered.labels("train")[0] = 1  # a view of the frame: must not be written through
+    with pytest.raises(TrainingSetError, match="unknown split 'holdout'"):
+        ordered.matrix("holdout")
 
 
 def test_assembly_refuses_a_feature_join_that_lost_rows(spec: ModelSpec) -> None:

@@ -80,6 +80,21 @@ def _utc_us(values: pd.Series) -> pd.Series:
     return pd.to_datetime(values, utc=True).dt.as_unit("us")
 
 
+def _positions(mask: np.ndarray) -> slice | np.ndarray:
+    """The rows where ``mask`` holds: a slice when they are one run (time-ordered splits are), so that a column's
+    split is a view rather than a copy; an index array otherwise."""
+    index = np.flatnonzero(mask)
+    if index.size == 0:
+        return slice(0, 0)
+    if index[-1] - index[0] + 1 == index.size:
+        return slice(int(index[0]), int(index[-1]) + 1)
+    return index
+
+
+def _count(rows: slice | np.ndarray) -> int:
+    return rows.stop - rows.start if isinstance(rows, slice) else len(rows)
+
+
 def frame_digest(frame: pd.DataFrame) -> str:
     """A stable sha256 of a frame's columns, dtypes and values (unchanged by a parquet round trip)."""
     h = hashlib.sha256()
@@ -109,36 +124,62 @@ class TrainingSet:
     feature_columns: list[str] = field(init=False)
     row_counts: dict[str, int] = field(init=False)
     label_rate: float = field(init=False)
+    # Row positions of each split, found once: training reads the splits' columns several times, and comparing the
+    # split column's strings (then copying whole split frames) each time cost seconds at a million rows.
+    _rows: dict[str, slice | np.ndarray] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         reserved = {*self.keys, TIMESTAMP_COLUMN, LABEL_COLUMN, SPLIT_COLUMN, GROUP_COLUMN}
         self.feature_columns = [c for c in self.frame.columns if c not in reserved and not c.startswith(CONTEXT_PREFIX)]
-        counts = self.frame[SPLIT_COLUMN].value_counts()
-        self.row_counts = {name: int(counts.get(name, 0)) for name in SPLITS} | {"total": len(self.frame)}
+        split = self.frame[SPLIT_COLUMN].to_numpy()
+        self._rows = {name: _positions(split == name) for name in SPLITS}
+        self.row_counts = {name: _count(rows) for name, rows in self._rows.items()} | {"total": len(self.frame)}
         self.label_rate = float(self.frame[LABEL_COLUMN].mean()) if len(self.frame) else 0.0
 
-    def split(self, name: str) -> pd.DataFrame:
+    def split_rows(self, name: str) -> slice | np.ndarray:
+        """Positions of the split's rows in ``frame``: a slice when they are contiguous, an index array otherwise."""
         if name not in SPLITS:
             raise TrainingSetError(f"unknown split {name!r}; expected one of {SPLITS}")
-        return self.frame[self.frame[SPLIT_COLUMN] == name]
+        return self._rows[name]
 
-    def features(self, name: str) -> pd.DataFrame:
-        return self.split(name)[self.feature_columns]
+    def split(self, name: str) -> pd.DataFrame:
+        """The split's rows, all columns (a copy)."""
+        return self.frame.take(np.arange(len(self.frame))[self.split_rows(name)])
+
+    def features(self, name: str, head: int | None = None) -> pd.DataFrame:
+        """The split's feature columns (only its first ``head`` rows when given: no copy of the rest)."""
+        rows = self.split_rows(name)
+        if head is not None:
+            rows = slice(rows.start, min(rows.stop, rows.start + head)) if isinstance(rows, slice) else rows[:head]
+        return self.frame.iloc[rows][self.feature_columns]
 
     def matrix(self, name: str) -> np.ndarray:
-        """The split's features as one C-ordered float64 matrix: what LightGBM reads without another copy."""
-        frame = self.frame
-        rows = (frame[SPLIT_COLUMN] == name).to_numpy()
-        return np.ascontiguousarray(frame.loc[rows, self.feature_columns].to_numpy(dtype="float64"))
+        """The split's features as one column-major float64 matrix, filled column by column in a single copy:
+        LightGBM reads column-major input without another copy, and the frame's columns are contiguous already
+        (a row-major matrix would need strided writes or a second copy)."""
+        rows = self.split_rows(name)
+        out = np.empty((_count(rows), len(self.feature_columns)), dtype="float64", order="F")
+        for j, column in enumerate(self.feature_columns):
+            out[:, j] = self.frame[column].to_numpy()[rows]
+        return out
+
+    def column(self, name: str, column: str) -> np.ndarray:
+        """One column's values on the split's rows without copying the split's other columns; read-only, as it
+        may be a view of ``frame``."""
+        if column not in self.frame.columns:
+            raise TrainingSetError(f"training set {self.uri}: no column {column!r}")
+        values = self.frame[column].to_numpy()[self.split_rows(name)]
+        values.flags.writeable = False
+        return values
 
     def labels(self, name: str) -> np.ndarray:
-        return self.split(name)[LABEL_COLUMN].to_numpy()
+        return self.column(name, LABEL_COLUMN)
 
     def group_sizes(self, name: str) -> np.ndarray | None:
         """Rows per query, in row order (ranking training sets); None for sets without queries."""
         if GROUP_COLUMN not in self.frame.columns:
             return None
-        groups = self.split(name)[GROUP_COLUMN].to_numpy()
+        groups = self.column(name, GROUP_COLUMN)
         if len(groups) == 0:
             return np.empty(0, dtype="int64")
         starts = np.r_[0, np.flatnonzero(groups[1:] != groups[:-1]) + 1]

@@ -8,8 +8,11 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import tempfile
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import lightgbm as lgb
@@ -21,6 +24,7 @@ from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.models import infer_signature
 from mlflow.types import ColSpec, DataType, Schema
+from mlflow.utils.requirements_utils import warn_dependency_requirement_mismatches
 
 from pipelines.compute.engine import fit_on_engine
 from pipelines.evaluation import plots
@@ -28,7 +32,7 @@ from pipelines.evaluation.metrics import compute_metrics
 from pipelines.registry.registry import connect, ensure_experiment, list_versions
 from pipelines.settings import Settings
 from pipelines.specs import ModelSpec
-from pipelines.training.dataset import GROUP_COLUMN, LABEL_COLUMN, TrainingSet
+from pipelines.training.dataset import GROUP_COLUMN, TrainingSet
 from pipelines.training.lineage import code_version, feature_lineage, spec_digest
 
 TAG_LOGICAL_DATE = "logical_date"
@@ -92,7 +96,7 @@ def check_splits(training_set: TrainingSet) -> None:
     for name in ("train", "validation"):
         if training_set.row_counts[name] == 0:
             raise TrainingError(f"training set {training_set.uri}: the {name} split is empty")
-        if len(set(training_set.labels(name))) < 2:
+        if np.unique(training_set.labels(name)).size < 2:
             raise TrainingError(f"training set {training_set.uri}: the {name} split has a single label class")
 
 
@@ -142,9 +146,8 @@ def split_metrics(
 
 
 def _metrics(spec: ModelSpec, training_set: TrainingSet, split: str, scores: np.ndarray) -> dict[str, float]:
-    frame = training_set.split(split)
-    groups = frame[GROUP_COLUMN].to_numpy() if GROUP_COLUMN in frame.columns else None
-    return compute_metrics(frame[LABEL_COLUMN].to_numpy(), scores, spec.metrics, groups=groups)
+    groups = training_set.column(split, GROUP_COLUMN) if GROUP_COLUMN in training_set.frame.columns else None
+    return compute_metrics(training_set.labels(split), scores, spec.metrics, groups=groups)
 
 
 def bayes_optimal_metrics(spec: ModelSpec, training_set: TrainingSet) -> dict[str, float]:
@@ -179,8 +182,8 @@ def _schema(frame: pd.DataFrame) -> Schema:
     )
 
 
-def log_training_input(spec: ModelSpec, training_set: TrainingSet) -> None:
-    """Log the training set as the run's input: lake URI as source, digest and schema (not its rows)."""
+def log_training_input(spec: ModelSpec, training_set: TrainingSet, schema: Schema) -> None:
+    """Log the training set as the run's input: lake URI as source, digest and ``schema`` (not its rows)."""
     with warnings.catch_warnings():
         # Two equivalent local sources are registered for plain paths.
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
@@ -189,9 +192,41 @@ def log_training_input(spec: ModelSpec, training_set: TrainingSet) -> None:
             name=f"{spec.name}-training-set-{training_set.logical_date.isoformat()}",
             # MLflow caps dataset digests at 36 characters; the full sha256 is the run tag TAG_DIGEST.
             digest=training_set.digest[:32],
-            schema=_schema(training_set.frame),
+            schema=schema,
         )
         mlflow.log_input(dataset, context="training")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What the run records that does not depend on the booster: prepared while LightGBM trains."""
+
+    tags: dict[str, str]
+    schema: Schema
+    requirements: list[str]
+
+
+def run_record(settings: Settings, spec: ModelSpec, training_set: TrainingSet, identity: dict[str, str]) -> RunRecord:
+    """The run's tags (identity, lineage, code), the training set's schema and the model's pinned requirements."""
+    tags = (
+        identity
+        | {TAG_URI: training_set.uri, "model": spec.name, "spec.digest": spec_digest(spec)}
+        | code_version()
+        # Recorded by the training-set step; a set saved without it (synthetic, older runs) is described now.
+        | (training_set.lineage or feature_lineage(settings, spec))
+    )
+    requirements = [f"{p}=={importlib.metadata.version(p)}" for p in MODEL_REQUIREMENTS]
+    # log_model checks the requirements against the installed packages; MLflow's first check in a process maps
+    # every installed distribution to its modules (~0.7 s, then cached). Checking here moves that off the
+    # critical path: the same check, its warning included, while LightGBM trains.
+    warn_dependency_requirement_mismatches(requirements)
+    return RunRecord(tags, _schema(training_set.frame), requirements)
+
+
+def save_importance_figure(importance: dict[str, float], path: Path) -> Path:
+    """The importance figure as a PNG at ``path``, as ``mlflow.log_figure`` would render it (savefig defaults)."""
+    plots.importance_figure(importance).savefig(path)
+    return path
 
 
 def train_model(settings: Settings, spec: ModelSpec, training_set: TrainingSet) -> TrainResult:
@@ -210,51 +245,49 @@ def train_model(settings: Settings, spec: ModelSpec, training_set: TrainingSet) 
         return TrainResult(existing.run_id, existing.version, metrics, reused=True)
 
     experiment_id = ensure_experiment(settings, spec.name)
-    booster, params = fit_on_engine(settings, spec, training_set)
-    metrics = split_metrics(spec, booster, training_set, settings.num_threads)
-    metrics["best_iteration"] = float(booster.best_iteration or booster.current_iteration())
-    metrics |= bayes_optimal_metrics(spec, training_set)
-    gain = booster.feature_importance(importance_type="gain", iteration=booster.best_iteration or None)
-    importance = {c: float(g) for c, g in zip(training_set.feature_columns, gain, strict=True)}
+    with tempfile.TemporaryDirectory(prefix="train-") as tmp:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="train-record") as pool:
+            # LightGBM releases the GIL while it boosts and leaves part of a core idle (its serial sections): the
+            # run's booster-free parts are prepared meanwhile, and the importance figure drawn while the splits are
+            # scored (prediction releases the GIL too).
+            prepared = pool.submit(run_record, settings, spec, training_set, identity)
+            booster, params = fit_on_engine(settings, spec, training_set)
+            gain = booster.feature_importance(importance_type="gain", iteration=booster.best_iteration or None)
+            importance = {c: float(g) for c, g in zip(training_set.feature_columns, gain, strict=True)}
+            drawn = pool.submit(save_importance_figure, importance, Path(tmp) / "feature_importance.png")
+            metrics = split_metrics(spec, booster, training_set, settings.num_threads)
+            metrics["best_iteration"] = float(booster.best_iteration or booster.current_iteration())
+            metrics |= bayes_optimal_metrics(spec, training_set)
+            record, figure = prepared.result(), drawn.result()
 
-    connect(settings)
-    run_tags = (
-        identity
-        | {TAG_URI: training_set.uri, "model": spec.name, "spec.digest": spec_digest(spec)}
-        | code_version()
-        # Recorded by the training-set step; a set saved without it (synthetic, older runs) is described now.
-        | (training_set.lineage or feature_lineage(settings, spec))
-    )
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{spec.name}-{ds}", tags=run_tags) as run:
-        mlflow.log_params(
-            params
-            | {
-                "metric": ",".join(np.atleast_1d(params["metric"]).astype(str)),
-                "label_window_days": spec.label.window_days,
-                "train_days": spec.windows.train_days,
-                "validation_days": spec.windows.validation_days,
-                "test_days": spec.windows.test_days,
-                "n_features": len(training_set.feature_columns),
-            }
-        )
-        mlflow.log_metrics(
-            metrics
-            | {f"rows_{k}": float(v) for k, v in training_set.row_counts.items()}
-            | {"label_rate": training_set.label_rate}
-        )
-        log_training_input(spec, training_set)
-        mlflow.log_dict(spec.model_dump(mode="json"), "model_spec.json")
-        mlflow.log_dict(importance, "feature_importance.json")
-        mlflow.log_figure(plots.importance_figure(importance), "feature_importance.png")
+        connect(settings)
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"{spec.name}-{ds}", tags=record.tags) as run:
+            mlflow.log_params(
+                params
+                | {
+                    "metric": ",".join(np.atleast_1d(params["metric"]).astype(str)),
+                    "label_window_days": spec.label.window_days,
+                    "train_days": spec.windows.train_days,
+                    "validation_days": spec.windows.validation_days,
+                    "test_days": spec.windows.test_days,
+                    "n_features": len(training_set.feature_columns),
+                }
+            )
+            # Params and metrics before the model: log_model copies the run's metrics onto the logged model.
+            mlflow.log_metrics(
+                metrics
+                | {f"rows_{k}": float(v) for k, v in training_set.row_counts.items()}
+                | {"label_rate": training_set.label_rate}
+            )
+            log_training_input(spec, training_set, record.schema)
+            mlflow.log_dict(spec.model_dump(mode="json"), "model_spec.json")
+            mlflow.log_dict(importance, "feature_importance.json")
+            mlflow.log_artifact(str(figure))
 
-        example = training_set.features("validation").head(5)
-        signature = infer_signature(example, booster.predict(example, num_threads=settings.num_threads))
-        info = mlflow.lightgbm.log_model(
-            booster,
-            name="model",
-            signature=signature,
-            input_example=example,
-            pip_requirements=[f"{p}=={importlib.metadata.version(p)}" for p in MODEL_REQUIREMENTS],
-        )
-        version = mlflow.register_model(info.model_uri, spec.name, tags=run_tags)
+            example = training_set.features("validation", head=5)
+            signature = infer_signature(example, booster.predict(example, num_threads=settings.num_threads))
+            info = mlflow.lightgbm.log_model(
+                booster, name="model", signature=signature, input_example=example, pip_requirements=record.requirements
+            )
+            version = mlflow.register_model(info.model_uri, spec.name, tags=record.tags)
     return TrainResult(run.info.run_id, str(version.version), metrics)
