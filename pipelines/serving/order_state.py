@@ -107,10 +107,18 @@ class OrderState:
                 if self._overlay.get((entity, key), (None,))[0] == seq:  # not replaced meanwhile
                     del self._overlay[(entity, key)]
 
-    def drain(self) -> None:
-        """Wait until every queued write of this process's writer has been tried (tests, shutdown)."""
+    def drain(self, timeout: float = 120.0) -> None:
+        """Wait until every queued write has been tried (this process's writer) or, with the writer process,
+        acknowledged (its rows gone from the overlay; rows refused stay, so this then waits ``timeout``)."""
         if self._writer is not None:
             self._writer.drain()
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._overlay:
+                    return
+            time.sleep(0.05)
 
     def close(self, timeout: float = 10.0) -> None:
         if self._writer is not None:
