@@ -60,7 +60,7 @@ def midnight(day: dt.date) -> dt.datetime:
     end_date=midnight(LAST_DAY) if LAST_DAY else None,
     catchup=settings.airflow_catchup,
     max_active_runs=2,
-    default_args={"retries": 1, "retry_delay": dt.timedelta(seconds=30)},
+    default_args={"retries": 1, "retry_delay": dt.timedelta(seconds=settings.task_retry_delay_seconds)},
     tags=["features"],
     doc_md=__doc__,
 )

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     airflow_catchup: bool = Field(
         default=True, description="Scheduler runs every missed day since start_date (False: only the newest)."
     )
+    task_retry_delay_seconds: float = Field(
+        default=30.0, gt=0, description="Wait before a failed daily task's retry (a service back after a blip)."
+    )
     training_schedules: bool = Field(
         default=True,
         description="Training DAGs run on their model spec's schedule (False: only when triggered, e.g. tests).",

@@ -656,7 +656,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
     server = PrivateRedis(root / "redis")
     server.start()
     try:
-        with start_world(root, redis_url=server.url, sim_users=300) as world, pytest.MonkeyPatch.context() as patch:
+        # Retries after 3 s, not 30: the faults below wait for two of them.
+        with (
+            start_world(root, redis_url=server.url, sim_users=300, task_retry_delay_seconds=3) as world,
+            pytest.MonkeyPatch.context() as patch,
+        ):
             for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
                 patch.setenv(key, world.env[key])
             for day in DAYS:
