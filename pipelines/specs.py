@@ -132,7 +132,7 @@ class MonitoringSpec(_Strict):
     psi_alert: float = Field(0.25, gt=0, description="PSI of a feature at which it drifts (0.1 slight, 0.25 major)")
     ks_alert: float = Field(0.2, gt=0, le=1, description="two-sample KS statistic of a feature at which it drifts")
     features_share: float = Field(0.2, gt=0, le=1, description="share of drifting features that makes the model drift")
-    prediction_psi_alert: float = Field(0.25, gt=0, description="PSI of the champion's scores at which the model drifts")
+    prediction_psi_alert: float = Field(0.25, gt=0, description="PSI of the champion scores at which it drifts")
     bins: int = Field(10, ge=2, le=100, description="quantile bins of the reference for PSI")
     min_rows: int = Field(100, ge=1, description="rows a day needs to be judged")
 

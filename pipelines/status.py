@@ -63,7 +63,9 @@ def collect_status(settings: Settings, runs_per_dag: int = 5, validation_days: i
     except (AirflowAPIError, OSError) as exc:
         airflow_error = str(exc)
     stuck, online, online_error = [], None, None
-    if settings.profile == "local":  # on the stack the scheduler fails the tasks of a dead worker itself
+    # On the stack the scheduler fails the tasks of a dead worker itself; locally the in-process client above has
+    # configured Airflow for this process (stuck_runs reads its metadata DB), unless Airflow is unreachable.
+    if settings.profile == "local" and airflow_error is None:
         try:
             stuck = [asdict(run) | {"command": run.command()} for run in stuck_runs(settings)]
         except Exception as exc:  # noqa: BLE001 - the metadata DB unreadable: Airflow's error above says so

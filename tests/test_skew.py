@@ -213,9 +213,9 @@ def test_daily_skew_step_publishes_every_served_model_and_passes_quiet_days(sett
 
     result = daily_features.skew(settings, LOG_DAY)
 
-    assert result == {"models": {"purchase_intent": {"rows": len(served), "flagged": ["views_7d"]}}}
+    assert result == {"models": {"purchase_intent": {"rows": len(served), "flagged": ["views_7d"]}}, "aliases": {}}
     assert latest_skew(settings, "purchase_intent")["flagged"] == ["views_7d"]
-    assert daily_features.skew(settings, DAYS[0]) == {"models": {}}  # nothing served that day: nothing to compare
+    assert daily_features.skew(settings, DAYS[0]) == {"models": {}, "aliases": {}}  # nothing served: nothing to compare
 
 
 def test_status_line_names_the_features_that_differ(settings: Settings, world: Lake):
