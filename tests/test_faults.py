@@ -28,6 +28,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pandas as pd
+import psutil
 import pyarrow as pa
 import pytest
 import redis
@@ -759,7 +760,7 @@ def test_stack_backfill_and_manual_run_of_the_same_day_at_once(stack: FaultStack
 
 
 def test_stack_scheduler_killed_mid_run_stops_the_stack_and_the_rerun_converges(
-    stack: FaultStack, tmp_path: Path
+    stack: FaultStack, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     day, world = DAYS[6], stack.world
     log = tmp_path / "run.log"
@@ -768,6 +769,16 @@ def test_stack_scheduler_killed_mid_run_stops_the_stack_and_the_rerun_converges(
     state = supervisor.read_state(world.settings)
     assert state is not None
     scheduler = _service_pid(state, "scheduler")
+    # Its LocalExecutor workers and serve-logs outlive a SIGKILLed scheduler and `stack down` does not reap them
+    # (docs/reliability.md): the test ends them, so no process of it outlives the run.
+    orphans = psutil.Process(scheduler).children(recursive=True)
+
+    def end_orphans() -> None:
+        for process in orphans:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+
+    request.addfinalizer(end_orphans)
     os.kill(scheduler, signal.SIGKILL)
 
     # honcho stops every service when one dies: the stack is visibly down, the waiting command fails.
