@@ -16,6 +16,10 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The MLflow service account of pipelines and mlctl on the stack (pipelines/stack/mlflow_auth.py creates it).
+MLFLOW_PIPELINES_ACCOUNT = "storefront-pipelines"
+# Secrets that child processes get under their own names (AWS_*, MLFLOW_TRACKING_*), never as STOREFRONT_*.
+_OWN_NAME_SECRETS = frozenset({"aws_access_key_id", "aws_secret_access_key", "mlflow_username", "mlflow_password"})
 # Dates that, unless set explicitly, follow the data (the span `mlctl ingest` landed).
 _DATA_DATES = frozenset({"start_date", "end_date"})
 
@@ -66,6 +70,19 @@ class Settings(BaseSettings):
     mlflow_artifact_root: str = Field(default="", description="Where clients put artifacts (local dir or URI).")
     mlflow_backend_store_uri: str = Field(default="", description="The MLflow server's database (stack).")
     mlflow_artifacts_destination: str = Field(default="", description="Where the MLflow server stores artifacts.")
+    # Who this process is to an MLflow server with authentication (stack: MLflow's basic-auth app). MLflow's own
+    # variable names; unset on the stack means the pipelines service account, whose password `stack up` keeps in a
+    # 0600 file (mlflow_password_file). `mlctl serve` on the stack gets the read-only account (docs/governance.md).
+    mlflow_username: str = Field(default="", validation_alias="MLFLOW_TRACKING_USERNAME")
+    mlflow_password: SecretStr | None = Field(default=None, validation_alias="MLFLOW_TRACKING_PASSWORD")
+    mlflow_password_file: Path | None = Field(
+        default=None,
+        description="0600 file with the MLflow password, read when MLFLOW_TRACKING_PASSWORD is unset (stack default: "
+        "the pipelines account's file under stack_dir/mlflow-auth/).",
+    )
+    mlflow_auth_db_uri: str = Field(
+        default="", description="Users and grants of the stack's MLflow basic-auth app (SQLite file or PostgreSQL)."
+    )
     # Feast
     feast_project: str = "storefront"
     feast_registry: str = Field(default="", description="Registry path (file) or SQLAlchemy URL (sql).")
@@ -147,7 +164,15 @@ class Settings(BaseSettings):
         else:
             self._fill_stack_defaults()
         self.stack_dir = (self.stack_dir or home / "stack").expanduser().resolve()
+        if self.profile == "stack":
+            self._fill_mlflow_auth_defaults()
         return self
+
+    def _fill_mlflow_auth_defaults(self) -> None:
+        """The stack's MLflow server authenticates: by default this process is the pipelines' service account."""
+        auth_dir = self.mlflow_auth_dir
+        self.mlflow_auth_db_uri = self.mlflow_auth_db_uri or f"sqlite:///{auth_dir / 'auth.db'}"
+        self.mlflow_username = self.mlflow_username or MLFLOW_PIPELINES_ACCOUNT
 
     def _fill_stack_defaults(self) -> None:
         """Loopback defaults for the stack of ``mlctl stack up``; every one can point elsewhere (docs/stack.md)."""
@@ -187,6 +212,34 @@ class Settings(BaseSettings):
         return f"storefront_{self.feast_project}"
 
     @property
+    def mlflow_auth_dir(self) -> Path:
+        """Where the stack keeps its MLflow auth ini, service-account passwords and (default) auth database."""
+        assert self.stack_dir is not None
+        return self.stack_dir / "mlflow-auth"
+
+    def mlflow_identity(self) -> tuple[str, SecretStr] | None:
+        """``(username, password)`` for the MLflow server, or None when none is configured (local profile).
+
+        The password file is read on each call: settings built before ``stack up`` made it still find it."""
+        if not self.mlflow_username:
+            return None
+        if self.mlflow_password is not None:
+            return self.mlflow_username, self.mlflow_password
+        path = self.mlflow_password_file
+        if path is None and self.profile == "stack" and self.mlflow_username == MLFLOW_PIPELINES_ACCOUNT:
+            path = self.mlflow_auth_dir / f"{MLFLOW_PIPELINES_ACCOUNT}.password"
+        if path is not None and path.exists():
+            return self.mlflow_username, SecretStr(path.read_text().strip())
+        return None
+
+    def mlflow_client_environment(self) -> dict[str, str]:
+        """MLflow's client variables for this identity (empty without one): MLflow reads no other source."""
+        identity = self.mlflow_identity()
+        if identity is None:
+            return {}
+        return {"MLFLOW_TRACKING_USERNAME": identity[0], "MLFLOW_TRACKING_PASSWORD": identity[1].get_secret_value()}
+
+    @property
     def lake_is_s3(self) -> bool:
         return self.lake_uri.startswith("s3://")
 
@@ -219,7 +272,7 @@ class Settings(BaseSettings):
         """These settings as ``STOREFRONT_*`` variables, so child processes (Airflow tasks, servers) agree."""
         env: dict[str, str] = {}
         for name, value in self.model_dump().items():
-            if value is None or name in {"aws_access_key_id", "aws_secret_access_key"}:
+            if value is None or name in _OWN_NAME_SECRETS:
                 continue
             # A date left to its default stays unset, so a child (a DAG file) can still follow the landed span.
             if name in _DATA_DATES and name not in self.model_fields_set:

@@ -97,9 +97,11 @@ def test_a_remote_dask_scheduler_is_used_not_started(tmp_path: Path) -> None:
 
 def test_no_password_on_a_command_line_or_in_a_readable_procfile(tmp_path: Path) -> None:
     """Issue 13: `mlflow server` got the PostgreSQL URL with its password as an argument (visible in `ps`) and the
-    Procfile holding it was world-readable."""
-    from pipelines.stack.resources import write_mlflow_env, write_private
-    from pipelines.stack.services import MLFLOW_ENV
+    Procfile holding it was world-readable. Now it also runs MLflow's basic-auth app, whose ini and key stay off
+    its command line too."""
+    from pipelines.stack.mlflow_auth import config_path, write_server_env, write_serving_env
+    from pipelines.stack.resources import write_private
+    from pipelines.stack.services import MLFLOW_ENV, SERVING_ENV
 
     password = "pg-s3cr3t"
     postgres = f"postgresql://storefront:{password}@127.0.0.1:5432"
@@ -109,13 +111,71 @@ def test_no_password_on_a_command_line_or_in_a_readable_procfile(tmp_path: Path)
     found = services(settings, internal)
     mlflow = next(s for s in found if s.name == "mlflow")
     assert "--backend-store-uri" not in mlflow.argv and mlflow.env_file == settings.stack_dir / MLFLOW_ENV
+    assert mlflow.argv[mlflow.argv.index("--app-name") + 1] == "basic-auth"
+    serving = next(s for s in found if s.name == "serving")
+    assert serving.env_file == settings.stack_dir / SERVING_ENV
     procfile = "".join(s.procfile_line(tmp_path / "logs") + "\n" for s in found)
     assert password not in procfile
     line = next(line for line in procfile.splitlines() if line.startswith("mlflow:"))
     assert line.startswith(f"mlflow: . {settings.stack_dir / MLFLOW_ENV} && exec ")
-    write_mlflow_env(settings, settings.stack_dir / MLFLOW_ENV)
+    write_server_env(settings, settings.stack_dir / MLFLOW_ENV)
     written = (settings.stack_dir / MLFLOW_ENV).read_text()
-    assert written == f"export MLFLOW_BACKEND_STORE_URI={postgres}/storefront_mlflow\n"
+    assert f"export MLFLOW_BACKEND_STORE_URI={postgres}/storefront_mlflow\n" in written
+    assert f"export MLFLOW_AUTH_CONFIG_PATH={config_path(settings.mlflow_auth_dir)}\n" in written
+    assert "export MLFLOW_FLASK_SERVER_SECRET_KEY=" in written
+    # The server is no client: the pipelines' identity in the stack's environment is dropped for it.
+    assert written.startswith("unset MLFLOW_TRACKING_USERNAME MLFLOW_TRACKING_PASSWORD\n")
+    write_serving_env(settings, settings.stack_dir / SERVING_ENV)
+    assert "MLFLOW_TRACKING_USERNAME=storefront-serving" in (settings.stack_dir / SERVING_ENV).read_text()
     write_private(tmp_path / "Procfile", procfile)
-    for path in (settings.stack_dir / MLFLOW_ENV, tmp_path / "Procfile"):
+    ini = config_path(settings.mlflow_auth_dir)
+    for path in (settings.stack_dir / MLFLOW_ENV, settings.stack_dir / SERVING_ENV, tmp_path / "Procfile", ini):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert "default_permission = NO_PERMISSIONS" in ini.read_text()
+
+
+def test_an_auth_ini_keeps_its_admin_password_and_escapes_percent(tmp_path: Path) -> None:
+    """A second `stack up` must not change the admin password the auth database already holds; MLflow reads the
+    ini with interpolation, so a URL-encoded database password's '%' is doubled."""
+    import configparser
+
+    from pipelines.stack.mlflow_auth import admin_account, write_auth_config
+
+    path = write_auth_config(tmp_path / "auth", "postgresql://u:p%40ss@127.0.0.1/storefront_mlflow_auth")
+    first = admin_account(tmp_path / "auth").password
+    write_auth_config(tmp_path / "auth", "postgresql://u:p%40ss@127.0.0.1/storefront_mlflow_auth")
+    assert admin_account(tmp_path / "auth").password == first and len(first) >= 24
+    parser = configparser.ConfigParser()  # as MLflow reads it
+    parser.read(path)
+    assert parser["mlflow"]["database_uri"] == "postgresql://u:p%40ss@127.0.0.1/storefront_mlflow_auth"
+
+
+def test_the_stack_processes_are_mlflow_service_accounts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Airflow and mlctl are the pipelines' account, through the environment or the 0600 file `stack up` wrote;
+    serving says otherwise in its own env file; nothing is on the local profile."""
+    from pipelines.stack.mlflow_auth import PIPELINES, account
+
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    settings = get_settings(profile="stack", home=tmp_path)
+    assert settings.mlflow_auth_db_uri == f"sqlite:///{settings.mlflow_auth_dir / 'auth.db'}"
+    assert settings.mlflow_identity() is None  # before the first `stack up`
+    env = environment(settings, InternalPorts.pick([0] * InternalPorts.COUNT), "id")
+    password = account(settings.mlflow_auth_dir, PIPELINES).password
+    assert env["MLFLOW_TRACKING_USERNAME"] == PIPELINES and env["MLFLOW_TRACKING_PASSWORD"] == password
+    assert not [name for name, value in env.items() if password in value and not name.startswith("MLFLOW_TRACKING")]
+    # Settings built before the file existed find it now (tests and long-lived processes build them early).
+    assert settings.mlflow_client_environment() == {
+        "MLFLOW_TRACKING_USERNAME": PIPELINES,
+        "MLFLOW_TRACKING_PASSWORD": password,
+    }
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "storefront-serving")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "serving-pw")
+    identity = get_settings(profile="stack", home=tmp_path).mlflow_identity()
+    assert identity is not None and identity[0] == "storefront-serving"
+    assert identity[1].get_secret_value() == "serving-pw"
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
+    assert get_settings(home=tmp_path).mlflow_client_environment() == {}

@@ -6,6 +6,7 @@ Versions are always ``str`` here: the SQLite store hands alias versions back as 
 from __future__ import annotations
 
 import datetime as dt
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,6 +63,8 @@ def connect(settings: Settings) -> MlflowClient:
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    # The one place an identity reaches MLflow, which reads it from these variables only (stack: basic-auth).
+    os.environ.update(settings.mlflow_client_environment())
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 

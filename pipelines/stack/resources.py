@@ -21,6 +21,7 @@ def _postgres_urls(settings: Settings) -> dict[str, str]:
     urls = {
         "Airflow metadata": settings.airflow_db_uri,
         "MLflow backend store": settings.mlflow_backend_store_uri,
+        "MLflow auth database": settings.mlflow_auth_db_uri,
         "Feast registry": settings.feast_registry,
     }
     return {purpose: url for purpose, url in urls.items() if url.startswith("postgresql")}
@@ -116,14 +117,6 @@ def write_private(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as out:
         out.write(text)
     tmp.replace(path)
-
-
-def write_mlflow_env(settings: Settings, path: Path) -> None:
-    """What `mlflow server` reads besides its arguments: the backend store's URL (with the database password),
-    as ``export`` lines its Procfile entry sources (mode 0600)."""
-    import shlex
-
-    write_private(path, f"export MLFLOW_BACKEND_STORE_URI={shlex.quote(settings.mlflow_backend_store_uri)}\n")
 
 
 def write_s3_identities(settings: Settings, path: Path) -> None:

@@ -11,6 +11,7 @@ import httpx
 
 from pipelines.orchestration.airflow_env import airflow_environment
 from pipelines.settings import Settings
+from pipelines.stack.mlflow_auth import PIPELINES, client_environment
 from pipelines.stack.ports import host_port
 from pipelines.stack.resources import s3_credentials
 
@@ -18,6 +19,7 @@ AIRFLOW_COMPONENTS = ("scheduler", "dag-processor", "triggerer")
 
 
 MLFLOW_ENV = "mlflow.env"
+SERVING_ENV = "serving.env"
 
 
 @dataclass(frozen=True)
@@ -87,11 +89,13 @@ def services(settings: Settings, internal: InternalPorts) -> list[Service]:
         ]
         found.append(Service("s3", weed, settings.s3_endpoint_url))
     host, port = host_port(settings.mlflow_tracking_uri, 5000)
-    # The backend store's URL holds the database password: MLFLOW_BACKEND_STORE_URI in a 0600 file
-    # (resources.write_mlflow_env), never an argument `ps` shows.
+    # The backend store's URL holds the database password, the auth app's ini the admin's: both reach the server
+    # through a 0600 file of exports (mlflow_auth.write_server_env), never as an argument `ps` shows.
     mlflow = [
         _bin("mlflow"),
         "server",
+        "--app-name",
+        "basic-auth",
         "--artifacts-destination",
         settings.mlflow_artifacts_destination,
         "--host",
@@ -116,9 +120,9 @@ def services(settings: Settings, internal: InternalPorts) -> list[Service]:
         worker = [_bin("airflow"), "celery", "worker", "--queues", queue, "--celery-hostname", f"{queue}@%h"]
         found.append(Service("celery-worker", [*worker, "--concurrency", str(settings.celery_worker_concurrency)]))
     found += _dask_services(settings)
-    found.append(
-        Service("serving", [_bin("mlctl"), "serve"], f"http://{settings.serving_host}:{settings.serving_port}")
-    )
+    # Serving reads the registry with the read-only MLflow account (mlflow_auth.write_serving_env).
+    serving_url = f"http://{settings.serving_host}:{settings.serving_port}"
+    found.append(Service("serving", [_bin("mlctl"), "serve"], serving_url, settings.stack_dir / SERVING_ENV))
     return found
 
 
@@ -177,6 +181,9 @@ def environment(settings: Settings, internal: InternalPorts, stack_id: str) -> d
         "AWS_DEFAULT_REGION": settings.s3_region,
         # The MLflow server alone reads and writes artifacts in S3 (clients go through it).
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        # Every client of the MLflow server is the pipelines' service account unless its Procfile entry says
+        # otherwise (serving: the read-only account; the server itself: nobody).
+        **client_environment(settings.mlflow_auth_dir, PIPELINES),
         "STOREFRONT_STACK_ID": stack_id,
         "STOREFRONT_SERVING_API_KEYS": str(serving_keys_path(settings)),
     }

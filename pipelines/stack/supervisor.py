@@ -18,14 +18,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
+
 from pipelines.orchestration.airflow_env import migrate_db
 from pipelines.serving.auth import ensure_admin_key
 from pipelines.settings import Settings
-from pipelines.stack import resources
+from pipelines.stack import mlflow_auth, resources
 from pipelines.stack.ports import free_ports, host_port, port_is_free
 from pipelines.stack.resources import StackError
 from pipelines.stack.services import (
     MLFLOW_ENV,
+    SERVING_ENV,
     InternalPorts,
     environment,
     health,
@@ -174,7 +177,8 @@ def up(settings: Settings, timeout: float = 180.0, on_event: Callable[[str], Non
     if settings.serving_api_keys is None:
         token = ensure_admin_key(serving_keys_path(settings))
         on_event(f"serving requires an API key: an all-models token is in {token} (0600)")
-    resources.write_mlflow_env(settings, settings.stack_dir / MLFLOW_ENV)
+    mlflow_auth.write_server_env(settings, settings.stack_dir / MLFLOW_ENV)
+    mlflow_auth.write_serving_env(settings, settings.stack_dir / SERVING_ENV)
     procfile = settings.stack_dir / "Procfile"
     # 0600 like the env files it names: what the stack runs is the stack owner's business alone.
     resources.write_private(procfile, "".join(p.procfile_line(logs) + "\n" for p in procs))
@@ -215,12 +219,25 @@ def up(settings: Settings, timeout: float = 180.0, on_event: Callable[[str], Non
             buckets_ready = True
         for name in sorted(pending):
             if problems.get(name) is None:
+                if name == "mlflow":
+                    _ensure_mlflow_accounts(settings, on_event)
                 pending.discard(name)
                 on_event(f"{name} healthy after {time.monotonic() - started:.0f} s")
         time.sleep(0.5)
     result = status(settings)
     on_event(f"stack up in {time.monotonic() - started:.0f} s, {result.memory_mb:.0f} MB resident")
     return result
+
+
+def _ensure_mlflow_accounts(settings: Settings, on_event: Callable[[str], None]) -> None:
+    """The service accounts every other process uses, once the MLflow server answers; the stack stops if not."""
+    try:
+        made = mlflow_auth.ensure_accounts(settings)
+    except (StackError, httpx.HTTPError) as exc:
+        down(settings)
+        raise StackError(f"cannot set up the MLflow service accounts: {exc}") from exc
+    detail = f" (created {', '.join(made)})" if made else ""
+    on_event(f"MLflow accounts ready{detail}: passwords in {settings.mlflow_auth_dir} (0600)")
 
 
 def _first_dead_service(honcho_log: Path) -> str | None:
