@@ -113,8 +113,11 @@ class OrderState:
         if self._writer is not None:
             self._writer.drain()
             return
+        assert self._client is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            self._client.refresh()  # what the socket could not take yet
+            self._landed(self._client.landed())
             with self._lock:
                 if not self._overlay:
                     return
