@@ -11,6 +11,7 @@ import os
 import signal
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from pydantic import SecretStr
 
-from pipelines.registry.registry import connect
+from pipelines.registry.registry import connect, ensure_experiment
 from pipelines.settings import Settings, get_settings
 from pipelines.stack import mlflow_auth
 from pipelines.stack.ports import free_ports
@@ -122,14 +123,18 @@ def test_no_credentials_no_access(server: tuple[Settings, subprocess.Popen]) -> 
     assert httpx.get(url, params={"max_results": 1}, auth=wrong).status_code == 401
 
 
-def test_pipelines_write_and_serving_only_reads(server: tuple[Settings, subprocess.Popen], as_account) -> None:
+def test_pipelines_write_and_serving_only_reads(
+    server: tuple[Settings, subprocess.Popen], as_account, tmp_path: Path
+) -> None:
     settings, _ = server
     # The pipelines: the stack's default identity, read from the password file `stack up` wrote.
     pipelines = connect(as_account(settings, None))
     assert os.environ["MLFLOW_TRACKING_USERNAME"] == mlflow_auth.PIPELINES
-    experiment = pipelines.create_experiment("purchase_intent", artifact_location="mlflow-artifacts:/purchase_intent")
+    experiment = ensure_experiment(as_account(settings, None), "purchase_intent")
     run = pipelines.create_run(experiment)
     pipelines.log_metric(run.info.run_id, "auc", 0.8)
+    # Artifacts go through the server's proxy, which authorizes by the experiment id in their path.
+    pipelines.log_text(run.info.run_id, "champion material", "model/notes.txt")
     pipelines.set_terminated(run.info.run_id)
     pipelines.create_registered_model("purchase_intent")
     version = pipelines.create_model_version("purchase_intent", f"runs:/{run.info.run_id}/model", run.info.run_id)
@@ -142,6 +147,10 @@ def test_pipelines_write_and_serving_only_reads(server: tuple[Settings, subproce
     assert str(found.version) == str(version.version) and found.tags["approval.status"] == "approved"
     assert serving.get_registered_model("purchase_intent").aliases == {"champion": version.version}
     assert serving.get_run(run.info.run_id).data.metrics["auc"] == 0.8
+    notes = serving.download_artifacts(run.info.run_id, "model/notes.txt", str(tmp_path))
+    assert Path(notes).read_text() == "champion material"
+    with pytest.raises(Exception, match="403"):
+        serving.log_text(run.info.run_id, "overwritten", "model/notes.txt")
     with pytest.raises(MlflowException) as refused:
         serving.set_registered_model_alias("purchase_intent", "champion", "1")
     assert _refused(refused)
@@ -200,3 +209,55 @@ def test_no_password_on_a_command_line_or_in_a_readable_file(server: tuple[Setti
             assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert {"basic_auth.ini", MLFLOW_ENV, f"{mlflow_auth.SERVING}.password"} <= set(holders)
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+
+
+def test_the_compose_and_kubernetes_job_takes_passwords_from_the_environment(
+    server: tuple[Settings, subprocess.Popen],
+) -> None:
+    """`python -m pipelines.stack.mlflow_auth`, as compose's `mlflow-accounts` and the Kubernetes Job run it."""
+    settings, _ = server
+    directory = settings.mlflow_auth_dir
+    passwords = {
+        "MLFLOW_AUTH_ADMIN_PASSWORD": mlflow_auth.admin_account(directory).password,
+        "STOREFRONT_MLFLOW_PIPELINES_PASSWORD": mlflow_auth.account(directory, mlflow_auth.PIPELINES).password,
+        "STOREFRONT_MLFLOW_SERVING_PASSWORD": mlflow_auth.account(directory, mlflow_auth.SERVING).password,
+    }
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("STOREFRONT_", "MLFLOW_"))},
+        "STOREFRONT_PROFILE": "stack",
+        "STOREFRONT_MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+        **passwords,
+    }
+    job = [sys.executable, "-m", "pipelines.stack.mlflow_auth"]
+    done = subprocess.run(job, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "created: none" in done.stdout
+    assert not [value for value in passwords.values() if value in done.stdout + done.stderr]
+    del env["STOREFRONT_MLFLOW_SERVING_PASSWORD"]
+    refused = subprocess.run(job, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "STOREFRONT_MLFLOW_SERVING_PASSWORD" in refused.stderr
+
+
+def test_a_persons_read_only_account_as_governance_md_makes_it(
+    server: tuple[Settings, subprocess.Popen], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/governance.md: the admin creates a user and assigns the serving role; the person reads, cannot write."""
+    from mlflow import MlflowClient
+    from mlflow.server import get_app_client
+
+    settings, _ = server
+    uri = settings.mlflow_tracking_uri
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", mlflow_auth.admin_account(settings.mlflow_auth_dir).password)
+    auth = get_app_client("basic-auth", tracking_uri=uri)
+    auth.create_user("alice", "alice-Passw0rd-long")
+    role = next(r for r in auth.list_roles("default") if r.name == "storefront-serving")
+    auth.assign_role("alice", role.id)
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "alice-Passw0rd-long")
+    alice = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    assert [m.name for m in alice.search_registered_models()] == ["purchase_intent"]
+    with pytest.raises(MlflowException) as refused:
+        alice.set_registered_model_alias("purchase_intent", "champion", "1")
+    assert _refused(refused)

@@ -68,8 +68,12 @@ def connect(settings: Settings) -> MlflowClient:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def artifact_location(settings: Settings, experiment: str) -> str:
+def artifact_location(settings: Settings, experiment: str) -> str | None:
     root = settings.mlflow_artifact_root
+    if root.startswith("mlflow-artifacts:"):
+        # The tracking server places it at mlflow-artifacts:/<experiment id>. Its basic-auth app grants proxied
+        # artifacts by the experiment id leading the path: under a name only MLflow's admin could read or write.
+        return None
     if urlparse(root).scheme:  # s3://..., mlflow-artifacts:/ (proxied by the tracking server), file://...
         return f"{root.rstrip('/')}/{experiment}"
     return (Path(root).expanduser().resolve() / experiment).as_uri()

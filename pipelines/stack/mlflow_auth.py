@@ -12,7 +12,7 @@ import io
 import os
 import secrets
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -38,7 +38,7 @@ WORKSPACE = "default"  # MLflow keeps every grant in this workspace while worksp
 @dataclass(frozen=True)
 class Account:
     username: str
-    password: str
+    password: str = field(repr=False)  # never in a log or a traceback's repr
 
     @property
     def auth(self) -> tuple[str, str]:
@@ -190,22 +190,62 @@ class _Admin:
         return True
 
 
-def ensure_accounts(settings: Settings) -> list[str]:
-    """Create (or re-key) the service accounts and give each its role; return the accounts created. Idempotent."""
-    directory = settings.mlflow_auth_dir
+def ensure_service_accounts(tracking_uri: str, admin: Account, accounts: list[Account]) -> list[str]:
+    """Create (or re-key) each service account and give it its role; return the accounts created. Idempotent."""
     created = []
-    with _Admin(settings.mlflow_tracking_uri, admin_account(directory)) as api:
-        for username, grants in ROLE_GRANTS.items():
-            user = account(directory, username)
-            if api.user_exists(username):
-                # The password file is the truth: a rewritten file re-keys the account.
-                body = {"username": username, "password": user.password}
+    with _Admin(tracking_uri, admin) as api:
+        for user in accounts:
+            if api.user_exists(user.username):
+                # The password given is the truth: a changed one re-keys the account.
+                body = {"username": user.username, "password": user.password}
                 api.call("PATCH", "/api/2.0/mlflow/users/update-password", json=body)
             else:
-                api.call("POST", "/api/2.0/mlflow/users/create", json={"username": username, "password": user.password})
-                created.append(username)
-            _ensure_role(api, username, grants)
+                body = {"username": user.username, "password": user.password}
+                api.call("POST", "/api/2.0/mlflow/users/create", json=body)
+                created.append(user.username)
+            _ensure_role(api, user.username, ROLE_GRANTS[user.username])
     return created
+
+
+def ensure_accounts(settings: Settings) -> list[str]:
+    """The loopback stack's service accounts, with the passwords of their 0600 files (made on first use)."""
+    directory = settings.mlflow_auth_dir
+    accounts = [account(directory, username) for username in ROLE_GRANTS]
+    return ensure_service_accounts(settings.mlflow_tracking_uri, admin_account(directory), accounts)
+
+
+# compose and Kubernetes: the passwords come from the environment (a Secret), not from files of a stack dir.
+ACCOUNT_PASSWORD_VARIABLES = {
+    PIPELINES: "STOREFRONT_MLFLOW_PIPELINES_PASSWORD",
+    SERVING: "STOREFRONT_MLFLOW_SERVING_PASSWORD",
+}
+
+
+def accounts_from_environment(environ: dict[str, str]) -> tuple[Account, list[Account]]:
+    """The admin (MLflow's own MLFLOW_AUTH_ADMIN_PASSWORD) and the service accounts, from environment variables."""
+    names = ["MLFLOW_AUTH_ADMIN_PASSWORD", *ACCOUNT_PASSWORD_VARIABLES.values()]
+    missing = [name for name in names if not environ.get(name)]
+    if missing:
+        raise StackError(f"set {', '.join(missing)} (from a Secret or infra/.env) to create the MLflow accounts")
+    admin = Account(environ.get("MLFLOW_AUTH_ADMIN_USERNAME") or ADMIN, environ["MLFLOW_AUTH_ADMIN_PASSWORD"])
+    return admin, [Account(user, environ[variable]) for user, variable in ACCOUNT_PASSWORD_VARIABLES.items()]
+
+
+def main() -> None:
+    """``python -m pipelines.stack.mlflow_auth``: the one-shot job of compose and Kubernetes that creates the
+    service accounts on the settings' MLflow server (safe to run again)."""
+    import sys
+
+    from pipelines.settings import get_settings
+
+    settings = get_settings()
+    try:
+        admin, accounts = accounts_from_environment(dict(os.environ))
+        created = ensure_service_accounts(settings.mlflow_tracking_uri, admin, accounts)
+    except (StackError, httpx.HTTPError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from exc
+    print(f"MLflow accounts at {settings.mlflow_tracking_uri}: {', '.join(ROLE_GRANTS)} (created: {created or 'none'})")
 
 
 def _ensure_role(api: _Admin, name: str, grants: tuple[tuple[str, str], ...]) -> None:
@@ -229,3 +269,7 @@ def _ensure_role(api: _Admin, name: str, grants: tuple[tuple[str, str], ...]) ->
     assigned = api.call("GET", "/api/3.0/mlflow/users/roles/list", params={"username": name})["roles"]
     if not any(int(r["id"]) == role_id for r in assigned):
         api.call("POST", "/api/3.0/mlflow/roles/assign", json={"username": name, "role_id": role_id})
+
+
+if __name__ == "__main__":
+    main()
