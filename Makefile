@@ -18,28 +18,11 @@ install: .venv/.synced
 demo: install
 	$(UV) run --frozen --no-sync mlctl demo
 
-# Four pytest processes in three lanes side by side (2 cores; the tests wait on services and child processes about
-# half of the time, so a third lane uses what two leave idle): the unit tests, then the docs/data.md walkthrough
-# (commands in child processes); the tests that run Airflow in-process (Airflow configures itself once per
-# process, so they get their own); the integration tests that bring up the real stack (PostgreSQL, Redis,
-# RabbitMQ, S3, MLflow server, Airflow on Celery, Dask) and inject faults. The side lanes' output is shown when all
-# are done. `make test-integration` runs the integration tests alone.
-SIDE_LOG := .storefront/test-side-lane.log
-AIRFLOW_LOG := .storefront/test-airflow-lane.log
+# The suite in four lanes side by side (tests/run_lanes.sh says which tests run where and why); each lane's log
+# is printed when all are done. `make test-integration` runs the integration tests alone.
 PYTEST := $(UV) run --frozen --no-sync pytest -q -p no:cacheprovider
 test: install
-	@mkdir -p $(dir $(SIDE_LOG)); \
-	$(PYTEST) -m integration > $(SIDE_LOG) 2>&1 & side=$$!; \
-	$(PYTEST) -m airflow > $(AIRFLOW_LOG) 2>&1 & airflow=$$!; \
-	$(PYTEST) -m "not airflow and not integration and not walkthrough"; unit=$$?; \
-	$(PYTEST) -m walkthrough; walkthrough=$$?; \
-	wait $$airflow; airflowed=$$?; \
-	wait $$side; sided=$$?; \
-	echo "--- tests that run Airflow in-process (ran beside the others; log: $(AIRFLOW_LOG)):"; \
-	cat $(AIRFLOW_LOG); \
-	echo "--- integration tests (ran beside the others; log: $(SIDE_LOG)):"; \
-	cat $(SIDE_LOG); \
-	test $$unit -eq 0 && test $$walkthrough -eq 0 && test $$airflowed -eq 0 && test $$sided -eq 0
+	@bash tests/run_lanes.sh $(PYTEST)
 
 test-integration: install
 	$(PYTEST) -m integration

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# `make test`: the suite in four lanes side by side (2 cores; the tests wait on services and child processes about
+# half of the time, so four lanes keep both cores busy). Tests that run Airflow in-process run in pytest processes
+# of their own (Airflow configures itself once per process), and so does each part below; a lane runs its parts
+# one after another. The stack's integration tests and its fault tests each bring up a stack of their own, so they
+# run in different lanes. Each lane's output goes to a log, printed when all are done; the exit code is non-zero
+# when any part failed.
+set -uo pipefail
+PYTEST=("$@")  # the pytest command, from the Makefile
+LOGS=.storefront/test-lanes
+mkdir -p "$LOGS"
+rm -f "$LOGS"/*.log "$LOGS"/*.seconds
+
+lane() {  # lane NAME -- PART_ARGS [-- PART_ARGS ...]: run each part's pytest in turn, log to $LOGS/NAME.log
+    local name=$1 failed=0
+    shift 2
+    while (($#)); do
+        local part=()
+        while (($#)) && [[ $1 != -- ]]; do part+=("$1"); shift; done
+        (($#)) && shift
+        echo "=== pytest ${part[*]}"
+        "${PYTEST[@]}" "${part[@]}" || failed=1
+    done >"$LOGS/$name.log" 2>&1
+    echo $SECONDS >"$LOGS/$name.seconds"  # a subshell's SECONDS count from the script's start
+    return $failed
+}
+
+lane unit -- -m "not airflow and not integration and not walkthrough" \
+    -- -m airflow --ignore=tests/test_chain_e2e.py &
+unit=$!
+lane chain -- -m airflow tests/test_chain_e2e.py &
+chain=$!
+lane walkthrough -- -m walkthrough -- -m integration tests/test_faults.py &
+walkthrough=$!
+lane stack -- -m integration --ignore=tests/test_faults.py &
+stack=$!
+
+status=0
+for name in unit chain walkthrough stack; do
+    pid=${!name}
+    if wait "$pid"; then outcome=passed; else outcome=FAILED; status=1; fi
+    echo "--- lane $name: $outcome, ended $(cat "$LOGS/$name.seconds") s after the start (log: $LOGS/$name.log)"
+    cat "$LOGS/$name.log"
+done
+exit $status
