@@ -435,11 +435,10 @@ def history(
     and approvals; a broken chain (an edited or removed event) is flagged in red."""
     from rich.table import Table
 
-    from pipelines.lake import Lake
     from pipelines.registry.audit import read_audit, verify_chain
 
     settings, spec = _spec(model)
-    events = read_audit(Lake(settings), model)
+    events = read_audit(settings, model)
     if as_json:
         typer.echo(json.dumps(events, indent=2, default=str))
         return

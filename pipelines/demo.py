@@ -2,7 +2,8 @@
 
 Simulate a social-commerce world, run the daily features DAG for every day through Airflow, run the training
 DAG, play the reviewer (`mlctl login`, then `mlctl approve`: the same REST calls a person makes), start the serving app,
-score users over HTTP, show a model's audited history and its rollback command, and print where everything is.
+score users over HTTP, roll a model back to its previous champion as a reviewer and show its audited history, and
+print where everything is. The rolled-back model is trained twice (the day before the last, then the last day).
 Rerunning it skips days already done and never duplicates a model version or an alias move.
 """
 
@@ -33,6 +34,10 @@ from pipelines.specs import ModelSpec, load_specs
 from pipelines.usecases import use_case
 
 REVIEWER_COMMENT = "Gate passed and the report looks sound; approving for the demo."
+ROLLBACK_COMMENT = "Rolling back to the previous champion for the demo (as after a bad night in production)."
+# The model the demo trains twice (for the day before the last, then for the last day), so that the reviewer has a
+# champion to roll back to (skipped when the models directory has no such model).
+ROLLBACK_MODEL = "purchase_intent"
 
 
 def _mlctl() -> str:
@@ -327,33 +332,35 @@ def _monitoring_pages(settings: Settings, day: dt.date, console: Console) -> Non
         console.print(f"{name} is not watched: {reason}", markup=False, highlight=False)
 
 
-def _history_and_rollback(settings: Settings, spec: ModelSpec, console: Console) -> None:
-    """The model's audit log (`mlctl history`, run) and its rollback command (printed, not run). A rollback goes to
-    the champion the audit log holds before the current one: a fresh world has none (each model's first version
-    is its champion), so the demo says where a rollback would go, or why it has nowhere to go, with the same
-    look-up `mlctl rollback` makes; it never undoes the promotion it just made. Running the command would cost
-    the in-process Airflow's token check (~20 s) for a refusal."""
+def _history_and_rollback(settings: Settings, spec: ModelSpec, console: Console) -> bool:
+    """The reviewer rolls the model back (`mlctl rollback`, as their login) to the champion the audit log holds
+    before the current one, then reads its audit log (`mlctl history`). A model with one champion only has
+    nothing to go back to: the demo then says so and shows the history. False when a command failed."""
     from pipelines.registry.promotion import rollback_target
     from pipelines.registry.registry import get_champion
 
     champion = get_champion(settings, spec.name)
     if champion is None:
-        return
-    console.print(f"$ mlctl history {spec.name}")
-    subprocess.run([_mlctl(), "history", spec.name], env=os.environ.copy())
-    command = shlex.join(["mlctl", "rollback", spec.name, "--comment", "WHY"])
+        return True
     target = rollback_target(settings, spec.name, champion.version)
     if target is None:
         console.print(
-            f"A reviewer rolls {spec.name} back with `{command}`: v{champion.version} is its first champion, so "
-            "the audit log holds nothing to go back to and the command would refuse (exit 1). After the next "
-            f"promotion it puts v{champion.version} back and serving follows within its refresh interval."
+            f"{spec.name} has had one champion (v{champion.version}): the audit log holds nothing to roll back to, "
+            f"and `mlctl rollback {spec.name} --comment WHY` would refuse (exit 1)."
         )
     else:
-        console.print(
-            f"A reviewer rolls {spec.name} back with `{command}`: v{target} would be the champion again (from the "
-            "audit log) and serving follows within its refresh interval."
-        )
+        reviewer = spec.reviewers[0]
+        console.print(f"v{champion.version} is the champion; {reviewer} rolls {spec.name} back to v{target}:")
+        env = _reviewer_login(settings, reviewer, console)
+        if env is None:
+            return False
+        rollback = [_mlctl(), "rollback", spec.name, "--comment", ROLLBACK_COMMENT]
+        console.print("$ " + shlex.join(["mlctl", *rollback[1:]]))
+        if subprocess.run(rollback, env=env).returncode != 0:
+            console.print(f"[red]the rollback of {spec.name} failed[/red]")
+            return False
+    console.print(f"$ mlctl history {spec.name}")
+    return subprocess.run([_mlctl(), "history", spec.name], env=os.environ.copy()).returncode == 0
 
 
 def _summary(settings: Settings, specs: list[ModelSpec], started: float, console: Console) -> bool:
@@ -412,12 +419,19 @@ def run_demo(settings: Settings, n_days: int, console: Console) -> int:
     days = [settings.start_date + dt.timedelta(days=i) for i in range(n_days)]
     end = days[-1]
     specs = list(load_specs(settings.models_dir).values())
-    console.rule(f"1/5 Daily features DAG: {days[0]} .. {end}, {settings.sim_users} users")
-    if not _daily_runs(settings, days, console):
+    twice = next((spec for spec in specs if spec.name == ROLLBACK_MODEL), None) if len(days) > 1 else None
+    first_days = days[:-1] if twice else days
+    console.rule(f"1/6 Daily features DAG: {days[0]} .. {first_days[-1]}, {settings.sim_users} users")
+    if not _daily_runs(settings, first_days, console):
         return 1
-    # Each model's run starts when the previous one waits for its reviewer: the review and promotion of one model
-    # overlap the next one's start-up (imports) and training, and no two trainings compete for the cores.
     client = AirflowClient(settings)
+    if twice is not None:
+        console.rule(f"2/6 A first champion: train_{twice.name} for {days[-2]}, then the daily DAG for {end}")
+        early = _start_training(settings, twice, days[-2], console)
+        if not _train_and_approve(settings, client, early, console, lambda: None):
+            return 1
+        if not _daily_runs(settings, days[-1:], console):
+            return 1
     trainings: dict[str, _Training] = {}
 
     def start(index: int) -> None:
@@ -425,7 +439,7 @@ def run_demo(settings: Settings, n_days: int, console: Console) -> int:
             trainings[specs[index].name] = _start_training(settings, specs[index], end, console)
 
     for index, spec in enumerate(specs):
-        console.rule(f"2/5 Training DAG train_{spec.name} for {end}: train, evaluate, gate, review, promote")
+        console.rule(f"3/6 Training DAG train_{spec.name} for {end}: train, evaluate, gate, review, promote")
         if spec.name in trainings:
             console.print(f"train_{spec.name} has been running since the previous model's review")
         start(index)
@@ -434,11 +448,13 @@ def run_demo(settings: Settings, n_days: int, console: Console) -> int:
                 if other.process.poll() is None:
                     other.process.kill()  # dag.test ignores SIGTERM
             return 1
-    console.rule("3/5 Serving")
+    console.rule("4/6 Serving")
     if not _serve_and_score(settings, specs, console):
         return 1
     _monitoring_pages(settings, end, console)
-    console.rule(f"4/5 History and rollback of {specs[0].name}")
-    _history_and_rollback(settings, specs[0], console)
-    console.rule("5/5 Summary")
+    shown = twice or specs[0]
+    console.rule(f"5/6 Rollback and history of {shown.name}")
+    if not _history_and_rollback(settings, shown, console):
+        return 1
+    console.rule("6/6 Summary")
     return 0 if _summary(settings, specs, started, console) else 1

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 
 from pipelines.evaluation.gate import TAG_STATUS as GATE_STATUS
-from pipelines.lake import Lake
 from pipelines.registry.approval import ApprovalRecord
 from pipelines.registry.audit import write_audit
 from pipelines.registry.registry import CHAMPION, aliases, set_alias, set_version_tags
@@ -23,11 +22,11 @@ def audit_promotion(settings: Settings, model: str, version: str, by: str = "ali
         "approval": approval.to_tags(),
         "approvals": [approval.to_tags()],
     }
-    write_audit(Lake(settings), model, "promote", version, record)
+    write_audit(settings, model, "promote", version, record)
     set_alias(settings, model, CHAMPION, version)
 
 
 def audit_rollout_start(settings: Settings, model: str, name: str, version: str, by: str = "bob") -> None:
     """Gate passed and the rollout's start in the audit log (the alias and terms are the caller's)."""
     set_version_tags(settings, model, version, {GATE_STATUS: "passed"})
-    write_audit(Lake(settings), model, "rollout-start", version, {"rollout": name, "by": by})
+    write_audit(settings, model, "rollout-start", version, {"rollout": name, "by": by})

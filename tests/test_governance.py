@@ -142,7 +142,7 @@ def test_a_rejected_version_is_never_asked_again_nor_promoted_until_reopened(
     assert get_version(settings, MODEL, version).tags[TAG_STATE] == REOPENED
     request_review(settings, spec, version)
     assert promote(settings, spec, version, approve("alice"), FRESH).moved
-    actions = [e["action"] for e in read_audit(Lake(settings), MODEL)]
+    actions = [e["action"] for e in read_audit(settings, MODEL)]
     assert actions == ["ask", "reject", "reopen", "ask", "promote"]
 
 
@@ -207,13 +207,13 @@ def test_an_alias_moved_by_hand_or_deleted_is_flagged_with_the_fix(settings: Set
 def test_an_edited_audit_event_breaks_the_chain(settings: Settings, spec: ModelSpec) -> None:
     promoted(settings, spec)
     lake = Lake(settings)
-    events = read_audit(lake, MODEL)
+    events = read_audit(lake.settings, MODEL)
     assert len(events) == 2 and verify_chain(events) == []
     first = Path(lake.root) / "audit" / MODEL
     path = sorted(first.glob("*.json"))[0]
     edited = json.loads(path.read_text()) | {"champion": "7"}
     path.write_text(json.dumps(edited))
-    problems = verify_chain(read_audit(lake, MODEL))
+    problems = verify_chain(read_audit(lake.settings, MODEL))
     assert len(problems) == 1 and "was edited" in problems[0]
     assert any(f.alias == "(audit log)" for f in verify_aliases(settings, spec))
 
@@ -231,7 +231,7 @@ def test_rollback_goes_to_the_previous_audited_champion_not_the_previous_alias(
     assert (result.version, result.previous_version) == (first, second)
     assert aliases(settings, MODEL) == {CHAMPION: first, "previous": second}
     assert verify_aliases(settings, spec) == []
-    assert read_audit(Lake(settings), MODEL)[-1]["action"] == "rollback"
+    assert read_audit(settings, MODEL)[-1]["action"] == "rollback"
 
 
 def test_the_daily_skew_step_flags_an_alias_moved_outside_mlctl(settings: Settings, spec: ModelSpec) -> None:

@@ -88,7 +88,7 @@ def asked(settings: Settings, spec: ModelSpec, version: str) -> str:
 
 def decisions(lake: Lake, model: str) -> list[tuple[str, str]]:
     """(action, version) of the audit events other than the review requests."""
-    return [(e["action"], e["version"]) for e in read_audit(lake, model) if e["action"] != "ask"]
+    return [(e["action"], e["version"]) for e in read_audit(lake.settings, model) if e["action"] != "ask"]
 
 
 def test_first_promotion_makes_the_champion_and_records_the_approval(
@@ -111,7 +111,7 @@ def test_first_promotion_makes_the_champion_and_records_the_approval(
     }
     assert json.loads(json.dumps(champion.to_dict()))["version"] == "1"
     assert aliases(settings, spec.name) == {"champion": "1"}
-    ask, event = read_audit(lake, spec.name)
+    ask, event = read_audit(lake.settings, spec.name)
     assert ask["action"] == "ask" and event["prev"] == ask["sha256"]
     assert event["action"] == "promote" and event["version"] == "1" and event["previous_champion"] is None
     assert result.audit_uri and "-promote-v1.json" in result.audit_uri
@@ -132,11 +132,11 @@ def test_promotion_moves_the_champion_and_keeps_the_previous_one(
     assert aliases(settings, spec.name) == {"champion": "2", "previous": "1"}
     assert decisions(lake, spec.name) == [("promote", "1"), ("promote", "2")]
     # Promoting the champion again (a task retry) changes nothing and writes no audit event.
-    events = len(read_audit(lake, spec.name))
+    events = len(read_audit(lake.settings, spec.name))
     asked(settings, spec, versions[1])
     again = promote(settings, spec, versions[1], approval("bob"), FRESH)
     assert not again.moved and aliases(settings, spec.name) == {"champion": "2", "previous": "1"}
-    assert len(read_audit(lake, spec.name)) == events + 1  # the request only
+    assert len(read_audit(lake.settings, spec.name)) == events + 1  # the request only
 
 
 def test_promotion_refuses_and_leaves_the_aliases_untouched(
@@ -196,7 +196,7 @@ def test_rollback_restores_the_previous_champion_and_is_audited(
     result = rollback(settings, spec, by="alice", comment="v2 hurts conversion")
 
     assert result.version == "1" and aliases(settings, spec.name) == {"champion": "1", "previous": "2"}
-    assert read_audit(lake, spec.name)[-1] | {"at": None, "prev": None, "sha256": None} == {
+    assert read_audit(lake.settings, spec.name)[-1] | {"at": None, "prev": None, "sha256": None} == {
         "model": "purchase_intent",
         "action": "rollback",
         "version": "1",

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import pytest
 
 from pipelines.evaluation.gate import TAG_STATUS as GATE_STATUS
-from pipelines.lake import Lake
 from pipelines.registry.audit import read_audit
 from pipelines.registry.decisions import TAG_TRAINED_BY
 from pipelines.registry.promotion import FeaturesNotFresh, GateNotPassed, ReviewerNotAllowed, SelfApproval
@@ -92,7 +91,7 @@ def test_start_is_refused_unless_a_reviewer_who_did_not_train_it_rolls_out_a_gat
         start_rollout(settings, spec, versions["challenger"], "shadow", 1.0, "AB 1", "alice", now=START)
 
     assert aliases(settings, MODEL) == {"champion": versions["champion"]}
-    assert rollout_history(settings, MODEL) == [] and read_audit(Lake(settings), MODEL) == []
+    assert rollout_history(settings, MODEL) == [] and read_audit(settings, MODEL) == []
 
 
 def test_a_second_rollout_is_refused_naming_the_active_one(
@@ -130,7 +129,7 @@ def test_start_then_stop_leaves_the_champion_and_keeps_the_history(
     (history,) = rollout_history(settings, MODEL)
     assert history == ended and not history.active
     assert (history.ended_by, history.outcome, history.ended_at) == ("bob", "stopped", START + dt.timedelta(days=9))
-    events = read_audit(Lake(settings), MODEL)
+    events = read_audit(settings, MODEL)
     assert [(e["action"], e["version"], e["by"]) for e in events] == [
         ("rollout-start", challenger, "alice"),
         ("rollout-stop", challenger, "bob"),
@@ -156,7 +155,7 @@ def test_promote_moves_the_champion_through_the_promotion_checks(
 
     assert ended.outcome == "promoted"
     assert aliases(settings, MODEL) == {"champion": challenger, "previous": versions["champion"]}
-    assert [(e["action"], e["version"]) for e in read_audit(Lake(settings), MODEL)] == [
+    assert [(e["action"], e["version"]) for e in read_audit(settings, MODEL)] == [
         ("rollout-start", challenger),
         ("ask", challenger),  # the stale-features attempt asked too, and was refused
         ("ask", challenger),

@@ -24,6 +24,7 @@ from pipelines.compute.cluster import close_dask_clients
 from pipelines.features.store import online_features
 from pipelines.flows import daily_features
 from pipelines.lake import Lake
+from pipelines.registry.audit import read_audit, verify_chain
 from pipelines.registry.registry import get_champion, get_version
 from pipelines.settings import Settings
 from pipelines.specs import load_specs
@@ -192,6 +193,11 @@ def test_training_approval_and_serving(world: StackWorld) -> None:
     tags = get_version(world.settings, MODEL, version).tags
     assert tags["approval.status"] == "approved" and tags["approval.by"] == "alice"
     assert tags["approval.comment"] == "fine on the stack"
+    # The audit log is the registry database's append-only table, chained; nothing of it in the lake.
+    events = read_audit(world.settings, MODEL)
+    assert [e["action"] for e in events][-1] == "promote" and events[-1]["by"] == "alice"
+    assert verify_chain(events) == []
+    assert not _keys(world.settings, "lake/audit/")
     assert _keys(world.settings, "mlflow/"), "no MLflow artifact reached S3"
     assert _keys(world.settings, f"lake/training_sets/{MODEL}/")
 

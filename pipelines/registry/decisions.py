@@ -20,7 +20,6 @@ import hashlib
 from dataclasses import dataclass
 
 from pipelines.evaluation.gate import TAG_CHECKS, TAG_STATUS, TAG_SUMMARY
-from pipelines.lake import Lake
 from pipelines.registry.approval import TAG_STATUS as APPROVAL_STATUS
 from pipelines.registry.audit import write_audit
 from pipelines.registry.registry import CHAMPION, ModelVersionInfo, aliases, get_version, set_version_tags
@@ -138,7 +137,7 @@ def request_review(settings: Settings, spec: ModelSpec, version: str, now: dt.da
             TAG_ASKED_EVALUATION: context.evaluation,
         },
     )
-    write_audit(Lake(settings), spec.name, "ask", info.version, {"champion": context.champion or None}, now=at)
+    write_audit(settings, spec.name, "ask", info.version, {"champion": context.champion or None}, now=at)
     return context
 
 
@@ -177,6 +176,4 @@ def reopen(settings: Settings, spec: ModelSpec, version: str, by: str, comment: 
     if not comment.strip():
         raise DecisionRefused(f"reopening {spec.name} v{version} needs a --comment saying why")
     set_version_tags(settings, spec.name, info.version, {TAG_STATE: REOPENED})
-    return write_audit(
-        Lake(settings), spec.name, "reopen", info.version, {"by": by, "comment": comment, "was": REJECTED}
-    )
+    return write_audit(settings, spec.name, "reopen", info.version, {"by": by, "comment": comment, "was": REJECTED})

@@ -13,7 +13,6 @@ from typing import Protocol
 
 from pipelines.evaluation.gate import TAG_STATUS as GATE_STATUS
 from pipelines.evaluation.gate import TAG_SUMMARY as GATE_SUMMARY
-from pipelines.lake import Lake
 from pipelines.registry.approval import ApprovalError, ApprovalRecord
 from pipelines.registry.audit import read_audit, write_audit
 from pipelines.registry.decisions import (
@@ -210,7 +209,7 @@ def promote(
     set_alias(settings, spec.name, CHAMPION, version)
     result.moved = True
     result.audit_uri = write_audit(
-        Lake(settings),
+        settings,
         spec.name,
         "promote",
         version,
@@ -235,7 +234,7 @@ def record_rejection(settings: Settings, spec: ModelSpec, version: str, approval
     get_version(settings, spec.name, version)
     set_version_tags(settings, spec.name, version, {**approval.to_tags(), TAG_STATE: REJECTED})
     return write_audit(
-        Lake(settings),
+        settings,
         spec.name,
         "reject",
         version,
@@ -245,7 +244,7 @@ def record_rejection(settings: Settings, spec: ModelSpec, version: str, approval
 
 def rollback_target(settings: Settings, model: str, champion: str) -> str | None:
     """The version a rollback of ``champion`` would restore: the newest other champion the audit log holds."""
-    moves = [e for e in read_audit(Lake(settings), model) if e.get("action") in CHAMPION_MOVES]
+    moves = [e for e in read_audit(settings, model) if e.get("action") in CHAMPION_MOVES]
     earlier = [str(e["version"]) for e in moves if not e.get("champion_removed") and str(e["version"]) != champion]
     return earlier[-1] if earlier else None
 
@@ -272,7 +271,7 @@ def rollback(settings: Settings, spec: ModelSpec, by: str, comment: str = "") ->
     set_alias(settings, spec.name, PREVIOUS, champion.version)
     now = dt.datetime.now(dt.UTC)
     uri = write_audit(
-        Lake(settings),
+        settings,
         spec.name,
         "rollback",
         target,

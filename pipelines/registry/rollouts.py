@@ -239,7 +239,6 @@ def start_rollout(
     when the version is missing or is the champion, did not pass the gate, ``by`` is not a reviewer or trained it,
     the terms are invalid, the name was used before, or another rollout of the model is active.
     """
-    from pipelines.lake import Lake
     from pipelines.registry.approval import ApprovalRecord
     from pipelines.registry.audit import write_audit
     from pipelines.registry.promotion import _check
@@ -272,7 +271,7 @@ def start_rollout(
         client.set_registered_model_tag(model, key, value)
     set_alias(settings, model, rollout.alias, version)  # last: serving follows the alias
     write_audit(
-        Lake(settings),
+        settings,
         model,
         "rollout-start",
         version,
@@ -323,7 +322,6 @@ def end_rollout(
     ``by`` (gate, reviewer, self-approval and online freshness checked; ``freshness`` defaults to
     :func:`promotion_freshness`); a refusal leaves the rollout running. Stopping needs ``by`` to be a reviewer.
     """
-    from pipelines.lake import Lake
     from pipelines.registry.approval import ApprovalRecord
     from pipelines.registry.audit import write_audit
     from pipelines.registry.decisions import request_review
@@ -362,5 +360,5 @@ def end_rollout(
     action = "rollout-promote" if promote else "rollout-stop"
     # Stamped when written, like promote()'s own event, so the log keeps the order things happened in.
     record |= {"by": by, "comment": comment, "ended_at": at.isoformat()}
-    write_audit(Lake(settings), model, action, rollout.version, record)
+    write_audit(settings, model, action, rollout.version, record)
     return ended

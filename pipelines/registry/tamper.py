@@ -12,7 +12,6 @@ import datetime as dt
 from dataclasses import dataclass
 
 from pipelines.evaluation.gate import TAG_STATUS as GATE_STATUS
-from pipelines.lake import Lake
 from pipelines.registry.approval import TAG_BY as APPROVAL_BY
 from pipelines.registry.approval import TAG_STATUS as APPROVAL_STATUS
 from pipelines.registry.audit import read_audit, verify_chain, write_audit
@@ -62,7 +61,7 @@ def audited_rollouts(events: list[dict]) -> dict[str, str]:
 def verify_aliases(settings: Settings, spec: ModelSpec) -> list[Finding]:
     """Every alias of ``spec``'s model that the audit log does not account for, and any break in the log."""
     model = spec.name
-    events = read_audit(Lake(settings), model)
+    events = read_audit(settings, model)
     restore = f"mlctl restore {model} --comment '...'"
     findings = [
         Finding(model, "(audit log)", problem, f"restore audit/{model}/ in the lake from its backup, then {restore}")
@@ -96,7 +95,7 @@ def serving_refusal(settings: Settings, model: str, alias: str, version: str | N
     None, why a missing alias is wrong; None when the version may be served. Serving asks only when the alias
     points somewhere new (or keeps pointing at a version it refused), so reading the log and the version's tags
     costs nothing on the request path."""
-    events = read_audit(Lake(settings), model)
+    events = read_audit(settings, model)
     restore = f"fix: mlctl restore {model} --comment '...'"
     broken = verify_chain(events)
     if broken:
@@ -142,7 +141,7 @@ def restore_aliases(settings: Settings, spec: ModelSpec, by: str, comment: str) 
     if by not in spec.reviewers:
         raise PermissionError(f"{spec.name}: {by!r} is not a reviewer; allowed: {spec.reviewers}")
     model = spec.name
-    events = read_audit(Lake(settings), model)
+    events = read_audit(settings, model)
     expected, started = audited_champion(events), audited_rollouts(events)
     actual = aliases(settings, model)
     if expected is None:
@@ -162,4 +161,4 @@ def restore_aliases(settings: Settings, spec: ModelSpec, by: str, comment: str) 
         # Rollouts whose alias someone deleted end here, on the record (their tags still say who started them).
         "ended_rollouts": [a for a in started if a not in actual],
     }
-    return write_audit(Lake(settings), model, "restore", expected or "none", record, now=dt.datetime.now(dt.UTC))
+    return write_audit(settings, model, "restore", expected or "none", record, now=dt.datetime.now(dt.UTC))
