@@ -65,6 +65,8 @@ from pipelines.lake import Lake
 from pipelines.registry import registry
 from pipelines.serving.auth import ANY_MODEL, add_key
 from pipelines.settings import PROJECT_ROOT, Settings, get_settings
+from pipelines.specs import load_specs
+from tests.audit_support import audit_promotion
 
 LUA = PROJECT_ROOT / "bench" / "wrk" / "post_ids.lua"
 REDIS_URL = "127.0.0.1:6379"
@@ -79,6 +81,10 @@ SWAPS, SWAP_EVERY, SWAP_SECONDS = 10, 3.0, 35
 VISIBLE_STREAK, POLL_SECONDS = 20, 0.01  # the poller adds at most ~100 requests/s
 SWAP_MODEL = "purchase_intent"
 SWAP_TAG = "bench_serving"
+# Serving loads only versions the audit log vouches for (registry/tamper.py): each swap is an audited promotion
+# (gate and approval tags, an audit event) in the name of the model's first reviewer, with this comment, so the
+# demo home's history shows the bench's moves for what they are.
+SWAP_COMMENT = "bench_serving: champion swap under load"
 SAMPLE_IDS = 3000
 
 
@@ -418,6 +424,7 @@ def swap_run(
 ) -> SwapRun:
     """Move the champion alias SWAPS times under paced load; the original champion holds it again at the end."""
     original, twin = swap_twin(settings)
+    reviewer = load_specs(settings.models_dir)[SWAP_MODEL].reviewers[0]
     before = swaps_total(server)
     load = wrk(target, ids_file, paced, SWAP_SECONDS, delay)
     visible: list[float | None] = []
@@ -426,14 +433,16 @@ def swap_run(
         for i in range(SWAPS):
             version = twin if i % 2 == 0 else original
             tick = time.monotonic()
-            registry.set_alias(settings, SWAP_MODEL, registry.CHAMPION, version)
+            audit_promotion(settings, SWAP_MODEL, version, by=reviewer, comment=SWAP_COMMENT)
             visible.append(seconds_until_visible(target, version, ids[i], tick))
             time.sleep(max(0.0, SWAP_EVERY - (time.monotonic() - tick)))
     except BaseException:
         load.kill()
         raise
     finally:
-        registry.set_alias(settings, SWAP_MODEL, registry.CHAMPION, original)
+        champion = registry.get_alias(settings, SWAP_MODEL, registry.CHAMPION)
+        if champion is None or champion.version != original:
+            audit_promotion(settings, SWAP_MODEL, original, by=reviewer, comment=SWAP_COMMENT)
     result = measured(load, store, target, paced, rate)
     time.sleep(2 * REFRESH_SECONDS)
     return SwapRun(store, SWAPS, result, swaps_total(server) - before, visible, (original, twin))

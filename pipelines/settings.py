@@ -110,6 +110,12 @@ class Settings(BaseSettings):
     serving_log_predictions: bool = Field(
         default=True, description="Append every served score and its features to the lake (predictions/<model>/)."
     )
+    serving_clock: dt.datetime | None = Field(
+        default=None,
+        description="Serving a simulated or historical world: the instant logged predictions are stamped with and "
+        "rollouts start and end at (ab-report then labels them with that world's later days). Unset = the wall "
+        "clock.",
+    )
     serving_api_keys: Path | None = Field(
         default=None,
         description="0600 YAML file of API key hashes and their models (pipelines/serving/auth.py); unset = no "
@@ -164,6 +170,8 @@ class Settings(BaseSettings):
         else:
             self._fill_stack_defaults()
         self.stack_dir = (self.stack_dir or home / "stack").expanduser().resolve()
+        if self.serving_clock is not None and self.serving_clock.tzinfo is None:
+            self.serving_clock = self.serving_clock.replace(tzinfo=dt.UTC)  # as the prediction log reads it
         if self.profile == "stack":
             self._fill_mlflow_auth_defaults()
         return self

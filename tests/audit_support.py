@@ -12,9 +12,9 @@ from pipelines.registry.registry import CHAMPION, aliases, set_alias, set_versio
 from pipelines.settings import Settings
 
 
-def audit_promotion(settings: Settings, model: str, version: str, by: str = "alice") -> None:
+def audit_promotion(settings: Settings, model: str, version: str, by: str = "alice", comment: str = "test") -> None:
     """Gate passed, ``by``'s approval on the version, the promotion in the audit log, then the champion alias."""
-    approval = ApprovalRecord("approve", by, dt.datetime.now(dt.UTC), "test")
+    approval = ApprovalRecord("approve", by, dt.datetime.now(dt.UTC), comment)
     set_version_tags(settings, model, version, {GATE_STATUS: "passed", **approval.to_tags()})
     record = {
         "previous_champion": aliases(settings, model).get(CHAMPION),

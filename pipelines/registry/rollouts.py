@@ -262,7 +262,7 @@ def start_rollout(
         )
     if any(r.name == name for r in rollout_history(settings, model)):
         raise RolloutError(f"{model} had a rollout named {name!r} already (its tags are its history); pick another")
-    at = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+    at = (now or settings.serving_clock or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
     # The promotion's gate, reviewer and self-approval checks, with the start as the reviewer's approval.
     _check(settings, spec, version, ApprovalRecord("approve", by, at, comment), _NotChecked())
     rollout = Rollout(model, name, version, mode, share, by, at, comment)  # type: ignore[arg-type]
@@ -336,7 +336,7 @@ def end_rollout(
             f"{model}: {by or '(unknown user)'!r} is not a reviewer of this model and cannot end rollout "
             f"{rollout.name!r}; allowed: {spec.reviewers} (key 'reviewers' in models/{model}.yaml)"
         )
-    at = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+    at = (now or settings.serving_clock or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
     champion = get_alias(settings, model, CHAMPION)
     record: dict[str, object] = {"rollout": rollout.name, "mode": rollout.mode, "share": rollout.share}
     if promote:

@@ -149,6 +149,7 @@ class Served:
         buffer; written off the request path). Returns the rows the log refused (full)."""
         if self.log is None:
             return 0
+        at = at or self._settings.serving_clock
         rid = request_id.current.get()
         keys = list(entities)
         values = features.values
