@@ -547,7 +547,8 @@ class Served:
         return f"http://127.0.0.1:{self.world.settings.serving_port}"
 
     def predict(self, user_ids: list[int]) -> httpx.Response:
-        return httpx.post(f"{self.url}/v1/models/{MODEL}/predict", json={"user_ids": user_ids}, timeout=10)
+        # 30 s: on a loaded machine (the suite's other lane) a request may wait seconds for a core.
+        return httpx.post(f"{self.url}/v1/models/{MODEL}/predict", json={"user_ids": user_ids}, timeout=30)
 
     def health(self) -> dict:
         resp = _answers(f"{self.url}/health")
