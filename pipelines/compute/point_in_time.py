@@ -42,7 +42,9 @@ def point_in_time_dask(client: Client, lake: Lake, plan: ServicePlan, entity: pd
     if entity.empty or not plan.views:
         return point_in_time_join(entity.reset_index(drop=True), plan, _empty_rows)
     key = plan.keys[0]
-    entity_ns = pd.to_datetime(entity[TIMESTAMP_COLUMN], utc=True).dt.as_unit("ns").astype("int64").to_numpy()
+    entity_ns = (
+        pd.to_datetime(entity[TIMESTAMP_COLUMN], utc=True, cache=False).dt.as_unit("ns").astype("int64").to_numpy()
+    )
     names: list[str] = []
     hashed: list[dd.DataFrame] = []
     whole: dict[str, pd.DataFrame] = {}

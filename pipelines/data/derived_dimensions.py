@@ -80,7 +80,7 @@ def _users(frame: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(
         {
             "user_id": frame["user_id"].astype("int64"),
-            "signup_time": pd.to_datetime(frame["signup_time"], utc=True).astype("datetime64[us, UTC]"),
+            "signup_time": pd.to_datetime(frame["signup_time"], utc=True, cache=False).astype("datetime64[us, UTC]"),
             "country": frame["country"] if "country" in frame else pd.Series([None] * n, dtype=object),
             "age": (frame["age"] if "age" in frame else pd.Series([None] * n)).astype("Int32"),
             "sex": frame["sex"] if "sex" in frame else pd.Series([None] * n, dtype=object),
@@ -94,6 +94,6 @@ def _no_follows() -> pd.DataFrame:
         {
             "follower_id": pd.array([], dtype="int64"),
             "followee_id": pd.array([], dtype="int64"),
-            "created_at": pd.to_datetime([], utc=True),
+            "created_at": pd.to_datetime([], utc=True, cache=False),
         }
     )

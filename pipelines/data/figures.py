@@ -51,7 +51,7 @@ def volumes_figure(counts: pd.DataFrame) -> Figure:
     """Events per day by type; weekends are shaded (weekly seasonality of sessions and purchases)."""
     fig = Figure(figsize=(9, 3.6))
     ax = fig.subplots()
-    days = pd.to_datetime(counts.index)
+    days = pd.to_datetime(counts.index, cache=False)
     for column in counts.columns:
         ax.plot(days, counts[column], label=column, marker=".", linewidth=1)
     for day in days[days.weekday >= 5]:

@@ -47,7 +47,7 @@ def purchase_labels(
         return grid.assign(label=np.empty(0, dtype="int8"))
 
     buys = events.loc[events["event_type"] == event_type, ["user_id", "event_time"]]
-    times = pd.to_datetime(buys["event_time"], utc=True).dt.tz_convert(zone).dt.tz_localize(None)
+    times = pd.to_datetime(buys["event_time"], utc=True, cache=False).dt.tz_convert(zone).dt.tz_localize(None)
     # A purchase on calendar day P is inside the window of as-of day D exactly when D+1 <= P <= D+window.
     buy_days = pd.DataFrame(
         {"user_id": buys["user_id"].astype("int64").to_numpy(), "day": times.dt.floor("D").to_numpy()}
@@ -64,7 +64,9 @@ def purchase_labels(
             ),
         }
     )
-    hits["as_of"] = pd.to_datetime(hits["as_of"]).dt.tz_localize(zone).dt.tz_convert("UTC").dt.as_unit("ns")
+    hits["as_of"] = (
+        pd.to_datetime(hits["as_of"], cache=False).dt.tz_localize(zone).dt.tz_convert("UTC").dt.as_unit("ns")
+    )
     hits = hits.drop_duplicates().assign(label=np.int8(1))
     out = grid.merge(hits, on=["user_id", "as_of"], how="left")
     out["label"] = out["label"].fillna(0).astype("int8")

@@ -349,7 +349,13 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def _epoch_us(times: pd.Series) -> np.ndarray:
-    return pd.to_datetime(times, utc=True).dt.tz_localize(None).to_numpy().astype("datetime64[us]").astype("int64")
+    return (
+        pd.to_datetime(times, utc=True, cache=False)
+        .dt.tz_localize(None)
+        .to_numpy()
+        .astype("datetime64[us]")
+        .astype("int64")
+    )
 
 
 def _epoch_us_of(day: dt.date) -> int:
@@ -449,7 +455,9 @@ def _day(config: SimulationConfig, t: int) -> dt.date:
 
 def _timestamps(config: SimulationConfig, us_since_start: np.ndarray) -> pd.Series:
     base = np.datetime64(config.start.isoformat(), "us")
-    return pd.Series(pd.to_datetime(base + us_since_start.astype("int64").astype("timedelta64[us]")).tz_localize("UTC"))
+    return pd.Series(
+        pd.to_datetime(base + us_since_start.astype("int64").astype("timedelta64[us]"), cache=False).tz_localize("UTC")
+    )
 
 
 def _with_times(config: SimulationConfig, t: int, core: pd.DataFrame, events: pd.DataFrame | None) -> pd.DataFrame:

@@ -166,7 +166,7 @@ def _build_static(config: SimulationConfig) -> _Static:
     users = pd.DataFrame(
         {
             "user_id": np.arange(1, n + 1, dtype="int64"),
-            "signup_time": pd.to_datetime(signup_time).tz_localize("UTC"),
+            "signup_time": pd.to_datetime(signup_time, cache=False).tz_localize("UTC"),
             "country": rng.choice(_COUNTRIES, n, p=_COUNTRY_WEIGHTS),
             "age": np.clip(18 + rng.gamma(3.0, 6.0, n), 18, 90).astype("int32"),
             "sex": rng.choice(np.array(["F", "M"]), n),
@@ -261,7 +261,7 @@ def _build_follows(
         {
             "follower_id": (src[order] + 1).astype("int64"),
             "followee_id": (dst[order] + 1).astype("int64"),
-            "created_at": pd.to_datetime(created[order]).tz_localize("UTC"),
+            "created_at": pd.to_datetime(created[order], cache=False).tz_localize("UTC"),
         }
     )
     matrix = sp.csr_matrix((np.ones(len(src)), (src, dst)), shape=(n, n))
@@ -770,7 +770,7 @@ def _render(config: SimulationConfig, world: _Static, rec: _DayRecord, t: int, d
     return pd.DataFrame(
         {
             "event_id": [f"{stamp}-{i:07d}" for i in range(len(user))],
-            "event_time": pd.to_datetime(event_time).tz_localize("UTC"),
+            "event_time": pd.to_datetime(event_time, cache=False).tz_localize("UTC"),
             "user_id": (user + 1).astype("int64"),
             "session_id": [f"{u + 1}-{stamp}-{k}" for u, k in zip(user.tolist(), session_no.tolist(), strict=True)],
             "event_type": types[kind],

@@ -47,7 +47,7 @@ def best_achievable(lake: Lake, start: dt.date, end: dt.date, window_days: int =
     truth = lake.read_range(TRUTH_TABLE, start, end)
     events = lake.read_range("events", label_days[0], label_days[-1], columns=["user_id", "event_type", "event_time"])
     labels = purchase_labels(events, days, truth["user_id"].unique(), window_days=window_days)
-    truth["as_of"] = pd.to_datetime(truth["as_of"], utc=True).dt.as_unit("ns")
+    truth["as_of"] = pd.to_datetime(truth["as_of"], utc=True, cache=False).dt.as_unit("ns")
     scored = truth.merge(labels, on=["user_id", "as_of"], how="inner")
     if scored["label"].nunique() < 2:
         raise ValueError(f"best_achievable: labels of {start}..{end} are all {scored['label'].iloc[0]}; no AUC")

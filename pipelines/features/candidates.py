@@ -44,7 +44,7 @@ def history_days(spec: CandidateSpec) -> int:
 def _window(events: pd.DataFrame, ds: dt.date, days: int, zone: str = "UTC") -> pd.DataFrame:
     """Events of the ``days`` days ending with ``ds`` (``[as_of(ds) - days, as_of(ds))``, days of ``zone``)."""
     end = pd.Timestamp(schemas.as_of(ds, zone))
-    t = pd.to_datetime(events["event_time"], utc=True)
+    t = pd.to_datetime(events["event_time"], utc=True, cache=False)
     return events[(t >= end - pd.Timedelta(days=days)) & (t < end)]
 
 

@@ -126,8 +126,8 @@ class CheckoutOrder:
 def checkout_orders(orders: pd.DataFrame) -> list[CheckoutOrder]:
     """The rows of an ORDERS frame as checkout orders, in the frame's order (replays, parity checks)."""
     require_columns(orders, "orders", ORDER_COLUMNS, "checkout", CheckoutFeatureError)
-    signup = pd.to_datetime(orders["signup_time"], utc=True)
-    purchase = pd.to_datetime(orders["purchase_time"], utc=True)
+    signup = pd.to_datetime(orders["signup_time"], utc=True, cache=False)
+    purchase = pd.to_datetime(orders["purchase_time"], utc=True, cache=False)
     return [
         CheckoutOrder(
             user_id=int(user),
@@ -181,7 +181,7 @@ def _window_start_us(ds: dt.date, zone: str) -> int:
 
 
 def _epoch_us(values: pd.Series) -> np.ndarray:
-    return pd.to_datetime(values, utc=True).dt.as_unit("us").astype("int64").to_numpy()
+    return pd.to_datetime(values, utc=True, cache=False).dt.as_unit("us").astype("int64").to_numpy()
 
 
 def _text_keys(values: pd.Series) -> np.ndarray:

@@ -205,7 +205,7 @@ class _Stamps:
         if isinstance(column.dtype, pd.DatetimeTZDtype):
             column = column.dt.tz_convert(None)
         elif not pd.api.types.is_datetime64_dtype(column.dtype):
-            column = pd.to_datetime(column, utc=True).dt.tz_convert(None)
+            column = pd.to_datetime(column, utc=True, cache=False).dt.tz_convert(None)
         micros = column.to_numpy(dtype="datetime64[us]")
         unique, codes = np.unique(micros, return_inverse=True)
         instants = [pd.Timestamp(u).tz_localize("UTC").to_pydatetime() for u in unique]

@@ -136,7 +136,7 @@ class OrderFeatureError(FeatureInputError):
 
 
 def _epoch_us(values: pd.Series) -> np.ndarray:
-    return pd.to_datetime(values, utc=True).dt.as_unit("us").astype("int64").to_numpy()
+    return pd.to_datetime(values, utc=True, cache=False).dt.as_unit("us").astype("int64").to_numpy()
 
 
 def _keys(values: pd.Series) -> np.ndarray:
@@ -287,13 +287,13 @@ def compute_order_features(orders: pd.DataFrame, labels: pd.DataFrame, ds: dt.da
     age = np.maximum(targets["t"] - targets["signup"], 0).to_numpy() / _HOUR_US
     out["account_age_hours"] = np.minimum(age, ACCOUNT_AGE_CAP_HOURS)
     out["customer_age"] = targets["age"].to_numpy()
-    local = pd.to_datetime(targets["t"].to_numpy(), unit="us", utc=True).tz_convert(zone)
+    local = pd.to_datetime(targets["t"].to_numpy(), unit="us", utc=True, cache=False).tz_convert(zone)
     out["hour_of_day"] = local.hour.to_numpy(dtype="float64")  # the wall clock's hour, DST days included
     out["source_code"] = _codes(targets["source"], SOURCES)
     out["browser_code"] = _codes(targets["browser"], BROWSERS)
 
     result = pd.DataFrame({ENTITY_COLUMN: targets["order_id"].to_numpy()})
-    result[TIMESTAMP_COLUMN] = pd.to_datetime(targets["t"].to_numpy(), unit="us", utc=True).as_unit("us")
+    result[TIMESTAMP_COLUMN] = pd.to_datetime(targets["t"].to_numpy(), unit="us", utc=True, cache=False).as_unit("us")
     for name in FEATURE_COLUMNS:
         result[name] = np.asarray(out[name], dtype="float64")
     return result.sort_values([TIMESTAMP_COLUMN, ENTITY_COLUMN], kind="stable", ignore_index=True)
@@ -321,7 +321,7 @@ def write_order_features(lake: Lake, ds: dt.date, df: pd.DataFrame) -> str:
     """Publish the day's features as partition ``features/order_risk/ds=...`` (atomic; reruns replace)."""
     columns = [f.name for f in ORDER_FEATURES_SCHEMA]
     require_columns(df, ORDER_FEATURES_TABLE, columns, "order", OrderFeatureError)
-    stamps = pd.to_datetime(df[TIMESTAMP_COLUMN], utc=True)
+    stamps = pd.to_datetime(df[TIMESTAMP_COLUMN], utc=True, cache=False)
     zone = lake.day_zone
     start, end = pd.Timestamp(day_start_of(ds, zone)), pd.Timestamp(day_start_of(ds + dt.timedelta(days=1), zone))
     if len(df) and not ((stamps >= start) & (stamps < end)).all():

@@ -108,7 +108,7 @@ def service_plan(repo: RepoPart, service: FeatureService) -> ServicePlan:
 # -- the pure core -------------------------------------------------------------------------------------------
 def _utc_ns(values: pd.Series | np.ndarray) -> np.ndarray:
     """Instants as int64 nanoseconds since the epoch (naive values are UTC, as Feast reads them)."""
-    return pd.to_datetime(pd.Series(values), utc=True).array.as_unit("ns").asi8
+    return pd.to_datetime(pd.Series(values), utc=True, cache=False).array.as_unit("ns").asi8
 
 
 def _key_codes(entity: pd.DataFrame, rows: pd.DataFrame, keys: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:

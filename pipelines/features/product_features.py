@@ -143,7 +143,9 @@ def _stamped(frame: pd.DataFrame, as_of: pd.Timestamp, keys: list[str], features
 def _ages(events: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
     """Events before ``as_of`` with their age in days, 0 < age <= HISTORY_DAYS + 1 (the extra day finds the pairs
     whose last event just left the windows)."""
-    age = ((as_of - pd.to_datetime(events["event_time"], utc=True)) / pd.Timedelta(days=1)).to_numpy("float64")
+    age = ((as_of - pd.to_datetime(events["event_time"], utc=True, cache=False)) / pd.Timedelta(days=1)).to_numpy(
+        "float64"
+    )
     keep = (age > 0) & (age <= HISTORY_DAYS + 1)
     ev = events.loc[keep, EVENT_COLUMNS].copy()
     ev["age"] = age[keep]
@@ -329,7 +331,7 @@ def check_table(table: str, ds: dt.date, df: pd.DataFrame, zone: str = "UTC") ->
     """The rules every partition of a ranking table meets before it is written (columns, stamps, unique keys)."""
     _, keys, _ = TABLES[table]
     require_columns(df, table, [f.name for f in table_schema(table)], "ranking", RankingFeatureError)
-    stamps = pd.to_datetime(df[TIMESTAMP_COLUMN], utc=True)
+    stamps = pd.to_datetime(df[TIMESTAMP_COLUMN], utc=True, cache=False)
     as_of = schemas.as_of(ds, zone)
     if len(df) and not (stamps == pd.Timestamp(as_of)).all():
         raise RankingFeatureError(f"{table} ds={ds}: every {TIMESTAMP_COLUMN} must be as_of(ds)={as_of}")

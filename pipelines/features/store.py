@@ -222,7 +222,7 @@ def materialize_day(settings: Settings, ds: dt.date, store: FeatureStore | None 
             stamps = (
                 column.dt.tz_convert("UTC")  # the usual case: pd.to_datetime would walk a tz-aware column row by row
                 if isinstance(column.dtype, pd.DatetimeTZDtype)
-                else pd.to_datetime(column, utc=True)
+                else pd.to_datetime(column, utc=True, cache=False)
             )
             in_window = (stamps >= start) & (stamps <= as_of)
             day = frame if in_window.all() else frame[in_window]
@@ -308,7 +308,7 @@ def _read_online(
         ]
         newest_seconds = np.maximum(newest_seconds, np.asarray(seconds, dtype="int64"))
     found = newest_seconds >= 0
-    newest = pd.Series(pd.to_datetime(np.where(found, newest_seconds, 0), unit="s", utc=True)).where(found)
+    newest = pd.Series(pd.to_datetime(np.where(found, newest_seconds, 0), unit="s", utc=True, cache=False)).where(found)
     return pd.DataFrame(values, columns=wanted), found, newest
 
 

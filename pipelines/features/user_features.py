@@ -80,12 +80,12 @@ def compute_user_features(
     require_columns(follows, "follows", ["follower_id", "followee_id", "created_at"], "user")
     as_of = pd.Timestamp(schemas.as_of(ds, zone))
 
-    known = users.loc[pd.to_datetime(users["signup_time"], utc=True) < as_of, "user_id"]
+    known = users.loc[pd.to_datetime(users["signup_time"], utc=True, cache=False) < as_of, "user_id"]
     user_ids = pd.Index(np.sort(known.astype("int64").unique()), name=ENTITY_COLUMN)
     n = len(user_ids)
 
     # Position of each event's user among the known users; events of unknown users are ignored.
-    age = (as_of - pd.to_datetime(events["event_time"], utc=True)) / pd.Timedelta(days=1)
+    age = (as_of - pd.to_datetime(events["event_time"], utc=True, cache=False)) / pd.Timedelta(days=1)
     age = age.to_numpy(dtype="float64")
     uidx = user_ids.get_indexer(events["user_id"].astype("int64"))
     keep = (uidx >= 0) & (age > 0) & (age <= WINDOW_DAYS)
@@ -139,7 +139,8 @@ def compute_user_features(
 
     # Social graph as of the end of the day: each edge counted once, a user following themself ignored.
     edges = follows.loc[
-        (pd.to_datetime(follows["created_at"], utc=True) < as_of) & (follows["follower_id"] != follows["followee_id"]),
+        (pd.to_datetime(follows["created_at"], utc=True, cache=False) < as_of)
+        & (follows["follower_id"] != follows["followee_id"]),
         ["follower_id", "followee_id"],
     ].drop_duplicates()
     follower = user_ids.get_indexer(edges["follower_id"].astype("int64"))
@@ -178,7 +179,7 @@ def build_user_features(lake: Lake, ds: dt.date) -> pd.DataFrame:
 def write_user_features(lake: Lake, ds: dt.date, df: pd.DataFrame) -> str:
     """Publish the day's features as partition ``features/user_behavior/ds=...`` (atomic; reruns replace)."""
     require_columns(df, USER_FEATURES_TABLE, [f.name for f in USER_FEATURES_SCHEMA], "user")
-    stamps = pd.to_datetime(df[TIMESTAMP_COLUMN], utc=True)
+    stamps = pd.to_datetime(df[TIMESTAMP_COLUMN], utc=True, cache=False)
     as_of = schemas.as_of(ds, lake.day_zone)
     if len(df) and not (stamps == pd.Timestamp(as_of)).all():
         raise FeatureInputError(f"{USER_FEATURES_TABLE} ds={ds}: every {TIMESTAMP_COLUMN} must be as_of(ds)={as_of}")

@@ -162,7 +162,7 @@ def logged_rows(lake: Lake, rollout: Rollout, max_rows_per_day: int | None = MAX
         out = pd.DataFrame({c: pd.Series(dtype="object") for c in LOG_COLUMNS})
     else:
         out = pd.concat(frames, ignore_index=True)
-    out["logged_at"] = pd.to_datetime(out["logged_at"], utc=True)
+    out["logged_at"] = pd.to_datetime(out["logged_at"], utc=True, cache=False)
     inside = out["logged_at"] >= start
     if end is not None:
         inside &= out["logged_at"] < end

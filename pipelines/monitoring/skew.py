@@ -186,7 +186,7 @@ def training_serving_skew(
                 )
         plan = dataclasses.replace(plan, on_demand=(), features=tuple(stored), request=())
     entity = logged[list(plan.keys)].copy()
-    entity[TIMESTAMP_COLUMN] = pd.to_datetime(logged["logged_at"], utc=True)
+    entity[TIMESTAMP_COLUMN] = pd.to_datetime(logged["logged_at"], utc=True, cache=False)
     for field in plan.request:
         entity[field] = logged[field].astype("float64")
     offline = point_in_time(settings, lake, plan, entity.reset_index(drop=True))

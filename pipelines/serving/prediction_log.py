@@ -300,7 +300,7 @@ def _micros(at: dt.datetime) -> int:
 
 def _days(stamps: list[int], zone: str) -> list[dt.date]:
     """The day of each instant (µs since the epoch) in the lake's day zone."""
-    instants = pd.to_datetime(np.asarray(stamps, dtype="int64"), unit="us", utc=True)
+    instants = pd.to_datetime(np.asarray(stamps, dtype="int64"), unit="us", utc=True, cache=False)
     local = instants if zone == "UTC" else instants.tz_convert(zone)
     day_numbers = local.tz_localize(None).to_numpy().astype("datetime64[D]").astype("int64")
     unique, inverse = np.unique(day_numbers, return_inverse=True)

@@ -77,7 +77,7 @@ def entity_keys(spec: ModelSpec) -> tuple[str, ...]:
 
 
 def _utc_us(values: pd.Series) -> pd.Series:
-    return pd.to_datetime(values, utc=True).dt.as_unit("us")
+    return pd.to_datetime(values, utc=True, cache=False).dt.as_unit("us")
 
 
 def _positions(mask: np.ndarray) -> slice | np.ndarray:

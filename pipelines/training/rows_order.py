@@ -42,8 +42,8 @@ def entity_rows(lake: Lake, days: list[dt.date]) -> pd.DataFrame:
     orders = lake.read_range("orders", days[0], days[-1], columns=_ORDER_COLUMNS)
     if orders.empty:
         raise TrainingSetError(f"{lake.uri('orders')}: no orders between {days[0]} and {days[-1]}")
-    placed = pd.to_datetime(orders["purchase_time"], utc=True).dt.as_unit("us")
-    signup = pd.to_datetime(orders["signup_time"], utc=True).dt.as_unit("us")
+    placed = pd.to_datetime(orders["purchase_time"], utc=True, cache=False).dt.as_unit("us")
+    signup = pd.to_datetime(orders["signup_time"], utc=True, cache=False).dt.as_unit("us")
     return pd.DataFrame(
         {
             KEY: orders["order_id"].astype(str),
@@ -64,7 +64,9 @@ def chargeback_labels(lake: Lake, rows: pd.DataFrame, first_day: dt.date, logica
     chargeback arriving later is not known to this run, exactly as it would not be in production.
     """
     arrived = lake.read_range("order_labels", first_day, logical_date, columns=["order_id", "is_fraud", "label_time"])
-    by_end = pd.to_datetime(arrived["label_time"], utc=True) < pd.Timestamp(schemas.as_of(logical_date, lake.day_zone))
+    by_end = pd.to_datetime(arrived["label_time"], utc=True, cache=False) < pd.Timestamp(
+        schemas.as_of(logical_date, lake.day_zone)
+    )
     charged = set(arrived.loc[by_end & (arrived["is_fraud"].astype("int64") == 1), "order_id"].astype(str))
     return pd.DataFrame(
         {
@@ -97,7 +99,7 @@ def oracle_scores(settings: Settings, lake: Lake, spec: ModelSpec, frame: pd.Dat
     """The simulator's true fraud probability of each row's order (None without simulated truth for them)."""
     if settings.data_source != "simulator" or frame.empty:
         return None
-    days = sorted(set(pd.to_datetime(frame[TIMESTAMP_COLUMN], utc=True).dt.date))
+    days = sorted(set(pd.to_datetime(frame[TIMESTAMP_COLUMN], utc=True, cache=False).dt.date))
     if not all(lake.exists(TRUTH_TABLE, d) for d in days):
         return None
     truth = lake.read_range(TRUTH_TABLE, days[0], days[-1], columns=[KEY, "p_fraud"])

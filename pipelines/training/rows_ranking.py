@@ -54,7 +54,7 @@ def request_rows(events: pd.DataFrame, spec: ModelSpec, days: list[dt.date], zon
         rows = generate_candidates(events, spec.candidates, day, users, zone)
         frames.append(rows.assign(**{TIMESTAMP_COLUMN: _as_of(day, zone)}))
     rows = pd.concat(frames, ignore_index=True)
-    rows[TIMESTAMP_COLUMN] = pd.to_datetime(rows[TIMESTAMP_COLUMN], utc=True).dt.as_unit("us")
+    rows[TIMESTAMP_COLUMN] = pd.to_datetime(rows[TIMESTAMP_COLUMN], utc=True, cache=False).dt.as_unit("us")
     return rows
 
 
@@ -66,7 +66,7 @@ def relevance_labels(events: pd.DataFrame, rows: pd.DataFrame, window_days: int,
         {
             "user_id": graded["user_id"].astype("int64").to_numpy(),
             "product_id": graded["product_id"].astype("int64").to_numpy(),
-            "t": pd.to_datetime(graded["event_time"], utc=True).dt.as_unit("us").to_numpy(),
+            "t": pd.to_datetime(graded["event_time"], utc=True, cache=False).dt.as_unit("us").to_numpy(),
             "gain": graded["event_type"].map(gains).astype("int64").to_numpy(),
         }
     )
@@ -74,7 +74,7 @@ def relevance_labels(events: pd.DataFrame, rows: pd.DataFrame, window_days: int,
         {
             "user_id": rows["user_id"].astype("int64").to_numpy(),
             "product_id": rows["product_id"].astype("int64").to_numpy(),
-            "start": pd.to_datetime(rows[TIMESTAMP_COLUMN], utc=True).dt.as_unit("us").to_numpy(),
+            "start": pd.to_datetime(rows[TIMESTAMP_COLUMN], utc=True, cache=False).dt.as_unit("us").to_numpy(),
             "row": np.arange(len(rows)),
         }
     )
@@ -104,13 +104,13 @@ def query_context(lake: Lake, rows: pd.DataFrame, days: list[dt.date], events: p
     queries = rows[["user_id", TIMESTAMP_COLUMN]].drop_duplicates(ignore_index=True)
     queries = context_columns(lake, queries, days, events)
     views = events[events["event_type"] == "view"]
-    t = pd.to_datetime(views["event_time"], utc=True).dt.as_unit("us")
+    t = pd.to_datetime(views["event_time"], utc=True, cache=False).dt.as_unit("us")
     counts = []
     for stamp in queries[TIMESTAMP_COLUMN].unique():
         recent = views[(t >= stamp - pd.Timedelta(days=ACTIVITY_DAYS)) & (t < stamp)]
         counts.append(recent.groupby("user_id").size().rename("ctx_views_7d").reset_index().assign(ts=stamp))
     activity = pd.concat(counts, ignore_index=True).rename(columns={"ts": TIMESTAMP_COLUMN})
-    activity[TIMESTAMP_COLUMN] = pd.to_datetime(activity[TIMESTAMP_COLUMN], utc=True).dt.as_unit("us")
+    activity[TIMESTAMP_COLUMN] = pd.to_datetime(activity[TIMESTAMP_COLUMN], utc=True, cache=False).dt.as_unit("us")
     queries = queries.merge(activity, on=["user_id", TIMESTAMP_COLUMN], how="left")
     queries["ctx_views_7d"] = queries["ctx_views_7d"].fillna(0).astype("float64")
     return rows.merge(queries, on=["user_id", TIMESTAMP_COLUMN], how="left", validate="many_to_one")
@@ -169,6 +169,6 @@ def oracle_scores(settings: Settings, lake: Lake, spec: ModelSpec, frame: pd.Dat
     if settings.data_source != "simulator" or frame.empty or not set(spec.label.gains) <= set(SUPPORTED_EVENTS):
         return None
     # as_of(D) is 00:00 UTC of D + 1: the request's day is the day before its timestamp.
-    days = (pd.to_datetime(frame[TIMESTAMP_COLUMN], utc=True) - pd.Timedelta(days=1)).dt.date
+    days = (pd.to_datetime(frame[TIMESTAMP_COLUMN], utc=True, cache=False) - pd.Timedelta(days=1)).dt.date
     requests = frame[KEYS].assign(ds=days.to_numpy())
     return expected_gain(simulation_config(settings), requests, spec.label.window_days, spec.label.gains)

@@ -38,7 +38,7 @@ def entity_rows(lake: Lake, days: list[dt.date]) -> pd.DataFrame:
         for d in days
     ]
     rows = pd.concat(frames, ignore_index=True).drop_duplicates()
-    rows[TIMESTAMP_COLUMN] = pd.to_datetime(rows[TIMESTAMP_COLUMN], utc=True).dt.as_unit("us")
+    rows[TIMESTAMP_COLUMN] = pd.to_datetime(rows[TIMESTAMP_COLUMN], utc=True, cache=False).dt.as_unit("us")
     return rows
 
 
@@ -46,11 +46,13 @@ def context_columns(lake: Lake, rows: pd.DataFrame, days: list[dt.date], events:
     """``rows`` with ctx_days_since_signup (from the newest users snapshot) and ctx_top_category."""
     users = lake.read("users", days[-1], columns=[KEY, "signup_time"])
     signup = rows[[KEY]].merge(users, on=KEY, how="left")["signup_time"]
-    age = (rows[TIMESTAMP_COLUMN] - pd.to_datetime(signup, utc=True).dt.as_unit("us")) / pd.Timedelta(days=1)
+    age = (rows[TIMESTAMP_COLUMN] - pd.to_datetime(signup, utc=True, cache=False).dt.as_unit("us")) / pd.Timedelta(
+        days=1
+    )
     out = rows.assign(ctx_days_since_signup=age.to_numpy(dtype="float64"))
 
     views = events[events["event_type"] == "view"]
-    event_day = pd.to_datetime(views["event_time"], utc=True).dt.tz_convert(lake.day_zone).dt.date
+    event_day = pd.to_datetime(views["event_time"], utc=True, cache=False).dt.tz_convert(lake.day_zone).dt.date
     tops = []
     for day in days:
         window = views[(event_day > day - dt.timedelta(days=WINDOW_DAYS)) & (event_day <= day)]
@@ -62,7 +64,7 @@ def context_columns(lake: Lake, rows: pd.DataFrame, days: list[dt.date], events:
             ]
         )
     top = pd.concat(tops, ignore_index=True)
-    top[TIMESTAMP_COLUMN] = pd.to_datetime(top[TIMESTAMP_COLUMN], utc=True).dt.as_unit("us")
+    top[TIMESTAMP_COLUMN] = pd.to_datetime(top[TIMESTAMP_COLUMN], utc=True, cache=False).dt.as_unit("us")
     merged = out[[KEY, TIMESTAMP_COLUMN]].merge(top, on=[KEY, TIMESTAMP_COLUMN], how="left")["category_id"]
     out["ctx_top_category"] = np.where(merged.isna(), "none", merged.astype("Int64").astype(str))
     return out
@@ -81,7 +83,7 @@ def build_frame(
     columns = ["user_id", "event_type", "event_time", "category_id"]
     events = lake.read_range("events", first, logical_date, columns=columns)
     first_as_of = pd.Timestamp(schemas.as_of(splits.days[0], lake.day_zone))
-    label_events = events[pd.to_datetime(events["event_time"], utc=True) >= first_as_of]
+    label_events = events[pd.to_datetime(events["event_time"], utc=True, cache=False) >= first_as_of]
     if label_events.empty:
         raise TrainingSetError(f"{lake.uri('events')}: no events between {splits.days[0]} and {logical_date}")
     labels = purchase_labels(
@@ -101,12 +103,12 @@ def oracle_scores(settings: Settings, lake: Lake, spec: ModelSpec, frame: pd.Dat
     """The simulator's P(purchase in 7 days) of each row, from the lake's truth partitions (None if absent)."""
     if settings.data_source != "simulator" or spec.label.window_days != 7 or frame.empty:
         return None
-    stamps = pd.to_datetime(frame[TIMESTAMP_COLUMN], utc=True)
+    stamps = pd.to_datetime(frame[TIMESTAMP_COLUMN], utc=True, cache=False)
     days = sorted({(t - pd.Timedelta(days=1)).date() for t in stamps.unique()})
     if not all(lake.exists(TRUTH_TABLE, d) for d in days):
         return None
     truth = lake.read_range(TRUTH_TABLE, days[0], days[-1])
-    truth = truth.assign(**{TIMESTAMP_COLUMN: pd.to_datetime(truth["as_of"], utc=True).dt.as_unit("us")})
+    truth = truth.assign(**{TIMESTAMP_COLUMN: pd.to_datetime(truth["as_of"], utc=True, cache=False).dt.as_unit("us")})
     asked = pd.DataFrame({KEY: frame[KEY].to_numpy(), TIMESTAMP_COLUMN: stamps.dt.as_unit("us").to_numpy()})
     merged = asked.merge(truth[[KEY, TIMESTAMP_COLUMN, "p_purchase_7d"]], on=[KEY, TIMESTAMP_COLUMN], how="left")
     scores = merged["p_purchase_7d"].to_numpy(dtype="float64")
