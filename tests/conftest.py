@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,21 @@ def service_unavailable(name: str, reason: str) -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{name} is required on CI but unavailable: {reason}")
     pytest.skip(f"{name} unavailable: {reason}")
+
+
+MLFLOW_IDENTITY = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_mlflow_identity_between_modules() -> Iterator[None]:
+    """``registry.connect`` puts the stack's MLflow identity in this process's environment (MLflow reads it from
+    there only), as each real process does once. A module's stack or server must not start with the identity an
+    earlier module's stack left there (Settings read it): cleared before each module's fixtures, and after."""
+    for key in MLFLOW_IDENTITY:
+        os.environ.pop(key, None)
+    yield
+    for key in MLFLOW_IDENTITY:
+        os.environ.pop(key, None)
 
 
 @pytest.fixture(autouse=True)
