@@ -1,0 +1,35 @@
+"""Feast imported through ``pipelines`` skips typeguard's import-time instrumentation (seconds per process), and
+``STOREFRONT_FEAST_TYPECHECKS=1`` keeps Feast's argument checks. Each case runs in a fresh interpreter: the choice
+is made once, before Feast's first import."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+PROBE = """
+import pipelines
+from feast import Entity
+try:
+    Entity(name=5, join_keys=["user_id"])
+except Exception as exc:
+    print(type(exc).__name__)
+else:
+    print("accepted")
+"""
+
+
+def _probe(**env: str) -> str:
+    environment = {k: v for k, v in os.environ.items() if k != "STOREFRONT_FEAST_TYPECHECKS"} | env
+    done = subprocess.run([sys.executable, "-c", PROBE], env=environment, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_feast_imported_after_pipelines_is_not_instrumented() -> None:
+    assert _probe() == "accepted"
+
+
+def test_the_setting_keeps_feasts_type_checks() -> None:
+    assert _probe(STOREFRONT_FEAST_TYPECHECKS="1") == "TypeCheckError"
