@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pipelines.evaluation.gate import TAG_CHECKS, TAG_STATUS, TAG_SUMMARY
 from pipelines.registry.approval import TAG_STATUS as APPROVAL_STATUS
@@ -156,7 +156,12 @@ def check_request(settings: Settings, spec: ModelSpec, info: ModelVersionInfo, n
             f"{spec.name} v{info.version}: the review asked at {asked_at:%Y-%m-%d %H:%M} UTC expired after "
             f"{spec.approval_ttl_hours:g} h (approval_ttl_hours in models/{spec.name}.yaml); retrain to ask again"
         )
-    changed = current_context(settings, spec, info).changes_since(asked)
+    current = current_context(settings, spec, info)
+    if current.champion == info.version != asked.champion:
+        # This version's promotion moved the alias and was cut short before its audit event (the registry's
+        # database went away): the approval still covers it, and promote() writes the missing event.
+        current = replace(current, champion=asked.champion)
+    changed = current.changes_since(asked)
     if changed:
         raise DecisionRefused(
             f"{spec.name} v{info.version}: {'; '.join(changed)} since the review was asked at "

@@ -34,7 +34,7 @@ from pipelines.registry.registry import (
     set_alias,
     set_version_tags,
 )
-from pipelines.registry.tamper import CHAMPION_MOVES
+from pipelines.registry.tamper import CHAMPION_MOVES, audited_champion
 from pipelines.settings import Settings
 from pipelines.specs import ModelSpec
 
@@ -184,7 +184,9 @@ def promote(
     """Make ``version`` the champion (the old champion becomes ``previous``), record the approval(s), audit it.
 
     Refuses with a :class:`PromotionRefused` subclass and touches nothing when a condition fails.
-    Promoting the current champion again only refreshes its approval tags (a task retry is harmless).
+    Promoting the current champion again only refreshes its approval tags (a task retry is harmless), and writes
+    the audit event of a try that moved the alias but failed before its event landed (the registry's database
+    went away in between): until then serving refuses the unaudited champion, so the rerun is the repair.
     """
     version = str(version)
     approvals = approval if isinstance(approval, list) else [approval]
@@ -203,11 +205,17 @@ def promote(
         audit_uri=None,
     )
     if old is not None and old.version == version:
-        return result
-    if old is not None:
-        set_alias(settings, spec.name, PREVIOUS, old.version)
-    set_alias(settings, spec.name, CHAMPION, version)
-    result.moved = True
+        audited = audited_champion(read_audit(settings, spec.name))
+        if audited == version:
+            return result
+        # An earlier try moved the alias and died before its audit event: the log's last champion is the one
+        # that try replaced.
+        result.previous_version = audited
+    else:
+        if old is not None:
+            set_alias(settings, spec.name, PREVIOUS, old.version)
+        set_alias(settings, spec.name, CHAMPION, version)
+        result.moved = True
     result.audit_uri = write_audit(
         settings,
         spec.name,

@@ -30,6 +30,16 @@ class ModelVersionNotFound(LookupError):
     """A registered model or one of its versions does not exist."""
 
 
+# What the registry answers about a model, version or run that is not there (a bad version string included). Any
+# other MlflowException (the server down, its database away) is raised as it is: it names the server, and a
+# registry that could not answer must never read as "no such version", "no champion" or "no metrics".
+_ABSENT = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
+
+
+def _absent(exc: MlflowException) -> bool:
+    return exc.error_code in _ABSENT
+
+
 @dataclass
 class ModelVersionInfo:
     """One registered model version with what reviewers and the gate need to see."""
@@ -94,7 +104,9 @@ def _info(client: MlflowClient, mv: Any) -> ModelVersionInfo:
     if mv.run_id:
         try:
             metrics = dict(client.get_run(mv.run_id).data.metrics)
-        except MlflowException:
+        except MlflowException as exc:
+            if not _absent(exc):
+                raise
             metrics = {}  # the run was deleted; the version stays usable
     return ModelVersionInfo(
         name=mv.name,
@@ -120,6 +132,8 @@ def get_version(settings: Settings, name: str, version: str | int) -> ModelVersi
     try:
         return _info(client, client.get_model_version(name, str(version)))
     except MlflowException as exc:
+        if not _absent(exc):
+            raise
         raise ModelVersionNotFound(
             f"registered model {name!r} has no version {version!r} in {settings.mlflow_tracking_uri}; "
             "see `mlctl status` for the versions there are"
@@ -131,7 +145,9 @@ def get_alias(settings: Settings, name: str, alias: str) -> ModelVersionInfo | N
     client = connect(settings)
     try:
         aliases = client.get_registered_model(name).aliases or {}
-    except MlflowException:
+    except MlflowException as exc:
+        if not _absent(exc):
+            raise
         return None
     version = aliases.get(alias)
     return None if version is None else _info(client, client.get_model_version(name, str(version)))
@@ -146,7 +162,9 @@ def aliases(settings: Settings, name: str) -> dict[str, str]:
     client = connect(settings)
     try:
         return {a: str(v) for a, v in (client.get_registered_model(name).aliases or {}).items()}
-    except MlflowException:
+    except MlflowException as exc:
+        if not _absent(exc):
+            raise
         return {}
 
 
