@@ -132,3 +132,17 @@ def test_the_spec_monitoring_block_has_defaults_and_refuses_unknown_keys() -> No
         MonitoringSpec.model_validate({"psi_alrt": 0.1})
     with pytest.raises(ValidationError, match="ks_alert"):
         MonitoringSpec.model_validate({"ks_alert": 2})
+
+
+def test_ks_is_scipys_two_sample_statistic_with_ties_and_missing_values() -> None:
+    from scipy.stats import ks_2samp
+
+    rng = np.random.default_rng(3)
+    for reference, day in (
+        (rng.poisson(3, 4000).astype("float64"), rng.poisson(4, 2500).astype("float64")),  # many ties
+        (rng.normal(0, 1, 20000), rng.normal(0.1, 1.2, 700)),
+        (np.array([1.0, np.nan, 2.0, 2.0]), np.array([2.0, np.nan, np.nan, 3.0, 1.0])),
+    ):
+        present = reference[~np.isnan(reference)], day[~np.isnan(day)]
+        assert ks(reference, day) == pytest.approx(ks_2samp(*present).statistic, abs=1e-12)
+    assert ks(np.array([np.nan]), np.array([1.0])) is None
