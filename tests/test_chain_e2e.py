@@ -79,6 +79,9 @@ def _train(
     while proc.poll() is None and time.time() < deadline:
         pending = client.pending_approvals(dag_id=f"train_{model}")
         if pending:
+            # Another DAG's requests are not this one's (the DAG is a path parameter of Airflow's route).
+            assert [p.dag_id for p in pending] == [f"train_{model}"]
+            assert client.pending_approvals(dag_id="train_no_such_model") == []
             version = pending[0].field("version")
             assert answer is not None, "an approval was requested although the gate should have stopped it"
             result = as_reviewer(world, reviewer, answer, model, version, "--comment", f"{answer} in e2e")

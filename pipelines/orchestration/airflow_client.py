@@ -194,10 +194,10 @@ class AirflowClient:
 
     # -- human in the loop ---------------------------------------------------------------------------
     def pending_approvals(self, dag_id: str | None = None) -> list[PendingApproval]:
+        # The DAG is a path parameter of this route ("~": every DAG); as a query parameter Airflow ignores it.
         params: dict[str, Any] = {"response_received": False, "limit": 100}
-        if dag_id:
-            params["dag_id"] = dag_id
-        data = self.request("GET", "/dags/~/dagRuns/~/hitlDetails", params=params)
+        path = f"/dags/{urllib.parse.quote(dag_id or '~', safe='~')}/dagRuns/~/hitlDetails"
+        data = self.request("GET", path, params=params)
         pending = []
         for item in data["hitl_details"]:
             if item.get("response_received"):
