@@ -144,10 +144,17 @@ def _train_and_approve(
     return code == 0
 
 
+_LOGGED_IN: dict[str, dict[str, str]] = {}  # reviewer -> the environment of their login (one login per demo)
+
+
 def _reviewer_login(settings: Settings, reviewer: str, console: Console) -> dict[str, str] | None:
     """Log ``reviewer`` in as a person would (`mlctl login`), in a config directory of their own; returns the
     environment their commands run with. The demo types the password Airflow generated for them: the one place
-    that reads it, as a login, never to act for them."""
+    that reads it, as a login, never to act for them. A reviewer logged in earlier in the demo stays logged in
+    (their token lasts a day), as a person would."""
+    if reviewer in _LOGGED_IN:
+        console.print(f"{reviewer} is still logged in (the `mlctl login` above)")
+        return _LOGGED_IN[reviewer]
     env = {**os.environ, "XDG_CONFIG_HOME": str(settings.home / "reviewers" / reviewer)}
     assert settings.airflow_home is not None
     password = json.loads((settings.airflow_home / "passwords.json").read_text())[reviewer]
@@ -157,6 +164,7 @@ def _reviewer_login(settings: Settings, reviewer: str, console: Console) -> dict
     if subprocess.run(login, input=password + "\n", text=True, env=env).returncode != 0:
         console.print(f"[red]{reviewer} could not log in[/red]")
         return None
+    _LOGGED_IN[reviewer] = env
     return env
 
 
@@ -420,34 +428,43 @@ def run_demo(settings: Settings, n_days: int, console: Console) -> int:
     end = days[-1]
     specs = list(load_specs(settings.models_dir).values())
     twice = next((spec for spec in specs if spec.name == ROLLBACK_MODEL), None) if len(days) > 1 else None
-    first_days = days[:-1] if twice else days
-    console.rule(f"1/6 Daily features DAG: {days[0]} .. {first_days[-1]}, {settings.sim_users} users")
-    if not _daily_runs(settings, first_days, console):
+    console.rule(f"1/6 Daily features DAG: {days[0]} .. {end}, {settings.sim_users} users")
+    if not _daily_runs(settings, days, console):
         return 1
     client = AirflowClient(settings)
-    if twice is not None:
-        console.rule(f"2/6 A first champion: train_{twice.name} for {days[-2]}, then the daily DAG for {end}")
-        early = _start_training(settings, twice, days[-2], console)
-        if not _train_and_approve(settings, client, early, console, lambda: None):
-            return 1
-        if not _daily_runs(settings, days[-1:], console):
-            return 1
     trainings: dict[str, _Training] = {}
+    # Training DAGs for the last day, in this order; each starts once the run before it waits for its reviewer
+    # (the two cores then train the next model meanwhile). The model trained twice comes last: its second
+    # candidate is judged against the first champion.
+    queue = [spec for spec in specs if spec is not twice] + ([twice] if twice else [])
 
-    def start(index: int) -> None:
-        if index < len(specs) and specs[index].name not in trainings:
-            trainings[specs[index].name] = _start_training(settings, specs[index], end, console)
+    def start_next() -> None:
+        waiting = next((spec for spec in queue if spec.name not in trainings), None)
+        if waiting is not None and (waiting is not twice or early_done):
+            trainings[waiting.name] = _start_training(settings, waiting, end, console)
 
-    for index, spec in enumerate(specs):
+    def stop_all() -> int:
+        for other in trainings.values():  # a run waiting for its reviewer would wait forever
+            if other.process.poll() is None:
+                other.process.kill()  # dag.test ignores SIGTERM
+        return 1
+
+    early_done = twice is None
+    if twice is not None:
+        console.rule(f"2/6 A first champion: train_{twice.name} for {days[-2]}; the other models train meanwhile")
+        early = _start_training(settings, twice, days[-2], console)
+        start_next()
+        if not _train_and_approve(settings, client, early, console, start_next):
+            return stop_all()
+        early_done = True
+    for spec in queue:
         console.rule(f"3/6 Training DAG train_{spec.name} for {end}: train, evaluate, gate, review, promote")
         if spec.name in trainings:
-            console.print(f"train_{spec.name} has been running since the previous model's review")
-        start(index)
-        if not _train_and_approve(settings, client, trainings[spec.name], console, lambda i=index: start(i + 1)):
-            for other in trainings.values():  # a run waiting for its reviewer would wait forever
-                if other.process.poll() is None:
-                    other.process.kill()  # dag.test ignores SIGTERM
-            return 1
+            console.print(f"train_{spec.name} has been running since an earlier model's review")
+        else:
+            start_next()
+        if not _train_and_approve(settings, client, trainings[spec.name], console, start_next):
+            return stop_all()
     console.rule("4/6 Serving")
     if not _serve_and_score(settings, specs, console):
         return 1
