@@ -18,7 +18,7 @@ install: .venv/.synced
 demo: install
 	$(UV) run --frozen --no-sync mlctl demo
 
-# The suite in three lanes side by side (tests/run_lanes.sh says which tests run where and why); each lane's log
+# The suite in two lanes side by side (tests/run_lanes.sh says which tests run where and why); each lane's log
 # is printed when all are done. `make test-integration` runs the integration tests alone.
 PYTEST := $(UV) run --frozen --no-sync pytest -q -p no:cacheprovider
 test: install
