@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # `make test`: the suite in two lanes side by side. The machine has 2 cores and the suite is CPU-bound: four lanes
-# took longer than two, and so did three (2026-12-06: 17 min 24 s, the in-process Airflow lane alone 15 min 39 s). Tests that run Airflow in-process run in a
-# pytest process of their own (Airflow configures itself once per process), and so does each part below; a lane
-# runs its parts one after another. Each lane's output goes to a log, printed when both are done; the exit code is
-# non-zero when any part failed.
+# took longer than two, and so did three (2026-12-06: 17 min 24 s, the in-process Airflow lane alone 15 min 39 s).
+# Tests that run Airflow in-process run in a pytest process of their own (Airflow configures itself once per
+# process), and so does each part below; a lane runs its parts one after another. Each lane's output goes to a log,
+# printed when both are done; the exit code is non-zero when any part failed.
 set -uo pipefail
 PYTEST=("$@")  # the pytest command, from the Makefile
 LOGS=.storefront/test-lanes
