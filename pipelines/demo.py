@@ -144,7 +144,7 @@ def _train_and_approve(
     return code == 0
 
 
-_LOGGED_IN: dict[str, dict[str, str]] = {}  # reviewer -> the environment of their login (one login per demo)
+_LOGGED_IN: dict[str, dict[str, str]] = {}  # a reviewer's config directory -> the environment of their login
 
 
 def _reviewer_login(settings: Settings, reviewer: str, console: Console) -> dict[str, str] | None:
@@ -152,10 +152,11 @@ def _reviewer_login(settings: Settings, reviewer: str, console: Console) -> dict
     environment their commands run with. The demo types the password Airflow generated for them: the one place
     that reads it, as a login, never to act for them. A reviewer logged in earlier in the demo stays logged in
     (their token lasts a day), as a person would."""
-    if reviewer in _LOGGED_IN:
+    config = str(settings.home / "reviewers" / reviewer)
+    if config in _LOGGED_IN:
         console.print(f"{reviewer} is still logged in (the `mlctl login` above)")
-        return _LOGGED_IN[reviewer]
-    env = {**os.environ, "XDG_CONFIG_HOME": str(settings.home / "reviewers" / reviewer)}
+        return _LOGGED_IN[config]
+    env = {**os.environ, "XDG_CONFIG_HOME": config}
     assert settings.airflow_home is not None
     password = json.loads((settings.airflow_home / "passwords.json").read_text())[reviewer]
     console.print(f"{reviewer} logs in (the demo types {reviewer}'s generated password):")
@@ -164,7 +165,7 @@ def _reviewer_login(settings: Settings, reviewer: str, console: Console) -> dict
     if subprocess.run(login, input=password + "\n", text=True, env=env).returncode != 0:
         console.print(f"[red]{reviewer} could not log in[/red]")
         return None
-    _LOGGED_IN[reviewer] = env
+    _LOGGED_IN[config] = env
     return env
 
 
@@ -434,13 +435,13 @@ def run_demo(settings: Settings, n_days: int, console: Console) -> int:
     client = AirflowClient(settings)
     trainings: dict[str, _Training] = {}
     # Training DAGs for the last day, in this order; each starts once the run before it waits for its reviewer
-    # (the two cores then train the next model meanwhile). The model trained twice comes last: its second
-    # candidate is judged against the first champion.
-    queue = [spec for spec in specs if spec is not twice] + ([twice] if twice else [])
+    # (the two cores then train the next model meanwhile). The model trained twice joins the queue once its first
+    # champion is promoted: its second candidate is judged against that champion.
+    queue = [spec for spec in specs if spec is not twice]
 
     def start_next() -> None:
         waiting = next((spec for spec in queue if spec.name not in trainings), None)
-        if waiting is not None and (waiting is not twice or early_done):
+        if waiting is not None:
             trainings[waiting.name] = _start_training(settings, waiting, end, console)
 
     def stop_all() -> int:
@@ -449,14 +450,13 @@ def run_demo(settings: Settings, n_days: int, console: Console) -> int:
                 other.process.kill()  # dag.test ignores SIGTERM
         return 1
 
-    early_done = twice is None
     if twice is not None:
         console.rule(f"2/6 A first champion: train_{twice.name} for {days[-2]}; the other models train meanwhile")
         early = _start_training(settings, twice, days[-2], console)
         start_next()
         if not _train_and_approve(settings, client, early, console, start_next):
             return stop_all()
-        early_done = True
+        queue.append(twice)
     for spec in queue:
         console.rule(f"3/6 Training DAG train_{spec.name} for {end}: train, evaluate, gate, review, promote")
         if spec.name in trainings:
