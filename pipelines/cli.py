@@ -301,17 +301,27 @@ def logout() -> None:
 @app.command()
 def approvals(
     reviewer: Annotated[str | None, typer.Option("--as", help=AS_HELP)] = None,
+    wait: Annotated[
+        str | None,
+        typer.Option(
+            "--wait",
+            metavar="MODEL",
+            help="Wait until MODEL's training run asks for a review; exit 1 if a run of it ends without asking",
+        ),
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="With --wait: give up (exit 1) after this many seconds")] = 3600,
 ) -> None:
     """Candidates waiting for a reviewer (Airflow's "Required Actions"), with the command that answers each."""
     from rich.table import Table
 
     from pipelines.orchestration.airflow_client import AirflowAPIError, AirflowClient
+    from pipelines.orchestration.runs import NoApprovalRequest, wait_for_request
 
     settings = _settings()
     try:
         client = _reviewer_client(settings, reviewer) if reviewer else AirflowClient(settings)
-        pending = client.pending_approvals()
-    except AirflowAPIError as exc:
+        pending = wait_for_request(client, wait, timeout) if wait else client.pending_approvals()
+    except (AirflowAPIError, NoApprovalRequest) as exc:
         _fail(str(exc))
     if not pending:
         console.print("no approval request is waiting")

@@ -1,8 +1,8 @@
 """A small client of Airflow's public REST API (``/api/v2``), as the engineer account or a logged-in person.
 
-On the stack it talks HTTP to ``settings.airflow_api_url``. In the local profile no server runs, so it serves the
-very same API application in-process over the local metadata DB: the requests, the authentication and the
-authorization checks are exactly those a person going through the UI or REST would meet.
+On the stack it talks HTTP to ``settings.airflow_api_url``. In the local profile no server runs, so it serves
+Airflow's API routes in-process over the local metadata DB (``local_api.py``: only the routes called here): the
+requests, the authentication and the authorization checks are those a person going through the UI or REST meets.
 """
 
 from __future__ import annotations
@@ -79,13 +79,11 @@ def _http(settings: Settings) -> httpx.Client:
         return httpx.Client(base_url=settings.airflow_api_url.rstrip("/"), timeout=60)
     configure_airflow(settings)
     warnings.filterwarnings("ignore", message=".*httpx.*starlette.testclient.*")
-    from airflow.api_fastapi.app import create_app
     from starlette.testclient import TestClient
 
-    api = create_app("core")
-    # One access-log line per request is noise in a CLI: drop that middleware from our in-process copy.
-    api.user_middleware = [m for m in api.user_middleware if "AccessLog" not in getattr(m.cls, "__name__", "")]
-    return TestClient(api, base_url="http://airflow.local")
+    from pipelines.orchestration.local_api import local_api_app
+
+    return TestClient(local_api_app(), base_url="http://airflow.local")
 
 
 def issue_token(http: httpx.Client, username: str, password: str) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.lake import as_date, date_range
-from pipelines.orchestration.airflow_client import AirflowAPIError, AirflowClient
+from pipelines.orchestration.airflow_client import AirflowAPIError, AirflowClient, PendingApproval
 from pipelines.orchestration.airflow_env import configure_airflow, migrate_db
 from pipelines.orchestration.outcomes import (
     TaskState,
@@ -207,6 +207,38 @@ def waiting_for_review(client: AirflowClient, dag_id: str, run_id: str) -> bool:
         ti["task_id"] == APPROVAL_TASK and ti.get("state") in WAITING_FOR_REVIEW
         for ti in client.task_instances(dag_id, run_id)
     )
+
+
+class NoApprovalRequest(RuntimeError):
+    """The awaited review request did not come: the training run ended without one, or the wait timed out."""
+
+
+def wait_for_request(
+    client: AirflowClient,
+    model: str,
+    timeout_seconds: float,
+    poll_seconds: float = 3.0,
+) -> list[PendingApproval]:
+    """Wait until ``model``'s training run asks for a review and return the requests for it. Raises
+    ``NoApprovalRequest`` when a run of its training DAG ends without asking (the gate rejected the candidate,
+    or a task failed) after the wait began, or when ``timeout_seconds`` pass."""
+    dag_id = f"train_{model}"
+    since = dt.datetime.now(dt.UTC)
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        pending = [p for p in client.pending_approvals(dag_id=dag_id) if p.field("model") == model]
+        if pending:
+            return pending
+        for run in client.dag_runs(dag_id, limit=3):
+            ended = run.get("end_date")
+            if run["state"] in FINISHED and ended and dt.datetime.fromisoformat(ended) >= since:
+                raise NoApprovalRequest(
+                    f"{dag_id} run {run['dag_run_id']} ended {run['state']} and no review request for {model} is "
+                    "waiting (a rejected gate asks no one; its `mlctl run` printed why)"
+                )
+        if time.monotonic() >= deadline:
+            raise NoApprovalRequest(f"no review request for {model} came within {timeout_seconds:g} s")
+        time.sleep(poll_seconds)
 
 
 def trigger_and_follow(
