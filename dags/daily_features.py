@@ -65,18 +65,20 @@ def midnight(day: dt.date) -> dt.datetime:
     doc_md=__doc__,
 )
 def daily_features():
-    @task
+    # Each step returns one dict, kept as one XCom: one per key (TaskFlow's default for a dict) costs an
+    # execution-API call each.
+    @task(multiple_outputs=False)
     def extract(ds: str | None = None) -> dict:
         return once(flow().extract, ds)
 
-    @task
+    @task(multiple_outputs=False)
     def validate(ds: str | None = None) -> dict:
         return flow().validate(get_settings(), ds)
 
     def family_task(family: str):
         asset = feature_asset(family)
 
-        @task(task_id=f"features_{family}", outlets=[asset])
+        @task(multiple_outputs=False, task_id=f"features_{family}", outlets=[asset])
         def features(ds: str | None = None, outlet_events=None) -> dict:
             try:
                 result = flow().feature_family(get_settings(), ds, family)
@@ -89,17 +91,17 @@ def daily_features():
         return features()
 
     # Runs after skipped families too; it fails itself when every family was skipped (and no late label landed).
-    @task(trigger_rule="none_failed")
+    @task(multiple_outputs=False, trigger_rule="none_failed")
     def materialize(ds: str | None = None) -> dict:
         return once(flow().materialize, ds)
 
     # The day's served predictions against the offline features (nothing to do on a day nothing was served).
-    @task
+    @task(multiple_outputs=False)
     def skew(ds: str | None = None) -> dict:
         return flow().skew(get_settings(), ds)
 
     # Each champion against its training rows; a drifting one triggers its training DAG (gate and approval apply).
-    @task(outlets=[DRIFT_ALIAS])
+    @task(multiple_outputs=False, outlets=[DRIFT_ALIAS])
     def monitor(ds: str | None = None, outlet_events=None) -> dict:
         monitored = flow().monitor(get_settings(), ds)
         for model, extra in flow().drift_events(monitored, ds).items():

@@ -95,7 +95,8 @@ def build_training_dag(spec: ModelSpec):
         doc_md=__doc__,
     )
     def training_dag():
-        @task
+        # Each step returns one dict, kept as one XCom (not one per key: an execution-API call each).
+        @task(multiple_outputs=False)
         def check(dag_run=None, triggering_asset_events=None) -> dict:
             from pipelines.training.readiness import HistoryTooShort
 
@@ -106,21 +107,21 @@ def build_training_dag(spec: ModelSpec):
             except (HistoryTooShort, flow().TriggeredByBackfill) as skip:
                 raise AirflowSkipException(str(skip)) from skip
 
-        @task
+        @task(multiple_outputs=False)
         def training_set(checked: dict) -> dict:
             return flow().training_set(get_settings(), spec, checked["ds"])
 
-        @task
+        @task(multiple_outputs=False)
         def train(checked: dict, dag_run=None) -> dict:
             settings = get_settings()
             who = flow().trainer_identity(settings, getattr(dag_run, "triggering_user_name", None))
             return flow().train(settings, spec, checked["ds"], trained_by=who)
 
-        @task
+        @task(multiple_outputs=False)
         def evaluate(checked: dict, trained: dict) -> dict:
             return flow().evaluate(get_settings(), spec, checked["ds"], trained["version"])
 
-        @task.short_circuit
+        @task.short_circuit(multiple_outputs=False)
         def gate(checked: dict, trained: dict, evaluation: dict) -> dict | bool:
             decision = flow().gate(get_settings(), spec, checked["ds"], trained["version"], evaluation)
             return decision if decision["passed"] else False
@@ -141,13 +142,13 @@ def build_training_dag(spec: ModelSpec):
             for i in range(spec.approvals_required)
         ]
 
-        @task
+        @task(multiple_outputs=False)
         def promote(checked: dict, trained: dict, ti=None) -> dict:
             answers = [ti.xcom_pull(task_ids=a.task_id, key="answer") for a in approvals]
             return flow().promote(get_settings(), spec, checked["ds"], trained["version"], answers)
 
         # Runs after a reviewer's rejection (promote skipped), not when the check skipped the whole run.
-        @task(trigger_rule="none_failed_min_one_success")
+        @task(multiple_outputs=False, trigger_rule="none_failed_min_one_success")
         def record_review(checked: dict, trained: dict, ti=None) -> dict:
             answers = [ti.xcom_pull(task_ids=a.task_id, key="answer") for a in approvals]
             rejection = next((a for a in answers if a and "Approve" not in (a.get("chosen_options") or [])), None)
