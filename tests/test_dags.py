@@ -209,3 +209,36 @@ def test_running_today_is_refused(world: AirflowWorld, monkeypatch: pytest.Monke
     states = _states(run)
     assert str(run.state) == "failed" and states["extract"] == "failed"
     assert not Lake(world.settings).exists("events", today)
+
+
+def test_a_migrated_db_is_recognised_from_its_recorded_heads(
+    world: AirflowWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ensure_migrated checks Airflow's migrations once, then only compares the DB's revision with the heads it
+    recorded; a DB whose revision no longer matches is checked (and migrated) again."""
+    import airflow.utils.db
+    from sqlalchemy import text
+
+    from pipelines.orchestration import runs
+
+    runs.ensure_migrated(world.settings)
+    recorded = world.settings.airflow_home / "migrated.json"
+    assert recorded.exists()
+
+    def checked(timeout: int) -> None:
+        raise AssertionError("the migrations were checked again")
+
+    monkeypatch.setattr(airflow.utils.db, "check_migrations", checked)
+    runs.ensure_migrated(world.settings)  # from the record alone
+
+    from airflow import settings as airflow_settings
+
+    with airflow_settings.engine.begin() as connection:
+        (head,) = connection.execute(text("SELECT version_num FROM alembic_version")).one()
+        connection.execute(text("UPDATE alembic_version SET version_num = 'elsewhere'"))
+    try:
+        with pytest.raises(AssertionError, match="checked again"):
+            runs.ensure_migrated(world.settings)
+    finally:
+        with airflow_settings.engine.begin() as connection:
+            connection.execute(text("UPDATE alembic_version SET version_num = :head"), {"head": head})

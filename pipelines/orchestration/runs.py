@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
 import sys
 import time
@@ -96,8 +97,12 @@ def load_dag(settings: Settings, dag_id: str):
 
 def ensure_migrated(settings: Settings) -> None:
     """Bring the metadata DB to Airflow's schema head. A DB already there is checked in this process: the
-    ``airflow db migrate`` command would start a process importing all of Airflow (seconds) for every run."""
+    ``airflow db migrate`` command would start a process importing all of Airflow (seconds) for every run. The
+    heads of this Airflow version are kept in ``migrated.json`` once checked (finding them loads every migration
+    script: a second or two), so later runs only read the DB's revision."""
     configure_airflow(settings)
+    if _at_recorded_heads(settings):
+        return
     from airflow.utils.db import check_migrations
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -105,6 +110,41 @@ def ensure_migrated(settings: Settings) -> None:
         check_migrations(timeout=1)
     except (TimeoutError, SQLAlchemyError):  # behind Airflow's head, or no DB yet
         migrate_db(settings)
+    _record_heads(settings)
+
+
+def _db_heads() -> set[str]:
+    from airflow import settings as airflow_settings
+    from sqlalchemy import text
+
+    with airflow_settings.engine.connect() as connection:
+        return {row[0] for row in connection.execute(text("SELECT version_num FROM alembic_version"))}
+
+
+def _heads_file(settings: Settings) -> Path:
+    assert settings.airflow_home is not None
+    return settings.airflow_home / "migrated.json"
+
+
+def _at_recorded_heads(settings: Settings) -> bool:
+    import airflow
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        recorded = json.loads(_heads_file(settings).read_text())
+        return recorded["airflow"] == airflow.__version__ and set(recorded["heads"]) == _db_heads()
+    except (OSError, ValueError, KeyError, TypeError, SQLAlchemyError):
+        return False
+
+
+def _record_heads(settings: Settings) -> None:
+    """Note the DB's heads, now Airflow's own, for this Airflow version (atomically: a torn file is never read)."""
+    import airflow
+
+    path = _heads_file(settings)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"airflow": airflow.__version__, "heads": sorted(_db_heads())}))
+    os.replace(tmp, path)
 
 
 def succeeded_dates(settings: Settings, dag_id: str) -> set[dt.date]:

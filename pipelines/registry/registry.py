@@ -78,6 +78,13 @@ def connect(settings: Settings) -> MlflowClient:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+def never_written(settings: Settings) -> bool:
+    """The tracking store is a SQLite file no one has created yet (local profile, before the first training run):
+    it holds no model. Readers answer "none" without creating it (MLflow would build its schema: seconds)."""
+    uri = settings.mlflow_tracking_uri
+    return uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists()
+
+
 def artifact_location(settings: Settings, experiment: str) -> str | None:
     root = settings.mlflow_artifact_root
     if root.startswith("mlflow-artifacts:"):
@@ -142,6 +149,8 @@ def get_version(settings: Settings, name: str, version: str | int) -> ModelVersi
 
 def get_alias(settings: Settings, name: str, alias: str) -> ModelVersionInfo | None:
     """The version holding ``alias``, or None if the alias (or the model) does not exist."""
+    if never_written(settings):
+        return None
     client = connect(settings)
     try:
         aliases = client.get_registered_model(name).aliases or {}
@@ -159,6 +168,8 @@ def get_champion(settings: Settings, name: str) -> ModelVersionInfo | None:
 
 def aliases(settings: Settings, name: str) -> dict[str, str]:
     """alias -> version (str) of a registered model; empty if it does not exist."""
+    if never_written(settings):
+        return {}
     client = connect(settings)
     try:
         return {a: str(v) for a, v in (client.get_registered_model(name).aliases or {}).items()}
@@ -170,6 +181,8 @@ def aliases(settings: Settings, name: str) -> dict[str, str]:
 
 def list_versions(settings: Settings, name: str) -> list[ModelVersionInfo]:
     """All versions of a registered model, oldest first (empty if it does not exist)."""
+    if never_written(settings):
+        return []
     client = connect(settings)
     found = client.search_model_versions(f"name = '{name}'")
     return sorted((_info(client, mv) for mv in found), key=lambda i: int(i.version))
