@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from pipelines.specs import ModelSpec
 from pipelines.training.dataset import LABEL_COLUMN, TrainingSet
@@ -52,6 +49,12 @@ def baseline_scores(spec: ModelSpec, training_set: TrainingSet) -> np.ndarray | 
             f"model spec {spec.name!r}: the train split's {len(y)} rows hold one class only; "
             "the logistic-regression baseline cannot be fit (widen 'windows.train_days')"
         )
+    # Imported here: scikit-learn takes seconds to import, and the modules importing this one (the gate, `mlctl
+    # status` through it) mostly never fit a baseline.
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     medians = train[columns].astype("float64").median()
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
     model.fit(_filled(train[columns], medians), y)

@@ -61,7 +61,6 @@ def local_api_app():
     from airflow.api_fastapi.app import init_auth_manager
     from airflow.api_fastapi.common.dagbag import create_dag_bag
     from airflow.api_fastapi.common.exceptions import init_error_handlers
-    from airflow.api_fastapi.common.router import AirflowRouter
     from airflow.api_fastapi.core_api.app import init_middlewares
     from airflow.api_fastapi.core_api.security import get_user
     from fastapi import Depends, FastAPI
@@ -70,15 +69,12 @@ def local_api_app():
     app.state.dag_bag = create_dag_bag()
     init_auth_manager(app)
     # Authentication on every route, as Airflow's own public and UI routers require it (each route adds its own
-    # authorization check).
-    public = AirflowRouter(prefix="/api/v2", dependencies=[Depends(get_user)])
-    for router in _routers(ROUTES):
-        public.include_router(router)
-    ui = AirflowRouter(prefix="/ui", include_in_schema=False, dependencies=[Depends(get_user)])
+    # authorization check). Included straight into the app: every level of routers copies every route.
+    authenticated = [Depends(get_user)]
     for router in _routers(UI_ROUTES):
-        ui.include_router(router)
-    app.include_router(ui)
-    app.include_router(public)
+        app.include_router(router, prefix="/ui", include_in_schema=False, dependencies=authenticated)
+    for router in _routers(ROUTES):
+        app.include_router(router, prefix="/api/v2", dependencies=authenticated)
     init_error_handlers(app)
     init_middlewares(app)
     return app

@@ -114,10 +114,17 @@ def services(settings: Settings, internal: InternalPorts) -> list[Service]:
             settings.airflow_api_url,
         )
     )
-    found += [Service(name, [_bin("airflow"), name]) for name in AIRFLOW_COMPONENTS]
-    if settings.airflow_executor == "CeleryExecutor":
+    celery = settings.airflow_executor == "CeleryExecutor"
+    # The process whose forks run the tasks (pipelines/stack/preload.py): the scheduler's LocalExecutor workers or
+    # the Celery worker's pool. It imports the steps' libraries once, so no task process imports them again.
+    preloaded = [sys.executable, "-m", "pipelines.stack.preload", _bin("airflow")]
+    found += [
+        Service(name, [*(preloaded if name == "scheduler" and not celery else [_bin("airflow")]), name])
+        for name in AIRFLOW_COMPONENTS
+    ]
+    if celery:
         queue = settings.celery_queue
-        worker = [_bin("airflow"), "celery", "worker", "--queues", queue, "--celery-hostname", f"{queue}@%h"]
+        worker = [*preloaded, "celery", "worker", "--queues", queue, "--celery-hostname", f"{queue}@%h"]
         found.append(Service("celery-worker", [*worker, "--concurrency", str(settings.celery_worker_concurrency)]))
     found += _dask_services(settings)
     # Serving reads the registry with the read-only MLflow account (mlflow_auth.write_serving_env).
