@@ -899,21 +899,28 @@ def _task_process(ti_id: str) -> int | None:
 
 
 def _service_pid(state: dict, command: str) -> int:
-    """The stack's ``airflow COMMAND`` process (its command line: python, .../airflow, COMMAND)."""
+    """The stack's ``airflow COMMAND`` process (its command line: python, [-m pipelines.stack.preload,]
+    .../airflow, COMMAND)."""
+    seen = []
     for pid in supervisor.stack_pids(state):
         with contextlib.suppress(OSError):
-            argv = [a for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+            # Split on spaces too: a process that imports gunicorn (MLflow does) has its command line rewritten
+            # into one string by setproctitle.
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").split()
             if argv[-1:] == [command.encode()] and any(a.endswith(b"/airflow") for a in argv):
                 return pid
-    raise AssertionError(f"no `airflow {command}` process in the stack")
+            seen.append(b" ".join(argv).decode(errors="replace")[:120])
+    raise AssertionError(f"no `airflow {command}` process in the stack; its processes: {seen}")
 
 
-def _running_task(fault: FaultStack, day: dt.date, task_id: str) -> tuple[str, int] | None:
+def _running_task(fault: FaultStack, day: dt.date, task_id: str | None) -> tuple[str, int] | None:
+    """The run's id and the pid of its task ``task_id`` (None: any task) while that task's process runs."""
     run = fault.run_of(day)
     if run is None:
         return None
     for ti in fault.client.task_instances("daily_features", run["dag_run_id"]):
-        if ti["task_id"] == task_id and ti.get("state") == "running" and (pid := _task_process(ti["id"])):
+        wanted = task_id is None or ti["task_id"] == task_id
+        if wanted and ti.get("state") == "running" and (pid := _task_process(ti["id"])):
             return run["dag_run_id"], pid
     return None
 
@@ -975,7 +982,8 @@ def test_stack_scheduler_killed_mid_run_stops_the_stack_and_the_rerun_converges(
     day, world = DAYS[6], stack.world
     log = tmp_path / "run.log"
     proc = world.popen_mlctl("run", "daily_features", "--date", str(day), log=log)
-    wait_for("a running extract task", lambda: _running_task(stack, day, "extract"), 300, 0.5)
+    # Any of the run's tasks (some take only a second or two).
+    wait_for("a running task of the run", lambda: _running_task(stack, day, None), 300, 0.2)
     state = supervisor.read_state(world.settings)
     assert state is not None
     scheduler = _service_pid(state, "scheduler")

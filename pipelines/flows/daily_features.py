@@ -171,16 +171,18 @@ def monitor(settings: Settings, ds: str | dt.date) -> dict:
     published to ``monitoring/drift/<model>/ds=...`` (replacing the day's previous report). A model without a
     champion is not watched; one that cannot be (its training set gone, the day lacking its features) is listed
     under ``unwatched`` with the reason. A day of late labels only has no features to watch."""
-    # Imported here: the point-in-time join imports Feast and scoring MLflow; only this step needs them.
-    from pipelines.monitoring.watch import MonitoringError, monitor_model, publish_drift
+    from pipelines.registry.registry import never_written
     from pipelines.specs import load_specs
-    from pipelines.training.dataset import TrainingSetError
 
     day, lake = as_date(ds), Lake(settings)
     models: dict[str, dict] = {}
     unwatched: dict[str, str] = {}
-    if not _families_built(settings, lake, day):
-        return {"models": models, "unwatched": unwatched}
+    if never_written(settings) or not _families_built(settings, lake, day):
+        return {"models": models, "unwatched": unwatched}  # no model trained yet, or no features of the day
+    # Imported here: the point-in-time join imports Feast, scoring MLflow and LightGBM; only this step needs them.
+    from pipelines.monitoring.watch import MonitoringError, monitor_model, publish_drift
+    from pipelines.training.dataset import TrainingSetError
+
     for spec in load_specs(settings.models_dir).values():
         try:
             report = monitor_model(settings, spec, day, lake)

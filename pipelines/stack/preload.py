@@ -4,7 +4,7 @@ Airflow runs each task in a process forked from the process that runs tasks (the
 from the scheduler; a Celery worker's pool processes): what that process has imported, every task has, and what it
 has not, every task imports again. The steps import Feast, Great Expectations, MLflow, LightGBM, scikit-learn and
 SciPy: 5-10 s of every task process on a 2-core machine, for a step that often works for less than a second. The
-stack starts the services that run tasks through this module, so those libraries are imported once per service.
+stack starts its Celery worker through this module, so those libraries are imported once per worker.
 Importing is all it does: it opens no connection, file or thread that a forked task could inherit
 (``preload`` checks that no thread was started).
 """

@@ -85,13 +85,17 @@ def _alive(pid: int) -> bool:
 
 
 def stack_pids(state: dict) -> list[int]:
-    """Live processes of the stack: in the supervisor's session, or carrying the stack's marker.
+    """Live processes of the stack: in the supervisor's session, carrying the stack's marker, or descending from
+    one of those.
 
-    Both are needed: Airflow's task processes rewrite their command line over their environment
-    (setproctitle), and a server may start children in a session of their own.
+    All three are needed: Airflow's task processes rewrite their command line over their environment
+    (setproctitle), and so does any process that imports gunicorn (MLflow does: the preloaded scheduler), so the
+    marker is gone from them; a server may start children in a session of their own; a child whose parent died
+    is found by its marker alone.
     """
     marker = f"STOREFRONT_STACK_ID={state['stack_id']}".encode()
-    found = []
+    found: set[int] = set()
+    parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
@@ -99,11 +103,18 @@ def stack_pids(state: dict) -> list[int]:
             stat = (entry / "stat").read_text().rsplit(") ", 1)[1].split()
             if stat[0] == "Z":
                 continue
+            pid = int(entry.name)
+            parents[pid] = int(stat[1])
             if int(stat[3]) == state["pid"] or marker in (entry / "environ").read_bytes().split(b"\0"):
-                found.append(int(entry.name))
+                found.add(pid)
         except (OSError, IndexError, ValueError):
             continue
-    return found
+    grown = True
+    while grown:
+        descendants = {pid for pid, parent in parents.items() if parent in found} - found
+        found |= descendants
+        grown = bool(descendants)
+    return sorted(found)
 
 
 def _rss_mb(pids: list[int]) -> float:
