@@ -89,7 +89,7 @@ def stack_pids(state: dict) -> list[int]:
     one of those.
 
     All three are needed: Airflow's task processes rewrite their command line over their environment
-    (setproctitle), and so does any process that imports gunicorn (MLflow does: the preloaded scheduler), so the
+    (setproctitle), and so does any process that imports gunicorn (MLflow does: the preloaded Celery worker), so the
     marker is gone from them; a server may start children in a session of their own; a child whose parent died
     is found by its marker alone.
     """
