@@ -61,6 +61,19 @@ class WindowSpec(_Strict):
     train_days: int = Field(14, gt=0)
     validation_days: int = Field(3, gt=0)
     test_days: int = Field(3, gt=0)
+    max_train_days: int | None = Field(
+        None,
+        gt=0,
+        description="train on more days than train_days, up to this many, where the lake holds their features",
+    )
+
+    @model_validator(mode="after")
+    def _max_covers_train(self) -> WindowSpec:
+        if self.max_train_days is not None and self.max_train_days < self.train_days:
+            raise ValueError(
+                f"'max_train_days' ({self.max_train_days}) must be at least 'train_days' ({self.train_days})"
+            )
+        return self
 
 
 class SliceSpec(_Strict):

@@ -11,12 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from pydantic import ValidationError
 
 from pipelines.data import schemas
 from pipelines.lake import Lake
 from pipelines.registry.registry import list_versions
 from pipelines.settings import Settings
-from pipelines.specs import ModelSpec
+from pipelines.specs import ModelSpec, WindowSpec
 from pipelines.training.dataset import (
     TrainingSet,
     TrainingSetError,
@@ -51,6 +52,28 @@ def test_split_days_are_time_ordered_and_leave_a_complete_label_window(spec: Mod
     assert len(splits.train) == 4 and len(splits.validation) == 2 and len(splits.test) == 2
     assert max(splits.train) < min(splits.validation) and max(splits.validation) < min(splits.test)
     assert splits.days == sorted(set(splits.days))
+
+
+def test_max_train_days_reaches_back_over_the_days_whose_features_the_lake_holds(spec: ModelSpec) -> None:
+    longer = spec.model_copy(
+        update={"windows": WindowSpec(train_days=4, validation_days=2, test_days=2, max_train_days=7)}
+    )
+    shipped = split_days(spec, DAY)
+    first = shipped.train[0]
+    before = [first - dt.timedelta(days=i) for i in range(1, 11)]  # the 10 days before the shipped train window
+    # Nothing older held: the spec's own train_days; the validation and test days never move.
+    assert split_days(longer, DAY, set(shipped.days)) == shipped
+    # Two older days held, then a gap: the train split takes those two and stops at the gap.
+    held = {*shipped.days, before[0], before[1], before[3]}
+    grown = split_days(longer, DAY, held)
+    assert grown.train == (before[1], before[0], *shipped.train)
+    assert (grown.validation, grown.test) == (shipped.validation, shipped.test)
+    # Every older day held: at most max_train_days; without max_train_days the held days change nothing.
+    capped = split_days(longer, DAY, {*shipped.days, *before})
+    assert len(capped.train) == 7 and capped.train[-1] == shipped.train[-1] and capped.days == sorted(capped.days)
+    assert split_days(spec, DAY, {*shipped.days, *before}) == shipped
+    with pytest.raises(ValidationError, match="'max_train_days' \\(3\\) must be at least 'train_days' \\(4\\)"):
+        WindowSpec(train_days=4, max_train_days=3)
 
 
 def test_training_set_round_trips_through_the_lake_with_the_same_digest(spec: ModelSpec, lake: Lake) -> None:
@@ -203,6 +226,20 @@ def test_training_set_from_the_lake_labels_every_featured_user_with_its_own_day_
     # Context columns for slices are there, and are not features.
     assert (rows["ctx_days_since_signup"] >= 0).all() and rows["ctx_top_category"].notna().all()
     assert not any(c.startswith("ctx_") for c in ts.feature_columns)
+    assert ts.train_days == 4
+    # With max_train_days the set reaches back over the older days whose features are built, and says so.
+    older = [splits.train[0] - dt.timedelta(days=i) for i in (1, 2)]
+    for d in older:
+        write_user_features(lake, d, build_user_features(lake, d))
+    windows = spec.windows.model_copy(update={"max_train_days": 30})
+    longer = build_training_set(settings, lake, spec.model_copy(update={"windows": windows}), logical)
+    assert longer.train_days == 6 and load_training_set(lake, spec, logical).train_days == 6
+    added = sum(len(lake.read("features/user_behavior", d)) for d in older)
+    assert longer.row_counts["train"] == ts.row_counts["train"] + added
+    assert (longer.row_counts["validation"], longer.row_counts["test"]) == (
+        ts.row_counts["validation"],
+        ts.row_counts["test"],
+    )
 
 
 def test_the_step_keeps_bayes_optimal_scores_and_lineage_beside_the_set_for_training_and_evaluation(
@@ -212,15 +249,16 @@ def test_the_step_keeps_bayes_optimal_scores_and_lineage_beside_the_set_for_trai
     oracle = np.linspace(0.01, 0.99, ts.row_counts["test"])
     lineage = {"feast.feature_service": "purchase_intent", "feast.view.user_behavior": "0123456789ab"}
 
-    save_step_outputs(lake, spec, ts, oracle, lineage)
+    save_step_outputs(lake, spec, ts, oracle, lineage, train_days=6)
     loaded = load_training_set(lake, spec, DAY)
 
     np.testing.assert_array_equal(loaded.oracle, oracle)
-    assert loaded.lineage == lineage
+    assert loaded.lineage == lineage and loaded.train_days == 6
     trained = train_model(settings, spec, loaded)
     assert "bayes_optimal_test_roc_auc" in trained.metrics
-    tags = MlflowClient(settings.mlflow_tracking_uri).get_run(trained.run_id).data.tags
-    assert tags["feast.view.user_behavior"] == "0123456789ab"
+    run = MlflowClient(settings.mlflow_tracking_uri).get_run(trained.run_id)
+    assert run.data.tags["feast.view.user_behavior"] == "0123456789ab"
+    assert run.data.params["train_days"] == "6"  # the days the set was built on, not the spec's minimum
     # A rebuild on data without a simulated truth drops the old scores; scores must cover the test rows.
     save_step_outputs(lake, spec, ts, None, lineage)
     assert load_training_set(lake, spec, DAY).oracle is None

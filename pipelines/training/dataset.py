@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -19,7 +20,7 @@ from pipelines.lake import Lake, as_date
 from pipelines.settings import Settings
 from pipelines.specs import CONTEXT_PREFIX, ModelSpec
 from pipelines.training.lineage import feature_lineage
-from pipelines.usecases import UnknownUseCase, use_case
+from pipelines.usecases import FAMILIES, UnknownUseCase, families_for, use_case
 
 TIMESTAMP_COLUMN = "event_timestamp"
 LABEL_COLUMN = "label"
@@ -52,20 +53,38 @@ class SplitDays:
         raise TrainingSetError(f"as-of day {day} is in none of the splits {self}")
 
 
-def split_days(spec: ModelSpec, logical_date: dt.date) -> SplitDays:
+def split_days(spec: ModelSpec, logical_date: dt.date, held: Collection[dt.date] = ()) -> SplitDays:
     """Time-based splits ending at the newest as-of day whose label window is complete on ``logical_date``.
 
     The label of as-of day D is complete ``spec.label.maturity_days`` later (the label window for behaviour
-    labels, the delay for chargebacks), so D + maturity <= logical_date.
+    labels, the delay for chargebacks), so D + maturity <= logical_date. With ``windows.max_train_days``, the train
+    split reaches back past ``train_days``, day by day while ``held`` (the days whose features the lake holds:
+    :func:`feature_days`) has the day before, up to that many days: a model short of positives learns from all the
+    history there is, and a young lake still trains on ``train_days``.
     """
     newest = as_date(logical_date) - dt.timedelta(days=spec.label.maturity_days)
     w = spec.windows
     days = [newest - dt.timedelta(days=i) for i in range(w.train_days + w.validation_days + w.test_days)][::-1]
+    train = days[: w.train_days]
+    held = set(held)
+    while len(train) < (w.max_train_days or 0) and train[0] - dt.timedelta(days=1) in held:
+        train.insert(0, train[0] - dt.timedelta(days=1))
     return SplitDays(
-        train=tuple(days[: w.train_days]),
+        train=tuple(train),
         validation=tuple(days[w.train_days : w.train_days + w.validation_days]),
         test=tuple(days[w.train_days + w.validation_days :]),
     )
+
+
+def feature_tables(spec: ModelSpec) -> tuple[str, ...]:
+    """The feature tables training joins at every as-of day (those of the families the spec's use case reads)."""
+    return tuple(t for name in families_for([spec]) for t in FAMILIES[name].feature_tables)
+
+
+def feature_days(lake: Lake, spec: ModelSpec) -> set[dt.date]:
+    """The days on which every feature table the spec joins has a partition."""
+    held = [set(lake.partitions(table)) for table in feature_tables(spec)]
+    return set.intersection(*held) if held else set()
 
 
 def entity_keys(spec: ModelSpec) -> tuple[str, ...]:
@@ -121,6 +140,7 @@ class TrainingSet:
     # the simulator's Bayes-optimal scores of the test rows (None without a simulated truth) and the Feast lineage.
     oracle: np.ndarray | None = None
     lineage: dict[str, str] = field(default_factory=dict)
+    train_days: int | None = None  # as-of days of the train split (more than the spec's with max_train_days)
     feature_columns: list[str] = field(init=False)
     row_counts: dict[str, int] = field(init=False)
     label_rate: float = field(init=False)
@@ -290,9 +310,15 @@ def _outputs_key(spec: ModelSpec, logical_date: dt.date) -> str:
 
 
 def save_step_outputs(
-    lake: Lake, spec: ModelSpec, training_set: TrainingSet, oracle: np.ndarray | None, lineage: dict[str, str]
+    lake: Lake,
+    spec: ModelSpec,
+    training_set: TrainingSet,
+    oracle: np.ndarray | None,
+    lineage: dict[str, str],
+    train_days: int | None = None,
 ) -> TrainingSet:
-    """Keep the test rows' Bayes-optimal scores (or drop a previous run's) and the feature lineage beside the set."""
+    """Keep the test rows' Bayes-optimal scores (or drop a previous run's), the feature lineage and the number of
+    train days beside the set."""
     day = training_set.logical_date
     if oracle is None:
         lake.delete(oracle_table(spec), [day])
@@ -304,8 +330,9 @@ def save_step_outputs(
             )
         lake.write(oracle_table(spec), day, pd.DataFrame({"bayes_optimal": np.asarray(oracle, dtype="float64")}))
     # The digest ties both to this very set: a set saved again without them must not inherit the old ones.
-    lake.write_json(_outputs_key(spec, day), {"training_set_digest": training_set.digest, "lineage": lineage})
-    return dataclasses.replace(training_set, oracle=oracle, lineage=lineage)
+    outputs = {"training_set_digest": training_set.digest, "lineage": lineage, "train_days": train_days}
+    lake.write_json(_outputs_key(spec, day), outputs)
+    return dataclasses.replace(training_set, oracle=oracle, lineage=lineage, train_days=train_days)
 
 
 def load_training_set(lake: Lake, spec: ModelSpec, logical_date: dt.date) -> TrainingSet:
@@ -334,6 +361,7 @@ def load_training_set(lake: Lake, spec: ModelSpec, logical_date: dt.date) -> Tra
         digest,
         oracle=oracle,
         lineage=outputs.get("lineage", {}) if ours else {},
+        train_days=outputs.get("train_days") if ours else None,
     )
 
 
@@ -342,10 +370,11 @@ def build_training_set(settings: Settings, lake: Lake, spec: ModelSpec, logical_
     test rows' Bayes-optimal scores and the feature lineage (computed once here, read by training and evaluation)."""
     logical_date = as_date(logical_date)
     entity_keys(spec)
-    frame = use_case(spec.entity).build_rows(settings, lake, spec, split_days(spec, logical_date), logical_date)
+    splits = split_days(spec, logical_date, feature_days(lake, spec) if spec.windows.max_train_days else ())
+    frame = use_case(spec.entity).build_rows(settings, lake, spec, splits, logical_date)
     training_set = save_training_set(lake, spec, logical_date, frame)
     oracle = oracle_scores(settings, lake, spec, training_set.split("test"))
-    return save_step_outputs(lake, spec, training_set, oracle, feature_lineage(settings, spec))
+    return save_step_outputs(lake, spec, training_set, oracle, feature_lineage(settings, spec), len(splits.train))
 
 
 def oracle_scores(settings: Settings, lake: Lake, spec: ModelSpec, frame: pd.DataFrame) -> np.ndarray | None:

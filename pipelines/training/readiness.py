@@ -13,8 +13,8 @@ from typing import Any
 from pipelines.data.landed import source_label_delay_days
 from pipelines.lake import Lake, as_date
 from pipelines.specs import ModelSpec
-from pipelines.training.dataset import split_days
-from pipelines.usecases import FAMILIES, families_for, input_tables
+from pipelines.training.dataset import feature_days, split_days
+from pipelines.usecases import input_tables
 
 # The raw table a label is read from: it must reach the logical date for the newest as-of day to be labelled.
 _LABEL_TABLE = {"purchase_within": "events", "ranking_relevance": "events", "chargeback": "order_labels"}
@@ -83,11 +83,6 @@ class Readiness:
         return data
 
 
-def feature_tables(spec: ModelSpec) -> tuple[str, ...]:
-    """The feature tables training joins at every as-of day (those of the families the spec's use case reads)."""
-    return tuple(t for name in families_for([spec]) for t in FAMILIES[name].feature_tables)
-
-
 def source_label_delay(lake: Lake) -> dict[str, float] | None:
     """The landed source's label delay in days, ``{"max": .., "median": ..}``; None when ingest recorded none."""
     found = source_label_delay_days(lake)
@@ -123,14 +118,14 @@ def proportional_windows(spec: ModelSpec, available: int) -> tuple[int, int, int
     return None
 
 
-def latest_fitting_date(spec: ModelSpec, feature_days: set[dt.date], label_last: dt.date | None) -> dt.date | None:
+def latest_fitting_date(spec: ModelSpec, built: set[dt.date], label_last: dt.date | None) -> dt.date | None:
     """The newest logical date whose as-of days all have features and whose labels the lake reaches."""
-    if not feature_days or label_last is None:
+    if not built or label_last is None:
         return None
     maturity = dt.timedelta(days=spec.label.maturity_days)
     day = label_last
-    while day - maturity >= min(feature_days):
-        if set(split_days(spec, day).days) <= feature_days:
+    while day - maturity >= min(built):
+        if set(split_days(spec, day).days) <= built:
             return day
         day -= dt.timedelta(days=1)
     return None
@@ -186,10 +181,9 @@ def check_readiness(lake: Lake, spec: ModelSpec, logical_date: str | dt.date) ->
 
     landed = [days[0] for days in raw_days.values() if days]
     raw_first = max(landed) if len(landed) == len(raw_days) else None  # the first day every raw table holds
-    per_table = {table: set(lake.partitions(table)) for table in feature_tables(spec)}
-    feature_days = set.intersection(*per_table.values()) if per_table else set()
+    built = feature_days(lake, spec)
     for name, days in (("train", splits.train), ("validation", splits.validation), ("test", splits.test)):
-        missing = [d for d in days if d not in feature_days]
+        missing = [d for d in days if d not in built]
         found = "all there" if not missing else f"missing {_days(missing)}"
         hint = ""
         if missing and raw_first is not None and missing[0] < raw_first:
@@ -205,10 +199,10 @@ def check_readiness(lake: Lake, spec: ModelSpec, logical_date: str | dt.date) ->
     result = Readiness(spec.name, day, needs, label_delay_ok=delay is None or delay.ok)
     if raw_first is not None and label_last is not None and raw_first <= label_last:
         result.data_span = (raw_first, label_last)
-    result.latest_fitting_date = latest_fitting_date(spec, feature_days, label_last)
-    if label_last is not None and feature_days:
-        newest = min(label_last, max(feature_days) + dt.timedelta(days=spec.label.maturity_days))
-        held = _contiguous_back(feature_days, newest - dt.timedelta(days=spec.label.maturity_days))
+    result.latest_fitting_date = latest_fitting_date(spec, built, label_last)
+    if label_last is not None and built:
+        newest = min(label_last, max(built) + dt.timedelta(days=spec.label.maturity_days))
+        held = _contiguous_back(built, newest - dt.timedelta(days=spec.label.maturity_days))
         fit = proportional_windows(spec, held)
         if fit is not None:
             result.suggested_windows = WindowFit(*fit, logical_date=newest)

@@ -267,7 +267,7 @@ def train_model(settings: Settings, spec: ModelSpec, training_set: TrainingSet) 
                 | {
                     "metric": ",".join(np.atleast_1d(params["metric"]).astype(str)),
                     "label_window_days": spec.label.window_days,
-                    "train_days": spec.windows.train_days,
+                    "train_days": training_set.train_days or spec.windows.train_days,
                     "validation_days": spec.windows.validation_days,
                     "test_days": spec.windows.test_days,
                     "n_features": len(training_set.feature_columns),
