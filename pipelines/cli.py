@@ -109,7 +109,7 @@ def run(
     settings = _settings()
     day = runs.as_date(date)
     if settings.airflow_api_url:
-        from pipelines.orchestration.airflow_client import AirflowAPIError, AirflowClient
+        from pipelines.orchestration.airflow_client import AirflowAPIError, AirflowClient, AirflowUnreachable
 
         try:
             client = AirflowClient(settings)
@@ -122,6 +122,8 @@ def run(
 
                 outcome = runs.trigger_and_follow(client, dag_id, day, on_poll=on_poll)
             outcome = runs.stack_task_details(client, outcome, settings.home / "logs")
+        except AirflowUnreachable as exc:
+            _fail(f"{exc}; then the same `mlctl run` follows the run again (or reruns it if it ended)")
         except AirflowAPIError as exc:
             _fail(str(exc))
         except KeyboardInterrupt:

@@ -13,7 +13,7 @@ from typing import Any
 
 from pipelines.flows.daily_plan import skipped_families
 from pipelines.lake import Lake, as_date
-from pipelines.orchestration.airflow_client import AirflowAPIError, AirflowClient
+from pipelines.orchestration.airflow_client import AirflowAPIError, AirflowClient, AirflowUnreachable
 from pipelines.orchestration.run_leases import stuck_runs
 from pipelines.registry.registry import ModelVersionInfo, get_champion, list_versions
 from pipelines.registry.tamper import verify_aliases
@@ -46,6 +46,8 @@ def collect_status(settings: Settings, runs_per_dag: int = 5, validation_days: i
         for dag_id in (*DAILY_DAGS, *(f"train_{name}" for name in specs)):
             try:
                 found = client.dag_runs(dag_id, limit=runs_per_dag)
+            except AirflowUnreachable:
+                raise
             except AirflowAPIError:
                 found = []  # not parsed into Airflow yet: no runs
             dags[dag_id] = [

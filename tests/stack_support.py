@@ -72,6 +72,24 @@ class StackWorld:
         return subprocess.Popen([mlctl, *args], env=self.env, cwd=self.workdir, stdout=sink, stderr=subprocess.STDOUT)
 
 
+def service_pid(state: dict, command: str) -> int:
+    """The stack's ``airflow COMMAND`` process (its command line: python, [-m pipelines.stack.preload,]
+    .../airflow, COMMAND); the topmost one, as the triggerer runs its triggers in a child of the same command line."""
+    found: dict[int, int] = {}
+    seen = []
+    for pid in supervisor.stack_pids(state):
+        with contextlib.suppress(OSError):
+            # Split on spaces too: a process that imports gunicorn (MLflow does) has its command line rewritten
+            # into one string by setproctitle.
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").split()
+            if argv[-1:] == [command.encode()] and any(a.endswith(b"/airflow") for a in argv):
+                found[pid] = int(Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[1])
+            seen.append(b" ".join(argv).decode(errors="replace")[:120])
+    top = [pid for pid, parent in found.items() if parent not in found]
+    assert len(top) == 1, f"no single `airflow {command}` process in the stack; its processes: {seen}"
+    return top[0]
+
+
 def stack_settings(root: Path, **overrides: object) -> tuple[Settings, dict[str, str]]:
     """Settings of a private stack under ``root`` (``overrides`` win) and the environment that selects them in child
     processes."""

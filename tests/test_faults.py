@@ -65,7 +65,7 @@ from pipelines.training.synthetic import synthetic_training_frame
 from pipelines.training.train import TAG_LOGICAL_DATE
 from pipelines.usecases import raw_tables
 from tests.conftest import quick_spec
-from tests.stack_support import DAYS, HISTORY, StackWorld, start_world
+from tests.stack_support import DAYS, HISTORY, StackWorld, service_pid, start_world
 
 pytestmark = pytest.mark.integration
 
@@ -898,21 +898,6 @@ def _task_process(ti_id: str) -> int | None:
     return None
 
 
-def _service_pid(state: dict, command: str) -> int:
-    """The stack's ``airflow COMMAND`` process (its command line: python, [-m pipelines.stack.preload,]
-    .../airflow, COMMAND)."""
-    seen = []
-    for pid in supervisor.stack_pids(state):
-        with contextlib.suppress(OSError):
-            # Split on spaces too: a process that imports gunicorn (MLflow does) has its command line rewritten
-            # into one string by setproctitle.
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").split()
-            if argv[-1:] == [command.encode()] and any(a.endswith(b"/airflow") for a in argv):
-                return pid
-            seen.append(b" ".join(argv).decode(errors="replace")[:120])
-    raise AssertionError(f"no `airflow {command}` process in the stack; its processes: {seen}")
-
-
 def _running_task(fault: FaultStack, day: dt.date, task_id: str | None) -> tuple[str, int] | None:
     """The run's id and the pid of its task ``task_id`` (None: any task) while that task's process runs."""
     run = fault.run_of(day)
@@ -986,7 +971,7 @@ def test_stack_scheduler_killed_mid_run_stops_the_stack_and_the_rerun_converges(
     wait_for("a running task of the run", lambda: _running_task(stack, day, None), 300, 0.2)
     state = supervisor.read_state(world.settings)
     assert state is not None
-    scheduler = _service_pid(state, "scheduler")
+    scheduler = service_pid(state, "scheduler")
     # Its LocalExecutor workers and serve-logs outlive a SIGKILLed scheduler and `stack down` does not reap them
     # (docs/reliability.md): the test ends them, so no process of it outlives the run.
     orphans = psutil.Process(scheduler).children(recursive=True)

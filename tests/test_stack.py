@@ -2,13 +2,17 @@
 
 One module-wide stack on free ports, with its own databases, bucket and Feast project, brought up and torn down
 by ``mlctl stack up|down`` exactly as a user would. History is loaded by the same step functions the daily DAG
-calls; the newest three days go through an Airflow backfill, then training, an approval through
-``mlctl approve`` and a prediction from the stack's serving process.
+calls; the newest three days go through an Airflow backfill, then training up to its approval request, a SIGKILLed
+triggerer (the stack stops, is brought up again, the request still waits), an approval through ``mlctl approve``
+and a prediction from the stack's serving process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +22,7 @@ from pathlib import Path
 
 import httpx
 import pandas as pd
+import psutil
 import pytest
 
 from pipelines.compute.cluster import close_dask_clients
@@ -25,7 +30,7 @@ from pipelines.features.store import online_features
 from pipelines.flows import daily_features
 from pipelines.lake import Lake
 from pipelines.registry.audit import read_audit, verify_chain
-from pipelines.registry.registry import get_champion, get_version
+from pipelines.registry.registry import aliases, get_champion, get_version, list_versions
 from pipelines.settings import Settings
 from pipelines.specs import load_specs
 from pipelines.stack import supervisor
@@ -40,6 +45,7 @@ from tests.stack_support import (
     StackWorld,
     drop_stack_data,
     require_services,
+    service_pid,
     stack_settings,
     start_world,
 )
@@ -152,56 +158,111 @@ def test_running_a_done_day_again_reruns_it(world: StackWorld) -> None:
     assert {t["task_id"]: t["try_number"] for t in tries}["materialize"] == 2
 
 
-def test_training_approval_and_serving(world: StackWorld) -> None:
-    log = world.workdir.parent / "train.log"
-    proc = world.popen_mlctl("run", f"train_{MODEL}", "--date", str(LAST), log=log)
+def _reviewer(world: StackWorld, name: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``mlctl ARGS`` as the reviewer ``name`` (her own config dir, so her own login), with a wide console."""
+    env = {**world.env, "XDG_CONFIG_HOME": str(world.workdir.parent / f"{name}-config"), "COLUMNS": "250"}
+    mlctl = str(Path(sys.executable).with_name("mlctl"))
+    return subprocess.run([mlctl, *args], input=stdin, env=env, cwd=world.workdir, capture_output=True, text=True)
+
+
+def test_a_killed_triggerer_stops_the_stack_and_the_waiting_approval_survives_the_restart(
+    world: StackWorld, request: pytest.FixtureRequest
+) -> None:
+    """Training runs through the stack's scheduler up to its approval request; the triggerer is SIGKILLed while the
+    request waits. honcho stops the whole stack; after `stack down` and `stack up` the same request of the same run
+    waits, alice answers it and the run promotes that one version, once."""
     from pipelines.orchestration.airflow_client import AirflowClient
 
-    engineer = AirflowClient(world.settings)
+    dag_id, settings = f"train_{MODEL}", world.settings
+    versions_before, aliases_before = [v.version for v in list_versions(settings, MODEL)], aliases(settings, MODEL)
+    log = world.workdir.parent / "train.log"
+    proc = world.popen_mlctl("run", dag_id, "--date", str(LAST), log=log)
+    engineer = AirflowClient(settings)
     deadline, pending = time.time() + 600, []
     while not pending and proc.poll() is None and time.time() < deadline:
-        pending = engineer.pending_approvals(dag_id=f"train_{MODEL}")
+        pending = engineer.pending_approvals(dag_id=dag_id)
         time.sleep(2)
     assert pending, f"no approval request reached Airflow; log:\n{log.read_text()[-5000:]}"
-    version = pending[0].field("version")
+    asked = pending[0]
+    version = asked.field("version")
     assert version is not None
-    # alice logs in with her password through the stack's api-server (her own config dir), then approves.
-    env = {**world.env, "XDG_CONFIG_HOME": str(world.workdir.parent / "alice-config")}
-    password = json.loads((world.settings.airflow_home / "passwords.json").read_text())["alice"]
-    mlctl = str(Path(sys.executable).with_name("mlctl"))
-    login = subprocess.run(
-        [mlctl, "login", "--user", "alice", "--password-stdin"],
-        input=password + "\n",
-        env=env,
-        cwd=world.workdir,
-        capture_output=True,
-        text=True,
-    )
+    # Airflow 3.3 parks an approval task in `awaiting_input`, without a trigger: the triggerer holds none of it.
+    approval = {t["task_id"]: t for t in engineer.task_instances(dag_id, asked.run_id)}[asked.task_id]
+    assert approval["state"] == "awaiting_input" and approval["trigger"] is None, approval
+    # alice logs in with her password through the stack's api-server before the fault; she answers after it.
+    password = json.loads((settings.airflow_home / "passwords.json").read_text())["alice"]
+    login = _reviewer(world, "alice", "login", "--user", "alice", "--password-stdin", stdin=password + "\n")
     assert login.returncode == 0, login.stdout + login.stderr
-    result = subprocess.run(
-        [mlctl, "approve", MODEL, version, "--comment", "fine on the stack"],
-        env=env,
-        cwd=world.workdir,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert proc.wait(timeout=600) == 0, log.read_text()[-5000:]
 
-    champion = get_champion(world.settings, MODEL)
-    assert champion is not None and champion.version == version
-    tags = get_version(world.settings, MODEL, version).tags
+    state = supervisor.read_state(settings)
+    assert state is not None
+    triggerer = service_pid(state, "triggerer")
+    # Its serve-logs child outlives a SIGKILLed triggerer and `stack down` does not reap it (docs/reliability.md):
+    # the test ends whichever child is left, so no process of it outlives the run.
+    children = psutil.Process(triggerer).children(recursive=True)
+
+    def end_children() -> None:
+        for child in children:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+
+    request.addfinalizer(end_children)
+    os.kill(triggerer, signal.SIGKILL)
+
+    # honcho stops every service when one dies: the stack is visibly down, the waiting command fails naming
+    # Airflow's API and what to do.
+    assert proc.wait(timeout=300) == 1
+    said = " ".join(log.read_text().split())
+    assert f"Airflow's API at {settings.airflow_api_url} did not answer" in said, said[-3000:]
+    assert "the same `mlctl run` follows the run again" in said, said[-3000:]
+    deadline = time.time() + 120
+    while supervisor.status(settings).running and time.time() < deadline:
+        time.sleep(1)
+    printed = world.mlctl("stack", "status")
+    assert "not running" in (printed.stdout + printed.stderr).lower(), printed.stdout + printed.stderr
+    assert settings.stack_dir is not None
+    assert "triggerer.1 stopped (rc=-9)" in (settings.stack_dir / "logs" / "honcho.log").read_text()
+    close_dask_clients()  # this process's client of the stack's Dask scheduler, before `stack down` ends it
+    assert world.mlctl("stack", "down").returncode == 0
+    up = world.mlctl("stack", "up", "--timeout", "300")
+    assert up.returncode == 0, up.stdout + up.stderr
+
+    # The same request of the same run still waits, for the same version; the reviewer's list shows it.
+    again = engineer.pending_approvals(dag_id=dag_id)
+    assert [(p.run_id, p.task_id, p.field("version")) for p in again] == [(asked.run_id, asked.task_id, version)]
+    listed = _reviewer(world, "alice", "approvals")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert asked.run_id in listed.stdout and f"mlctl approve {MODEL} {version} " in listed.stdout, listed.stdout
+    # The operator follows the run again (`mlctl run` of a running run follows it: no second run) and alice answers.
+    follow_log = world.workdir.parent / "train-again.log"
+    follow = world.popen_mlctl("run", dag_id, "--date", str(LAST), log=follow_log)
+    approved = _reviewer(world, "alice", "approve", MODEL, version, "--comment", "fine on the stack")
+    assert approved.returncode == 0, approved.stdout + approved.stderr
+    assert follow.wait(timeout=600) == 0, follow_log.read_text()[-5000:]
+
+    runs = engineer.runs_between(dag_id, f"{LAST}T00:00:00Z", f"{LAST}T00:00:00Z")
+    assert [(r["dag_run_id"], r["state"]) for r in runs] == [(asked.run_id, "success")]
+    # One version registered by this training, the champion alias moved once, to it, and nothing else moved.
+    assert [v.version for v in list_versions(settings, MODEL)] == [*versions_before, version]
+    moved = {"champion": version} | ({"previous": aliases_before["champion"]} if "champion" in aliases_before else {})
+    assert aliases(settings, MODEL) == aliases_before | moved
+    tags = get_version(settings, MODEL, version).tags
     assert tags["approval.status"] == "approved" and tags["approval.by"] == "alice"
     assert tags["approval.comment"] == "fine on the stack"
     # The audit log is the registry database's append-only table, chained; nothing of it in the lake.
-    events = read_audit(world.settings, MODEL)
-    assert [e["action"] for e in events][-1] == "promote" and events[-1]["by"] == "alice"
-    assert verify_chain(events) == []
-    assert not _keys(world.settings, "lake/audit/")
-    assert _keys(world.settings, "mlflow/"), "no MLflow artifact reached S3"
-    assert _keys(world.settings, f"lake/training_sets/{MODEL}/")
+    events = read_audit(settings, MODEL)
+    promotions = [e for e in events if e["action"] == "promote"]
+    assert [(e["version"], e["by"]) for e in promotions] == [(version, "alice")], promotions
+    assert events[-1] == promotions[-1] and verify_chain(events) == []
+    assert not _keys(settings, "lake/audit/")
+    assert _keys(settings, "mlflow/"), "no MLflow artifact reached S3"
+    assert _keys(settings, f"lake/training_sets/{MODEL}/")
 
-    # The stack's serving process picks the new champion up from the MLflow server and scores from Redis.
+
+def test_the_stack_serves_the_approved_champion(world: StackWorld) -> None:
+    """The stack's serving process picks the new champion up from the MLflow server and scores from Redis."""
+    champion = get_champion(world.settings, MODEL)
+    assert champion is not None, "no champion: the training test above did not promote"
     url = f"http://{world.settings.serving_host}:{world.settings.serving_port}/v1/models/{MODEL}/predict"
     # The stack serves only with an API key: `stack up` made one and left its token beside the keys file.
     token_file = world.settings.stack_dir / "serving" / "api_keys.yaml.token"
@@ -212,10 +273,10 @@ def test_training_approval_and_serving(world: StackWorld) -> None:
     while time.time() < deadline:
         resp = httpx.post(url, json={"user_ids": [1, 2, 3]}, headers=auth, timeout=10)
         body = resp.json()
-        if resp.status_code == 200 and body.get("version") == version:
+        if resp.status_code == 200 and body.get("version") == champion.version:
             break
         time.sleep(1)
-    assert body.get("version") == version, body
+    assert body.get("version") == champion.version, body
     assert [p["user_id"] for p in body["predictions"]] == [1, 2, 3]
     assert all(0.0 <= p["score"] <= 1.0 for p in body["predictions"])
 

@@ -28,6 +28,21 @@ class AirflowAPIError(RuntimeError):
         self.status = status
 
 
+class AirflowUnreachable(AirflowAPIError):
+    """Airflow's API did not answer at all: not started, stopped (one dead service stops the whole stack), or
+    another address."""
+
+
+def _send(http: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    try:
+        return http.request(method, path, **kwargs)
+    except httpx.TransportError as exc:
+        raise AirflowUnreachable(
+            f"Airflow's API at {http.base_url} did not answer ({exc}); `mlctl stack status` says whether the stack "
+            "runs, `mlctl stack down && mlctl stack up` restarts it"
+        ) from exc
+
+
 @dataclass
 class PendingApproval:
     dag_id: str
@@ -88,7 +103,7 @@ def _http(settings: Settings) -> httpx.Client:
 
 def issue_token(http: httpx.Client, username: str, password: str) -> str:
     """A JWT from Airflow's auth manager for ``username`` (the same login the UI does)."""
-    resp = http.post("/auth/token", json={"username": username, "password": password})
+    resp = _send(http, "POST", "/auth/token", json={"username": username, "password": password})
     if resp.status_code >= 400:
         raise AirflowAPIError(f"login as {username!r} failed ({resp.status_code}): {resp.text}", resp.status_code)
     return resp.json()["access_token"]
@@ -97,7 +112,7 @@ def issue_token(http: httpx.Client, username: str, password: str) -> str:
 def authenticated_user(http: httpx.Client, token: str | None = None) -> str:
     """Whom Airflow authenticates (``token``, else the client's own header): it checks signature and expiry."""
     headers = {"Authorization": f"Bearer {token}"} if token else None
-    resp = http.get("/ui/auth/me", headers=headers)
+    resp = _send(http, "GET", "/ui/auth/me", headers=headers)
     if resp.status_code >= 400:
         raise AirflowAPIError(f"Airflow refused the token ({resp.status_code}): {resp.text}", resp.status_code)
     return str(resp.json().get("username") or resp.json().get("id") or "")
@@ -135,7 +150,7 @@ class AirflowClient:
         return authenticated_user(self.http)
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        resp = self.http.request(method, f"/api/v2{path}", **kwargs)
+        resp = _send(self.http, method, f"/api/v2{path}", **kwargs)
         if resp.status_code >= 400:
             try:
                 detail = resp.json().get("detail", resp.text)

@@ -31,7 +31,8 @@ from pipelines.orchestration.run_leases import StuckRun, lease, stuck_runs
 from pipelines.settings import Settings
 
 FINISHED = {"success", "failed"}
-# States of the human-approval task while it waits for a reviewer (it defers to the triggerer on the stack).
+# States of the human-approval task while it waits for a reviewer: `awaiting_input` since Airflow 3.3 (no trigger),
+# `deferred` to the triggerer before.
 WAITING_FOR_REVIEW = {"deferred", "awaiting_input"}
 APPROVAL_TASK = "approval"
 
