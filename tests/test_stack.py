@@ -194,6 +194,17 @@ def test_a_killed_triggerer_stops_the_stack_and_the_waiting_approval_survives_th
     login = _reviewer(world, "alice", "login", "--user", "alice", "--password-stdin", stdin=password + "\n")
     assert login.returncode == 0, login.stdout + login.stderr
 
+    # The fault is the triggerer's, not a task's: the tasks before the approval first finish uploading their logs
+    # (a task's local copy is emptied once its log is in S3; a stack stopped in the middle of an upload keeps that
+    # log locally, which test_runs_write_nothing_locally would rightly flag).
+    assert settings.airflow_home is not None
+    run_logs = settings.airflow_home / "logs" / f"dag_id={dag_id}" / f"run_id={asked.run_id}"
+    deadline = time.time() + 60
+    while time.time() < deadline and any(
+        p.stat().st_size > 0 for p in run_logs.rglob("attempt=*.log") if f"task_id={asked.task_id}" not in str(p)
+    ):
+        time.sleep(0.5)
+
     state = supervisor.read_state(settings)
     assert state is not None
     triggerer = service_pid(state, "triggerer")
