@@ -40,11 +40,6 @@ ROLLBACK_COMMENT = "Rolling back to the previous champion for the demo (as after
 ROLLBACK_MODEL = "purchase_intent"
 
 
-# Training runs the demo lets compute at once: on two cores one run's single-threaded steps (training set,
-# evaluation, gate) fill the gaps of the other's LightGBM.
-_AT_ONCE = 2
-
-
 def _mlctl() -> str:
     return str(Path(sys.executable).with_name("mlctl"))
 
@@ -81,14 +76,13 @@ def _daily_runs(settings: Settings, days: list[dt.date], console: Console) -> bo
 
 
 def _wait_for_approval_request(
-    client: AirflowClient, spec: ModelSpec, training: subprocess.Popen, console: Console, on_poll: Callable[[], None]
+    client: AirflowClient, spec: ModelSpec, training: subprocess.Popen, console: Console
 ) -> PendingApproval | None:
     with console.status(f"train_{spec.name}: training set, LightGBM, evaluation, gate ..."):
         while training.poll() is None:
             pending = client.pending_approvals(dag_id=f"train_{spec.name}")
             if pending:
                 return pending[0]
-            on_poll()
             time.sleep(2)
     return None
 
@@ -116,10 +110,9 @@ def _train_and_approve(
     settings: Settings, client: AirflowClient, run: _Training, console: Console, start_next: Callable[[], None]
 ) -> bool:
     """Follow one training run to its approval request, play the reviewer, wait for promotion. ``start_next``
-    is called while this run computes and once it no longer does (waits for review, or ended): it starts the next
-    model's training when a core is free, so the next model trains meanwhile."""
+    is called once this run no longer computes (waits for review, or ended), so the next model trains meanwhile."""
     spec, training, logfile = run.spec, run.process, run.logfile
-    request = _wait_for_approval_request(client, spec, training, console, start_next)
+    request = _wait_for_approval_request(client, spec, training, console)
     start_next()
     if request is None:
         ok = training.wait() in (0, 2)  # 2: the gate rejected the candidate (`mlctl run --help`)
@@ -441,28 +434,15 @@ def run_demo(settings: Settings, n_days: int, console: Console) -> int:
         return 1
     client = AirflowClient(settings)
     trainings: dict[str, _Training] = {}
-    started: list[_Training] = []  # every training run, the first champion's included
-    # Training DAGs for the last day, in this order; the next one starts whenever fewer than two runs compute (a run
-    # waiting for its reviewer computes nothing). The model trained twice joins the queue once its
-    # first champion is promoted: its second candidate is judged against that champion.
+    # Training DAGs for the last day, in this order; each starts once the run before it waits for its reviewer
+    # (the two cores then train the next model meanwhile). The model trained twice joins the queue once its first
+    # champion is promoted: its second candidate is judged against that champion.
     queue = [spec for spec in specs if spec is not twice]
-
-    def start(spec: ModelSpec, day: dt.date) -> _Training:
-        run = _start_training(settings, spec, day, console)
-        started.append(run)
-        return run
-
-    def computing() -> int:
-        alive = [run for run in started if run.process.poll() is None]
-        if len(alive) < _AT_ONCE:
-            return len(alive)
-        waiting = {request.dag_id for request in client.pending_approvals()}
-        return sum(f"train_{run.spec.name}" not in waiting for run in alive)
 
     def start_next() -> None:
         waiting = next((spec for spec in queue if spec.name not in trainings), None)
-        if waiting is not None and computing() < _AT_ONCE:
-            trainings[waiting.name] = start(waiting, end)
+        if waiting is not None:
+            trainings[waiting.name] = _start_training(settings, waiting, end, console)
 
     def stop_all() -> int:
         for other in trainings.values():  # a run waiting for its reviewer would wait forever
@@ -472,7 +452,7 @@ def run_demo(settings: Settings, n_days: int, console: Console) -> int:
 
     if twice is not None:
         console.rule(f"2/6 A first champion: train_{twice.name} for {days[-2]}; the other models train meanwhile")
-        early = start(twice, days[-2])
+        early = _start_training(settings, twice, days[-2], console)
         start_next()
         if not _train_and_approve(settings, client, early, console, start_next):
             return stop_all()
@@ -482,7 +462,7 @@ def run_demo(settings: Settings, n_days: int, console: Console) -> int:
         if spec.name in trainings:
             console.print(f"train_{spec.name} has been running since an earlier model's review")
         else:
-            trainings[spec.name] = start(spec, end)
+            start_next()
         if not _train_and_approve(settings, client, trainings[spec.name], console, start_next):
             return stop_all()
     console.rule("4/6 Serving")
