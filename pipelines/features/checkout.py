@@ -18,7 +18,7 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, NamedTuple
@@ -367,49 +367,38 @@ def add_chargeback(state: KeyHistories, order_time: dt.datetime, label_time: dt.
 
 
 class _Orders(NamedTuple):
-    """A key's orders in [window start, t), as arrays."""
+    """A key's orders in [window start, t), as sequences (slices of the row's lists). Plain Python: an order is
+    scored alone, on lists of a few dozen entries, where each numpy call would cost more than the loop (0.6-0.8 ms
+    an order with numpy, measured in a serving worker's profile, against ~0.1 ms)."""
 
-    t: np.ndarray
-    user: np.ndarray
-    device: np.ndarray
-    ip: np.ndarray
-    value: np.ndarray
-    new_account: np.ndarray
-    prev_device: np.ndarray
+    t: Sequence[int]
+    user: Sequence[int]
+    device: Sequence[str]
+    ip: Sequence[str]
+    value: Sequence[float]
+    new_account: Sequence[bool]
+    prev_device: Sequence[int]
     chargebacks: int  # chargebacks of the key's orders in the window, arrived before t
 
 
-_NONE = _Orders(
-    np.empty(0, "int64"),
-    np.empty(0, "int64"),
-    np.empty(0, object),
-    np.empty(0, object),
-    np.empty(0),
-    np.empty(0, bool),
-    np.empty(0, "int64"),
-    0,
-)
+_NONE = _Orders((), (), (), (), (), (), (), 0)
 
 
 def _orders_before(row: HistoryRow | None, since: int, t: int, key_column: str) -> _Orders:
     if row is None:
         return _NONE
     try:
-        times = np.asarray(row["order_time_us"], dtype="int64")
-        lo, hi = np.searchsorted(times, [since, t], side="left")
-        cb_order = np.asarray(row["chargeback_order_time_us"], dtype="int64")
-        cb_time = np.asarray(row["chargeback_time_us"], dtype="int64")
-        window = slice(lo, hi)
-        return _Orders(
-            times[window],
-            np.asarray(row["order_user_id"][window], dtype="int64"),
-            np.asarray(row["order_device_id"][window], dtype=object),
-            np.asarray(row["order_ip_address"][window], dtype=object),
-            np.asarray(row["order_value"][window], dtype="float64"),
-            np.asarray(row["order_new_account"][window], dtype=bool),
-            np.asarray(row["order_prev_device_time_us"][window], dtype="int64"),
-            int(np.count_nonzero((cb_order >= since) & (cb_time < t))),
+        times = row["order_time_us"]
+        lo, hi = bisect.bisect_left(times, since), bisect.bisect_left(times, t)
+        chargebacks = sum(
+            1
+            for order_us, arrival_us in zip(row["chargeback_order_time_us"], row["chargeback_time_us"], strict=True)
+            if order_us >= since and arrival_us < t
         )
+        lists = [row[name][lo:hi] for name in ORDER_LISTS[1:]]
+        if any(len(values) != hi - lo for values in lists):
+            raise ValueError("its order lists differ in length")
+        return _Orders(times[lo:hi], *lists, chargebacks)
     except (KeyError, TypeError, ValueError) as error:
         raise CheckoutFeatureError(
             f"{key_column} history row is not a checkout history ({error}); rows need {HISTORY_LISTS} "
@@ -417,13 +406,17 @@ def _orders_before(row: HistoryRow | None, since: int, t: int, key_column: str) 
         ) from None
 
 
-def _velocity(times: np.ndarray, t: int) -> list[float]:
+def _velocity(times: Sequence[int], t: int) -> list[float]:
     """Orders in [t - w, t) per velocity window, ``times`` being sorted and all before t."""
-    return [float(len(times) - np.searchsorted(times, t - w, side="left")) for w in _WINDOWS_US]
+    return [float(len(times) - bisect.bisect_left(times, t - w)) for w in _WINDOWS_US]
 
 
-def _age_hours(times: np.ndarray, t: int) -> float:
+def _age_hours(times: Sequence[int], t: int) -> float:
     return (t - int(times[0])) / _HOUR_US if len(times) else 0.0
+
+
+def _count(flags: Iterable[object]) -> float:
+    return float(sum(1 for flag in flags if flag))
 
 
 _CODES = {name: float(i) for i, name in enumerate(SOURCES.tolist())}
@@ -459,7 +452,10 @@ def checkout_features(
     out["user_orders_1h"], out["user_orders_24h"], out["user_orders_7d"] = _velocity(u.t, t)
     out["user_orders_30d"] = float(n_user)
     # A running sum in time order, as compute_order_features' cumulative sums add them.
-    out["user_mean_value_30d"] = float(np.cumsum(u.value)[-1]) / n_user if n_user else _NAN
+    total = 0.0
+    for value in u.value:
+        total += float(value)
+    out["user_mean_value_30d"] = total / n_user if n_user else _NAN
     out["hours_since_user_last_order"] = (t - int(u.t[-1])) / _HOUR_US if n_user else HISTORY_CAP_HOURS
     out["user_chargebacks_30d"] = float(u.chargebacks)
 
@@ -479,19 +475,18 @@ def checkout_features(
             if entity == "ip":
                 out["ip_new_device_orders_30d"] = _NAN
             continue
-        mine = u.t[(u.device if entity == "device" else u.ip) == key]
+        mine = [at for at, used in zip(u.t, u.device if entity == "device" else u.ip, strict=True) if used == key]
         out[f"user_{entity}_orders_30d"] = float(len(mine))
         out[f"user_{entity}_age_hours"] = _age_hours(mine, t)
         k = _orders_before(row, since, t, KEY_COLUMNS[entity])
         out[f"{entity}_orders_1h"], out[f"{entity}_orders_24h"], out[f"{entity}_orders_7d"] = _velocity(k.t, t)
-        accounts = np.unique(k.user)
         own = len(mine) > 0  # the order's account seen on the key before (compute_order_features' "own")
-        out[f"{entity}_accounts_30d"] = float(len(accounts) - own)
-        out[f"{entity}_new_account_orders_30d"] = float(np.count_nonzero(k.new_account))
+        out[f"{entity}_accounts_30d"] = float(len({int(user) for user in k.user}) - own)
+        out[f"{entity}_new_account_orders_30d"] = _count(k.new_account)
         out[f"{entity}_chargebacks_30d"] = float(k.chargebacks)
         if entity == "ip":
-            new_device = (k.device != UNKNOWN_KEY) & (k.prev_device < since)
-            out["ip_new_device_orders_30d"] = float(np.count_nonzero(new_device))
+            new_device = (d != UNKNOWN_KEY and p < since for d, p in zip(k.device, k.prev_device, strict=True))
+            out["ip_new_device_orders_30d"] = _count(new_device)
 
     out["account_age_hours"] = min(max(t - order.signup_us, 0) / _HOUR_US, ACCOUNT_AGE_CAP_HOURS)
     out["customer_age"] = float(order.age)
