@@ -14,6 +14,7 @@ import math
 import threading
 import uuid
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
@@ -92,7 +93,7 @@ class CheckoutModel(Served):
         except Exception as exc:
             raise FeaturesUnavailable(f"order histories unavailable for {self.spec.name}") from exc
         assert self._zone is not None
-        day = pd.Timestamp(order.purchase_time).tz_convert(self._zone).date()
+        day = order.purchase_time.astimezone(ZoneInfo(self._zone)).date()
         risk = checkout_features(order, rows.user, rows.device, rows.ip, day, self._zone)
         mean = float(risk[FEATURE_COLUMNS.index("user_mean_value_30d")])
         names = (*FEATURE_COLUMNS, *ON_DEMAND_FEATURES)
@@ -121,7 +122,7 @@ class CheckoutModel(Served):
         loaded = self.champion()
         features, found, rows = self._features(order)
         score = float(self._scores(loaded, features)[0])
-        self.state().record(append_order(rows, order), pd.Timestamp(order.purchase_time))
+        self.state().record(append_order(rows, order), order.purchase_time)
         entities = {"order_id": [order_id], "purchase_value": [order.purchase_value]}
         unlogged = self._log([loaded.version], [CHAMPION_ARM], entities, [score], features, [0], at=order.purchase_time)
         body = {
