@@ -173,6 +173,7 @@ def backfill(
                 skip_succeeded=not rerun,
                 logfile=logfile,
                 on_done=lambda o: progress.advance(bar),
+                lanes=settings.local_lanes,
             )
     code = _print_outcomes(settings, f"backfill of {dag}", outcomes)
     if code == 0 and len(outcomes) < len(days):

@@ -28,7 +28,7 @@ from rich.table import Table
 from pipelines.console import progress_bar
 from pipelines.orchestration.airflow_client import AirflowClient, PendingApproval
 from pipelines.orchestration.airflow_env import configure_airflow
-from pipelines.orchestration.runs import run_in_process
+from pipelines.orchestration.runs import RunOutcome, run_in_process
 from pipelines.settings import Settings
 from pipelines.specs import ModelSpec, load_specs
 from pipelines.usecases import use_case
@@ -53,18 +53,28 @@ def _free_port(preferred: int) -> int:
         return sock.getsockname()[1]
 
 
-def _daily_runs(settings: Settings, days: list[dt.date], console: Console) -> bool:
+def _daily_runs(
+    settings: Settings, days: list[dt.date], console: Console, on_day: Callable[[RunOutcome], None]
+) -> bool:
+    """The daily DAG for every day, ``settings.local_lanes`` days side by side (as `mlctl backfill`);
+    ``on_day`` is called as each day ends."""
     logfile = settings.home / "logs" / "daily_features.log"
-    console.print(f"Airflow task logs: {logfile}")
+    console.print(f"Airflow task logs: {logfile} ({settings.local_lanes} days at a time)")
     with progress_bar(console) as progress:
         bar = progress.add_task("daily_features", total=len(days))
+
+        def done(outcome: RunOutcome) -> None:
+            progress.advance(bar)
+            on_day(outcome)
+
         outcomes = run_in_process(
             settings,
             "daily_features",
             days,
             skip_succeeded=True,
             logfile=logfile,
-            on_done=lambda o: progress.advance(bar),
+            on_done=done,
+            lanes=settings.local_lanes,
         )
     skipped = sum(o.skipped for o in outcomes)
     failed = [o for o in outcomes if o.state != "success"]
@@ -429,11 +439,21 @@ def run_demo(settings: Settings, n_days: int, console: Console) -> int:
     end = days[-1]
     specs = list(load_specs(settings.models_dir).values())
     twice = next((spec for spec in specs if spec.name == ROLLBACK_MODEL), None) if len(days) > 1 else None
+    trainings: dict[str, _Training] = {}
+    early: list[_Training] = []
+
+    def start_early(outcome: RunOutcome) -> None:
+        """The model trained twice starts its first training once the day before the last is done (the last day's
+        daily run goes on beside it)."""
+        if twice is not None and outcome.logical_date == days[-2].isoformat() and outcome.state == "success":
+            early.append(_start_training(settings, twice, days[-2], console))
+
     console.rule(f"1/6 Daily features DAG: {days[0]} .. {end}, {settings.sim_users} users")
-    if not _daily_runs(settings, days, console):
+    if not _daily_runs(settings, days, console, start_early):
+        for run in early:
+            run.process.kill()
         return 1
     client = AirflowClient(settings)
-    trainings: dict[str, _Training] = {}
     # Training DAGs for the last day, in this order; each starts once the run before it waits for its reviewer
     # (the two cores then train the next model meanwhile). The model trained twice joins the queue once its first
     # champion is promoted: its second candidate is judged against that champion.
@@ -452,9 +472,9 @@ def run_demo(settings: Settings, n_days: int, console: Console) -> int:
 
     if twice is not None:
         console.rule(f"2/6 A first champion: train_{twice.name} for {days[-2]}; the other models train meanwhile")
-        early = _start_training(settings, twice, days[-2], console)
+        first = early[0] if early else _start_training(settings, twice, days[-2], console)
         start_next()
-        if not _train_and_approve(settings, client, early, console, start_next):
+        if not _train_and_approve(settings, client, first, console, start_next):
             return stop_all()
         queue.append(twice)
     for spec in queue:

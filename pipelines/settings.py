@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     airflow_catchup: bool = Field(
         default=True, description="Scheduler runs every missed day since start_date (False: only the newest)."
     )
+    local_lanes: int = Field(
+        default=2,
+        ge=1,
+        description="Local profile: days of a daily-features backfill run side by side in this many processes (each "
+        "day starts once the day before has validated its data).",
+    )
     task_retry_delay_seconds: float = Field(
         default=30.0, gt=0, description="Wait before a failed daily task's retry (a service back after a blip)."
     )

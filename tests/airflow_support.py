@@ -45,13 +45,18 @@ class AirflowWorld:
         return subprocess.Popen([mlctl, *args], env={**os.environ, **self.env}, stdout=sink, stderr=subprocess.STDOUT)
 
 
-def make_world(root: Path, users: int = 300) -> AirflowWorld:
+def make_world(root: Path, users: int = 300, lanes: int = 2) -> AirflowWorld:
     models = root / "models"
     models.mkdir(parents=True)
     for name, floor in (("purchase_intent", 0.6), ("purchase_intent_strict", 0.999)):
         (models / f"{name}.yaml").write_text(yaml.safe_dump(small_spec(name, floor)))
     settings = get_settings(
-        home=root / ".storefront", models_dir=models, sim_users=users, start_date=START, num_threads=1
+        home=root / ".storefront",
+        models_dir=models,
+        sim_users=users,
+        start_date=START,
+        num_threads=1,
+        local_lanes=lanes,
     )
     env = airflow_environment(settings)
     migrate_db(settings)

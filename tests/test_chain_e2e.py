@@ -10,9 +10,11 @@ import datetime as dt
 import hashlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pandas as pd
@@ -102,6 +104,40 @@ def test_backfill_landed_every_day(world: AirflowWorld) -> None:
     status = json.loads(world.mlctl("status", "--json").stdout)
     runs = status["dags"]["daily_features"]
     assert runs and all(r["state"] == "success" for r in runs)
+
+
+def _online_rows(settings) -> dict[str, list[tuple]]:
+    """Every row of the SQLite online store, per table."""
+    with closing(sqlite3.connect(settings.feast_online_path)) as db:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {t: sorted(db.execute(f'SELECT entity_key, feature_name, value, event_ts FROM "{t}"')) for t in tables}
+
+
+def test_days_side_by_side_give_what_days_one_after_another_give(world: AirflowWorld, tmp_path: Path) -> None:
+    """The world's backfill ran two days at a time (local_lanes=2); one day after another gives the same lake,
+    online store and materialization windows."""
+    from feature_repo.definitions import definitions
+    from feature_repo.parts import lake_table
+    from pipelines.features.store import feature_store
+
+    assert world.settings.local_lanes == 2
+    serial = make_world(tmp_path, lanes=1)
+    result = serial.mlctl("backfill", "--dag", "daily_features", "--from", str(START), "--to", str(END))
+    assert result.returncode == 0, result.stdout + result.stderr
+    lakes = Lake(world.settings), Lake(serial.settings)
+    tables = ["events", "orders", "users", *sorted({lake_table(v) for v in definitions(serial.settings).views})]
+    assert "features/user_behavior" in tables and lakes[1].partitions("features/user_behavior")
+    for table in tables:
+        assert lakes[0].partitions(table) == lakes[1].partitions(table), table
+        for day in lakes[1].partitions(table):
+            assert _digest(lakes[0], table, day) == _digest(lakes[1], table, day), (table, day)
+    online = _online_rows(world.settings), _online_rows(serial.settings)
+    assert online[0] == online[1] and sum(map(len, online[1].values())) > 0
+    newest = [
+        {v.name: max(end for _, end in v.materialization_intervals) for v in feature_store(s).list_feature_views()}
+        for s in (world.settings, serial.settings)
+    ]
+    assert newest[0] == newest[1] and set(newest[1].values()) == {max(newest[1].values())}
 
 
 def test_rerunning_a_day_changes_nothing(world: AirflowWorld) -> None:

@@ -6,9 +6,12 @@ the lake's daily feature partitions directly (``point_in_time``), giving the val
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import importlib.util
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -181,6 +184,25 @@ def _service_inputs(store: FeatureStore, service: FeatureService) -> tuple[list[
 
 
 # -- materialization ---------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def registry_writes(settings: Settings) -> Iterator[None]:
+    """Hold the file registry's lock for a read-modify-write of it. Feast rewrites the whole registry file on each
+    commit, from its cached copy: two processes recording materialization windows at once (two days' runs side by
+    side) would each drop the other's. The stack's SQL registry is left to its database."""
+    registry = _registry_config(settings)
+    if registry["registry_type"] != "file" or "://" in registry["path"]:
+        yield
+        return
+    path = Path(f"{registry['path']}.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def materialize_day(settings: Settings, ds: dt.date, store: FeatureStore | None = None) -> int:
     """Load day ``ds``'s rows of every feature view whose lake partition exists into the online store.
 
@@ -200,7 +222,17 @@ def materialize_day(settings: Settings, ds: dt.date, store: FeatureStore | None 
             f"{settings.lake_uri}: no feature partition for ds={ds} in any of {sorted(tables.values())}; build "
             "the day's features first (the daily features DAG's features step)"
         )
-    store = store or feature_store(settings)
+    # Days run side by side (local backfills in lanes) take turns: the skip check below and the windows recorded
+    # must see the registry as the other day's materialization left it.
+    with registry_writes(settings):
+        if store is None:
+            store = feature_store(settings)
+        else:
+            store.refresh_registry()
+        return _materialize_views(settings, lake, ds, store, present)
+
+
+def _materialize_views(settings: Settings, lake: Lake, ds: dt.date, store: FeatureStore, present: dict) -> int:
     # The day's bounds in the lake's day zone: the views are stamped there (a source cut at Shanghai midnight).
     as_of = schemas.as_of(ds, lake.day_zone)
     start = schemas.day_start(ds, lake.day_zone)
@@ -227,10 +259,13 @@ def materialize_day(settings: Settings, ds: dt.date, store: FeatureStore | None 
             in_window = (stamps >= start) & (stamps <= as_of)
             day = frame if in_window.all() else frame[in_window]
             written[name] = (view, write(view, day), len(frame))
-    # The windows are recorded once the rows are stored, as Feast's materialize does.
+    # The windows are recorded once the rows are stored, as Feast's materialize does; the file registry is
+    # rewritten once for all of them (the SQL registry writes each at once).
     for name, (view, count, read) in written.items():
-        store.registry.apply_materialization(view, store.project, start, as_of, commit=True)
+        store.registry.apply_materialization(view, store.project, start, as_of, commit=False)
         log.info("feast: materialized %s for ds=%s: %d of %d rows written", name, ds, count, read)
+    if written:
+        store.registry.commit()
     return rows
 
 

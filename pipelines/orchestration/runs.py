@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import multiprocessing
 import os
+import queue
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -160,6 +162,13 @@ def succeeded_dates(settings: Settings, dag_id: str) -> set[dt.date]:
     return {day for day, state in latest.items() if state == "success"}
 
 
+# DAGs whose next day may start before this day's run has ended, and the task it waits for: a day's features read
+# the raw partitions of earlier days (windows of up to 30 days), so the day before must have landed and validated
+# them. The rest of the two days (features, materialize, monitoring) runs side by side.
+NEXT_DAY_AFTER = {"daily_features": "validate"}
+_WAIT_POLL_SECONDS = 0.25
+
+
 def run_in_process(
     settings: Settings,
     dag_id: str,
@@ -168,37 +177,154 @@ def run_in_process(
     skip_succeeded: bool = False,
     logfile: Path | None = None,
     on_done: Callable[[RunOutcome], None] | None = None,
+    lanes: int = 1,
 ) -> list[RunOutcome]:
-    """Run ``dag_id`` once per day, in order, through ``dag.test``; stop at the first failed day."""
+    """Run ``dag_id`` once per day through ``dag.test``, in day order; stop at the first failed day.
+
+    With ``lanes`` > 1 (DAGs of ``NEXT_DAY_AFTER`` only), days run side by side in that many processes: a day
+    starts once the day before has passed the task named there, and no day starts after one failed (a day already
+    under way finishes). Outcomes are returned in day order, ``on_done`` is called as each day ends.
+    """
     outcomes: list[RunOutcome] = []
     with output_to(logfile):  # Airflow logs from its first import on: keep them in the run's log
         ensure_migrated(settings)
         done = succeeded_dates(settings, dag_id) if skip_succeeded else set()
         dag = load_dag(settings, dag_id)
+    todo = [day for day in days if day not in done]
     for day in days:
         if day in done:
-            outcome = RunOutcome(dag_id, day.isoformat(), "success", skipped=True)
-        else:
-            start = logfile.stat().st_size if logfile is not None and logfile.exists() else 0
-            with output_to(logfile):
-                replaced = stuck_runs(settings, dag_id, day)  # before taking the lease; dag.test deletes them
-                with lease(settings, dag_id, day):
-                    run = dag.test(logical_date=logical_datetime(day))
-            state = str(getattr(run.state, "value", run.state)) if run is not None else "failed"
-            outcome = RunOutcome(dag_id, day.isoformat(), state, getattr(run, "run_id", ""), replaced=replaced)
-            if run is not None:
-                outcome.tasks = [
-                    TaskState(ti.task_id, _state(ti.state), ti.try_number) for ti in run.get_task_instances()
-                ]
-            if logfile is not None:
-                outcome.log_path = str(logfile)
-                outcome.errors = _errors_in_log(logfile, start, outcome.tasks)
+            outcomes.append(RunOutcome(dag_id, day.isoformat(), "success", skipped=True))
+            if on_done:
+                on_done(outcomes[-1])
+    if lanes > 1 and len(todo) > 1 and dag_id in NEXT_DAY_AFTER:
+        outcomes += _run_in_lanes(settings, dag_id, todo, lanes, logfile, on_done)
+        return sorted(outcomes, key=lambda o: o.logical_date)
+    for day in todo:
+        outcome = _run_day(settings, dag, day, logfile)
         outcomes.append(outcome)
         if on_done:
             on_done(outcome)
         if outcome.state != "success":
             break
+    return sorted(outcomes, key=lambda o: o.logical_date)
+
+
+def _run_day(settings: Settings, dag, day: dt.date, logfile: Path | None) -> RunOutcome:
+    start = logfile.stat().st_size if logfile is not None and logfile.exists() else 0
+    with output_to(logfile):
+        replaced = stuck_runs(settings, dag.dag_id, day)  # before taking the lease; dag.test deletes them
+        with lease(settings, dag.dag_id, day):
+            run = dag.test(logical_date=logical_datetime(day))
+    state = str(getattr(run.state, "value", run.state)) if run is not None else "failed"
+    outcome = RunOutcome(dag.dag_id, day.isoformat(), state, getattr(run, "run_id", ""), replaced=replaced)
+    if run is not None:
+        outcome.tasks = [TaskState(ti.task_id, _state(ti.state), ti.try_number) for ti in run.get_task_instances()]
+    if logfile is not None:
+        outcome.log_path = str(logfile)
+        outcome.errors = _errors_in_log(logfile, start, outcome.tasks)
+    return outcome
+
+
+def _run_in_lanes(
+    settings: Settings,
+    dag_id: str,
+    days: list[dt.date],
+    lanes: int,
+    logfile: Path | None,
+    on_done: Callable[[RunOutcome], None] | None,
+) -> list[RunOutcome]:
+    """Run ``days`` in ``lanes`` processes (lane i takes days i, i+lanes, ...); see :func:`run_in_process`."""
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: Airflow's DB engine is not fork-safe
+    results, stop = context.Queue(), context.Event()
+    since = dt.datetime.now(dt.UTC)
+    workers = [
+        context.Process(
+            target=_lane,
+            args=(settings, dag_id, days[lane::lanes], days, since, logfile, results, stop),
+            name=f"{dag_id}-lane-{lane}",
+            daemon=True,
+        )
+        for lane in range(min(lanes, len(days)))
+    ]
+    for worker in workers:
+        worker.start()
+    outcomes: list[RunOutcome] = []
+    try:
+        while len(outcomes) < len(days):
+            try:
+                outcome = results.get(timeout=1)
+            except queue.Empty:
+                if all(not worker.is_alive() for worker in workers):
+                    break  # every lane has stopped (a failed day, or a lane that crashed: its log says why)
+                if any(worker.exitcode not in (None, 0) for worker in workers):
+                    stop.set()  # a crashed lane leaves its days undone: start no more
+                continue
+            outcomes.append(outcome)
+            if on_done:
+                on_done(outcome)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
     return outcomes
+
+
+def _lane(
+    settings: Settings,
+    dag_id: str,
+    mine: list[dt.date],
+    days: list[dt.date],
+    since: dt.datetime,
+    logfile: Path | None,
+    results,
+    stop,
+) -> None:
+    """One lane of :func:`_run_in_lanes`: its days in order, each once the day before it may be followed."""
+    with output_to(logfile):
+        dag = load_dag(settings, dag_id)
+    for day in mine:
+        index = days.index(day)
+        if index and not _wait_for_day_before(dag_id, days[index - 1], since, stop):
+            return
+        if stop.is_set():
+            return
+        outcome = _run_day(settings, dag, day, logfile)
+        results.put(outcome)
+        if outcome.state != "success":
+            stop.set()
+            return
+
+
+def _wait_for_day_before(dag_id: str, day: dt.date, since: dt.datetime, stop) -> bool:
+    """Wait until the run of ``day`` started after ``since`` has passed ``NEXT_DAY_AFTER[dag_id]``; False when
+    that run ended without passing it, or the lanes were told to stop."""
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    task_id = NEXT_DAY_AFTER[dag_id]
+    while not stop.is_set():
+        with create_session() as session:
+            run = (
+                session.query(DagRun)
+                .filter(DagRun.dag_id == dag_id, DagRun.logical_date == logical_datetime(day))
+                .filter(DagRun.run_after >= since)
+                .order_by(DagRun.run_after.desc())
+                .first()
+            )
+            if run is not None:
+                ti = (
+                    session.query(TaskInstance)
+                    .filter(TaskInstance.dag_id == dag_id, TaskInstance.run_id == run.run_id)
+                    .filter(TaskInstance.task_id == task_id)
+                    .one_or_none()
+                )
+                if ti is not None and _state(ti.state) == "success":
+                    return True
+                if _state(run.state) in FINISHED:
+                    return False
+        time.sleep(_WAIT_POLL_SECONDS)
+    return False
 
 
 def _state(state: object) -> str | None:
