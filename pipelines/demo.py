@@ -93,7 +93,7 @@ def _wait_for_approval_request(
             pending = client.pending_approvals(dag_id=f"train_{spec.name}")
             if pending:
                 return pending[0]
-            time.sleep(2)
+            time.sleep(1)
     return None
 
 

@@ -240,7 +240,7 @@ def _run_in_lanes(
     workers = [
         context.Process(
             target=_lane,
-            args=(settings, dag_id, days[lane::lanes], days, since, logfile, results, stop),
+            args=(settings, dag_id, days[lane::lanes], days, since, logfile, results, stop, os.getpid()),
             name=f"{dag_id}-lane-{lane}",
             daemon=True,
         )
@@ -278,15 +278,21 @@ def _lane(
     logfile: Path | None,
     results,
     stop,
+    parent: int,
 ) -> None:
-    """One lane of :func:`_run_in_lanes`: its days in order, each once the day before it may be followed."""
+    """One lane of :func:`_run_in_lanes`: its days in order, each once the day before it may be followed. A lane
+    whose parent died (killed: nobody follows the lanes any more) starts no other day."""
+
+    def stopped() -> bool:
+        return stop.is_set() or os.getppid() != parent
+
     with output_to(logfile):
         dag = load_dag(settings, dag_id)
     for day in mine:
         index = days.index(day)
-        if index and not _wait_for_day_before(dag_id, days[index - 1], since, stop):
+        if index and not _wait_for_day_before(dag_id, days[index - 1], since, stopped):
             return
-        if stop.is_set():
+        if stopped():
             return
         outcome = _run_day(settings, dag, day, logfile)
         results.put(outcome)
@@ -295,15 +301,15 @@ def _lane(
             return
 
 
-def _wait_for_day_before(dag_id: str, day: dt.date, since: dt.datetime, stop) -> bool:
+def _wait_for_day_before(dag_id: str, day: dt.date, since: dt.datetime, stopped: Callable[[], bool]) -> bool:
     """Wait until the run of ``day`` started after ``since`` has passed ``NEXT_DAY_AFTER[dag_id]``; False when
-    that run ended without passing it, or the lanes were told to stop."""
+    that run ended without passing it, or once ``stopped()``."""
     from airflow.models.dagrun import DagRun
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
 
     task_id = NEXT_DAY_AFTER[dag_id]
-    while not stop.is_set():
+    while not stopped():
         with create_session() as session:
             run = (
                 session.query(DagRun)
