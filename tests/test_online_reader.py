@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from pipelines.features.store import materialize_day, online_features
-from pipelines.serving.online import ServiceReader, UnsupportedService
+from pipelines.serving.online import RowReader, ServiceReader, UnsupportedService
 from tests.test_online_write import (  # noqa: F401, F811  (fixtures)
     D1,
     D2,
@@ -64,3 +64,31 @@ def test_services_with_on_demand_views_are_left_to_feast(tmp_path, projects):  #
     settings = _settings(tmp_path, projects[1])
     with pytest.raises(UnsupportedService, match="order_fraud"):
         ServiceReader(_store(settings), "order_fraud")
+
+
+def _assert_rows_match_feast(settings, store) -> None:
+    """Checkout's reader: the order histories of accounts, devices and IPs (lists), all three views in one read."""
+    rows = _entity_rows(settings, "order_checkout")
+    reader = RowReader(store, ["order_history_user", "order_history_device", "order_history_ip"])
+    keys = {name: [row[view.join_keys[0]] for row in rows] for name, view in reader.views.items()}
+    got = reader.read(keys)
+    for name, view in reader.views.items():
+        features = reader.features[name]
+        expected = store.get_online_features(
+            features=[f"{name}:{f}" for f in features], entity_rows=[{view.join_keys[0]: k} for k in keys[name]]
+        ).to_dict()
+        want = [{f: expected[f][i] for f in features} for i in range(len(keys[name]))]
+        # Feast's full read gives None for every feature of a key it has no row for.
+        assert [row or dict.fromkeys(features) for row in got[name]] == want, name
+        assert got[name][-1] is None and any(row is not None for row in got[name]), f"{name}: known and unknown keys"
+
+
+def test_row_reader_matches_feast_on_sqlite_and_redis(tmp_path, projects, redis_client, redis_projects):  # noqa: F811
+    for store_settings in (
+        _settings(tmp_path / "sqlite", projects[1]),
+        _settings(tmp_path / "redis", redis_projects[1], feast_online_store="redis", redis_url=REDIS),
+    ):
+        _build_lake(store_settings)
+        store = _store(store_settings)
+        materialize_day(store_settings, D2, store=store)
+        _assert_rows_match_feast(store_settings, store)

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 from feast import FeatureStore, FeatureView
+from feast.infra.online_stores.redis import RedisOnlineStore, _versioned_fv_name
 from feast.infra.provider import get_provider
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
@@ -143,26 +145,65 @@ def _python(value: ValueProto) -> object:
 
 
 class RowReader:
-    """Whole rows of one feature view (lists included) by key, through Feast's online store: what checkout
-    scoring reads (the order histories of an account, a device, an IP)."""
+    """Whole rows (lists included) of feature views by key, through Feast's online store: what checkout scoring
+    reads (the order histories of an account, a device and an IP). One ``read`` covers every view: on Redis it is
+    one round trip, Feast's own batched HMGET (what its ``get_online_features`` does for a service's views; three
+    round trips in a row cost a scored order three wake-ups of the Redis server and of the worker, which on busy
+    cores was a third of a worker's time), then Feast's decoding; elsewhere the store's ``online_read`` per view."""
 
-    def __init__(self, store: FeatureStore, view_name: str) -> None:
-        self.view = store.get_feature_view(view_name)
-        (self.key,) = self.view.join_keys
-        kinds = {c.name: c.dtype.to_value_type() for c in self.view.entity_columns}
-        self._kind = kinds.get(self.key, ValueType.INT64)
-        self.features = [f.name for f in self.view.features]
+    def __init__(self, store: FeatureStore, view_names: Sequence[str]) -> None:
+        self.views = {name: store.get_feature_view(name) for name in view_names}
+        self._kinds: dict[str, tuple[str, ValueType]] = {}
+        for name, view in self.views.items():
+            (key,) = view.join_keys
+            kinds = {c.name: c.dtype.to_value_type() for c in view.entity_columns}
+            self._kinds[name] = (key, kinds.get(key, ValueType.INT64))
+        self.features = {name: [f.name for f in view.features] for name, view in self.views.items()}
         self._config = store.config
         self._online = get_provider(store.config).online_store
 
-    def read(self, keys: Sequence[object]) -> list[dict[str, object] | None]:
-        """Each key's row (feature name -> value; lists as lists) or None when the store has none."""
-        protos = [EntityKeyProto(join_keys=[self.key], entity_values=[_key_value(k, self._kind)]) for k in keys]
-        out: list[dict[str, object] | None] = []
-        # A fresh list each call: Feast's Redis reader appends its timestamp field to the list it is given.
-        for stamp, data in self._online.online_read(self._config, self.view, protos, list(self.features)):
-            if not data or stamp is None or stamp.timestamp() <= 0:
-                out.append(None)
-                continue
-            out.append({name: _python(data[name]) if name in data else None for name in self.features})
+    def read(self, keys: Mapping[str, Sequence[object]]) -> dict[str, list[dict[str, object] | None]]:
+        """Per view named in ``keys``, each key's row (feature name -> value; lists as lists) or None when the store
+        has none."""
+        protos = {
+            name: [
+                EntityKeyProto(join_keys=[self._kinds[name][0]], entity_values=[_key_value(k, self._kinds[name][1])])
+                for k in view_keys
+            ]
+            for name, view_keys in keys.items()
+        }
+        if isinstance(self._online, RedisOnlineStore):
+            stored = self._redis_read(protos)
+        else:
+            # A fresh feature list each call: Feast's readers may append to the list they are given.
+            stored = {
+                name: self._online.online_read(self._config, self.views[name], entity_keys, list(self.features[name]))
+                for name, entity_keys in protos.items()
+            }
+        return {name: [self._row(name, stamp, data) for stamp, data in rows] for name, rows in stored.items()}
+
+    def _redis_read(self, protos: dict[str, list[EntityKeyProto]]) -> dict[str, list]:
+        online, config = self._online, self._config
+        plans, commands = [], []
+        for name, entity_keys in protos.items():
+            view_name = _versioned_fv_name(self.views[name], config)
+            features, fields = online._generate_hset_keys_for_features(
+                self.views[name], list(self.features[name]), fv_name_override=view_name
+            )
+            redis_keys = online._generate_redis_keys_for_entities(config, entity_keys)
+            commands += [(redis_key, fields) for redis_key in redis_keys]
+            plans.append((name, view_name, features, len(redis_keys)))
+        replies = online._read_hash_fields(config, commands) if commands else []
+        out, offset = {}, 0
+        for name, view_name, features, n in plans:
+            out[name] = online._convert_redis_values_to_protobuf(replies[offset : offset + n], view_name, features)
+            offset += n
         return out
+
+    def _row(
+        self, name: str, stamp: datetime | None, data: Mapping[str, ValueProto] | None
+    ) -> dict[str, object] | None:
+        # Redis answers an unknown key with empty values stamped at the epoch: not a stored row.
+        if not data or stamp is None or stamp.timestamp() <= 0:
+            return None
+        return {feature: _python(data[feature]) if feature in data else None for feature in self.features[name]}

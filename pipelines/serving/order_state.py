@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ENTITIES = tuple(KEY_COLUMNS)  # user, device, ip
+VIEWS = {entity: f"order_history_{entity}" for entity in ENTITIES}
 PUSH_BATCH = 2_000  # queued rows written together at most
 PUSH_INTERVAL = 0.25  # seconds a batch collects rows before it is written (a write has a fixed cost of milliseconds)
 _TICK = pd.Timedelta(microseconds=1)
@@ -50,7 +51,7 @@ class OrderState:
     def __init__(self, store: Any, writer: WriterClient | None = None) -> None:
         from pipelines.serving.online import RowReader
 
-        self._readers = {e: RowReader(store, f"order_history_{e}") for e in ENTITIES}
+        self._reader = RowReader(store, [VIEWS[e] for e in ENTITIES])
         self._overlay: dict[tuple[str, object], tuple[int, dict[str, Any]]] = {}
         self._lock = threading.Lock()
         self._seq = 0
@@ -71,22 +72,27 @@ class OrderState:
         if self._client is not None:
             self._landed(self._client.landed())
         found: dict[str, dict[str, Any] | None] = {}
+        stored: dict[str, object] = {}  # entity -> key, read from the store (one read for all)
         for entity, key in (("user", user_id), ("device", device_id), ("ip", ip_address)):
+            found[entity] = None
             if key is None:
-                found[entity] = None
                 continue
             with self._lock:
                 pending = self._overlay.get((entity, key))
             if pending is not None:
                 found[entity] = pending[1]
-                continue
-            (row,) = self._readers[entity].read([key])
-            found[entity] = None if row is None else {KEY_COLUMNS[entity]: key, **_lists(row)}
+            else:
+                stored[entity] = key
+        if stored:
+            rows = self._reader.read({VIEWS[entity]: [key] for entity, key in stored.items()})
+            for entity, key in stored.items():
+                (row,) = rows[VIEWS[entity]]
+                found[entity] = None if row is None else {KEY_COLUMNS[entity]: key, **_lists(row)}
         return KeyHistories(found["user"], found["device"], found["ip"])
 
     def rows_of(self, entity: str, keys: list[object]) -> list[dict[str, Any] | None]:
         """The stored (pushed and loaded) history rows of ``keys`` of an entity, without this process's overlay."""
-        return self._readers[entity].read(keys)
+        return self._reader.read({VIEWS[entity]: keys})[VIEWS[entity]]
 
     def record(self, rows: KeyHistories, at: dt.datetime) -> None:
         """Keep ``rows`` (``append_order``'s) for this process's next reads and queue their write."""
@@ -189,7 +195,7 @@ class HistoryWriter:
             store = self._store()
             if not self._views:
                 readers_never_wait(store)
-                self._views = {e: store.get_feature_view(f"order_history_{e}") for e in ENTITIES}
+                self._views = {e: store.get_feature_view(VIEWS[e]) for e in ENTITIES}
         except Exception:
             self.push_errors += len(newest)
             log.exception("push of %d histories failed: no online store", len(newest))
