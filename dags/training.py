@@ -3,10 +3,11 @@ promote.
 
 Schedule (the spec's ``schedule``): ``features`` (default) runs after the daily features the model reads were
 refreshed, or after the daily monitoring found the champion drifting (Airflow Assets; the run trains for the day
-the asset events name; its candidate still goes through gate and approval), a cron string runs on that cron,
-``null`` only when triggered (`mlctl run train_MODEL --date D`). The first task checks the lake holds the history
-the spec needs and skips the run with the reason when it does not, so a fresh stack never fails training; runs
-triggered only by a backfill's asset events are skipped too (train a backfilled day with `mlctl run`).
+the asset events name; its candidate still goes through gate and approval), ``drift`` only after the latter, a cron
+string runs on that cron, ``null`` only when triggered (`mlctl run train_MODEL --date D`). The first task checks
+the lake holds the history the spec needs and skips the run with the reason when it does not, so a fresh stack
+never fails training; runs triggered only by a backfill's asset events are skipped too (train a backfilled day
+with `mlctl run`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from pipelines.flows.daily_plan import schedule_window
 from pipelines.settings import get_settings
-from pipelines.specs import FEATURES_SCHEDULE, ModelSpec, load_specs
+from pipelines.specs import DRIFT_SCHEDULE, FEATURES_SCHEDULE, ModelSpec, load_specs
 from pipelines.usecases import families_for
 
 settings = get_settings()
@@ -72,15 +73,18 @@ def approval_task_id(index: int) -> str:
     return "approval" if index == 0 else f"approval_{index + 1}"
 
 
-def training_schedule(spec: ModelSpec) -> AssetAny | str | None:
+def training_schedule(spec: ModelSpec) -> AssetAny | Asset | str | None:
     """The spec's schedule in Airflow's terms; STOREFRONT_TRAINING_SCHEDULES=false turns every one off (tests)."""
     if not settings.training_schedules or spec.schedule is None:
         return None
+    # The same URIs as dags/daily_features.py's outlets: the monitoring step found the champion drifting ...
+    drifted = Asset(f"storefront://drift/{spec.name}")
+    if spec.schedule == DRIFT_SCHEDULE:
+        return drifted
     if spec.schedule == FEATURES_SCHEDULE:
-        # The same URIs as dags/daily_features.py's outlets: a run once every family the model reads was refreshed,
-        # or once the monitoring step found the champion drifting.
+        # ... or every family the model reads was refreshed.
         refreshed = AssetAll(*(Asset(f"storefront://features/{family}") for family in families_for([spec])))
-        return refreshed | Asset(f"storefront://drift/{spec.name}")
+        return refreshed | drifted
     return spec.schedule
 
 

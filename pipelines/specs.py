@@ -23,6 +23,8 @@ RANKING_METRICS = frozenset({"ndcg_at_10", "map_at_10"})
 LOWER_IS_BETTER = frozenset({"log_loss", "calibration_error"})
 # A training DAG scheduled on the daily features it reads (their Assets), instead of a cron string or manual (null).
 FEATURES_SCHEDULE = "features"
+# A training DAG scheduled only on its champion's drift (the daily monitoring's Asset): retrain when it drifts.
+DRIFT_SCHEDULE = "drift"
 # Columns of a training set that describe a row without being a model feature (used by slices) start with this.
 CONTEXT_PREFIX = "ctx_"
 
@@ -171,7 +173,8 @@ class ModelSpec(_Strict):
     monitoring: MonitoringSpec = MonitoringSpec()
     schedule: str | None = Field(
         FEATURES_SCHEDULE,
-        description="'features': after the daily features the model reads are refreshed; a cron string; null: manual",
+        description="'features': after the daily features the model reads are refreshed, or when the champion "
+        "drifts; 'drift': only when the champion drifts; a cron string; null: manual",
     )
 
     @field_validator("entity")
