@@ -972,8 +972,9 @@ def test_stack_scheduler_killed_mid_run_stops_the_stack_and_the_rerun_converges(
     state = supervisor.read_state(world.settings)
     assert state is not None
     scheduler = service_pid(state, "scheduler")
-    # Its LocalExecutor workers and serve-logs outlive a SIGKILLed scheduler and `stack down` does not reap them
-    # (docs/reliability.md): the test ends them, so no process of it outlives the run.
+    # Its LocalExecutor workers and serve-logs outlive a SIGKILLed scheduler. `stack down` now ends a killed
+    # service's orphans by its session recorded at `up` (checked for the triggerer's serve-logs in
+    # tests/test_stack.py, not here); the test still ends whichever is left, so no process of it outlives the run.
     orphans = psutil.Process(scheduler).children(recursive=True)
 
     def end_orphans() -> None:

@@ -1,7 +1,9 @@
 """``mlctl stack up | down | status``: the stack's processes under one honcho supervisor, in their own session.
 
 honcho stops every service when one dies, so the stack is either whole or visibly down. Each process inherits a
-``STOREFRONT_STACK_ID`` marker, which lets ``down`` find and stop anything that left the process group.
+``STOREFRONT_STACK_ID`` marker, which lets ``down`` find and stop anything that left the process group; the
+sessions honcho started the services in are recorded too, so ``down`` also stops the orphans a killed service
+leaves behind (their marker rewritten, their parent gone).
 """
 
 from __future__ import annotations
@@ -84,31 +86,88 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def stack_pids(state: dict) -> list[int]:
-    """Live processes of the stack: in the supervisor's session, carrying the stack's marker, or descending from
-    one of those.
+def _proc_stat(entry: Path) -> list[str]:
+    """/proc/PID/stat after the command name: [state, ppid, pgrp, session, ..., starttime (index 19), ...]."""
+    return (entry / "stat").read_text().rsplit(") ", 1)[1].split()
 
-    All three are needed: Airflow's task processes rewrite their command line over their environment
-    (setproctitle), and so does any process that imports gunicorn (MLflow does: the preloaded Celery worker), so the
-    marker is gone from them; a server may start children in a session of their own; a child whose parent died
-    is found by its marker alone.
+
+def service_sessions(honcho_pid: int) -> list[dict[str, int]]:
+    """The sessions honcho's services run in: every process below honcho that leads a session of its own (honcho
+    starts each service with setsid, from a child of its own per service), with the leader's start time (clock
+    ticks since boot), which is what :func:`stack_pids` needs to tell a killed service's orphans from strangers."""
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if entry.name.isdigit():
+                stats[int(entry.name)] = _proc_stat(entry)
+    below, grown = {honcho_pid}, True
+    while grown:
+        more = {pid for pid, stat in stats.items() if int(stat[1]) in below} - below
+        below |= more
+        grown = bool(more)
+    leaders = [pid for pid in below - {honcho_pid} if pid in stats and int(stats[pid][3]) == pid]
+    return [{"sid": pid, "start": int(stats[pid][19])} for pid in sorted(leaders)]
+
+
+def _ticks_at(wall_time: float) -> int:
+    """A wall-clock time as clock ticks since boot (the unit of /proc/PID/stat's start time)."""
+    boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line[:6] == "btime ")
+    return int((wall_time - boot) * os.sysconf("SC_CLK_TCK"))
+
+
+def _orphan_sessions(state: dict, starts: dict[int, int]) -> tuple[set[int], dict[int, tuple[int, int]]]:
+    """The recorded service sessions whose members belong to the stack: those whose leader still runs (the same
+    process: same start time), and, for a leader that died, the window its orphans can have started in.
+
+    A pid stays allocated while any process has it as its session id, so a session whose leader died cannot be a
+    recycled one while a member lives; a member started after the stack stopped (honcho's log last written, plus
+    the 1 s rounding of the boot time) could only be a later session that reused the number, and is left alone.
+    """
+    live: set[int] = set()
+    dead: dict[int, tuple[int, int]] = {}
+    log = Path(state.get("honcho_log", ""))
+    for session in state.get("sessions", []):
+        sid, start = session["sid"], session["start"]
+        if sid in starts:
+            if starts[sid] == start:
+                live.add(sid)
+        elif log.is_file():
+            dead[sid] = (start, _ticks_at(log.stat().st_mtime + 2.0))
+    return live, dead
+
+
+def stack_pids(state: dict) -> list[int]:
+    """Live processes of the stack: in the supervisor's session, carrying the stack's marker, descending from one
+    of those, or in a service's session recorded at `up` (:func:`service_sessions`).
+
+    All are needed: Airflow's task processes rewrite their command line over their environment (setproctitle), and
+    so does any process that imports gunicorn (MLflow does: the preloaded Celery worker), so the marker is gone from
+    them; a server may start children in a session of their own; a child whose parent died is found by its marker,
+    or by its service's session (a SIGKILLed scheduler's LocalExecutor workers and serve-logs, which rewrote their
+    marker).
     """
     marker = f"STOREFRONT_STACK_ID={state['stack_id']}".encode()
     found: set[int] = set()
     parents: dict[int, int] = {}
+    sessions: dict[int, tuple[int, int]] = {}  # pid -> (session, start time)
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            stat = (entry / "stat").read_text().rsplit(") ", 1)[1].split()
+            stat = _proc_stat(entry)
             if stat[0] == "Z":
                 continue
             pid = int(entry.name)
             parents[pid] = int(stat[1])
+            sessions[pid] = (int(stat[3]), int(stat[19]))
             if int(stat[3]) == state["pid"] or marker in (entry / "environ").read_bytes().split(b"\0"):
                 found.add(pid)
         except (OSError, IndexError, ValueError):
             continue
+    live, dead = _orphan_sessions(state, {pid: start for pid, (_, start) in sessions.items()})
+    for pid, (sid, start) in sessions.items():
+        if sid in live or (sid in dead and dead[sid][0] <= start <= dead[sid][1]):
+            found.add(pid)
     grown = True
     while grown:
         descendants = {pid for pid, parent in parents.items() if parent in found} - found
@@ -204,7 +263,13 @@ def up(settings: Settings, timeout: float = 180.0, on_event: Callable[[str], Non
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-    state = {"pid": proc.pid, "stack_id": stack_id, "started_at": time.time(), "services": [p.name for p in procs]}
+    state = {
+        "pid": proc.pid,
+        "stack_id": stack_id,
+        "started_at": time.time(),
+        "services": [p.name for p in procs],
+        "honcho_log": str(logs / "honcho.log"),
+    }
     _state_path(settings).write_text(json.dumps(state))
     on_event(f"started {len(procs)} services under honcho (pid {proc.pid}); logs in {logs}")
 
@@ -235,6 +300,9 @@ def up(settings: Settings, timeout: float = 180.0, on_event: Callable[[str], Non
                 pending.discard(name)
                 on_event(f"{name} healthy after {time.monotonic() - started:.0f} s")
         time.sleep(0.5)
+    # Every service runs now: their sessions are known (a stack stopped during start-up has none recorded).
+    state["sessions"] = service_sessions(proc.pid)
+    _state_path(settings).write_text(json.dumps(state))
     result = status(settings)
     on_event(f"stack up in {time.monotonic() - started:.0f} s, {result.memory_mb:.0f} MB resident")
     return result
