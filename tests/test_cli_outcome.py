@@ -22,6 +22,7 @@ from pipelines.orchestration.outcomes import (
     structured_log_error,
     summarize_run,
     task_log_section,
+    training_outcome_key,
 )
 from pipelines.settings import PROJECT_ROOT, Settings
 from pipelines.specs import load_spec
@@ -177,3 +178,14 @@ def test_a_run_triggered_only_by_a_backfill_is_skipped_with_the_reason(settings:
         check(settings, spec, DAY, backfill)
     summary = summarize_run(Lake(settings), "train_purchase_intent", DAY, "success", [], lambda t: None)
     assert summary.verdict == "skipped" and "triggered by a backfill" in summary.line
+
+
+def test_a_backfill_triggered_skip_keeps_the_outcome_of_a_run_that_trained_that_day(settings: Settings) -> None:
+    """A run started by a backfill's asset event does nothing: the day's outcome stays the one of the run that
+    trained and promoted (the drift test on the stack showed it overwritten with "skipped")."""
+    spec = load_spec(PROJECT_ROOT / "models" / "purchase_intent.yaml")
+    lake = Lake(settings)
+    record_training_outcome(lake, spec.name, DAY, "promoted", version="3")
+    with pytest.raises(TriggeredByBackfill):
+        check(settings, spec, DAY, ["backfill__2017-12-03T00:00:00+00:00"])
+    assert lake.read_json(training_outcome_key(spec.name, DAY)) == {"outcome": "promoted", "version": "3"}

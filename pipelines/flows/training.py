@@ -20,7 +20,7 @@ from pipelines.evaluation.gate import apply_gate, record_gate
 from pipelines.evaluation.report import build_report, report_link
 from pipelines.features.store import online_freshness
 from pipelines.lake import Lake, as_date
-from pipelines.orchestration.outcomes import record_training_outcome
+from pipelines.orchestration.outcomes import record_training_outcome, training_outcome_key
 from pipelines.registry.approval import ApprovalRecord
 from pipelines.registry.decisions import DecisionRefused, record_trainer, refuse_if_rejected, request_review
 from pipelines.registry.promotion import promote as promote_version
@@ -76,7 +76,10 @@ def check(settings: Settings, spec: ModelSpec, ds: str | dt.date, source_runs: l
             f"triggered by a backfill of the daily features (up to {day}); training follows the scheduled daily "
             f"runs: train for a backfilled day with `mlctl run train_{spec.name} --date {day}`"
         )
-        record_training_outcome(lake, spec.name, day, "skipped", reason=reason)
+        # A run that did something for the day (trained, waits, promoted) keeps its outcome: this one did nothing.
+        earlier = lake.read_json(training_outcome_key(spec.name, day)) or {}
+        if earlier.get("outcome") in (None, "skipped"):
+            record_training_outcome(lake, spec.name, day, "skipped", reason=reason)
         raise TriggeredByBackfill(reason)
     try:
         readiness = require_ready(lake, spec, day)
