@@ -66,6 +66,14 @@ def _registry_config(settings: Settings) -> dict:
     return {"registry_type": "file", "path": registry, "cache_ttl_seconds": 60}
 
 
+def _local_registry_file(settings: Settings) -> Path | None:
+    """The registry's file when it is one on this machine (the local profile); None for a SQL or remote registry."""
+    registry = _registry_config(settings)
+    if registry["registry_type"] != "file" or "://" in registry["path"]:
+        return None
+    return Path(registry["path"])
+
+
 def _redis_connection_string(url: str) -> str:
     """Feast wants ``host:port[,db=N][,password=...][,ssl=true]``; accept that or a ``redis://`` URL."""
     if "://" not in url:
@@ -95,13 +103,13 @@ def repo_config(settings: Settings) -> RepoConfig:
     # Feast creates the files but not their directories.
     if settings.feast_online_store == "sqlite" and settings.feast_online_path:
         Path(settings.feast_online_path).parent.mkdir(parents=True, exist_ok=True)
-    registry = _registry_config(settings)
-    if registry["registry_type"] == "file" and "://" not in registry["path"]:
-        Path(registry["path"]).parent.mkdir(parents=True, exist_ok=True)
+    registry_file = _local_registry_file(settings)
+    if registry_file is not None:
+        registry_file.parent.mkdir(parents=True, exist_ok=True)
     return RepoConfig(
         project=settings.feast_project,
         provider="local",
-        registry=registry,
+        registry=_registry_config(settings),
         online_store=_online_config(settings),
         offline_store={"type": "file"},
         entity_key_serialization_version=3,
@@ -189,13 +197,12 @@ def registry_writes(settings: Settings) -> Iterator[None]:
     """Hold the file registry's lock for a read-modify-write of it. Feast rewrites the whole registry file on each
     commit, from its cached copy: two processes recording materialization windows at once (two days' runs side by
     side) would each drop the other's. The stack's SQL registry is left to its database."""
-    registry = _registry_config(settings)
-    if registry["registry_type"] != "file" or "://" in registry["path"]:
+    registry_file = _local_registry_file(settings)
+    if registry_file is None:
         yield
         return
-    path = Path(f"{registry['path']}.lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as lock:
+    registry_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(registry_file.with_name(f"{registry_file.name}.lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
