@@ -163,7 +163,8 @@ def backfill(
             _fail(str(exc))
     else:
         logfile = settings.home / "logs" / f"{dag}.log"
-        console.print(f"Airflow's log: {logfile}")
+        lanes = runs.lanes_to_use(settings.local_lanes) if dag in runs.NEXT_DAY_AFTER and len(days) > 1 else 1
+        console.print(f"Airflow's log: {logfile} ({runs.days_at_a_time(lanes)})")
         with progress_bar(console) as progress:
             bar = progress.add_task(f"{dag}", total=len(days))
             outcomes = runs.run_in_process(
@@ -173,7 +174,7 @@ def backfill(
                 skip_succeeded=not rerun,
                 logfile=logfile,
                 on_done=lambda o: progress.advance(bar),
-                lanes=settings.local_lanes,
+                lanes=lanes,
             )
     code = _print_outcomes(settings, f"backfill of {dag}", outcomes)
     if code == 0 and len(outcomes) < len(days):
@@ -515,8 +516,9 @@ def monitor(
     import webbrowser
 
     from pipelines.lake import Lake
+    from pipelines.monitoring.drift_reports import publish_drift
     from pipelines.monitoring.page import build_monitoring_page
-    from pipelines.monitoring.watch import MonitoringError, monitor_model, publish_drift
+    from pipelines.monitoring.watch import MonitoringError, monitor_model
     from pipelines.training.dataset import TrainingSetError
 
     settings, spec = _spec(model)

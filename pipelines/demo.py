@@ -28,7 +28,7 @@ from rich.table import Table
 from pipelines.console import progress_bar
 from pipelines.orchestration.airflow_client import AirflowClient, PendingApproval
 from pipelines.orchestration.airflow_env import configure_airflow
-from pipelines.orchestration.runs import RunOutcome, run_in_process
+from pipelines.orchestration.runs import RunOutcome, days_at_a_time, lanes_to_use, run_in_process
 from pipelines.settings import Settings
 from pipelines.specs import ModelSpec, load_specs
 from pipelines.usecases import use_case
@@ -56,10 +56,11 @@ def _free_port(preferred: int) -> int:
 def _daily_runs(
     settings: Settings, days: list[dt.date], console: Console, on_day: Callable[[RunOutcome], None]
 ) -> bool:
-    """The daily DAG for every day, ``settings.local_lanes`` days side by side (as `mlctl backfill`);
-    ``on_day`` is called as each day ends."""
+    """The daily DAG for every day, as many days side by side as ``settings.local_lanes`` says (as `mlctl
+    backfill`); ``on_day`` is called as each day ends."""
     logfile = settings.home / "logs" / "daily_features.log"
-    console.print(f"Airflow task logs: {logfile} ({settings.local_lanes} days at a time)")
+    lanes = lanes_to_use(settings.local_lanes)
+    console.print(f"Airflow task logs: {logfile} ({days_at_a_time(lanes)})")
     with progress_bar(console) as progress:
         bar = progress.add_task("daily_features", total=len(days))
 
@@ -74,7 +75,7 @@ def _daily_runs(
             skip_succeeded=True,
             logfile=logfile,
             on_done=done,
-            lanes=settings.local_lanes,
+            lanes=lanes,
         )
     skipped = sum(o.skipped for o in outcomes)
     failed = [o for o in outcomes if o.state != "success"]

@@ -55,10 +55,10 @@ class Settings(BaseSettings):
         default=True, description="Scheduler runs every missed day since start_date (False: only the newest)."
     )
     local_lanes: int = Field(
-        default=2,
-        ge=1,
+        default=0,
+        ge=0,
         description="Local profile: days of a daily-features backfill run side by side in this many processes (each "
-        "day starts once the day before has validated its data).",
+        "day starts once the day before has validated its data); 0: two when two cores are idle, else one.",
     )
     task_retry_delay_seconds: float = Field(
         default=30.0, gt=0, description="Wait before a failed daily task's retry (a service back after a blip)."

@@ -109,7 +109,7 @@ def _skew(settings: Settings, lake: Lake, model: str) -> dict[str, Any] | None:
 
 def _drift(lake: Lake, model: str) -> str:
     """One line on the model's newest drift report (pipelines/monitoring/watch.py)."""
-    from pipelines.monitoring.watch import monitoring_line
+    from pipelines.monitoring.drift_reports import monitoring_line
 
     try:
         return monitoring_line(lake, model)

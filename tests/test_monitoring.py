@@ -18,8 +18,8 @@ from pipelines.data.extract import simulation_config
 from pipelines.features.user_features import build_user_features, write_user_features
 from pipelines.flows import daily_features
 from pipelines.lake import Lake, date_range
+from pipelines.monitoring.drift_reports import drift_days, drift_history, monitoring_line, read_drift
 from pipelines.monitoring.page import build_monitoring_page
-from pipelines.monitoring.watch import drift_days, drift_history, monitoring_line, read_drift
 from pipelines.registry.registry import CHAMPION, set_alias
 from pipelines.settings import PROJECT_ROOT, Settings, get_settings
 from pipelines.specs import load_spec

@@ -366,7 +366,7 @@ def test_a_drifting_champion_starts_its_training_dag_through_the_scheduler(world
     train_purchase_intent by itself (an asset-triggered run that consumed that event), whose check reads the
     event's day. That daily run came from a backfill, so the check skips training (a backfill's events never
     train; docs/monitoring.md): the run ends by itself, no version is registered and no alias moves."""
-    from pipelines.monitoring.watch import read_drift
+    from pipelines.monitoring.drift_reports import read_drift
     from pipelines.orchestration.airflow_client import AirflowClient
     from pipelines.orchestration.outcomes import training_outcome_key
 

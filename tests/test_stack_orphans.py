@@ -4,9 +4,11 @@ each service), without taking a stranger for one: on plain processes, no stack n
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.stack.supervisor import service_sessions, stack_pids
+from pipelines.settings import get_settings
+from pipelines.stack.supervisor import STATE_FILE, down, service_sessions, stack_pids
 
 
 def _wait_for(path: Path) -> int:
@@ -28,11 +31,11 @@ def _wait_for(path: Path) -> int:
 @pytest.fixture
 def supervised(tmp_path: Path) -> Iterator[dict]:
     """A stand-in for honcho (its own session) that starts one service, through a child of its own, in a session
-    of its own, as honcho does; the service starts a worker, like the scheduler's LocalExecutor workers. Nothing
-    carries the stack's marker."""
+    of its own, as honcho does; the service starts a worker that ignores SIGTERM, like the scheduler's
+    LocalExecutor workers. Nothing carries the stack's marker."""
     runner = tmp_path / "runner.sh"
     runner.write_text(
-        f"setsid sh -c 'sleep 300 & echo $! > {tmp_path}/worker; exec sleep 300' &\n"
+        f"setsid sh -c '(trap \"\" TERM; exec sleep 300) & echo $! > {tmp_path}/worker; exec sleep 300' &\n"
         f"echo $! > {tmp_path}/service\nwait\n"
     )
     honcho = subprocess.Popen(["sh", "-c", f"sh {runner} & wait"], start_new_session=True)
@@ -99,3 +102,27 @@ def test_a_process_started_after_the_stack_stopped_is_not_taken_for_an_orphan(su
     os.utime(supervised["log"], (stopped, stopped))
 
     assert supervised["worker"] not in stack_pids(supervised["state"])
+
+
+def test_down_after_a_service_died_kills_its_orphans_without_waiting_the_grace(
+    supervised: dict, tmp_path: Path
+) -> None:
+    """The stack stopped itself (a service died, honcho is gone): `stack down` gives what is left, orphans that
+    ignore SIGTERM, a few seconds instead of the grace meant for live services, then SIGKILL."""
+    _kill_service(supervised)
+    settings = get_settings(profile="stack", home=tmp_path / "home")
+    assert settings.stack_dir is not None
+    settings.stack_dir.mkdir(parents=True)
+    (settings.stack_dir / STATE_FILE).write_text(json.dumps(supervised["state"]))
+    stopping = threading.Thread(target=down, args=(settings,), kwargs={"grace": 3600}, daemon=True)
+    stopping.start()
+    stopping.join(timeout=60)
+    assert not stopping.is_alive(), "`stack down` waited the live services' grace for the orphans of a dead stack"
+    assert not Path(f"/proc/{supervised['worker']}").exists() or _zombie(supervised["worker"])
+    assert not (settings.stack_dir / STATE_FILE).exists()
+
+
+def _zombie(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] == "Z"
+    return True

@@ -180,7 +180,8 @@ def monitor(settings: Settings, ds: str | dt.date) -> dict:
     if never_written(settings) or not _families_built(settings, lake, day):
         return {"models": models, "unwatched": unwatched}  # no model trained yet, or no features of the day
     # Imported here: the point-in-time join imports Feast, scoring MLflow and LightGBM; only this step needs them.
-    from pipelines.monitoring.watch import MonitoringError, monitor_model, publish_drift
+    from pipelines.monitoring.drift_reports import publish_drift
+    from pipelines.monitoring.watch import MonitoringError, monitor_model
     from pipelines.training.dataset import TrainingSetError
 
     for spec in load_specs(settings.models_dir).values():

@@ -18,7 +18,8 @@ from matplotlib.figure import Figure
 
 from pipelines.evaluation.plots import WIDE, png_bytes
 from pipelines.lake import Lake
-from pipelines.monitoring.watch import MonitoringError, drift_history, drifting_since
+from pipelines.monitoring.drift_reports import drift_history, drifting_since
+from pipelines.monitoring.watch import MonitoringError
 from pipelines.registry.registry import ModelVersionNotFound, get_version
 from pipelines.settings import Settings
 

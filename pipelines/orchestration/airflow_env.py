@@ -6,6 +6,7 @@ Airflow reads its configuration when it is first imported, so every entry point 
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import secrets
@@ -122,7 +123,51 @@ def airflow_cli(settings: Settings, *args: str, check: bool = True) -> subproces
 
 
 def migrate_db(settings: Settings) -> None:
-    """Create or upgrade the Airflow metadata DB (idempotent, ~4 s on SQLite)."""
+    """Create or upgrade the Airflow metadata DB (idempotent; a process importing all of Airflow: seconds)."""
     result = airflow_cli(settings, "db", "migrate", check=False)
     if result.returncode != 0:
         raise RuntimeError(f"airflow db migrate failed for {settings.airflow_db_uri}:\n{result.stderr[-2000:]}")
+
+
+# Once a DB is at this Airflow version's schema heads, they are kept in ``migrated.json`` beside it; later callers
+# compare the DB's revision with that record (one query, without importing Airflow) instead of checking every
+# migration script or starting `airflow db migrate`.
+def _airflow_version() -> str:
+    return importlib.metadata.version("apache-airflow")
+
+
+def _db_heads(settings: Settings) -> set[str]:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    engine = create_engine(settings.airflow_db_uri, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            return {row[0] for row in connection.execute(text("SELECT version_num FROM alembic_version"))}
+    finally:
+        engine.dispose()
+
+
+def _heads_file(settings: Settings) -> Path:
+    assert settings.airflow_home is not None
+    return settings.airflow_home / "migrated.json"
+
+
+def at_recorded_heads(settings: Settings) -> bool:
+    """The metadata DB is at the schema heads recorded for this Airflow version (False when unknown)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        recorded = json.loads(_heads_file(settings).read_text())
+        return recorded["airflow"] == _airflow_version() and set(recorded["heads"]) == _db_heads(settings)
+    except (OSError, ValueError, KeyError, TypeError, SQLAlchemyError):
+        return False
+
+
+def record_heads(settings: Settings) -> None:
+    """Note the DB's heads, now Airflow's own, for this Airflow version (atomically: a torn file is never read)."""
+    path = _heads_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"airflow": _airflow_version(), "heads": sorted(_db_heads(settings))}))
+    os.replace(tmp, path)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import multiprocessing
 import os
 import queue
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from pipelines.lake import as_date, date_range
 from pipelines.orchestration.airflow_client import AirflowAPIError, AirflowClient, PendingApproval
-from pipelines.orchestration.airflow_env import configure_airflow, migrate_db
+from pipelines.orchestration.airflow_env import at_recorded_heads, configure_airflow, migrate_db, record_heads
 from pipelines.orchestration.outcomes import (
     TaskState,
     exception_message,
@@ -104,7 +103,7 @@ def ensure_migrated(settings: Settings) -> None:
     heads of this Airflow version are kept in ``migrated.json`` once checked (finding them loads every migration
     script: a second or two), so later runs only read the DB's revision."""
     configure_airflow(settings)
-    if _at_recorded_heads(settings):
+    if at_recorded_heads(settings):
         return
     from airflow.utils.db import check_migrations
     from sqlalchemy.exc import SQLAlchemyError
@@ -113,41 +112,7 @@ def ensure_migrated(settings: Settings) -> None:
         check_migrations(timeout=1)
     except (TimeoutError, SQLAlchemyError):  # behind Airflow's head, or no DB yet
         migrate_db(settings)
-    _record_heads(settings)
-
-
-def _db_heads() -> set[str]:
-    from airflow import settings as airflow_settings
-    from sqlalchemy import text
-
-    with airflow_settings.engine.connect() as connection:
-        return {row[0] for row in connection.execute(text("SELECT version_num FROM alembic_version"))}
-
-
-def _heads_file(settings: Settings) -> Path:
-    assert settings.airflow_home is not None
-    return settings.airflow_home / "migrated.json"
-
-
-def _at_recorded_heads(settings: Settings) -> bool:
-    import airflow
-    from sqlalchemy.exc import SQLAlchemyError
-
-    try:
-        recorded = json.loads(_heads_file(settings).read_text())
-        return recorded["airflow"] == airflow.__version__ and set(recorded["heads"]) == _db_heads()
-    except (OSError, ValueError, KeyError, TypeError, SQLAlchemyError):
-        return False
-
-
-def _record_heads(settings: Settings) -> None:
-    """Note the DB's heads, now Airflow's own, for this Airflow version (atomically: a torn file is never read)."""
-    import airflow
-
-    path = _heads_file(settings)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"airflow": airflow.__version__, "heads": sorted(_db_heads())}))
-    os.replace(tmp, path)
+    record_heads(settings)
 
 
 def succeeded_dates(settings: Settings, dag_id: str) -> set[dt.date]:
@@ -167,6 +132,23 @@ def succeeded_dates(settings: Settings, dag_id: str) -> set[dt.date]:
 # them. The rest of the two days (features, materialize, monitoring) runs side by side.
 NEXT_DAY_AFTER = {"daily_features": "validate"}
 _WAIT_POLL_SECONDS = 0.25
+
+
+def lanes_to_use(requested: int) -> int:
+    """``requested`` lanes, or with 0 what the machine allows now: two when about two cores are idle, else one.
+    A lane is a process of its own that imports Airflow, Feast and GX; with a core each, two days run in 0.66x the
+    time of one after another, while beside other busy work they took longer than one lane (docs/performance.md)."""
+    if requested:
+        return requested
+    import psutil
+
+    cores = os.cpu_count() or 1
+    idle = cores * (1 - psutil.cpu_percent(interval=1.0) / 100)
+    return 2 if idle >= 1.5 else 1
+
+
+def days_at_a_time(lanes: int) -> str:
+    return "one day at a time" if lanes == 1 else f"{lanes} days at a time"
 
 
 def run_in_process(

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from pipelines.orchestration.airflow_env import migrate_db
+from pipelines.orchestration.airflow_env import at_recorded_heads, migrate_db, record_heads
 from pipelines.serving.auth import ensure_admin_key
 from pipelines.settings import Settings
 from pipelines.stack import mlflow_auth, resources
@@ -233,8 +233,12 @@ def up(settings: Settings, timeout: float = 180.0, on_event: Callable[[str], Non
     _preflight(settings)
     created = resources.ensure_databases(settings)
     on_event(f"PostgreSQL databases ready{' (created ' + ', '.join(created) + ')' if created else ''}")
-    migrate_db(settings)
-    on_event(f"Airflow metadata DB migrated ({time.monotonic() - started:.0f} s)")
+    if at_recorded_heads(settings):
+        on_event("Airflow metadata DB at its schema heads")
+    else:
+        migrate_db(settings)
+        record_heads(settings)
+        on_event(f"Airflow metadata DB migrated ({time.monotonic() - started:.0f} s)")
 
     assert settings.stack_dir is not None
     logs = settings.stack_dir / "logs"
@@ -334,13 +338,22 @@ def _kill(pid: int, sig: signal.Signals, group: bool = False) -> None:
         (os.killpg if group else os.kill)(pid, sig)
 
 
+# A stack whose supervisor is gone (a service died and honcho stopped the rest) has only orphans left: a killed
+# scheduler's LocalExecutor workers, a killed triggerer's serve-logs. They have nothing to finish and some ignore
+# SIGTERM, so they get this much instead of the full grace.
+ORPHAN_GRACE_SECONDS = 3.0
+
+
 def down(settings: Settings, grace: float = 30.0) -> int:
-    """Stop every process of the stack (TERM, then KILL after ``grace`` s); return how many were running."""
+    """Stop every process of the stack (TERM, then KILL after ``grace`` s, or ``ORPHAN_GRACE_SECONDS`` when the
+    supervisor is already gone); return how many were running."""
     state = read_state(settings)
     if state is None:
         return 0
     pid = state["pid"]
     pids = set(stack_pids(state))
+    if not _alive(pid):
+        grace = min(grace, ORPHAN_GRACE_SECONDS)
     _kill(pid, signal.SIGTERM, group=True)
     for other in pids - {pid}:  # those outside the process group
         _kill(other, signal.SIGTERM)
