@@ -176,8 +176,9 @@ def environment(settings: Settings, internal: InternalPorts, stack_id: str) -> d
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
         # A scheduler that died leaves its tasks `running`; the restarted one resets them at its first orphan check
         # after the dead one's heartbeat is 30 s old. Airflow checks every 300 s: a killed scheduler's day then
-        # waited 5 min after `stack up` (tests/test_faults.py). Once a minute costs one small query.
-        "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "60",
+        # waited 5 min after `stack up` (tests/test_faults.py); at 60 s the rerun still waited most of a minute.
+        # Every 10 s costs one small query.
+        "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "10",
         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(internal.worker_log_server),
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(internal.trigger_log_server),
         "AWS_ACCESS_KEY_ID": key,
