@@ -24,9 +24,12 @@ lane() {  # lane NAME -- PART_ARGS [-- PART_ARGS ...]: run each part's pytest in
     return $failed
 }
 
-lane unit -- -m "not airflow and not integration and not walkthrough" -- -m airflow &
+# The fault tests that need no Airflow stack (local stores, a private Redis, S3, serving, MLflow) run after the
+# in-process Airflow tests; everything on a stack (tests/test_stack.py, the `test_stack_*` faults) in the other lane.
+LOCAL_FAULTS="test_faults and not test_stack_"
+lane unit -- -m "not airflow and not integration and not walkthrough" -- -m airflow -- -m integration -k "$LOCAL_FAULTS" &
 unit=$!
-lane integration -- -m integration -- -m walkthrough &
+lane integration -- -m integration -k "not ($LOCAL_FAULTS)" -- -m walkthrough &
 integration=$!
 
 status=0

@@ -11,6 +11,7 @@ scheduler (an Asset event).
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import signal
@@ -31,6 +32,7 @@ from pipelines.compute.cluster import close_dask_clients
 from pipelines.features.store import online_features
 from pipelines.flows import daily_features
 from pipelines.lake import Lake
+from pipelines.monitoring.drift_reports import read_drift
 from pipelines.registry.audit import read_audit, verify_chain
 from pipelines.registry.registry import aliases, get_champion, get_version, list_versions
 from pipelines.settings import Settings
@@ -57,6 +59,7 @@ pytestmark = pytest.mark.integration
 MODEL = "purchase_intent"
 LAST = DAYS[-1]
 SHIFT = DAYS[5]
+NEXT = LAST + dt.timedelta(days=1)  # a day no backfill ran: `mlctl run` starts it, as the daily schedule would
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +75,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackWorld]:
     }
     # The users browse three times as often from DAYS[5] (after the champion's newest as-of day, DAYS[4]), and the
     # training DAG runs when its champion drifts (the spec's `schedule: drift`, tests/stack_support.py).
-    drift = {"sim_shift_day": SHIFT, "training_schedules": True}
+    drift = {"sim_shift_day": SHIFT, "training_schedules": True, "end_date": NEXT}
     root = tmp_path_factory.mktemp("stack")
     with start_world(root, **distributed, **drift) as started, pytest.MonkeyPatch.context() as patch:
         # In this process too, S3 readers that take credentials from the environment (s3fs under Feast) need them.
@@ -366,7 +369,6 @@ def test_a_drifting_champion_starts_its_training_dag_through_the_scheduler(world
     train_purchase_intent by itself (an asset-triggered run that consumed that event), whose check reads the
     event's day. That daily run came from a backfill, so the check skips training (a backfill's events never
     train; docs/monitoring.md): the run ends by itself, no version is registered and no alias moves."""
-    from pipelines.monitoring.drift_reports import read_drift
     from pipelines.orchestration.airflow_client import AirflowClient
     from pipelines.orchestration.outcomes import training_outcome_key
 
@@ -428,6 +430,54 @@ def test_a_drifting_champion_starts_its_training_dag_through_the_scheduler(world
     assert outcome is not None and outcome["outcome"] == "promoted", outcome
     assert [v.version for v in list_versions(settings, MODEL)] == versions_before
     assert aliases(settings, MODEL) == aliases_before
+
+
+def test_drift_in_a_daily_run_trains_a_candidate_that_a_reviewer_approves(world: StackWorld) -> None:
+    """A daily run that is no backfill (the next day, started by `mlctl run`) finds the champion drifting; the
+    scheduler starts train_purchase_intent from the event, and this time it trains on the new day: the candidate
+    passes the gate and waits for a reviewer; alice approves and it becomes the champion, one promotion more."""
+    from pipelines.orchestration.airflow_client import AirflowClient
+    from pipelines.orchestration.outcomes import training_outcome_key
+
+    settings, dag_id = world.settings, f"train_{MODEL}"
+    champion = get_champion(settings, MODEL)
+    assert champion is not None, "no champion: the training test above did not promote"
+    engineer = AirflowClient(settings)
+    asset_runs_before = {r["dag_run_id"] for r in engineer.dag_runs(dag_id, limit=100)}
+
+    daily = world.mlctl("run", "daily_features", "--date", str(NEXT))
+    assert daily.returncode == 0, daily.stdout + daily.stderr
+    (run,) = engineer.runs_between("daily_features", f"{NEXT}T00:00:00Z", f"{NEXT}T00:00:00Z")
+    assert run["run_type"] == "manual" and run["state"] == "success", run
+    report = read_drift(Lake(settings), MODEL, NEXT)
+    assert report is not None and report["drifting"] is True and report["version"] == champion.version, report
+
+    deadline, pending = time.time() + 600, []
+    while not pending and time.time() < deadline:
+        pending = engineer.pending_approvals(dag_id=dag_id)
+        time.sleep(2)
+    assert pending, engineer.dag_runs(dag_id, limit=5)
+    (asked,) = pending
+    training = engineer.dag_run(dag_id, asked.run_id)
+    assert training["run_type"] == "asset_triggered" and asked.run_id not in asset_runs_before, training
+    path = f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(asked.run_id, safe='')}"
+    consumed = engineer.request("GET", f"{path}/upstreamAssetEvents")["asset_events"]
+    assert [(e["uri"], e["source_run_id"]) for e in consumed] == [(f"storefront://drift/{MODEL}", run["dag_run_id"])]
+    version = asked.field("version")
+    assert version is not None and version != champion.version
+
+    approved = _reviewer(world, "alice", "approve", MODEL, version, "--comment", "retrained after drift")
+    assert approved.returncode == 0, approved.stdout + approved.stderr
+    deadline = time.time() + 300
+    while (training := engineer.dag_run(dag_id, asked.run_id))["state"] in ("queued", "running"):
+        assert time.time() < deadline, engineer.task_instances(dag_id, asked.run_id)
+        time.sleep(1)
+    assert training["state"] == "success", engineer.task_instances(dag_id, asked.run_id)
+    assert aliases(settings, MODEL) == {"champion": version, "previous": champion.version}
+    outcome = Lake(settings).read_json(training_outcome_key(MODEL, NEXT))
+    assert outcome is not None and outcome["outcome"] == "promoted" and outcome["version"] == version, outcome
+    promotions = [e for e in read_audit(settings, MODEL) if e["action"] == "promote"]
+    assert [(e["version"], e["by"]) for e in promotions[-2:]] == [(champion.version, "alice"), (version, "alice")]
 
 
 def test_runs_write_nothing_locally(world: StackWorld) -> None:
