@@ -41,4 +41,3 @@ def test_every_core_busy_gives_one_lane() -> None:
         for process in burners:
             process.kill()
             process.wait()
-
