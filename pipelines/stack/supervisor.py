@@ -363,6 +363,11 @@ def down(settings: Settings, grace: float = 30.0) -> int:
     for leftover in stack_pids(state):
         _kill(leftover, signal.SIGKILL)
     _kill(pid, signal.SIGKILL, group=True)
+    # SIGKILL is delivered, not awaited: a loaded machine takes a moment to end them. `down` returns once they are
+    # gone (or zombies), so the next `up` finds the ports and the sessions free.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and stack_pids(state):
+        time.sleep(0.1)
     _state_path(settings).unlink(missing_ok=True)
     return len(pids)
 
