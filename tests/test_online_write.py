@@ -21,7 +21,14 @@ from feast.types import Array, Bool, Float32, Int64, String
 from feature_repo.definitions import definitions
 from feature_repo.parts import lake_table
 from pipelines.data import schemas
-from pipelines.features.online_write import OnlineWriteError, online_writer, write_view
+from pipelines.features import online_write
+from pipelines.features.online_write import (
+    SQLITE_PAGE_SIZE,
+    OnlineWriteError,
+    create_sqlite_online_db,
+    online_writer,
+    write_view,
+)
 from pipelines.features.store import materialize_day, online_freshness, online_lag, repo_config
 from pipelines.lake import Lake
 from pipelines.settings import Settings, get_settings
@@ -175,7 +182,9 @@ def projects(tmp_path) -> tuple[str, str]:
     return f"stock_{tag}", f"ours_{tag}"
 
 
-def test_sqlite_rows_and_reads_match_stock_materialize(tmp_path, projects):
+def test_sqlite_rows_and_reads_match_stock_materialize(tmp_path, projects, monkeypatch):
+    # A few entity rows per upsert statement: every view's batches then hold full statements and a shorter last one.
+    monkeypatch.setattr(online_write, "_ROWS_PER_STATEMENT", 20)
     stock_s, ours_s = (_settings(tmp_path, p) for p in projects)
     _build_lake(stock_s)
     stock, ours = _store(stock_s), _store(ours_s)
@@ -278,7 +287,12 @@ def _shop_view(settings: Settings) -> tuple[Entity, FeatureView]:
     """A view with the value types the repo does not use yet (Feast's own encoding path of the writer)."""
     shop = Entity(name="shop", join_keys=["shop_id"], value_type=ValueType.STRING)
     source = FileSource(name="shops", path=f"{settings.lake_uri}/shops", timestamp_field="event_timestamp")
-    fields = [Field(name="visits", dtype=Int64), Field(name="tier", dtype=String), Field(name="open", dtype=Bool)]
+    # A quote in a name: the writer's upsert spells feature names as SQL literals.
+    fields = [
+        Field(name="visits", dtype=Int64),
+        Field(name="owner's tier", dtype=String),
+        Field(name="open", dtype=Bool),
+    ]
     fields.append(Field(name="rating", dtype=Float32))
     return shop, FeatureView(name="shop_facts", entities=[shop], schema=fields, source=source, ttl=dt.timedelta(0))
 
@@ -290,7 +304,7 @@ def test_other_value_types_are_stored_as_feast_stores_them(tmp_path, projects):
             "shop_id": ["a", "bé", "c"],
             "event_timestamp": pd.to_datetime(["2025-04-01 10:00:00.123456"] * 3, utc=True),
             "visits": pd.array([3, None, -7], dtype="Int64"),
-            "tier": ["gold", None, ""],
+            "owner's tier": ["gold", None, ""],
             "open": [True, False, None],
             "rating": [4.5, np.nan, 0.1],
         }
@@ -306,6 +320,25 @@ def test_other_value_types_are_stored_as_feast_stores_them(tmp_path, projects):
     with sqlite3.connect(ours_s.feast_online_path) as db:
         query = "SELECT entity_key, feature_name, value, value_text, event_ts FROM {}_shop_facts ORDER BY 1, 2"
         assert db.execute(query.format(projects[1])).fetchall() == db.execute(query.format(projects[0])).fetchall()
+
+
+def test_the_online_database_is_created_with_large_pages_and_an_existing_one_is_left_alone(tmp_path):
+    settings = _settings(tmp_path, "p")
+    _store(settings)  # repo_config creates the file, Feast's apply its tables
+    with sqlite3.connect(settings.feast_online_path) as db:
+        assert db.execute("PRAGMA page_size").fetchone() == (SQLITE_PAGE_SIZE,)
+        tables = db.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+    assert tables == len(definitions(settings).views)
+
+    older = tmp_path / "older.db"
+    with sqlite3.connect(older) as db:  # a database made before (4 KiB pages) keeps its pages and rows
+        db.execute("CREATE TABLE t (x)")
+        db.execute("INSERT INTO t VALUES (1)")
+    create_sqlite_online_db(older)
+    with sqlite3.connect(older) as db:
+        assert db.execute("PRAGMA page_size").fetchone() == (4096,)
+        assert db.execute("SELECT x FROM t").fetchall() == [(1,)]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".older")] == []  # nothing left aside
 
 
 def test_a_batch_failing_midway_leaves_the_sqlite_rows_as_they_were(tmp_path):

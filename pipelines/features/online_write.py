@@ -8,12 +8,14 @@ Redis gets them as raw pipelined commands, SQLite as multi-row upserts.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import sqlite3
 import struct
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import hiredis
 import numpy as np
@@ -450,37 +452,90 @@ def _in_key_order(frame: pd.DataFrame, layout: _View) -> pd.DataFrame:
 
 
 # -- SQLite: table <project>_<view>, one row per (entity key, feature) --------------------------------------
+# Pages of the online database when this code creates it (SQLite's default is 4 KiB): a day's upsert of a
+# 19-feature view writes about 3.8 KB per entity row into three B-trees (the table, its primary key, Feast's
+# entity_key index), and 16 KiB pages split four times less often: ~10% faster writes for Feast's materialize too.
+SQLITE_PAGE_SIZE = 16_384
+
+
+def create_sqlite_online_db(path: Path) -> None:
+    """Create Feast's SQLite online database at ``path`` with :data:`SQLITE_PAGE_SIZE` pages, unless it exists.
+
+    Feast would create it on first use with default pages; the page size of a database is fixed once it holds a
+    table, so an existing file is left as it is. The empty database is built aside and linked into place, so a
+    concurrent creator (or Feast) never sees a half-made file and whichever comes first wins.
+    """
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    aside = path.with_name(f".{path.name}.{os.getpid()}.new")
+    try:
+        with closing(sqlite3.connect(aside)) as db:
+            db.execute(f"PRAGMA page_size = {SQLITE_PAGE_SIZE}")
+            db.execute("VACUUM")  # writes the header: the page size is now the file's
+        os.link(aside, path)
+    except FileExistsError:
+        pass
+    finally:
+        aside.unlink(missing_ok=True)
+
+
 _SQLITE_COLUMNS = ("entity_key", "feature_name", "value", "value_text", "event_ts", "created_ts")
-# Multi-row VALUES: SQLite's per-statement cost, and the SQLite thread's wait for the GIL between statements, are
-# paid once per this many rows (fewer where the library allows fewer bound parameters).
-_ROWS_PER_STATEMENT = 5000
+# Stored rows (entity x feature) per multi-row upsert. Measured on a fresh 19-feature table: ~2,000 is fastest;
+# 15,000 (the most the bound-parameter limit allows) compiles into a program large enough to run ~2x slower.
+_ROWS_PER_STATEMENT = 2_000
 
 
-def upsert_sql(table: str, rows: int) -> str:
-    """Feast's upsert (the same columns and conflict rule) for ``rows`` rows."""
-    placeholders = ", ".join(["(" + ", ".join("?" * len(_SQLITE_COLUMNS)) + ")"] * rows)
+def _sql_text(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def upsert_sql(table: str, features: list[str], entities: int) -> str:
+    """Feast's upsert (the same columns, conflict rule and rows) of ``entities`` entity rows of ``features``.
+
+    Each entity binds its parameters once: ``?k`` its key, ``?k+1`` its event time, ``?k+2`` its created time, then
+    a value and a value text per feature; the feature names are literals. A row of Feast's table takes two bound
+    values instead of six, and SQLite executes a day's rows ~1.5x faster (binding holds the GIL, too).
+    """
+    width = 3 + 2 * len(features)
+    names = [_sql_text(name) for name in features]
+    rows = ", ".join(
+        f"(?{k + 1}, {name}, ?{k + 4 + 2 * j}, ?{k + 5 + 2 * j}, ?{k + 2}, ?{k + 3})"
+        for k in range(0, entities * width, width)
+        for j, name in enumerate(names)
+    )
     updates = ", ".join(f"{c} = excluded.{c}" for c in _SQLITE_COLUMNS[2:])
     return (
-        f'INSERT INTO "{table}" ({", ".join(_SQLITE_COLUMNS)}) VALUES {placeholders} '
+        f'INSERT INTO "{table}" ({", ".join(_SQLITE_COLUMNS)}) VALUES {rows} '
         f"ON CONFLICT(entity_key, feature_name) DO UPDATE SET {updates}"
     )
 
 
-def rows_per_statement(connection: sqlite3.Connection) -> int:
-    """Rows per multi-row upsert: as many as the library's bound-parameter limit allows, at most 5,000."""
-    return min(_ROWS_PER_STATEMENT, connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(_SQLITE_COLUMNS))
+def entities_per_statement(connection: sqlite3.Connection, features: int) -> int:
+    """Entity rows per upsert of a view with ``features`` features: ~2,000 stored rows, within the library's
+    bound-parameter limit."""
+    width, limit = 3 + 2 * features, connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    if width > limit:
+        raise OnlineWriteError(
+            f"a view of {features} features needs {width} bound parameters per entity row; this SQLite allows "
+            f"{limit}: split the view or materialize it with FeatureStore.materialize"
+        )
+    return max(1, min(_ROWS_PER_STATEMENT // max(1, features), limit // width))
 
 
-def _upsert_statements(table: str, rows: np.ndarray, per_statement: int) -> list[tuple[str, list[list]]]:
-    """``rows`` (an object array, one row per stored feature value) as upsert statements of ``per_statement`` rows
-    each, with their parameters: what the SQLite thread executes."""
-    width = rows.shape[1] * per_statement
-    full = len(rows) // per_statement * per_statement
+def _upsert_statements(
+    table: str, features: list[str], parameters: np.ndarray, per_statement: int
+) -> list[tuple[str, list[list]]]:
+    """``parameters`` (an object array, one row per entity as :func:`upsert_sql` binds them) as upserts of
+    ``per_statement`` entities each: what the SQLite thread executes."""
+    full = len(parameters) // per_statement * per_statement
     statements = []
     if full:
-        statements.append((upsert_sql(table, per_statement), rows[:full].reshape(-1, width).tolist()))
-    if full < len(rows):
-        statements.append((upsert_sql(table, len(rows) - full), [rows[full:].ravel().tolist()]))
+        width = parameters.shape[1] * per_statement
+        sql = upsert_sql(table, features, per_statement)
+        statements.append((sql, parameters[:full].reshape(-1, width).tolist()))
+    if full < len(parameters):
+        statements.append((upsert_sql(table, features, len(parameters) - full), [parameters[full:].ravel().tolist()]))
     return statements
 
 
@@ -512,20 +567,19 @@ def _sqlite_transaction(store: FeatureStore) -> Iterator[Callable[[_View, Featur
                 "feast apply)"
             )
         names = sorted(layout.features)
+        per_statement = entities_per_statement(connection, len(names))
 
         def write(frame: pd.DataFrame) -> int:
             rows = len(frame)
-            keys = np.array(_rows(_entity_keys(frame, layout.join_keys, layout.name), rows), dtype=object)
-            stored = np.empty((rows, len(names), len(_SQLITE_COLUMNS)), dtype=object)
-            stored[:, :, 0] = keys[:, None]
-            stored[:, :, 1] = np.array(names, dtype=object)
-            for j, name in enumerate(names):
-                stored[:, j, 2] = _values(frame[name], layout.features[name]).to_list()
-                stored[:, j, 3] = _value_texts(frame[name], layout.features[name])
-            stored[:, :, 4] = np.array(_Stamps.of(frame[layout.timestamp]).sqlite_values(), dtype=object)[:, None]
+            parameters = np.empty((rows, 3 + 2 * len(names)), dtype=object)  # see upsert_sql
+            parameters[:, 0] = _rows(_entity_keys(frame, layout.join_keys, layout.name), rows)
+            parameters[:, 1] = _Stamps.of(frame[layout.timestamp]).sqlite_values()
             if layout.created:
-                stored[:, :, 5] = np.array(_Stamps.of(frame[layout.created]).sqlite_values(), dtype=object)[:, None]
-            statements = _upsert_statements(table, stored.reshape(-1, len(_SQLITE_COLUMNS)), per_statement)
+                parameters[:, 2] = _Stamps.of(frame[layout.created]).sqlite_values()
+            for j, name in enumerate(names):
+                parameters[:, 3 + 2 * j] = _values(frame[name], layout.features[name]).to_list()
+                parameters[:, 4 + 2 * j] = _value_texts(frame[name], layout.features[name])
+            statements = _upsert_statements(table, names, parameters, per_statement)
             if pending:
                 pending.pop().result()
             pending.append(sqlite_thread.submit(_execute, connection, statements))
@@ -536,12 +590,11 @@ def _sqlite_transaction(store: FeatureStore) -> Iterator[Callable[[_View, Featur
     with (
         closing(sqlite3.connect(path, check_same_thread=False)) as connection,
         ThreadPoolExecutor(1, thread_name_prefix="sqlite-write") as sqlite_thread,
+        connection,  # the transaction: committed when the block ends, rolled back when it raises
     ):
-        per_statement = rows_per_statement(connection)
-        with connection:
-            try:
-                yield table_writer
-            finally:
-                wait(pending)
-            for batch in pending:
-                batch.result()
+        try:
+            yield table_writer
+        finally:
+            wait(pending)
+        for batch in pending:
+            batch.result()

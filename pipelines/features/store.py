@@ -28,7 +28,7 @@ from feature_repo.definitions import definitions
 from feature_repo.parts import RepoPart, lake_table
 from pipelines.compute.engine import point_in_time
 from pipelines.data import schemas
-from pipelines.features.online_write import online_writer
+from pipelines.features.online_write import create_sqlite_online_db, online_writer
 from pipelines.features.point_in_time import service_plan
 from pipelines.features.user_features import ENTITY_COLUMN, TIMESTAMP_COLUMN
 from pipelines.lake import Lake
@@ -100,9 +100,9 @@ def _online_config(settings: Settings) -> dict:
 
 def repo_config(settings: Settings) -> RepoConfig:
     """The Feast configuration for ``settings`` (what a ``feature_store.yaml`` would say)."""
-    # Feast creates the files but not their directories.
+    # Feast creates the files but not their directories; the SQLite database is created here, with larger pages.
     if settings.feast_online_store == "sqlite" and settings.feast_online_path:
-        Path(settings.feast_online_path).parent.mkdir(parents=True, exist_ok=True)
+        create_sqlite_online_db(Path(settings.feast_online_path))
     registry_file = _local_registry_file(settings)
     if registry_file is not None:
         registry_file.parent.mkdir(parents=True, exist_ok=True)
