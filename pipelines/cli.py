@@ -163,8 +163,7 @@ def backfill(
             _fail(str(exc))
     else:
         logfile = settings.home / "logs" / f"{dag}.log"
-        lanes = runs.lanes_to_use(settings.local_lanes) if dag in runs.NEXT_DAY_AFTER and len(days) > 1 else 1
-        console.print(f"Airflow's log: {logfile} ({runs.days_at_a_time(lanes)})")
+        console.print(f"Airflow's log: {logfile}")
         with progress_bar(console) as progress:
             bar = progress.add_task(f"{dag}", total=len(days))
             outcomes = runs.run_in_process(
@@ -174,7 +173,8 @@ def backfill(
                 skip_succeeded=not rerun,
                 logfile=logfile,
                 on_done=lambda o: progress.advance(bar),
-                lanes=lanes,
+                lanes=settings.local_lanes,
+                on_plan=console.print,
             )
     code = _print_outcomes(settings, f"backfill of {dag}", outcomes)
     if code == 0 and len(outcomes) < len(days):

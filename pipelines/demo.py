@@ -28,7 +28,7 @@ from rich.table import Table
 from pipelines.console import progress_bar
 from pipelines.orchestration.airflow_client import AirflowClient, PendingApproval
 from pipelines.orchestration.airflow_env import configure_airflow
-from pipelines.orchestration.runs import RunOutcome, days_at_a_time, lanes_to_use, run_in_process
+from pipelines.orchestration.runs import RunOutcome, run_in_process
 from pipelines.settings import Settings
 from pipelines.specs import ModelSpec, load_specs
 from pipelines.usecases import use_case
@@ -59,8 +59,7 @@ def _daily_runs(
     """The daily DAG for every day, as many days side by side as ``settings.local_lanes`` says (as `mlctl
     backfill`); ``on_day`` is called as each day ends."""
     logfile = settings.home / "logs" / "daily_features.log"
-    lanes = lanes_to_use(settings.local_lanes)
-    console.print(f"Airflow task logs: {logfile} ({days_at_a_time(lanes)})")
+    console.print(f"Airflow task logs: {logfile}")
     with progress_bar(console) as progress:
         bar = progress.add_task("daily_features", total=len(days))
 
@@ -75,7 +74,8 @@ def _daily_runs(
             skip_succeeded=True,
             logfile=logfile,
             on_done=done,
-            lanes=lanes,
+            lanes=settings.local_lanes,
+            on_plan=console.print,
         )
     skipped = sum(o.skipped for o in outcomes)
     failed = [o for o in outcomes if o.state != "success"]

@@ -37,6 +37,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> AirflowWorld:
     world = make_world(tmp_path_factory.mktemp("e2e"))
     result = world.mlctl("backfill", "--dag", "daily_features", "--from", str(START), "--to", str(END))
     assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{DAYS} day(s) to run, 2 days at a time" in result.stdout, result.stdout
     return world
 
 
@@ -125,6 +126,7 @@ def test_days_side_by_side_give_what_days_one_after_another_give(world: AirflowW
     serial = make_world(tmp_path, lanes=1)
     result = serial.mlctl("backfill", "--dag", "daily_features", "--from", str(START), "--to", str(END))
     assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{DAYS} day(s) to run, one day at a time" in result.stdout, result.stdout
     lakes = Lake(world.settings), Lake(serial.settings)
     tables = ["events", "orders", "users", *sorted({lake_table(v) for v in definitions(serial.settings).views})]
     assert "features/user_behavior" in tables and lakes[1].partitions("features/user_behavior")

@@ -147,8 +147,10 @@ def lanes_to_use(requested: int) -> int:
     return 2 if idle >= 1.5 else 1
 
 
-def days_at_a_time(lanes: int) -> str:
-    return "one day at a time" if lanes == 1 else f"{lanes} days at a time"
+def _plan(todo: int, skipped: int, lanes: int) -> str:
+    """What a run of several days is about to do, in one line."""
+    pace = "one day at a time" if lanes == 1 else f"{lanes} days at a time"
+    return f"{todo} day(s) to run, {pace}" + (f"; {skipped} already succeeded" if skipped else "")
 
 
 def run_in_process(
@@ -160,12 +162,15 @@ def run_in_process(
     logfile: Path | None = None,
     on_done: Callable[[RunOutcome], None] | None = None,
     lanes: int = 1,
+    on_plan: Callable[[str], None] | None = None,
 ) -> list[RunOutcome]:
     """Run ``dag_id`` once per day through ``dag.test``, in day order; stop at the first failed day.
 
-    With ``lanes`` > 1 (DAGs of ``NEXT_DAY_AFTER`` only), days run side by side in that many processes: a day
-    starts once the day before has passed the task named there, and no day starts after one failed (a day already
-    under way finishes). Outcomes are returned in day order, ``on_done`` is called as each day ends.
+    With ``lanes`` > 1 (0: as many as :func:`lanes_to_use` finds the machine allows) and more than one day to run
+    (DAGs of ``NEXT_DAY_AFTER`` only), days run side by side in that many processes: a day starts once the day
+    before has passed the task named there, and no day starts after one failed (a day already under way finishes).
+    ``on_plan`` gets one line saying how many days will run and how many at a time, once that is known. Outcomes
+    are returned in day order, ``on_done`` is called as each day ends.
     """
     outcomes: list[RunOutcome] = []
     with output_to(logfile):  # Airflow logs from its first import on: keep them in the run's log
@@ -178,7 +183,10 @@ def run_in_process(
             outcomes.append(RunOutcome(dag_id, day.isoformat(), "success", skipped=True))
             if on_done:
                 on_done(outcomes[-1])
-    if lanes > 1 and len(todo) > 1 and dag_id in NEXT_DAY_AFTER:
+    lanes = lanes_to_use(lanes) if len(todo) > 1 and dag_id in NEXT_DAY_AFTER else 1
+    if on_plan:
+        on_plan(_plan(len(todo), len(days) - len(todo), lanes))
+    if lanes > 1:
         outcomes += _run_in_lanes(settings, dag_id, todo, lanes, logfile, on_done)
         return sorted(outcomes, key=lambda o: o.logical_date)
     for day in todo:

@@ -357,19 +357,22 @@ def down(settings: Settings, grace: float = 30.0) -> int:
     _kill(pid, signal.SIGTERM, group=True)
     for other in pids - {pid}:  # those outside the process group
         _kill(other, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and stack_pids(state):
-        time.sleep(0.3)
+    _wait_gone(state, grace)
     for leftover in stack_pids(state):
         _kill(leftover, signal.SIGKILL)
     _kill(pid, signal.SIGKILL, group=True)
     # SIGKILL is delivered, not awaited: a loaded machine takes a moment to end them. `down` returns once they are
     # gone (or zombies), so the next `up` finds the ports and the sessions free.
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and stack_pids(state):
-        time.sleep(0.1)
+    _wait_gone(state, 10)
     _state_path(settings).unlink(missing_ok=True)
     return len(pids)
+
+
+def _wait_gone(state: dict, seconds: float) -> None:
+    """Wait up to ``seconds`` until no process of the stack is left."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and stack_pids(state):
+        time.sleep(0.2)
 
 
 def status(settings: Settings) -> StackStatus:
