@@ -758,8 +758,13 @@ def stack_status() -> None:
 def serve() -> None:
     """Start the online serving app (FastAPI) on the configured host and port."""
     from pipelines.serving.server import run as run_server
+    from pipelines.serving.workers import PortUnavailable
 
-    run_server(_settings())
+    try:
+        code = run_server(_settings())
+    except PortUnavailable as exc:
+        _fail(f"{exc} (STOREFRONT_SERVING_HOST / STOREFRONT_SERVING_PORT)")
+    raise typer.Exit(code=code)
 
 
 key_app = typer.Typer(help="API keys of the serving app (pipelines/serving/auth.py).", no_args_is_help=True)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from pipelines.features.checkout import HISTORY_LISTS, KEY_COLUMNS, TIMESTAMP_COLUMN, KeyHistories
+from pipelines.features.online_write import SqliteConnections, online_writer
 
 if TYPE_CHECKING:
     from pipelines.serving.writer import WriterClient
@@ -149,6 +150,7 @@ class HistoryWriter:
         self._views: dict[str, Any] = {}
         self._stamps: dict[tuple[str, object], pd.Timestamp] = {}  # the last stamp written per key
         self._queue: queue.Queue[tuple[Any, int, str, dict[str, Any], dt.datetime] | None] = queue.Queue()
+        self._connections = SqliteConnections()  # a SQLite store's connection, its page cache warm between batches
         self.pushed = 0
         self.push_errors = 0
         self._thread = threading.Thread(target=self._push_loop, name="order-history-push", daemon=True)
@@ -181,8 +183,6 @@ class HistoryWriter:
         self._queue.task_done()
 
     def _push(self, batch: list[tuple[Any, int, str, dict[str, Any], dt.datetime]]) -> None:
-        from pipelines.features.online_write import online_writer
-
         newest: dict[tuple[str, object], tuple[dict[str, Any], pd.Timestamp]] = {}
         written_by: dict[tuple[str, object], list[tuple[Any, int]]] = {}
         for origin, seq, entity, row, placed in batch:
@@ -202,7 +202,7 @@ class HistoryWriter:
             return
         try:
             # One write for the batch: on SQLite one transaction (one commit) for the three views.
-            with online_writer(store) as write:
+            with online_writer(store, connections=self._connections) as write:
                 for entity in ENTITIES:
                     keys = [k for k in newest if k[0] == entity]
                     if keys:
@@ -233,6 +233,8 @@ class HistoryWriter:
         self._thread.join(timeout)
         if self._thread.is_alive():
             log.error("order histories: %d row(s) not written within %g s at shutdown", self._queue.qsize(), timeout)
+        else:
+            self._connections.close()
 
 
 def readers_never_wait(store: Any) -> None:

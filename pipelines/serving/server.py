@@ -1,7 +1,7 @@
-"""Run the serving app with uvicorn (``mlctl serve``): ``serving_workers`` processes on one port, each loading the
-champions and answering requests, and one writer process beside them (pipelines/serving/writer.py) that writes the
-prediction log and the scored orders and reads the registry for them; metrics are merged through a shared
-directory."""
+"""Run the serving app with uvicorn (``mlctl serve``): ``serving_workers`` processes on one port, each on a socket
+of its own (pipelines/serving/workers.py), loading the champions and answering requests, and one writer process
+beside them (pipelines/serving/writer.py) that writes the prediction log and the scored orders and reads the
+registry for them; metrics are merged through a shared directory."""
 
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
+from pipelines.serving import workers
 from pipelines.settings import Settings, get_settings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d %(request_id)s] %(name)s: %(message)s"
@@ -77,8 +76,9 @@ def serving_writer(directory: Path) -> Iterator[subprocess.Popen[bytes]]:
             writer.wait()
 
 
-def run(settings: Settings) -> None:
-    """Serve on settings.serving_host:serving_port until interrupted."""
+def run(settings: Settings) -> int:
+    """Serve on settings.serving_host:serving_port until interrupted; returns the exit code (1: a worker failed at
+    start-up). Raises PortUnavailable when the port cannot be listened on."""
     # Process state in a private temporary directory removed on exit (not STOREFRONT_HOME: the stack keeps no local
     # state there): the workers' metric files, the writer's socket and registry file.
     directory = Path(tempfile.mkdtemp(prefix="storefront-serving-"))
@@ -86,16 +86,16 @@ def run(settings: Settings) -> None:
     metrics_dir.mkdir()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     os.environ[WRITER_DIR_VARIABLE] = str(directory)
+    options = {
+        "app": "pipelines.serving.server:app_from_environment",
+        "factory": True,
+        "host": settings.serving_host,
+        "port": settings.serving_port,
+        "log_config": log_config(),
+        "access_log": False,
+    }
     try:
         with serving_writer(directory):
-            uvicorn.run(
-                "pipelines.serving.server:app_from_environment",
-                factory=True,
-                host=settings.serving_host,
-                port=settings.serving_port,
-                workers=settings.serving_workers,
-                log_config=log_config(),
-                access_log=False,
-            )
+            return workers.serve(options, settings.serving_workers)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
