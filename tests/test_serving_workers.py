@@ -67,7 +67,7 @@ def server():
         yield port, process
     finally:
         if process.poll() is None:
-            process.kill()
+            process.terminate()
         process.wait(30)
 
 
@@ -90,6 +90,21 @@ def test_connections_opened_at_once_reach_both_workers_and_a_killed_worker_is_re
     assert process.wait(30) == 0
     for pid in replaced:  # the workers went with it
         _wait_for(lambda pid=pid: not _running(pid))
+
+
+def test_workers_of_a_killed_supervisor_stop_and_free_the_port(server) -> None:
+    port, process = server
+    workers = _pids(port, 32)
+    process.kill()
+    process.wait(30)
+    for pid in workers:
+        _wait_for(lambda pid=pid: not _running(pid), 30)
+    again = _serve(port, 1)  # the port is free again
+    try:
+        assert len(_wait_for(lambda: _pids(port, 4))) == 1
+    finally:
+        again.terminate()
+        assert again.wait(30) == 0
 
 
 def test_a_port_another_server_listens_on_is_refused_not_shared(server) -> None:

@@ -9,8 +9,11 @@ socket with it); one that fails at start-up stops the server, as uvicorn's super
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import multiprocessing
+import os
 import signal
 import socket
 import threading
@@ -23,7 +26,7 @@ from uvicorn.config import STARTUP_FAILURE
 log = logging.getLogger(__name__)
 
 STOP_SECONDS = 30.0  # a worker's graceful stop (in-flight requests, rows handed to the writer) before SIGKILL
-BACKLOG = 2048  # uvicorn's default
+_PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 class PortUnavailable(RuntimeError):
@@ -44,8 +47,18 @@ def _socket(host: str, port: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
-def _worker(options: dict[str, Any], sock: socket.socket) -> None:
+def _die_with(parent: int) -> None:
+    """Have the kernel send this process SIGTERM when the supervisor dies, even by SIGKILL (Linux): an orphaned
+    worker would go on answering on the port, with no one to stop it."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the line above
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _worker(options: dict[str, Any], sock: socket.socket, parent: int) -> None:
     """A worker process: uvicorn serving the app on its own socket."""
+    _die_with(parent)
     uvicorn.Server(uvicorn.Config(**options)).run(sockets=[sock])
 
 
@@ -61,7 +74,7 @@ def serve(options: dict[str, Any], workers: int) -> int:
 
     def start() -> BaseProcess:
         sock = _socket(host, port, reuse_port=True)
-        process = context.Process(target=_worker, args=(options, sock), name="serving-worker")
+        process = context.Process(target=_worker, args=(options, sock, os.getpid()), name="serving-worker")
         process.start()
         sock.close()  # the worker holds it now; a copy here would stay in the port's group after the worker died
         return process
