@@ -11,6 +11,7 @@ import pytest
 from pipelines.orchestration.airflow_env import airflow_environment
 from pipelines.settings import Settings, get_settings
 from pipelines.stack.envfile import write_env_file
+from pipelines.stack.ports import free_ports, port_is_free
 from pipelines.stack.resources import StackError, buckets, s3_credentials
 from pipelines.stack.services import InternalPorts, environment, services
 
@@ -182,3 +183,11 @@ def test_the_stack_processes_are_mlflow_service_accounts(tmp_path: Path, monkeyp
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
     assert get_settings(home=tmp_path).mlflow_client_environment() == {}
+
+
+def test_spare_ports_are_free_distinct_and_below_the_kernels_outgoing_range() -> None:
+    """A port handed out for an outgoing connection cannot be one a stack's service is about to listen on."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = free_ports(40)
+    assert len(set(ports)) == 40 and all(20000 <= p < min(low, 32768) for p in ports)
+    assert all(port_is_free("127.0.0.1", p) for p in ports)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import random
 import socket
+from pathlib import Path
 from urllib.parse import urlparse
+
+_LOWEST = 20000  # above the ports services commonly publish (PostgreSQL 5432, Redis 6379, Airflow 8080...)
 
 
 def host_port(url: str, default_port: int) -> tuple[str, int]:
@@ -23,16 +27,25 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct ports the kernel reports free right now (for internal, unpublished listeners)."""
-    sockets, ports = [], []
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range of ports for outgoing connections (Linux; the usual default elsewhere)."""
     try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((host, 0))
-            sockets.append(sock)
-            ports.append(sock.getsockname()[1])
-    finally:
-        for sock in sockets:
-            sock.close()
-    return ports
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct ports free right now (for listeners started a little later), chosen below the kernel's
+    ephemeral range: a port the kernel hands out (bind to port 0) can be taken in the meantime by any process's
+    outgoing connection, which once stopped a stack's api-server from binding while the tests ran beside it."""
+    low = min(_ephemeral_range()[0], 32768)
+    candidates = random.sample(range(_LOWEST, low), low - _LOWEST)
+    ports: list[int] = []
+    for port in candidates:
+        if port_is_free(host, port):
+            ports.append(port)
+            if len(ports) == count:
+                return ports
+    raise OSError(f"no {count} free ports on {host} between {_LOWEST} and {low}")
