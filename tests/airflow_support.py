@@ -18,9 +18,11 @@ START = dt.date(2025, 1, 1)
 
 
 def small_spec(name: str, floor: float) -> dict:
-    """purchase_intent with short windows so a 16-day world can train, and a chosen ROC-AUC floor."""
+    """purchase_intent with short windows (8 as-of days, 2-day labels) so an 11-day world can train, and a chosen
+    ROC-AUC floor."""
     spec = yaml.safe_load((PROJECT_ROOT / "models" / "purchase_intent.yaml").read_text())
     spec.update(name=name, windows={"train_days": 4, "validation_days": 2, "test_days": 2})
+    spec["label"]["window_days"] = 2
     spec["params"].update(num_boost_round=60, min_data_in_leaf=20)
     spec["gate"] = {"floors": {"roc_auc": floor}, "max_regression": {"roc_auc": 0.05}, "min_lift_over_baseline": None}
     # A world this small is about orchestration, not model quality: no baseline check (tests/test_gate_rejects.py

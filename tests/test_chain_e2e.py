@@ -28,7 +28,7 @@ from tests.airflow_support import START, AirflowWorld, make_world
 # Airflow configures itself once per process: these run in their own pytest process (see Makefile).
 pytestmark = pytest.mark.airflow
 
-DAYS = 16
+DAYS = 11  # the 8 as-of days and 2-day labels of tests/airflow_support.small_spec, and the run's own day
 END = START + dt.timedelta(days=DAYS - 1)
 
 

@@ -242,3 +242,45 @@ def test_a_migrated_db_is_recognised_from_its_recorded_heads(
     finally:
         with airflow_settings.engine.begin() as connection:
             connection.execute(text("UPDATE alembic_version SET version_num = :head"), {"head": head})
+
+
+def test_the_in_process_execution_api_serves_airflows_newest_version_and_refuses_others(
+    world: AirflowWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dag.test's in-process execution API (pipelines/orchestration/execution_api.py): the same routes as Airflow's
+    own app has for the newest API version, every request allowed, another version refused with 400."""
+    for key, value in world.env.items():
+        monkeypatch.setenv(key, value)
+    from airflow.api_fastapi.execution_api import app as execution_app
+    from airflow.api_fastapi.execution_api.versions import bundle
+    from airflow.sdk.api.datamodels._generated import API_VERSION
+    from fastapi.testclient import TestClient
+
+    from pipelines.orchestration.execution_api import use_newest_version_app
+    from pipelines.orchestration.runs import load_dag
+
+    load_dag(world.settings, "daily_features")  # installs the app, as every local run does
+    installed = execution_app.InProcessExecutionAPI
+    assert installed.__module__ == "pipelines.orchestration.execution_api"
+    use_newest_version_app()  # idempotent
+    assert execution_app.InProcessExecutionAPI is installed
+    original = installed.__mro__[1]
+    assert original.__module__ == execution_app.__name__
+    newest = str(bundle.versions[0].value)
+    assert newest == API_VERSION, "the task SDK of this Airflow speaks its newest execution API version"
+
+    airflows = original().app  # Cadwyn's app, every version
+    airflows._cadwyn_initialize()
+    routes = airflows.router.versioned_routers[newest].routes
+    expected = {(r.path, m) for r in routes if r.path != "/openapi.json" for m in r.methods}  # no schema route
+    ours = execution_app.InProcessExecutionAPI().app
+    served = {(r.path, m) for r in ours.routes if hasattr(r, "methods") for m in r.methods}
+    assert served == expected
+
+    with TestClient(ours) as client:
+        assert client.get("/health/ping", headers={"Airflow-API-Version": newest}).status_code == 200
+        # Unauthenticated on purpose: in-process calls come from this process's own task runner.
+        missing = client.get("/task-instances/00000000-0000-0000-0000-000000000000/previous-successful-dagrun")
+        assert missing.status_code != 401
+        older = client.get("/health/ping", headers={"Airflow-API-Version": str(bundle.versions[-1].value)})
+        assert older.status_code == 400 and newest in older.json()["detail"]

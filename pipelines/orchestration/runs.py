@@ -84,7 +84,11 @@ def output_to(logfile: Path | None) -> Iterator[None]:
 
 
 def load_dag(settings: Settings, dag_id: str):
+    """The DAG ``dag_id`` from the DAG folder, ready for ``dag.test`` in this process."""
     configure_airflow(settings)
+    from pipelines.orchestration.execution_api import use_newest_version_app
+
+    use_newest_version_app()
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(settings.dags_dir))
