@@ -17,6 +17,7 @@ import functools
 from typing import Any
 
 from fastapi import Request  # resolved by FastAPI from this module's globals (the dependency below)
+from fastapi.routing import APIRoute
 
 # Cadwyn tags a route kept only for older clients with this (cadwyn.route_generation._DELETED_ROUTE_TAG).
 _OLDER_VERSIONS_ONLY = "_CADWYN_DELETED_ROUTE"
@@ -24,8 +25,6 @@ _VERSION_HEADER = "airflow-api-version"
 
 
 def _older_versions_only(route: Any) -> bool:
-    from fastapi.routing import APIRoute
-
     return isinstance(route, APIRoute) and _OLDER_VERSIONS_ONLY in route.tags
 
 

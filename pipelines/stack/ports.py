@@ -27,25 +27,26 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def _ephemeral_range() -> tuple[int, int]:
-    """The kernel's range of ports for outgoing connections (Linux; the usual default elsewhere)."""
+def _outgoing_low() -> int:
+    """The lowest port the kernel hands out to outgoing connections (Linux; the usual 32768 elsewhere)."""
     try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     """``count`` distinct ports free right now (for listeners started a little later), chosen below the kernel's
     ephemeral range: a port the kernel hands out (bind to port 0) can be taken in the meantime by any process's
-    outgoing connection, which once stopped a stack's api-server from binding while the tests ran beside it."""
-    low = min(_ephemeral_range()[0], 32768)
-    candidates = random.sample(range(_LOWEST, low), low - _LOWEST)
+    outgoing connection, which once stopped a stack's api-server from binding while the tests ran beside it. A
+    kernel whose outgoing range starts below 21000 leaves no such room: then any port from 20000 up."""
+    top = min(_outgoing_low(), 32768)
+    if top < _LOWEST + 1000:
+        top = 65536
     ports: list[int] = []
-    for port in candidates:
+    for port in random.sample(range(_LOWEST, top), top - _LOWEST):
         if port_is_free(host, port):
             ports.append(port)
             if len(ports) == count:
                 return ports
-    raise OSError(f"no {count} free ports on {host} between {_LOWEST} and {low}")
+    raise OSError(f"no {count} free ports on {host} between {_LOWEST} and {top - 1}")
