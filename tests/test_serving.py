@@ -318,6 +318,33 @@ def test_client_errors_are_4xx_with_short_bodies_and_a_request_id(client: TestCl
     assert not_json.json()["request_id"] == "abc-1"
 
 
+def test_the_fast_path_answers_as_the_documented_route_and_an_unexpected_error_is_a_500_with_the_request_id(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scoring requests skip Starlette's routing (pipelines/serving/fast_path.py); FastAPI's route for the same path
+    gives the same answers, and an error no handler expects is a short JSON 500 with the request id."""
+    register(FEATURES, seed=1)
+    app = client.app
+    app.state.serving.served[MODEL].holder.refresh()
+    bodies = [{"user_ids": [1, 2]}, {"user_ids": [2**63]}, {}]
+    fast = [client.post(f"/v1/models/{MODEL}/predict", json=b, headers={"x-request-id": "same-1"}) for b in bodies]
+    monkeypatch.setattr(app, "scoring", None)  # every request through FastAPI's router
+    routed = [client.post(f"/v1/models/{MODEL}/predict", json=b, headers={"x-request-id": "same-1"}) for b in bodies]
+    assert [(r.status_code, r.json(), r.headers["x-request-id"]) for r in fast] == [
+        (r.status_code, r.json(), r.headers["x-request-id"]) for r in routed
+    ]
+    assert [r.status_code for r in fast] == [200, 422, 422]
+    monkeypatch.undo()
+
+    def broken(payload: dict) -> None:
+        raise RuntimeError("/secret/path/of/the/server")
+
+    monkeypatch.setattr(app.state.serving.served[MODEL], "serve", broken)
+    failed = predict(client, [1])
+    assert failed.status_code == 500 and "secret" not in failed.text
+    assert failed.json() == {"detail": "internal server error", "request_id": failed.headers["x-request-id"]}
+
+
 def test_online_store_failure_is_503_without_server_details(settings: Settings, registry: MlflowClient) -> None:
     register(FEATURES, seed=1)
 

@@ -20,6 +20,7 @@ from pipelines.lake import Lake
 from pipelines.serving.auth import ApiKeys, KeyFile
 from pipelines.serving.candidates import OnlineCandidates
 from pipelines.serving.checkout import CheckoutModel
+from pipelines.serving.fast_path import ServingApp
 from pipelines.serving.features import FeastFeatures, FeatureReader, FrameFeatures
 from pipelines.serving.freshness import OnlineFreshness
 from pipelines.serving.metrics import ServingMetrics
@@ -57,7 +58,7 @@ def create_app(
     specs: Mapping[str, ModelSpec] | None = None,
     candidate_source: CandidateSource | None = None,
     writer_dir: Path | None = None,
-) -> FastAPI:
+) -> ServingApp:
     """The serving app for every spec in ``settings.models_dir`` (or ``specs``). With ``writer_dir`` (a worker of
     ``mlctl serve``) the prediction log, the checkout's write-back and the registry reads of the refresh are the
     serving writer's (pipelines/serving/writer.py); without, this process does them in background threads."""
@@ -125,9 +126,10 @@ def create_app(
                 await anyio.to_thread.run_sync(writer.close)
 
     # Docs are served by routes that check the API key like the scoring routes do.
-    app = FastAPI(title="Storefront ML serving", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = ServingApp(title="Storefront ML serving", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     state = ServingState(specs=all_specs, served=served, keys=keys, metrics=metrics, freshness=freshness)
     app.include_router(build_router(state))
     app.add_middleware(RequestIdMiddleware)
+    app.scoring = state.scoring
     app.state.serving = state
     return app

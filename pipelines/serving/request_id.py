@@ -25,6 +25,12 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+def of_request(headers: list[tuple[bytes, bytes]]) -> str:
+    """The caller's valid ``X-Request-ID`` among an ASGI scope's headers, or a new id."""
+    given = next((v for k, v in headers if k == HEADER), b"")
+    return given.decode() if _VALID.match(given) else uuid.uuid4().hex
+
+
 class RequestIdMiddleware:
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -33,8 +39,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = next((v for k, v in scope["headers"] if k == HEADER), b"")
-        rid = given.decode() if _VALID.match(given) else uuid.uuid4().hex
+        rid = of_request(scope["headers"])
         token = current.set(rid)
 
         async def send_with_id(message: dict) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,12 @@ from pipelines.specs import ModelSpec
 log = logging.getLogger("pipelines.serving")
 
 
+# The scoring routes (POST /v1/models/{model}/ROUTE) and whether each serves in a worker thread (generated
+# ranking candidates read the lake: off the event loop).
+SCORING_ROUTES = {"predict": False, "rank": True, "score": False}
+Scoring = Callable[[str | None, bytes, str, str], Awaitable[Response]]  # (authorization, body, model, route)
+
+
 @dataclass
 class ServingState:
     specs: dict[str, ModelSpec]
@@ -43,6 +50,7 @@ class ServingState:
     keys: ApiKeys | KeyFile
     metrics: ServingMetrics
     freshness: OnlineFreshness | None = None  # None when features do not come from the online store
+    scoring: Scoring | None = None  # the scoring routes' handler, set by build_router
 
 
 class _Refused(Exception):
@@ -55,7 +63,7 @@ def _json(body: dict[str, Any], status: int = 200) -> Response:
     return Response(json.dumps(body, separators=(",", ":")).encode(), status, media_type="application/json")
 
 
-def _error(status: int, message: str) -> Response:
+def error_response(status: int, message: str) -> Response:
     return _json({"detail": message, "request_id": request_id.current.get()}, status)
 
 
@@ -75,16 +83,17 @@ def build_router(state: ServingState) -> APIRouter:
             + (f"; it is served by /{served.route}" if served is not None else ""),
         )
 
-    async def handle(request: Request, model: str, route: str, in_thread: bool) -> Response:
+    async def handle(authorization: str | None, body: bytes, model: str, route: str) -> Response:
         started = time.perf_counter()
         label, version = "unknown", "none"
         try:
-            key = state.keys.authenticate(request.headers.get("authorization"))
+            key = state.keys.authenticate(authorization)
             served = lookup(model, route)
             label = model
             if key is not None and not key.allows(model):
                 raise Forbidden(f"API key {key.name!r} may not call model {model!r}")
-            payload = json_object(await request.body())
+            payload = json_object(body)
+            in_thread = SCORING_ROUTES[route]
             outcome = await anyio.to_thread.run_sync(served.serve, payload) if in_thread else served.serve(payload)
             version = outcome.version
             response = _json(outcome.body)
@@ -96,46 +105,49 @@ def build_router(state: ServingState) -> APIRouter:
         except (Unauthorized, Forbidden) as exc:
             status = 401 if isinstance(exc, Unauthorized) else 403
             state.metrics.auth_failures.labels(str(status)).inc()
-            response = _error(status, str(exc))
+            response = error_response(status, str(exc))
             if status == 401:
                 response.headers["www-authenticate"] = "Bearer"
         except _Refused as exc:
-            response = _error(exc.status, str(exc))
+            response = error_response(exc.status, str(exc))
         except BadRequest as exc:
-            response = _error(exc.status, str(exc))
+            response = error_response(exc.status, str(exc))
         except NotServable as exc:
-            response = _error(503, str(exc))
+            response = error_response(503, str(exc))
         except FeaturesUnavailable as exc:
             log.error("%s: %s", exc, exc.__cause__, exc_info=exc.__cause__)
-            response = _error(503, f"{exc}; the server's log has the cause (request {request_id.current.get()})")
+            cause = f"the server's log has the cause (request {request_id.current.get()})"
+            response = error_response(503, f"{exc}; {cause}")
         state.metrics.requests.labels(label, version, route, str(response.status_code)).inc()
         state.metrics.latency.labels(label, version, route).observe(time.perf_counter() - started)
         return response
 
+    state.scoring = handle
     docs = api_docs()
 
+    # Under the app these three are answered by pipelines/serving/fast_path.py, which calls `handle` without
+    # Starlette's routing layers; the routes give their documentation and the same answers to any other caller.
     @router.post("/v1/models/{model}/predict", openapi_extra=docs["predict"], response_model=None)
     async def predict(model: str, request: Request) -> Response:
         """Score users with the model's champion: ``{"user_ids": [...]}`` (1..1000 ids)."""
-        return await handle(request, model, "predict", in_thread=False)
+        return await handle(request.headers.get("authorization"), await request.body(), model, "predict")
 
     @router.post("/v1/models/{model}/rank", openapi_extra=docs["rank"], response_model=None)
     async def rank(model: str, request: Request) -> Response:
         """Rank candidate products for a user with the model's champion."""
-        # Generated candidates read the lake: off the event loop.
-        return await handle(request, model, "rank", in_thread=True)
+        return await handle(request.headers.get("authorization"), await request.body(), model, "rank")
 
     @router.post("/v1/models/{model}/score", openapi_extra=docs["score"], response_model=None)
     async def score(model: str, request: Request) -> Response:
         """Score an order at checkout, before it exists: its account, device, IP, value, source, browser, time."""
-        return await handle(request, model, "score", in_thread=False)
+        return await handle(request.headers.get("authorization"), await request.body(), model, "score")
 
     def guarded(request: Request) -> Response | None:
         try:
             state.keys.authenticate(request.headers.get("authorization"))
         except Unauthorized as exc:
             state.metrics.auth_failures.labels("401").inc()
-            response = _error(401, str(exc))
+            response = error_response(401, str(exc))
             response.headers["www-authenticate"] = "Bearer"
             return response
         return None

@@ -93,6 +93,8 @@ def run(settings: Settings) -> int:
         "port": settings.serving_port,
         "log_config": log_config(),
         "access_log": False,
+        # No client address is used: uvicorn need not rewrite it from X-Forwarded-For on every request.
+        "proxy_headers": False,
     }
     try:
         with serving_writer(directory):
