@@ -27,7 +27,7 @@ from pipelines.serving.metrics import ServingMetrics
 from pipelines.serving.model_loader import Refreshable, RefreshLoop
 from pipelines.serving.prediction_log import PredictionLog, PredictionSink
 from pipelines.serving.request_id import RequestIdMiddleware
-from pipelines.serving.routes import ServingState, build_router
+from pipelines.serving.routes import ScoringRoutes, ServingState, build_router
 from pipelines.serving.served import CandidateSource, RankedModel, ScoredModel, Served
 from pipelines.serving.writer import PublishedRegistry, RemoteLog, WriterClient
 from pipelines.settings import Settings
@@ -128,8 +128,8 @@ def create_app(
     # Docs are served by routes that check the API key like the scoring routes do.
     app = ServingApp(title="Storefront ML serving", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     state = ServingState(specs=all_specs, served=served, keys=keys, metrics=metrics, freshness=freshness)
-    app.include_router(build_router(state))
+    app.scoring = ScoringRoutes(state)
+    app.include_router(build_router(state, app.scoring))
     app.add_middleware(RequestIdMiddleware)
-    app.scoring = state.scoring
     app.state.serving = state
     return app

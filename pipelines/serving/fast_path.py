@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from pipelines.serving import request_id
-from pipelines.serving.routes import SCORING_ROUTES, Scoring, error_response
+from pipelines.serving.routes import SCORING_ROUTES, ScoringRoutes, error_response
 
 log = logging.getLogger("pipelines.serving")
 
@@ -27,7 +27,7 @@ _SCORING_PATH = re.compile(r"^/v1/models/([^/]+)/(" + "|".join(SCORING_ROUTES) +
 class ServingApp(FastAPI):
     """FastAPI, except for the scoring routes (see the module's docstring)."""
 
-    scoring: Scoring | None = None
+    scoring: ScoringRoutes | None = None  # set by create_app
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and self.scoring is not None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +39,6 @@ log = logging.getLogger("pipelines.serving")
 # The scoring routes (POST /v1/models/{model}/ROUTE) and whether each serves in a worker thread (generated
 # ranking candidates read the lake: off the event loop).
 SCORING_ROUTES = {"predict": False, "rank": True, "score": False}
-Scoring = Callable[[str | None, bytes, str, str], Awaitable[Response]]  # (authorization, body, model, route)
 
 
 @dataclass
@@ -50,7 +48,6 @@ class ServingState:
     keys: ApiKeys | KeyFile
     metrics: ServingMetrics
     freshness: OnlineFreshness | None = None  # None when features do not come from the online store
-    scoring: Scoring | None = None  # the scoring routes' handler, set by build_router
 
 
 class _Refused(Exception):
@@ -67,10 +64,16 @@ def error_response(status: int, message: str) -> Response:
     return _json({"detail": message, "request_id": request_id.current.get()}, status)
 
 
-def build_router(state: ServingState) -> APIRouter:
-    router = APIRouter()
+class ScoringRoutes:
+    """The one handler of the scoring routes (POST /v1/models/{model}/ROUTE): API key, model lookup, body, the served
+    model's answer, errors as short JSON bodies with the request id, metrics. FastAPI's routes and the fast path
+    (pipelines/serving/fast_path.py) both call it."""
 
-    def lookup(model: str, route: str) -> Served:
+    def __init__(self, state: ServingState) -> None:
+        self.state = state
+
+    def _lookup(self, model: str, route: str) -> Served:
+        state = self.state
         served = state.served.get(model)
         if served is not None and served.route == route:
             return served
@@ -83,12 +86,13 @@ def build_router(state: ServingState) -> APIRouter:
             + (f"; it is served by /{served.route}" if served is not None else ""),
         )
 
-    async def handle(authorization: str | None, body: bytes, model: str, route: str) -> Response:
+    async def __call__(self, authorization: str | None, body: bytes, model: str, route: str) -> Response:
+        state = self.state
         started = time.perf_counter()
         label, version = "unknown", "none"
         try:
             key = state.keys.authenticate(authorization)
-            served = lookup(model, route)
+            served = self._lookup(model, route)
             label = model
             if key is not None and not key.allows(model):
                 raise Forbidden(f"API key {key.name!r} may not call model {model!r}")
@@ -108,9 +112,7 @@ def build_router(state: ServingState) -> APIRouter:
             response = error_response(status, str(exc))
             if status == 401:
                 response.headers["www-authenticate"] = "Bearer"
-        except _Refused as exc:
-            response = error_response(exc.status, str(exc))
-        except BadRequest as exc:
+        except (_Refused, BadRequest) as exc:
             response = error_response(exc.status, str(exc))
         except NotServable as exc:
             response = error_response(503, str(exc))
@@ -122,10 +124,12 @@ def build_router(state: ServingState) -> APIRouter:
         state.metrics.latency.labels(label, version, route).observe(time.perf_counter() - started)
         return response
 
-    state.scoring = handle
+
+def build_router(state: ServingState, handle: ScoringRoutes) -> APIRouter:
+    router = APIRouter()
     docs = api_docs()
 
-    # Under the app these three are answered by pipelines/serving/fast_path.py, which calls `handle` without
+    # Under the app these three are answered by pipelines/serving/fast_path.py, which calls the same handler without
     # Starlette's routing layers; the routes give their documentation and the same answers to any other caller.
     @router.post("/v1/models/{model}/predict", openapi_extra=docs["predict"], response_model=None)
     async def predict(model: str, request: Request) -> Response:
