@@ -6,10 +6,12 @@ feature on one worker's rows, so the trees are close, not equal)."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 
 import pandas as pd
 import pytest
 
+from pipelines.compute.cluster import close_dask_clients
 from pipelines.compute.engine import fit_on_engine, user_features
 from pipelines.data.extract import extract_day, simulation_config
 from pipelines.features.user_features import write_user_features
@@ -41,8 +43,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def on_dask(world: Settings) -> Settings:
-    return world.model_copy(update={"compute": "dask", "dask_workers": 2, "dask_worker_memory": "1GiB"})
+def on_dask(world: Settings) -> Iterator[Settings]:
+    yield world.model_copy(update={"compute": "dask", "dask_workers": 2, "dask_worker_memory": "1GiB"})
+    # Closed with its LocalCluster: later tests in this process must not find it as the default client (Feast's
+    # stock materialization then ran its Dask graphs on it, and one failed to deserialize there), nor its workers
+    # idling beside the rest of the suite.
+    close_dask_clients()
 
 
 def _training_set(settings: Settings, spec: ModelSpec) -> TrainingSet:

@@ -11,7 +11,10 @@ from distributed import Client, LocalCluster
 from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
+# A client is the process's default while open (lightgbm.dask waits on futures through the default client): any
+# other Dask computation of the process (Feast's Dask offline store, in stock materialization) runs on it too.
 _clients: dict[tuple[str, int, str], Client] = {}
+_clusters: dict[tuple[str, int, str], LocalCluster] = {}  # the LocalClusters this process started
 
 
 class DaskUnavailable(RuntimeError):
@@ -44,6 +47,7 @@ def dask_client(settings: Settings) -> Client:
             dashboard_address=None,
         )
         client = Client(cluster)
+        _clusters[key] = cluster
         atexit.register(cluster.close)
         log.info("dask: LocalCluster of %d workers (%s each)", settings.dask_workers, settings.dask_worker_memory)
     atexit.register(client.close)
@@ -52,10 +56,14 @@ def dask_client(settings: Settings) -> Client:
 
 
 def close_dask_clients() -> None:
-    """Close this process's clients now, e.g. before their scheduler stops, so none keeps trying to reconnect."""
+    """Close this process's clients now, e.g. before their scheduler stops, so none keeps trying to reconnect, and
+    the LocalClusters it started (their worker processes)."""
     while _clients:
         _, client = _clients.popitem()
         client.close()
+    while _clusters:
+        _, cluster = _clusters.popitem()
+        cluster.close()
 
 
 def partition_count(settings: Settings, client: Client) -> int:
