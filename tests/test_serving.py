@@ -340,9 +340,12 @@ def test_the_fast_path_answers_as_the_documented_route_and_an_unexpected_error_i
         raise RuntimeError("/secret/path/of/the/server")
 
     monkeypatch.setattr(app.state.serving.served[MODEL], "serve", broken)
+    counted = 'route="predict",status="500"'
+    before = sum(counted in line for line in client.get("/metrics").text.splitlines())
     failed = predict(client, [1])
     assert failed.status_code == 500 and "secret" not in failed.text
     assert failed.json() == {"detail": "internal server error", "request_id": failed.headers["x-request-id"]}
+    assert sum(counted in line for line in client.get("/metrics").text.splitlines()) > before  # counted as a 500
 
 
 def test_online_store_failure_is_503_without_server_details(settings: Settings, registry: MlflowClient) -> None:

@@ -10,16 +10,13 @@ request goes through FastAPI as before.
 
 from __future__ import annotations
 
-import logging
 import re
 from typing import Any
 
 from fastapi import FastAPI
 
 from pipelines.serving import request_id
-from pipelines.serving.routes import SCORING_ROUTES, ScoringRoutes, error_response
-
-log = logging.getLogger("pipelines.serving")
+from pipelines.serving.routes import SCORING_ROUTES, ScoringRoutes
 
 _SCORING_PATH = re.compile(r"^/v1/models/([^/]+)/(" + "|".join(SCORING_ROUTES) + r")$")
 
@@ -47,11 +44,7 @@ class ServingApp(FastAPI):
                 return  # the client went away before sending its body
             given = next((v for k, v in scope["headers"] if k == b"authorization"), None)
             authorization = given.decode("latin-1") if given is not None else None
-            try:
-                response = await self.scoring(authorization, body, model, route)
-            except Exception:  # what FastAPI's ServerErrorMiddleware would answer, with the request id
-                log.exception("unexpected error serving %s/%s", model[:64], route)
-                response = error_response(500, "internal server error")
+            response = await self.scoring(authorization, body, model, route)
             response.raw_headers.append((request_id.HEADER, rid.encode()))
             await response(scope, receive, send)
         finally:

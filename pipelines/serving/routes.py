@@ -36,8 +36,8 @@ from pipelines.specs import ModelSpec
 log = logging.getLogger("pipelines.serving")
 
 
-# The scoring routes (POST /v1/models/{model}/ROUTE) and whether each serves in a worker thread (generated
-# ranking candidates read the lake: off the event loop).
+# The scoring routes (POST /v1/models/{model}/ROUTE) and whether each serves in a worker thread (a ranking reads
+# a user's candidates and every candidate's features from the online store: off the event loop).
 SCORING_ROUTES = {"predict": False, "rank": True, "score": False}
 
 
@@ -120,6 +120,9 @@ class ScoringRoutes:
             log.error("%s: %s", exc, exc.__cause__, exc_info=exc.__cause__)
             cause = f"the server's log has the cause (request {request_id.current.get()})"
             response = error_response(503, f"{exc}; {cause}")
+        except Exception:  # an error no check expected: a short 500 (no server detail), counted like the others
+            log.exception("unexpected error serving %s/%s", model[:64], route)
+            response = error_response(500, "internal server error")
         state.metrics.requests.labels(label, version, route, str(response.status_code)).inc()
         state.metrics.latency.labels(label, version, route).observe(time.perf_counter() - started)
         return response
