@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -215,20 +216,24 @@ def test_a_migrated_db_is_recognised_from_its_recorded_heads(
     world: AirflowWorld, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """ensure_migrated checks Airflow's migrations once, then only compares the DB's revision with the heads it
-    recorded; a DB whose revision no longer matches is checked (and migrated) again."""
+    recorded; a DB whose revision no longer matches is checked (and migrated) again. `airflow db migrate` run by
+    migrate_db records the heads too, so a DB it migrated is not checked again by the first run."""
     import airflow.utils.db
     from sqlalchemy import text
 
-    from pipelines.orchestration import runs
-
-    runs.ensure_migrated(world.settings)
-    recorded = world.settings.airflow_home / "migrated.json"
-    assert recorded.exists()
+    from pipelines.orchestration import airflow_env, runs
 
     def checked(timeout: int) -> None:
         raise AssertionError("the migrations were checked again")
 
     monkeypatch.setattr(airflow.utils.db, "check_migrations", checked)
+    recorded = world.settings.airflow_home / "migrated.json"
+    recorded.unlink(missing_ok=True)
+    # The world's DB is at Airflow's heads already: `airflow db migrate` has nothing to do, so it is not run again.
+    migrated = subprocess.CompletedProcess(["airflow", "db", "migrate"], 0, "", "")
+    monkeypatch.setattr(airflow_env, "airflow_cli", lambda *args, **kwargs: migrated)
+    airflow_env.migrate_db(world.settings)
+    assert recorded.exists()
     runs.ensure_migrated(world.settings)  # from the record alone
 
     from airflow import settings as airflow_settings

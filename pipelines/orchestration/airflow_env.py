@@ -123,10 +123,12 @@ def airflow_cli(settings: Settings, *args: str, check: bool = True) -> subproces
 
 
 def migrate_db(settings: Settings) -> None:
-    """Create or upgrade the Airflow metadata DB (idempotent; a process importing all of Airflow: seconds)."""
+    """Create or upgrade the Airflow metadata DB (idempotent; a process importing all of Airflow: seconds), then
+    record its heads (``record_heads``): the next caller need not check the migrations again."""
     result = airflow_cli(settings, "db", "migrate", check=False)
     if result.returncode != 0:
         raise RuntimeError(f"airflow db migrate failed for {settings.airflow_db_uri}:\n{result.stderr[-2000:]}")
+    record_heads(settings)
 
 
 # Once a DB is at this Airflow version's schema heads, they are kept in ``migrated.json`` beside it; later callers

@@ -115,7 +115,8 @@ def ensure_migrated(settings: Settings) -> None:
     try:
         check_migrations(timeout=1)
     except (TimeoutError, SQLAlchemyError):  # behind Airflow's head, or no DB yet
-        migrate_db(settings)
+        migrate_db(settings)  # records the heads
+        return
     record_heads(settings)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from pipelines.orchestration.airflow_env import at_recorded_heads, migrate_db, record_heads
+from pipelines.orchestration.airflow_env import at_recorded_heads, migrate_db
 from pipelines.serving.auth import ensure_admin_key
 from pipelines.settings import Settings
 from pipelines.stack import mlflow_auth, resources
@@ -236,8 +236,7 @@ def up(settings: Settings, timeout: float = 180.0, on_event: Callable[[str], Non
     if at_recorded_heads(settings):
         on_event("Airflow metadata DB at its schema heads")
     else:
-        migrate_db(settings)
-        record_heads(settings)
+        migrate_db(settings)  # records the heads
         on_event(f"Airflow metadata DB migrated ({time.monotonic() - started:.0f} s)")
 
     assert settings.stack_dir is not None
