@@ -116,8 +116,8 @@ def ensure_migrated(settings: Settings) -> None:
         check_migrations(timeout=1)
     except (TimeoutError, SQLAlchemyError):  # behind Airflow's head, or no DB yet
         migrate_db(settings)  # records the heads
-        return
-    record_heads(settings)
+    else:
+        record_heads(settings)
 
 
 def succeeded_dates(settings: Settings, dag_id: str) -> set[dt.date]:
