@@ -249,6 +249,29 @@ def test_a_migrated_db_is_recognised_from_its_recorded_heads(
             connection.execute(text("UPDATE alembic_version SET version_num = :head"), {"head": head})
 
 
+def test_a_new_homes_db_is_created_without_checking_its_migrations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A home without a metadata DB (a first `mlctl run`): ensure_migrated creates it at once, as checking the
+    migrations first would only wait for a DB that is not there; the heads are recorded, the next run reads them."""
+    import airflow.utils.db
+
+    from pipelines.orchestration import airflow_env, runs
+
+    def checked(timeout: int) -> None:
+        raise AssertionError("the migrations of a DB that does not exist were checked")
+
+    monkeypatch.setattr(airflow.utils.db, "check_migrations", checked)
+    # This process's Airflow stays the world's: only the new home's DB is made (by the `airflow` CLI).
+    monkeypatch.setattr(runs, "configure_airflow", lambda settings: None)
+    settings = get_settings(home=tmp_path / ".storefront")
+    assert airflow_env.no_db_yet(settings)
+    runs.ensure_migrated(settings)
+    assert not airflow_env.no_db_yet(settings) and airflow_env.at_recorded_heads(settings)
+    server = settings.model_copy(update={"airflow_db_uri": "postgresql+psycopg2://airflow@127.0.0.1:1/none"})
+    assert not airflow_env.no_db_yet(server)  # a server's DB: unknown, so it is checked
+
+
 def test_the_in_process_execution_api_serves_airflows_newest_version_and_refuses_others(
     world: AirflowWorld, monkeypatch: pytest.MonkeyPatch
 ) -> None:

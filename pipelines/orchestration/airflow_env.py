@@ -166,6 +166,18 @@ def at_recorded_heads(settings: Settings) -> bool:
         return False
 
 
+def no_db_yet(settings: Settings) -> bool:
+    """The metadata DB is a SQLite file that does not exist yet (a new home): there is nothing to check, only to
+    create. Unknown for a server's DB (False)."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(settings.airflow_db_uri)
+    if url.get_backend_name() != "sqlite" or not url.database:
+        return False
+    path = Path(url.database)
+    return not path.exists() or path.stat().st_size == 0
+
+
 def record_heads(settings: Settings) -> None:
     """Note the DB's heads, now Airflow's own, for this Airflow version (atomically: a torn file is never read)."""
     path = _heads_file(settings)

@@ -20,7 +20,13 @@ from pathlib import Path
 
 from pipelines.lake import as_date, date_range
 from pipelines.orchestration.airflow_client import AirflowAPIError, AirflowClient, PendingApproval
-from pipelines.orchestration.airflow_env import at_recorded_heads, configure_airflow, migrate_db, record_heads
+from pipelines.orchestration.airflow_env import (
+    at_recorded_heads,
+    configure_airflow,
+    migrate_db,
+    no_db_yet,
+    record_heads,
+)
 from pipelines.orchestration.outcomes import (
     TaskState,
     exception_message,
@@ -108,6 +114,9 @@ def ensure_migrated(settings: Settings) -> None:
     script: a second or two), so later runs only read the DB's revision."""
     configure_airflow(settings)
     if at_recorded_heads(settings):
+        return
+    if no_db_yet(settings):  # a new home: checking would only wait for a DB that is not there (seconds)
+        migrate_db(settings)  # records the heads
         return
     from airflow.utils.db import check_migrations
     from sqlalchemy.exc import SQLAlchemyError
