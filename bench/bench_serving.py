@@ -21,7 +21,9 @@ store:
   before each request (drawn within +-50% so the connections drift apart, bench/wrk/post_ids.lua): closed-loop
   pacing per connection, so a slow answer delays that connection's next request and coordinated omission is
   possible; with 32 connections the pacing interval (64 ms) is far above the latency. The achieved rate is shown
-  beside the target.
+  beside the target. Each paced run starts once ``mlctl serve`` is idle: its writer otherwise spends the first tens
+  of seconds of it writing the orders the max-throughput steps scored (about 2,000 a second against the ~1,300 it
+  writes), and the step would measure that catch-up rather than serving at the rate.
 - swaps (``--swap-stores``, sqlite by default): a second registered version of purchase_intent is made from the
   champion's own artifacts (tagged ``bench_serving``, kept and reused by later runs), then, while wrk runs paced
   at the fixed rate, the ``champion`` alias moves between the two versions every 3 s, 10 times, and is put back on
@@ -338,16 +340,45 @@ def measured(
     )
 
 
+def wait_until_idle(url: str, timeout: float = 240, cores: float = 0.05) -> float:
+    """Wait until the ``mlctl serve`` answering at ``url`` (its workers, its writer) used less than ``cores`` of CPU
+    over a second; returns the seconds waited (BenchUnavailable after ``timeout``)."""
+    import psutil
+
+    port = int(url.rsplit(":", 1)[1])
+    workers = {c.pid for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port and c.pid}
+    parents = {psutil.Process(pid).ppid() for pid in workers}
+    processes = [psutil.Process(pid) for pid in parents]
+    processes += [child for parent in processes for child in parent.children(recursive=True)]
+
+    def cpu() -> float:
+        total = 0.0
+        for process in processes:
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                total += times.user + times.system
+        return total
+
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        before = cpu()
+        time.sleep(1.0)
+        if cpu() - before < cores:
+            return time.monotonic() - started
+    raise BenchUnavailable(f"mlctl serve at {url} was still busy {timeout:g} s after the load stopped")
+
+
 def pacing_delay(rate: float, connections: int, p50_ms: float) -> float:
     """Mean wait before each request so ``connections`` closed-loop connections send ``rate`` requests/s."""
     return max(1.0, 1000.0 * connections / rate - p50_ms)
 
 
 def load_steps(
-    store: str, targets: list[Target], ids_file: Path, seconds: float, rate: float, paced: int
+    store: str, server: str, targets: list[Target], ids_file: Path, seconds: float, rate: float, paced: int
 ) -> list[Measurement]:
     """Warm up each target, then max throughput at each concurrency and the fixed rate, targets interleaved
-    per step so a change in the machine's load hits all of them alike."""
+    per step so a change in the machine's load hits all of them alike; a paced run of ``mlctl serve`` (at
+    ``server``) starts once it is idle."""
     for target in targets:
         measured(wrk(target, ids_file, 16, 3), store, target, 16, None)
     results: list[Measurement] = []
@@ -357,6 +388,9 @@ def load_steps(
     for target in targets:
         unloaded = next(m for m in results if m.target == target.label and m.connections == 1)
         delay = pacing_delay(rate, paced, unloaded.p50_ms)
+        if target.url.startswith(server):
+            waited = wait_until_idle(server)
+            print(f"{store}: {target.label}: mlctl serve idle after {waited:.0f} s; paced run", file=sys.stderr)
         results.append(measured(wrk(target, ids_file, paced, FIXED_SECONDS, delay), store, target, paced, rate))
     return results
 
@@ -477,7 +511,9 @@ def run(
                 ours = stack.enter_context(mlctl_serve(settings, keys, tmp, LOAD_REFRESH_SECONDS))
                 feast = stack.enter_context(feast_serve(settings, tmp, ROUTES[0].feast_body.replace("%d", str(ids[0]))))
                 pairs = targets_of(ours, feast, token)
-                measured_here = load_steps(store, [t for pair in pairs for t in pair], ids_file, seconds, rate, paced)
+                measured_here = load_steps(
+                    store, ours, [t for pair in pairs for t in pair], ids_file, seconds, rate, paced
+                )
                 results += measured_here
                 if store in swap_stores:
                     predict = pairs[0][0]
