@@ -388,7 +388,7 @@ def load_steps(
     for target in targets:
         unloaded = next(m for m in results if m.target == target.label and m.connections == 1)
         delay = pacing_delay(rate, paced, unloaded.p50_ms)
-        if target.url.startswith(server):
+        if target.url.startswith(server + "/"):  # ours, not feast serve on a port that merely starts alike
             waited = wait_until_idle(server)
             print(f"{store}: {target.label}: mlctl serve idle after {waited:.0f} s; paced run", file=sys.stderr)
         results.append(measured(wrk(target, ids_file, paced, FIXED_SECONDS, delay), store, target, paced, rate))

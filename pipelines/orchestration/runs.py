@@ -123,7 +123,7 @@ def ensure_migrated(settings: Settings) -> None:
 
     try:
         check_migrations(timeout=1)
-    except (TimeoutError, SQLAlchemyError):  # behind Airflow's head, or no DB yet
+    except (TimeoutError, SQLAlchemyError):  # behind Airflow's head, or a server's DB not created yet
         migrate_db(settings)  # records the heads
     else:
         record_heads(settings)
