@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import shutil
 import time
 from pathlib import Path
@@ -600,3 +601,42 @@ def test_the_writer_receives_every_row_in_order_large_ones_too(tmp_path: Path) -
     reader.join(30)
     writer.histories.close()
     assert received == rows and client.refused == 0
+
+
+def test_messages_sent_together_arrive_as_one_after_the_block(tmp_path: Path) -> None:
+    """A scored order's history rows and prediction row go as one message: nothing is sent inside the block, all of
+    it, in order, when it ends; a nested block joins the outer one; a closed client refuses at once."""
+    import threading
+
+    from pipelines.serving.writer import Writer, WriterClient
+
+    received: list[tuple] = []
+    writer = Writer(tmp_path, lambda row: received.append(("log", row)), store=lambda: None)
+    writer.histories.put = lambda origin, seq, entity, row, at: received.append(("order", seq, entity, row, at))
+    datagrams = []
+    dispatch = writer._dispatch
+    writer._dispatch = lambda origin, message: (datagrams.append(message[0]), dispatch(origin, message))
+    stopping = threading.Event()
+    reader = threading.Thread(target=writer.serve, args=(stopping,))
+    reader.start()
+    client = WriterClient(tmp_path)
+    at = dt.datetime(2025, 2, 5, tzinfo=dt.UTC)
+    sent = [("order", 1, "user", {"user_id": 7}, at), ("order", 2, "device", {"device_id": "d"}, at), ("log", ("r",))]
+    with client.together():
+        assert client.send(sent[0])
+        with client.together():
+            assert client.send(sent[1])
+        assert client.send(sent[2])
+        time.sleep(0.3)
+        assert received == []  # held until the block ends
+    assert client.send(("log", ("alone",)))
+    client.close()
+    stopping.set()
+    reader.join(30)
+    writer.histories.close()
+    assert received == [*sent, ("log", ("alone",))]
+    # One "many" message carried the block's three (its parts dispatched after it), then the one sent alone.
+    assert datagrams == ["many", "order", "order", "log", "log"] and client.refused == 0
+    with client.together():
+        assert not client.send(("log", ("late",)))  # closed: refused and counted, as outside a block
+    assert client.refused == 1

@@ -9,6 +9,7 @@ counts it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import threading
@@ -122,9 +123,13 @@ class CheckoutModel(Served):
         loaded = self.champion()
         features, found, rows = self._features(order)
         score = float(self._scores(loaded, features)[0])
-        self.state().record(append_order(rows, order), order.purchase_time)
         entities = {"order_id": [order_id], "purchase_value": [order.purchase_value]}
-        unlogged = self._log([loaded.version], [CHAMPION_ARM], entities, [score], features, [0], at=order.purchase_time)
+        # The order's three history rows and its prediction row reach the writer process as one message.
+        with self.writer.together() if self.writer is not None else contextlib.nullcontext():
+            self.state().record(append_order(rows, order), order.purchase_time)
+            unlogged = self._log(
+                [loaded.version], [CHAMPION_ARM], entities, [score], features, [0], at=order.purchase_time
+            )
         body = {
             "model": self.spec.name,
             "version": loaded.version,
