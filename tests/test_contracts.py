@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from pipelines.data.schemas import EVENT_TYPES, EVENTS, FOLLOWS, MERCHANTS, PRODUCTS, USERS
 from pipelines.lake import Lake
 from pipelines.settings import Settings, get_settings
+from pipelines.validation import runner
 from pipelines.validation.contracts import load_contract
 from pipelines.validation.daily import DAILY_TABLES, validate_day
 from pipelines.validation.drift import ks_statistic, psi_categorical, psi_numeric
@@ -265,15 +267,16 @@ def test_signup_after_the_day_is_critical(lake: Lake, expectations_dir: Path, hi
     assert lake.is_quarantined("users", history) and lake.exists("events", history)
 
 
-def test_event_in_the_future_is_critical_on_todays_partition(lake: Lake, expectations_dir: Path):
+def test_event_in_the_future_is_critical_on_todays_partition(
+    lake: Lake, expectations_dir: Path, monkeypatch: pytest.MonkeyPatch
+):
     today = dt.datetime.now(dt.UTC).date()
+    # The validation's clock at noon today, so a future time inside today exists at any hour the test runs.
+    noon = dt.datetime.combine(today, dt.time(12), dt.UTC)
+    monkeypatch.setattr(runner, "day_parameters", functools.partial(runner.day_parameters, now=noon))
     events = day_tables(today, n_events=40)["events"]
     events["event_time"] = pd.Timestamp(today, tz="UTC") + pd.Timedelta(seconds=1)
-    events.loc[5, "event_time"] = min(
-        pd.Timestamp.now(tz="UTC") + pd.Timedelta(minutes=30), pd.Timestamp(today, tz="UTC") + pd.Timedelta(hours=23)
-    )
-    if events.loc[5, "event_time"] <= pd.Timestamp.now(tz="UTC"):
-        pytest.skip("too close to midnight UTC to plant a future time inside today")
+    events.loc[5, "event_time"] = pd.Timestamp(noon) + pd.Timedelta(minutes=30)
     lake.write("events", today, events, schema=EVENTS)
     with pytest.raises(ValidationFailed) as err:
         validate_partition(lake, "events", today, expectations_dir)
@@ -281,7 +284,7 @@ def test_event_in_the_future_is_critical_on_todays_partition(lake: Lake, expecta
     # Only the "not after now" bound fails: the time is inside today.
     (bound,) = bounds
     assert set(bound.expected) == {"max_value"} and bound.example_ids == [events.loc[5, "event_id"]]
-    assert pd.Timestamp(bound.expected["max_value"]) < events.loc[5, "event_time"]  # now, at validation time
+    assert pd.Timestamp(bound.expected["max_value"]) == pd.Timestamp(noon)  # now, at validation time
 
 
 @pytest.mark.parametrize(
