@@ -640,3 +640,26 @@ def test_messages_sent_together_arrive_as_one_after_the_block(tmp_path: Path) ->
     with client.together():
         assert not client.send(("log", ("late",)))  # closed: refused and counted, as outside a block
     assert client.refused == 1
+
+
+def test_rows_sent_before_the_writer_serves_arrive_when_it_stops_at_once(tmp_path: Path) -> None:
+    """A worker that connected while the writer was still starting (its connection waiting to be accepted) and
+    closed again before the writer served a single loop loses nothing: the writer takes that connection before it
+    stops listening."""
+    import threading
+
+    from pipelines.serving.writer import Writer, WriterClient
+
+    received: list[tuple] = []
+    writer = Writer(tmp_path, received.append, store=lambda: None)
+    clients = [WriterClient(tmp_path) for _ in range(2)]
+    rows = [[("early", c, i) for i in range(50)] for c in range(2)]
+    for client, sent in zip(clients, rows, strict=True):
+        assert all(client.send(("log", row)) for row in sent)
+        client.close()
+    stopping = threading.Event()
+    stopping.set()  # stdin closed before the writer's loop ever ran
+    writer.serve(stopping)
+    writer.histories.close()
+    assert sorted(received) == sorted(rows[0] + rows[1])
+    assert [r for r in received if r[1] == 0] == rows[0] and [r for r in received if r[1] == 1] == rows[1]

@@ -316,16 +316,12 @@ class RegistryPublisher:
         temporary.write_text(json.dumps({"read_at": time.time(), "models": models}))
         os.replace(temporary, self._path)
 
-    def publish_once(self) -> None:
-        """``publish``, an error logged (the next interval tries again)."""
-        try:
-            self.publish()
-        except Exception:  # keep publishing whatever one read does
-            log.exception("serving writer: publishing the registry to %s failed", self._path)
-
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
-            self.publish_once()
+            try:
+                self.publish()
+            except Exception:  # keep publishing whatever one read does
+                log.exception("serving writer: publishing the registry to %s failed", self._path)
 
 
 class Writer:
@@ -366,6 +362,9 @@ class Writer:
         while True:
             if stopping.is_set():
                 if self._server_open:
+                    # A worker connected but not accepted yet (the writer was still starting) has sent its rows
+                    # into that connection: take it before closing, or they are lost with the listening socket.
+                    self._accept()
                     self._selector.unregister(self._server)
                     self._server.close()
                     self._server_open = False
@@ -383,8 +382,12 @@ class Writer:
             self._disconnect(origin)
 
     def _accept(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            sock, _ = self._server.accept()
+        """Accept every connection waiting."""
+        while True:
+            try:
+                sock, _ = self._server.accept()
+            except BlockingIOError:
+                return
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, MESSAGE_BYTES)
             sock.setblocking(False)
             origin = next(self._origins)
@@ -461,16 +464,13 @@ def main(directory: Path) -> None:
             features.store()
         except Exception:  # retried by the first write; the workers keep their orders until then
             log.exception("serving writer: the Feast store for the order histories could not be built")
+    # As in the workers (pipelines/serving/app.py): what is loaded now lives as long as the process; kept out of the
+    # collector's full passes.
+    gc.collect()
+    gc.freeze()
     writer = Writer(directory, on_log, features.store)
     names = sorted(specs)
     publisher = RegistryPublisher(settings, names, directory, settings.serving_refresh_seconds)
-    publisher.publish_once()  # before the freeze below: the first registry read imports MLflow (1,500 modules)
-    # As in the workers (pipelines/serving/app.py): what is loaded now lives as long as the process; kept out of the
-    # collector's passes. Without it, at 500 scored orders a second, each full pass walked the ~400,000 objects of
-    # Feast, MLflow and the rest (a third of a second each) and each middle one took ~13 ms, while the orders were
-    # being read: ~0.4 ms of this process's time per order (measured with gc.callbacks, 2026-12-08).
-    gc.collect()
-    gc.freeze()
     publisher.start()
     stopping = threading.Event()
     threading.Thread(target=lambda: (sys.stdin.read(), stopping.set()), name="stdin-watch", daemon=True).start()
